@@ -1,0 +1,38 @@
+# vault-rotator: two commands do everything on a fresh machine with Python 3.11 and make.
+#   make demo   set up, then run a full rotation on an embedded OpenBao dev server + the emulator
+#   make test   set up, then run formatter check, linter, type checker and the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test lint fmt bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/vault-rotator demo
+
+lint: $(STAMP)
+	$(BIN)/ruff format --check vault_rotator tests benchmarks
+	$(BIN)/ruff check vault_rotator tests benchmarks
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest
+
+fmt: $(STAMP)
+	$(BIN)/ruff format vault_rotator tests benchmarks
+	$(BIN)/ruff check --fix vault_rotator tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

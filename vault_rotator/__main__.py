@@ -1,0 +1,7 @@
+"""``python -m vault_rotator`` is ``vault-rotator``."""
+
+import sys
+
+from vault_rotator.cli import main
+
+sys.exit(main())

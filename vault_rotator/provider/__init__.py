@@ -1,0 +1,1 @@
+"""Provider ports and adapters: the engine sees only :mod:`vault_rotator.provider.port`."""
