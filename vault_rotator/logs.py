@@ -57,9 +57,7 @@ def configure(level: str = "info", *, json: bool | None = None) -> None:
     """Configure structlog for the process: JSON off a terminal, console on one."""
     if json is None:
         json = not sys.stderr.isatty()
-    renderer: Any = (
-        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
-    )
+    renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
