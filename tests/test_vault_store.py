@@ -10,6 +10,7 @@ import pytest
 
 from vault_rotator.errors import (
     CasConflictError,
+    ConfigError,
     StorePermissionError,
     StoreUnavailableError,
 )
@@ -165,8 +166,6 @@ def test_sealed_and_unreachable_vault_are_unavailable_errors() -> None:
 
 def test_connect_from_env_requires_addr_and_token(vault: VaultServer) -> None:
     """connect_from_env reads the VAULT_* names and refuses a missing token with a clear error."""
-    from vault_rotator.errors import ConfigError
-
     with pytest.raises(ConfigError, match="VAULT_TOKEN"):
         connect_from_env({"VAULT_ADDR": vault.addr})
     with pytest.raises(ConfigError, match="VAULT_ADDR"):

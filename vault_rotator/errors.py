@@ -16,6 +16,7 @@ hold a key value, a management key or a token.
     │   │   ├── ProviderForbiddenError   402/403: accepted but not allowed
     │   │   └── KeyNotFoundError         404: no such key
     │   ├── AmbiguousCreateError         a create may have reached the server; look by name
+    │   │   └── AmbiguousCreateResponseError   (also a ProviderResponseError) 2xx, unreadable
     │   └── ProviderResponseError        a garbage, oversized or hostile answer
     ├── StoreError                       Vault / OpenBao
     │   ├── StoreUnavailableError        sealed, unreachable, 5xx: worth retrying
@@ -23,6 +24,7 @@ hold a key value, a management key or a token.
     │   └── CasConflictError             check-and-set lost against another writer
     └── EngineError                      the rotation engine refused or could not go on
         ├── LeaseHeldError               another process holds the key's lease
+        ├── LeaseLostError               our lease expired and another process took over
         ├── PreflightError               a precondition failed before any side effect
         └── StalledError                 a rotation stopped and needs an operator
 """
@@ -89,12 +91,22 @@ class AmbiguousCreateError(ProviderError):
     """A create request may have reached the server, but no answer came back.
 
     The key may exist at the provider with its value lost. Never retry the create blindly:
-    look for the key by its (unique) name instead.
+    look for the key by its (unique) name instead, held in ``key_name``.
     """
+
+    def __init__(
+        self, message: str, *, status: int | None = None, endpoint: str = "", key_name: str = ""
+    ) -> None:
+        super().__init__(message, status=status, endpoint=endpoint)
+        self.key_name = key_name
 
 
 class ProviderResponseError(ProviderError):
     """The server's answer was malformed, oversized or had fields of the wrong type."""
+
+
+class AmbiguousCreateResponseError(AmbiguousCreateError, ProviderResponseError):
+    """A create answered 2xx but the answer was unreadable: the key exists, its value is lost."""
 
 
 class StoreError(VaultRotatorError):
@@ -119,6 +131,10 @@ class EngineError(VaultRotatorError):
 
 class LeaseHeldError(EngineError):
     """Another process holds the lease on this key's state record."""
+
+
+class LeaseLostError(EngineError):
+    """Our lease expired and another process took the record: stop acting at once."""
 
 
 class PreflightError(EngineError):

@@ -1,0 +1,1 @@
+"""The rotation engine: pure decisions over gathered data, I/O through narrow ports."""

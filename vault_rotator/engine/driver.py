@@ -1,0 +1,67 @@
+"""Drive one key's rotation pass after pass until it is published, finished or stalled.
+
+Between passes it sleeps ``poll_interval`` on the engine's (injectable) clock. A lease held by
+another process, or a transient failure (provider 429/5xx/timeouts, Vault sealed or down), is
+waited out when ``wait`` is set, up to ``max_transient`` failures in a row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import structlog
+
+from vault_rotator.engine.engine import Engine, Progress
+from vault_rotator.errors import (
+    LeaseHeldError,
+    LeaseLostError,
+    ProviderRetryableError,
+    StoreUnavailableError,
+)
+from vault_rotator.policy import KeyPolicy
+
+log = structlog.get_logger(__name__)
+
+TRANSIENT = (ProviderRetryableError, StoreUnavailableError, LeaseLostError, LeaseHeldError)
+
+
+def drive(
+    engine: Engine,
+    policy: KeyPolicy,
+    *,
+    wait: bool,
+    trigger: str = "cli",
+    by: str = "",
+    report: Callable[[Progress], None] = lambda _p: None,
+    max_transient: int = 10,
+) -> Progress:
+    """Start (or resume) ``policy``'s rotation and advance it; return where it stopped."""
+    rotation_id: str | None = None
+    failures = 0
+    while True:
+        try:
+            progress = engine.advance(policy, start=rotation_id is None, trigger=trigger, by=by)
+            failures = 0
+        except TRANSIENT as exc:
+            failures += 1
+            if not wait or failures > max_transient:
+                raise
+            log.warning("pass failed; will retry", key=policy.ref, error=str(exc))
+            engine.sleep(policy.provider.poll_interval_s)
+            continue
+        if rotation_id is not None and progress.rotation_id != rotation_id:
+            progress = _finished_elsewhere(engine, policy, rotation_id)
+        rotation_id = progress.rotation_id
+        report(progress)
+        if progress.finished or progress.stalled or (progress.published and not wait):
+            return progress
+        engine.sleep(policy.provider.poll_interval_s)
+
+
+def _finished_elsewhere(engine: Engine, policy: KeyPolicy, rotation_id: str) -> Progress:
+    """Our rotation ended in another process's pass: report its recorded outcome."""
+    record = engine.read(policy)
+    for outcome in reversed(record.outcomes):
+        if outcome.rotation_id == rotation_id:
+            return Progress(policy.ref, record.phase, rotation_id, outcome=outcome)
+    return Progress(policy.ref, record.phase, rotation_id, waiting="finished elsewhere")

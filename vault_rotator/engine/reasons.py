@@ -1,0 +1,27 @@
+"""Reason and outcome constants: the words the state record, status and logs use."""
+
+from __future__ import annotations
+
+# Outcomes of a finished rotation (the record's outcome history).
+SUCCEEDED = "succeeded"
+SUCCEEDED_OLD_UNKNOWN = "succeeded-old-key-unknown"  # published; no known old key to delete
+FAILED_VERIFY = "failed-verify"  # the new key did not work; it was deleted, old key untouched
+FAILED = "failed"
+
+# Why a rotation stalled (both keys stay alive; an operator decides).
+PICKUP_TIMEOUT = "pickup-timeout"  # consumers never used the new key before pickup_timeout
+DRAIN_TIMEOUT = "drain-timeout"  # the old key kept carrying traffic past drain_timeout
+SECRET_CHANGED = "secret-changed"  # noqa: S105 (a reason, not a password); someone else wrote the consumer secret under the rotation
+DELETE_UNCONFIRMED = "delete-unconfirmed"  # provider said 404 yet still lists the key
+
+# Phases of the record.
+IDLE = "idle"
+INTENT = "intent"  # rotation started; the new key is being created, verified, published
+PUBLISHED = "published"  # consumers are served the new key; pickup, drain, delete, clean-up
+CLEANUP = "cleanup"  # the rotation failed before publishing; removing what it created
+
+# Provider writes recorded (fenced) just before they happen.
+CREATE = "create"
+DELETE = "delete"
+DISABLE = "disable"
+ENABLE = "enable"

@@ -1,0 +1,304 @@
+"""The persisted state of one key's rotations: a versioned, frozen record.
+
+Stored at ``<kv_mount>/<state_prefix>/state/<env>/<name>`` as the KV v2 data map below, written
+only by check-and-set, never holding a key value (values live in the pending record).
+
+Schema version 1::
+
+    {
+      "schema": 1,
+      "env": "production", "name": "backend",
+      "phase": "idle" | "intent" | "published" | "cleanup",
+      "fence": 7,                        # bumped each time a process takes the lease
+      "lease": null | {"holder": "host:pid:uuid", "expires_at": 1700000000.0, "fence": 7},
+      "provider_write": null | {"action": "create"|"delete"|"disable"|"enable",
+                                "target": "<key name for create, key id otherwise>",
+                                "fence": 7, "at": 1700000000.0},
+      "dialect": "a" | "b" | "c" | null,  # the account's detected dialect
+      "current_key_id": "key_abc" | null, "current_key_name": "..." | null,
+      "last_success_at": 1700000000.0 | null,
+      "rotation": null | {               # the rotation in flight
+        "id": "01jd9x4k2m", "attempt": 1, "date": "2026-11-27",
+        "mode": "normal", "trigger": "cli", "by": "alice@host",
+        "policy": {...effective KeyPolicy.to_dict()...},
+        "permissions": {"allowed_providers": [...] | null, "allowed_models": [...] | null,
+                        "spending_limit": 500.0 | null, "limit_reset": "monthly" | null,
+                        "expires_at": "2027-01-01T00:00:00+00:00" | null},
+        "started_at": 1700000000.0, "start_version": 3,
+        "old_key_id": "key_old" | null, "old_key_name": "..." | null,
+        "new_key_id": null | "key_new", "new_key_name": null | "...", "new_key_fp": null | "fp:…",
+        "published_version": null | 4, "published_at": null | 1700000100.0,
+        "pickup_deadline": null | 1700086500.0,
+        "baseline": null | {"last_used_at": "…" | null, "usage_cost": 0.0 | null,
+                            "usage_tokens": 0 | null},
+        "pickup_at": null | 1700000200.0, "drain_deadline": null | 1700605000.0,
+        "old_mark": null | {...same shape as baseline...}, "old_mark_since": null | 1700000200.0,
+        "old_deleted": false,
+        "failure": null | "why the rotation is cleaning up without publishing",
+        "stalled": null | {"reason": "pickup-timeout", "detail": "…", "at": 1700086600.0}
+      },
+      "outcomes": [{"rotation_id", "outcome", "at", "trigger", "by", "old_key_id",
+                    "new_key_id", "detail"}, ...]          # newest last, at most 20
+    }
+
+Times named ``*_at``/``*_deadline``/``*_since`` without a provider source are the local clock
+(epoch seconds); provider timestamps (``last_used_at`` in marks) are compared only with each
+other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+from vault_rotator.engine import reasons
+from vault_rotator.errors import StoreError
+
+SCHEMA_VERSION = 1
+MAX_OUTCOMES = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    holder: str
+    expires_at: float
+    fence: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderWrite:
+    """A provider write recorded just before it is made (so a successor knows it may exist)."""
+
+    action: str
+    target: str
+    fence: int
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class UseMark:
+    """A key's use as the provider reports it; None = not reported."""
+
+    last_used_at: str | None = None
+    usage_cost: float | None = None
+    usage_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Permissions:
+    allowed_providers: tuple[str, ...] | None = None
+    allowed_models: tuple[str, ...] | None = None
+    spending_limit: float | None = None
+    limit_reset: str | None = None
+    expires_at: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Stall:
+    reason: str
+    detail: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    rotation_id: str
+    outcome: str
+    at: float
+    trigger: str = ""
+    by: str = ""
+    old_key_id: str | None = None
+    new_key_id: str | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Rotation:
+    """A rotation in flight."""
+
+    id: str
+    attempt: int
+    date: str
+    policy: Mapping[str, Any]
+    permissions: Permissions
+    started_at: float
+    start_version: int
+    mode: str = "normal"
+    trigger: str = "cli"
+    by: str = ""
+    old_key_id: str | None = None
+    old_key_name: str | None = None
+    new_key_id: str | None = None
+    new_key_name: str | None = None
+    new_key_fp: str | None = None
+    published_version: int | None = None
+    published_at: float | None = None
+    pickup_deadline: float | None = None
+    baseline: UseMark | None = None
+    pickup_at: float | None = None
+    drain_deadline: float | None = None
+    old_mark: UseMark | None = None
+    old_mark_since: float | None = None
+    old_deleted: bool = False
+    failure: str | None = None
+    stalled: Stall | None = None
+
+    def attempt_tag(self, attempt: int | None = None) -> str:
+        """The ``{rotation_id}`` placeholder's value for an attempt, e.g. ``01jd9x4k2m.2``."""
+        return f"{self.id}.{self.attempt if attempt is None else attempt}"
+
+    def evolve(self, **changes: Any) -> Rotation:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True, slots=True)
+class StateRecord:
+    """One key's state: idle, or a rotation in flight, plus lease and history."""
+
+    env: str
+    name: str
+    phase: str = reasons.IDLE
+    fence: int = 0
+    lease: Lease | None = None
+    provider_write: ProviderWrite | None = None
+    dialect: str | None = None
+    current_key_id: str | None = None
+    current_key_name: str | None = None
+    last_success_at: float | None = None
+    rotation: Rotation | None = None
+    outcomes: tuple[Outcome, ...] = field(default_factory=tuple)
+    schema: int = SCHEMA_VERSION
+
+    @classmethod
+    def new(cls, env: str, name: str) -> Self:
+        return cls(env=env, name=name)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.env}/{self.name}"
+
+    @property
+    def in_flight(self) -> bool:
+        return self.rotation is not None
+
+    def evolve(self, **changes: Any) -> StateRecord:
+        return dataclasses.replace(self, **changes)
+
+    def with_rotation(self, **changes: Any) -> StateRecord:
+        assert self.rotation is not None
+        return self.evolve(rotation=self.rotation.evolve(**changes))
+
+    def finished(self, outcome: Outcome, *, current_key_id: str | None = None) -> StateRecord:
+        """The record after a rotation ends: idle, the outcome appended."""
+        history = (*self.outcomes, outcome)[-MAX_OUTCOMES:]
+        changes: dict[str, Any] = {
+            "phase": reasons.IDLE,
+            "rotation": None,
+            "provider_write": None,
+            "outcomes": history,
+        }
+        if outcome.outcome in (reasons.SUCCEEDED, reasons.SUCCEEDED_OLD_UNKNOWN):
+            changes["current_key_id"] = current_key_id
+            changes["current_key_name"] = self.rotation.new_key_name if self.rotation else None
+            changes["last_success_at"] = outcome.at
+        return self.evolve(**changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        plain: dict[str, Any] = _plain(dataclasses.asdict(self))
+        return plain
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str) -> StateRecord:
+        """Parse a stored record; a malformed one is a StoreError naming ``where``."""
+        try:
+            return _record_from(data)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StoreError(f"state record at {where} is malformed ({exc})") from exc
+
+
+def _plain(value: Any) -> Any:
+    """Tuples to lists, recursively, for JSON."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _opt(cls: type[Any], value: Any) -> Any:
+    return None if value is None else cls(**value)
+
+
+def _tuple_or_none(value: Any) -> tuple[str, ...] | None:
+    return None if value is None else tuple(str(v) for v in value)
+
+
+def _rotation_from(data: Mapping[str, Any]) -> Rotation:
+    values = dict(data)
+    perms = dict(values.pop("permissions"))
+    perms["allowed_providers"] = _tuple_or_none(perms.get("allowed_providers"))
+    perms["allowed_models"] = _tuple_or_none(perms.get("allowed_models"))
+    return Rotation(
+        **{
+            **values,
+            "permissions": Permissions(**perms),
+            "baseline": _opt(UseMark, values.get("baseline")),
+            "old_mark": _opt(UseMark, values.get("old_mark")),
+            "stalled": _opt(Stall, values.get("stalled")),
+        }
+    )
+
+
+def _record_from(data: Mapping[str, Any]) -> StateRecord:
+    values = dict(data)
+    schema = values.get("schema")
+    if schema != SCHEMA_VERSION:
+        raise ValueError(f"schema {schema!r}, this vault-rotator reads {SCHEMA_VERSION}")
+    rotation = values.pop("rotation", None)
+    return StateRecord(
+        **{
+            **values,
+            "lease": _opt(Lease, values.get("lease")),
+            "provider_write": _opt(ProviderWrite, values.get("provider_write")),
+            "rotation": None if rotation is None else _rotation_from(rotation),
+            "outcomes": tuple(Outcome(**o) for o in values.get("outcomes", ())),
+        }
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """Values in flight, at ``<kv_mount>/<state_prefix>/pending/<env>/<name>``.
+
+    Stored form: ``{"schema": 1, "rotation_id", "attempt", "new_key_id", "new_key_name",
+    "new_key_value", "old_secret": {...} | null, "old_version": int}``. ``old_secret`` is the
+    consumer secret's whole data map when the rotation started (for abort). Destroyed, every
+    version, when the rotation ends.
+    """
+
+    rotation_id: str
+    attempt: int
+    new_key_id: str
+    new_key_name: str
+    new_key_value: str
+    old_secret: Mapping[str, Any] | None
+    old_version: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": SCHEMA_VERSION, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str) -> Pending:
+        values = {k: v for k, v in data.items() if k != "schema"}
+        try:
+            pending = cls(**values)
+        except TypeError as exc:
+            raise StoreError(f"pending record at {where} is malformed") from exc
+        if not isinstance(pending.new_key_value, str) or not pending.new_key_value:
+            raise StoreError(f"pending record at {where} has no key value")
+        return pending
+
+    def __repr__(self) -> str:
+        return f"Pending(rotation_id={self.rotation_id!r}, new_key_id={self.new_key_id!r})"

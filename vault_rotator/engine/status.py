@@ -1,0 +1,92 @@
+"""A key's status, derived purely from its policy, state record, secret and the clock.
+
+"Stalled" is derived from the deadlines saved in the record, so ``status`` shows it even when no
+process is running.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from vault_rotator.engine import reasons
+from vault_rotator.engine.state import StateRecord
+
+
+def derive_state(record: StateRecord, now: float) -> tuple[str, list[str]]:
+    """(state word, deadlines passed) for a record at ``now``."""
+    rot = record.rotation
+    if rot is None:
+        return ("idle" if record.outcomes or record.current_key_id else "never-rotated"), []
+    passed: list[str] = []
+    if rot.pickup_at is None and rot.pickup_deadline is not None and now >= rot.pickup_deadline:
+        passed.append(reasons.PICKUP_TIMEOUT)
+    drain_open = rot.old_key_id is not None and not rot.old_deleted
+    if drain_open and rot.drain_deadline is not None and now >= rot.drain_deadline:
+        passed.append(reasons.DRAIN_TIMEOUT)
+    if rot.stalled is not None:
+        return f"stalled:{rot.stalled.reason}", passed
+    if passed:
+        return f"stalled:{passed[0]}", passed
+    words = {
+        reasons.INTENT: "creating",
+        reasons.CLEANUP: "failing:cleanup",
+        reasons.PUBLISHED: "draining" if rot.pickup_at is not None else "awaiting-pickup",
+    }
+    return words.get(record.phase, record.phase), passed
+
+
+def _rotated_at(record: StateRecord, secret: Mapping[str, Any] | None) -> float | None:
+    if record.last_success_at is not None:
+        return record.last_success_at
+    stamp = (secret or {}).get("rotated_at")
+    if isinstance(stamp, str):
+        try:
+            return datetime.fromisoformat(stamp).timestamp()
+        except ValueError:
+            return None
+    return None
+
+
+def key_status(
+    *,
+    ref: str,
+    max_age_s: float | None,
+    record: StateRecord,
+    secret: Mapping[str, Any] | None,
+    now: float,
+) -> dict[str, Any]:
+    """One key's status as a JSON-safe dict (the ``status --json`` row)."""
+    state, passed = derive_state(record, now)
+    last = _rotated_at(record, secret)
+    rot = record.rotation
+    return {
+        "key": ref,
+        "state": state,
+        "current_key_id": record.current_key_id or (secret or {}).get("key_id"),
+        "age_s": None if last is None else round(now - last, 3),
+        "next_due_at": None if last is None or max_age_s is None else last + max_age_s,
+        "in_policy": max_age_s is not None,
+        "rotation_id": rot.id if rot else None,
+        "new_key_id": rot.new_key_id if rot else None,
+        "old_key_id": rot.old_key_id if rot else None,
+        "stall_detail": rot.stalled.detail if rot and rot.stalled else None,
+        "deadlines_passed": passed,
+        "lease_holder": record.lease.holder
+        if record.lease and record.lease.expires_at > now
+        else None,
+        "last_outcomes": [
+            {
+                "rotation_id": o.rotation_id,
+                "outcome": o.outcome,
+                "at": o.at,
+                "trigger": o.trigger,
+                "by": o.by,
+                "old_key_id": o.old_key_id,
+                "new_key_id": o.new_key_id,
+                "detail": o.detail,
+            }
+            for o in record.outcomes[-5:]
+        ],
+    }

@@ -1,0 +1,141 @@
+"""Composition root: wires the engine's ports to Vault (hvac) and ARouter (httpx).
+
+The engine imports neither adapter; this module builds them from the environment:
+
+* ``VAULT_ADDR``, ``VAULT_TOKEN``, ``VAULT_NAMESPACE``, ``VAULT_CACERT``, ``VAULT_SKIP_VERIFY``
+* ``VAULT_ROTATOR_LEASE_TTL`` (a duration, default ``30s``): the lease on a key's record. The
+  ARouter client's timeouts and retries are sized so that one call, worst case, fits in it.
+
+Management keys are read from Vault (``<kv_mount>/<management_key.path>``, field
+``management_key.field``) once per account and cached; :meth:`Runtime.forget_account` drops
+the cache (the daemon calls it after a 401).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from vault_rotator.engine.engine import Engine, FaultHook, env_fault_hook
+from vault_rotator.errors import ConfigError, PreflightError
+from vault_rotator.policy import Account, KeyPolicy, parse_duration
+from vault_rotator.provider.arouter import ARouterClient
+from vault_rotator.provider.port import Dialect, KeyProvider
+from vault_rotator.secret import Secret
+from vault_rotator.store.port import KvStore
+from vault_rotator.store.vault import VaultConnection, connect_from_env
+
+DEFAULT_LEASE_TTL_S = 30.0
+LEASE_TTL_ENV = "VAULT_ROTATOR_LEASE_TTL"
+CALL_ATTEMPTS = 3
+BUDGET_SHARE = 0.8  # one call's worst case may use this share of the lease, the rest is margin
+
+
+def lease_ttl_from_env(env: Mapping[str, str] | None = None) -> float:
+    env = os.environ if env is None else env
+    text = env.get(LEASE_TTL_ENV)
+    if not text:
+        return DEFAULT_LEASE_TTL_S
+    try:
+        ttl = parse_duration(text)
+    except ValueError as exc:
+        raise ConfigError(f"{LEASE_TTL_ENV}={text!r}: {exc}") from exc
+    if ttl < 5:
+        raise ConfigError(f"{LEASE_TTL_ENV}={text!r}: a lease shorter than 5s leaves no room")
+    return ttl
+
+
+@dataclass(frozen=True, slots=True)
+class ClientBudget:
+    timeout: float
+    backoff_max: float
+    max_attempts: int = CALL_ATTEMPTS
+
+
+def client_budget(lease_ttl: float) -> ClientBudget:
+    """ARouter client settings whose worst case (4 x timeout per attempt, plus waits) fits."""
+    budget = lease_ttl * BUDGET_SHARE - 2.0
+    backoff_max = min(5.0, budget * 0.1)
+    timeout = min(10.0, (budget - (CALL_ATTEMPTS - 1) * backoff_max) / (CALL_ATTEMPTS * 4))
+    return ClientBudget(timeout=timeout, backoff_max=backoff_max)
+
+
+class Runtime:
+    """A Vault connection plus cached provider clients, and engines built on them."""
+
+    def __init__(
+        self,
+        conn: VaultConnection,
+        *,
+        lease_ttl: float = DEFAULT_LEASE_TTL_S,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.conn = conn
+        self.lease_ttl = lease_ttl
+        self.clock = clock
+        self.sleep = sleep
+        self._clients: dict[Account, ARouterClient] = {}
+
+    @classmethod
+    def from_env(cls) -> Runtime:
+        return cls(connect_from_env(), lease_ttl=lease_ttl_from_env())
+
+    def kv(self, mount: str) -> KvStore:
+        return self.conn.kv(mount)
+
+    def management_key(self, policy: KeyPolicy) -> Secret:
+        ref = policy.provider.management_key
+        where = f"{policy.vault.kv_mount}/{ref.path}"
+        got = self.kv(policy.vault.kv_mount).read(ref.path)
+        value = got.data.get(ref.field) if got is not None and not got.deleted else None
+        if not isinstance(value, str) or not value:
+            raise PreflightError(f"no management key at {where} (field {ref.field!r})")
+        return Secret(value)
+
+    def provider(self, policy: KeyPolicy, saved_dialect: str | None) -> KeyProvider:
+        """The account's client; the policy's dialect, else the one saved in state, else auto."""
+        account = policy.account
+        client = self._clients.get(account)
+        if client is None:
+            dialect: str = policy.provider.dialect
+            if dialect == "auto" and saved_dialect:
+                dialect = saved_dialect
+            budget = client_budget(self.lease_ttl)
+            client = ARouterClient(
+                policy.provider.base_url,
+                self.management_key(policy),
+                Dialect(dialect) if dialect != "auto" else "auto",
+                sleep=self.sleep,
+                clock=self.clock,
+                timeout=budget.timeout,
+                max_attempts=budget.max_attempts,
+                backoff_initial=min(0.5, budget.backoff_max),
+                backoff_max=budget.backoff_max,
+            )
+            self._clients[account] = client
+        return client
+
+    def forget_account(self, account: Account) -> None:
+        client = self._clients.pop(account, None)
+        if client is not None:
+            client.close()
+
+    def engine(self, *, fault: FaultHook = env_fault_hook, holder: str | None = None) -> Engine:
+        return Engine(
+            kv_for=self.kv,
+            providers=self.provider,
+            clock=self.clock,
+            sleep=self.sleep,
+            lease_ttl=self.lease_ttl,
+            fault=fault,
+            holder=holder,
+        )
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
+        self.conn.close()
