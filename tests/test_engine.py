@@ -79,12 +79,14 @@ def test_rotation_under_consumers_moves_traffic_and_deletes_old_key(
     assert all(c.statuses for c in consumers)
     # Vault writes: one publish; pending written once and destroyed; the state record gets
     # intent, about-to-create, published, about-to-delete and done, plus a take and a
-    # release of the lease per pass (observations ride on the release).
+    # release of the lease per pass (observations ride on the release), and a few lease
+    # renewals while the baseline waits out usage_lag (60 s against a 30 s lease).
     writes = world.kv.write_count - before
     store = StateStore(world.kv, world.policy.vault.state_prefix)
     assert writes[world.policy.secret_path] == 1
     assert writes[store.pending_path(world.policy.env, world.policy.name)] == 2
-    assert writes[store.state_path(world.policy.env, world.policy.name)] == 2 * len(passes) + 5
+    state_writes = writes[store.state_path(world.policy.env, world.policy.name)]
+    assert 2 * len(passes) + 5 <= state_writes <= 2 * len(passes) + 5 + 4
 
 
 def test_first_run_publishes_without_deleting(world_for) -> None:
@@ -118,13 +120,17 @@ def test_crash_at_every_boundary_then_resume(world_for, step: str) -> None:
     world = world_for("c")
     old_id, _ = world.seed_old_key()
     consumer = world.add_consumer(refresh_s=30.0)
+    if step == "sweep":  # a stray to sweep: the first create's answer is lost
+        world.emulator.set_fault("create", drop_after_commit=True, count=1)
     with pytest.raises(Crash):
         drive(world.engine(fault=crash_at(step)), world.policy, wait=True)
     world.expire_lease()
     engine = world.fresh_runtime().engine(holder="successor")
-    progress = drive(engine, world.policy, wait=True)
-    if progress.outcome is None:  # the crash came after the rotation had finished
-        assert step in ("destroy",)
+    progress = drive(engine, world.policy, wait=True, start=False)
+    if step in ("done", "destroy"):  # the record was already idle: only stale pending left
+        assert progress.rotation_id is None
+    else:
+        assert progress.outcome is not None
     assert_clean_end(world, old_id)
     assert consumer.unauthorized == 0
     outcomes = world.record().outcomes

@@ -30,17 +30,22 @@ def drive(
     policy: KeyPolicy,
     *,
     wait: bool,
+    start: bool = True,
     trigger: str = "cli",
     by: str = "",
     report: Callable[[Progress], None] = lambda _p: None,
     max_transient: int = 10,
 ) -> Progress:
-    """Start (or resume) ``policy``'s rotation and advance it; return where it stopped."""
+    """Start (or resume) ``policy``'s rotation and advance it; return where it stopped.
+
+    With ``start=False`` it only resumes a rotation in flight (and returns at once if none).
+    """
     rotation_id: str | None = None
     failures = 0
     while True:
         try:
-            progress = engine.advance(policy, start=rotation_id is None, trigger=trigger, by=by)
+            first = rotation_id is None
+            progress = engine.advance(policy, start=start and first, trigger=trigger, by=by)
             failures = 0
         except TRANSIENT as exc:
             failures += 1
@@ -53,6 +58,8 @@ def drive(
             progress = _finished_elsewhere(engine, policy, rotation_id)
         rotation_id = progress.rotation_id
         report(progress)
+        if rotation_id is None:  # nothing in flight and nothing started
+            return progress
         if progress.finished or progress.stalled or (progress.published and not wait):
             return progress
         engine.sleep(policy.provider.poll_interval_s)
