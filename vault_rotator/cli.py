@@ -21,6 +21,9 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 # verb -> (module, one-line help)
 VERBS: dict[str, tuple[str, str]] = {
+    "validate": ("vault_rotator.policy.validate_cmd", "check policy files; print FILE:LINE errors"),
+    "rotate": ("vault_rotator.commands.rotate_cmd", "start or resume a key's rotation"),
+    "status": ("vault_rotator.commands.status_cmd", "show every key's rotation state"),
     "emulator": ("vault_rotator.emulator.cli", "run the ARouter emulator (for tests and demos)"),
 }
 

@@ -1,0 +1,204 @@
+"""Load every policy file of a config directory and check the rules that span files.
+
+Files are ``*.yaml`` and ``*.yml`` directly in the directory (hidden files skipped), read in
+name order. Across files: ``environment`` is unique; a ``secret_path`` belongs to one key and is
+never a management key's path; files that share a provider account (base URL, KV mount and
+management-key path) configure it identically; an ``adopt_key_id`` is adopted once per account.
+The later occurrence is the one reported.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from vault_rotator.policy.build import build_environment
+from vault_rotator.policy.fields import normalize_vault_path
+from vault_rotator.policy.model import Account, EnvironmentPolicy, PolicySet
+from vault_rotator.policy.problems import PolicyError, PolicyValueError, Problem
+from vault_rotator.policy.yamlsource import Document, NodePath, read_document
+
+CONFIG_ENV = "VAULT_ROTATOR_CONFIG"
+DEFAULT_CONFIG_DIR = "config"
+_ACCOUNT_SETTINGS = (
+    "type",
+    "dialect",
+    "management_key",
+    "usage_lag_s",
+    "poll_interval_s",
+    "max_concurrent",
+)
+
+
+@dataclass(frozen=True)
+class _Site:
+    """Where a value was found: its document and node path."""
+
+    doc: Document
+    path: NodePath
+
+    @property
+    def where(self) -> str:
+        return f"{self.doc.file}:{self.doc.line_of(self.path)}"
+
+
+def resolve_config_dir(arg: str | None) -> Path:
+    """``--config`` if given, else ``$VAULT_ROTATOR_CONFIG``, else ``config``."""
+    return Path(arg or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_DIR)
+
+
+def policy_files(config_dir: Path) -> list[Path]:
+    """The policy files of a directory, in name order."""
+    found = [*config_dir.glob("*.yaml"), *config_dir.glob("*.yml")]
+    return sorted(path for path in found if path.is_file() and not path.name.startswith("."))
+
+
+def load_policies(config_dir: Path) -> PolicySet:
+    """Load and validate every file; PolicyError listing every problem if any is an error."""
+    problems, loaded = _load_all(config_dir)
+    if any(problem.is_error for problem in problems):
+        raise PolicyError(problems)
+    environments = {env.environment: env for env, _doc in loaded}
+    return PolicySet(environments, sorted(problems, key=Problem.sort_key))
+
+
+def _load_all(config_dir: Path) -> tuple[list[Problem], list[tuple[EnvironmentPolicy, Document]]]:
+    if not config_dir.is_dir():
+        return [Problem(config_dir, None, "config directory not found")], []
+    files = policy_files(config_dir)
+    if not files:
+        return [Problem(config_dir, None, "no policy files (*.yaml, *.yml) in this directory")], []
+    problems: list[Problem] = []
+    docs: list[Document] = []
+    loaded: list[tuple[EnvironmentPolicy, Document]] = []
+    for file in files:
+        doc, read_problems = read_document(file)
+        problems += read_problems
+        if doc is None:
+            continue
+        docs.append(doc)
+        environment, build_problems = build_environment(doc)
+        problems += build_problems
+        if environment is not None and not read_problems:
+            loaded.append((environment, doc))
+    problems += _unique_environments(docs) + _secret_path_checks(docs)
+    problems += _account_checks(loaded) + _adoption_checks(loaded)
+    return problems, loaded
+
+
+def _unique_environments(docs: list[Document]) -> list[Problem]:
+    first: dict[str, _Site] = {}
+    problems: list[Problem] = []
+    for doc in docs:
+        env = _get(doc.data, ("environment",))
+        if not isinstance(env, str):
+            continue
+        if env in first:
+            message = f"environment '{env}' is already defined at {first[env].where}"
+            problems.append(doc.problem(("environment",), message))
+        else:
+            first[env] = _Site(doc, ("environment",))
+    return problems
+
+
+def _secret_path_checks(docs: list[Document]) -> list[Problem]:
+    management = {path: site for doc in docs for path, site in _management_paths(doc)}
+    first: dict[str, _Site] = {}
+    problems: list[Problem] = []
+    for doc in docs:
+        for path, site in _secret_paths(doc):
+            if path in management:
+                message = (
+                    f"secret_path '{path}' is the management key's path at {management[path].where}"
+                )
+                problems.append(doc.problem(site.path, message))
+            elif path in first:
+                other = first[path]
+                message = (
+                    f"secret_path '{path}' is already used by {_key_label(other)} at {other.where}"
+                )
+                problems.append(doc.problem(site.path, message))
+            else:
+                first[path] = site
+    return problems
+
+
+def _management_paths(doc: Document) -> Iterator[tuple[str, _Site]]:
+    node_path: NodePath = ("provider", "management_key", "path")
+    path = _normalized(_get(doc.data, node_path))
+    if path is not None:
+        yield path, _Site(doc, node_path)
+
+
+def _secret_paths(doc: Document) -> Iterator[tuple[str, _Site]]:
+    items = _get(doc.data, ("keys",))
+    for index in range(len(items) if isinstance(items, list) else 0):
+        node_path: NodePath = ("keys", index, "secret_path")
+        path = _normalized(_get(doc.data, node_path))
+        if path is not None:
+            yield path, _Site(doc, node_path)
+
+
+def _key_label(site: _Site) -> str:
+    env = _get(site.doc.data, ("environment",))
+    name = _get(site.doc.data, (*site.path[:2], "name"))
+    if isinstance(env, str) and isinstance(name, str):
+        return f"key {env}/{name}"
+    return f"{site.path[0]}[{site.path[1]}]"
+
+
+def _account_checks(loaded: list[tuple[EnvironmentPolicy, Document]]) -> list[Problem]:
+    first: dict[Account, tuple[EnvironmentPolicy, Document]] = {}
+    problems: list[Problem] = []
+    for env, doc in loaded:
+        other = first.setdefault(env.account, (env, doc))
+        if other[0] is env:
+            continue
+        differ = [
+            name
+            for name in _ACCOUNT_SETTINGS
+            if getattr(env.provider, name) != getattr(other[0].provider, name)
+        ]
+        if differ:
+            message = (
+                f"provider account {env.account} is also used by {other[1].file} with a "
+                f"different {', '.join(differ)}; files sharing an account must configure it alike"
+            )
+            problems.append(doc.problem(("provider",), message))
+    return problems
+
+
+def _adoption_checks(loaded: list[tuple[EnvironmentPolicy, Document]]) -> list[Problem]:
+    first: dict[tuple[Account, str], str] = {}
+    problems: list[Problem] = []
+    for env, doc in loaded:
+        for index, key in enumerate(env.keys):
+            if key.adopt_key_id is None:
+                continue
+            claimed = first.setdefault((key.account, key.adopt_key_id), key.ref)
+            if claimed != key.ref:
+                message = f"adopt_key_id '{key.adopt_key_id}' is already adopted by key {claimed}"
+                problems.append(doc.problem(("keys", index, "adopt_key_id"), message))
+    return problems
+
+
+def _get(data: object, path: NodePath) -> object:
+    for part in path:
+        if isinstance(part, str) and isinstance(data, dict):
+            data = data.get(part)
+        elif isinstance(part, int) and isinstance(data, list) and 0 <= part < len(data):
+            data = data[part]
+        else:
+            return None
+    return data
+
+
+def _normalized(value: object) -> str | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return normalize_vault_path(value)
+    except PolicyValueError:
+        return None

@@ -1,0 +1,142 @@
+"""Rotation schedules: standard 5-field cron in UTC, ``@daily``-style aliases, or ``every 30d``.
+
+Cron fields are minute, hour, day of month, month, day of week, as in crontab(5): day of week
+0 and 7 are Sunday, 1 is Monday, and names (``mon``..``sun``) work too. APScheduler 3 numbers
+weekdays from Monday = 0, so the day-of-week field is translated to names before it reaches
+APScheduler; always build triggers with :func:`cron_trigger`, never with
+``CronTrigger.from_crontab`` directly. A cron that restricts both day of month and day of week is
+refused: crontab fires when either matches, APScheduler only when both do.
+
+``every <duration>`` means "that long after the previous rotation" (not aligned to a clock).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from apscheduler.triggers.cron import CronTrigger
+
+from vault_rotator.policy.durations import parse_duration
+from vault_rotator.policy.problems import PolicyValueError
+
+ALIASES: dict[str, str] = {
+    "@hourly": "0 * * * *",
+    "@daily": "0 0 * * *",
+    "@weekly": "0 0 * * 0",
+    "@monthly": "0 0 1 * *",
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+}
+DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")  # crontab numbering: Sunday = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """A parsed schedule: either a standard cron expression (UTC) or an interval in seconds."""
+
+    text: str
+    cron: str | None = None
+    interval_s: float | None = None
+
+    def next_after(self, moment: datetime) -> datetime:
+        """The first due time strictly after ``moment`` (aware).
+
+        For a cron, the next firing; for ``every``, ``moment`` + interval, where ``moment``
+        should be the previous rotation.
+        """
+        if moment.tzinfo is None:
+            raise ValueError("next_after needs an aware datetime")
+        if self.interval_s is not None:
+            return (moment + timedelta(seconds=self.interval_s)).astimezone(UTC)
+        assert self.cron is not None
+        fire = cron_trigger(self.cron).get_next_fire_time(None, moment + timedelta(microseconds=1))
+        return datetime.fromtimestamp(fire.timestamp(), UTC)
+
+
+def parse_schedule(text: str) -> Schedule:
+    """Parse a schedule; raise PolicyValueError naming the problem."""
+    stripped = text.strip()
+    if stripped.startswith("@"):
+        if stripped not in ALIASES:
+            raise PolicyValueError(
+                f"unknown schedule {text!r}: expected one of {', '.join(ALIASES)}, "
+                "a 5-field cron or 'every <duration>'"
+            )
+        return Schedule(text=stripped, cron=ALIASES[stripped])
+    if stripped.startswith("every ") or stripped == "every":
+        return Schedule(text=stripped, interval_s=_interval(stripped))
+    cron_trigger(stripped)
+    return Schedule(text=stripped, cron=" ".join(stripped.split()))
+
+
+def _interval(text: str) -> float:
+    duration = text.removeprefix("every").strip()
+    if not duration:
+        raise PolicyValueError(f"schedule {text!r} lacks its interval, as in 'every 30d'")
+    seconds = parse_duration(duration)
+    if seconds <= 0:
+        raise PolicyValueError(f"schedule {text!r}: the interval must be longer than 0s")
+    return seconds
+
+
+def cron_trigger(expr: str) -> Any:
+    """An APScheduler CronTrigger (UTC) for a standard crontab expression; raise if invalid."""
+    fields = expr.split()
+    if len(fields) != 5:
+        raise PolicyValueError(
+            f"invalid cron {expr!r}: expected 5 fields (minute hour day month weekday), "
+            f"got {len(fields)}"
+        )
+    if fields[2] not in ("*", "?") and fields[4] not in ("*", "?"):
+        raise PolicyValueError(
+            f"invalid cron {expr!r}: it restricts both day of month and day of week, which "
+            "crontab ORs and APScheduler ANDs; restrict only one of them"
+        )
+    fields[4] = translate_day_of_week(fields[4], expr)
+    try:
+        return CronTrigger.from_crontab(" ".join(fields), timezone="UTC")
+    except ValueError as exc:
+        raise PolicyValueError(f"invalid cron {expr!r}: {exc}") from exc
+
+
+def translate_day_of_week(field: str, expr: str) -> str:
+    """Turn a crontab day-of-week field (Sunday = 0 or 7) into APScheduler day names."""
+    if field in ("*", "?"):
+        return "*"
+    days: set[int] = set()
+    for part in field.split(","):
+        days |= _day_part(part, expr)
+    if len(days) == 7:
+        return "*"
+    return ",".join(DAY_NAMES[day] for day in (1, 2, 3, 4, 5, 6, 0) if day in days)
+
+
+def _day_part(part: str, expr: str) -> set[int]:
+    body, slash, step_text = part.partition("/")
+    if slash and not (step_text.isdigit() and int(step_text) > 0):
+        raise PolicyValueError(f"invalid cron {expr!r}: bad step {part!r} in day of week")
+    step = int(step_text) if slash else 1
+    if body == "*":
+        low, high = 0, 6
+    elif "-" in body:
+        first, _, last = body.partition("-")
+        low, high = _day_value(first, expr), _day_value(last, expr)
+    else:
+        low = _day_value(body, expr)
+        high = 6 if slash else low
+    if low > high:
+        raise PolicyValueError(f"invalid cron {expr!r}: day-of-week range {body!r} runs backwards")
+    return {day % 7 for day in range(low, high + 1, step)}
+
+
+def _day_value(text: str, expr: str) -> int:
+    lowered = text.lower()
+    if lowered in DAY_NAMES:
+        return DAY_NAMES.index(lowered)
+    if text.isdigit() and int(text) <= 7:
+        return int(text)
+    raise PolicyValueError(
+        f"invalid cron {expr!r}: day of week {text!r} is not 0-7 or sun, mon, ... sat"
+    )
