@@ -24,6 +24,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "validate": ("vault_rotator.policy.validate_cmd", "check policy files; print FILE:LINE errors"),
     "rotate": ("vault_rotator.commands.rotate_cmd", "start or resume a key's rotation"),
     "status": ("vault_rotator.commands.status_cmd", "show every key's rotation state"),
+    "demo": ("vault_rotator.demo", "run a full rotation on an embedded OpenBao + emulator"),
     "emulator": ("vault_rotator.emulator.cli", "run the ARouter emulator (for tests and demos)"),
 }
 

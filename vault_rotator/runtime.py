@@ -134,8 +134,12 @@ class Runtime:
             holder=holder,
         )
 
-    def close(self) -> None:
+    def close_clients(self) -> None:
+        """Close the provider clients (the Vault connection stays open)."""
         for client in self._clients.values():
             client.close()
         self._clients.clear()
+
+    def close(self) -> None:
+        self.close_clients()
         self.conn.close()

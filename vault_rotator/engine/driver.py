@@ -1,8 +1,9 @@
 """Drive one key's rotation pass after pass until it is published, finished or stalled.
 
 Between passes it sleeps ``poll_interval`` on the engine's (injectable) clock. A lease held by
-another process, or a transient failure (provider 429/5xx/timeouts, Vault sealed or down), is
-waited out when ``wait`` is set, up to ``max_transient`` failures in a row.
+another process is waited out when ``wait`` is set (until it is released or expires); so is a
+transient failure (provider 429/5xx/timeouts, Vault sealed or down, a lost lease), up to
+``max_transient`` in a row.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def drive(
             progress = engine.advance(policy, start=start and first, trigger=trigger, by=by)
             failures = 0
         except TRANSIENT as exc:
-            failures += 1
+            # A lease held by a live process is not a failure: it is doing the work.
+            failures += 0 if isinstance(exc, LeaseHeldError) else 1
             if not wait or failures > max_transient:
                 raise
             log.warning("pass failed; will retry", key=policy.ref, error=str(exc))
