@@ -6,6 +6,7 @@ import collections
 import threading
 from collections.abc import Iterator
 
+import hvac
 import pytest
 from world import Crash, World, crash_at
 
@@ -13,7 +14,9 @@ from vault_rotator.engine import reasons
 from vault_rotator.engine.driver import drive
 from vault_rotator.engine.engine import BOUNDARIES
 from vault_rotator.engine.session import StateStore
-from vault_rotator.errors import LeaseHeldError, PreflightError
+from vault_rotator.errors import LeaseHeldError, PreflightError, ProviderAuthError
+from vault_rotator.runtime import Runtime
+from vault_rotator.store.vault import VaultConnection
 from vault_rotator.testing.clock import FakeClock
 from vault_rotator.testing.vault_server import VaultServer
 
@@ -260,6 +263,15 @@ def test_lag_granularity_and_skew_never_fool_the_engine(world_for, dialect, knob
     assert stalled.stalled is not None
     assert stalled.stalled.reason == reasons.PICKUP_TIMEOUT
 
+    busy = world_for(dialect, emulator_options=knobs, usage_lag_s=90.0)
+    old_id, _ = busy.seed_old_key()
+    busy.add_consumer(refresh_s=30.0)
+    busy.add_consumer(sticky=True)  # keeps calling with the old key
+    progress = drive(busy.engine(), busy.policy, wait=True)
+    assert progress.stalled is not None
+    assert progress.stalled.reason == reasons.DRAIN_TIMEOUT
+    assert old_id in busy.live_ids()
+
 
 def test_dialect_a_confirms_pickup_by_billable_usage_only(world_for) -> None:
     """In dialect A free /v1/models calls never count as pickup; chat calls do."""
@@ -281,3 +293,41 @@ def test_preflight_refuses_unknown_old_key(world_for) -> None:
         world.engine().advance(world.policy, start=True)
     assert world.record().phase == reasons.IDLE
     assert world.emulator.all_keys() == []
+
+
+def test_preflight_names_every_missing_capability(world_for, vault: VaultServer) -> None:
+    """A token that can only read the secret is refused, naming each path it lacks."""
+    world = world_for("c")
+    world.seed_old_key()
+    admin = hvac.Client(url=vault.addr, token=vault.token)
+    name = f"ro-{world.tag}"
+    admin.sys.create_or_update_policy(
+        name, f'path "secret/data/{world.policy.secret_path}" {{ capabilities = ["read"] }}'
+    )
+    token = admin.auth.token.create(policies=[name], ttl="5m")["auth"]["client_token"]
+    limited = Runtime(
+        VaultConnection(vault.addr, token), clock=world.clock, sleep=world.clock.sleep
+    )
+    try:
+        with pytest.raises(PreflightError) as err:
+            limited.engine().advance(world.policy, start=True)
+    finally:
+        limited.close()
+    message = str(err.value)
+    assert f"secret/data/{world.policy.secret_path} (create/update)" in message
+    assert "vault-rotator" in message  # the state and pending paths
+    assert token not in message
+    assert world.emulator.all_keys()[0]["name"].endswith("original")
+    assert len(world.emulator.all_keys()) == 1
+
+
+def test_wrong_management_key_is_a_clear_auth_error(world_for) -> None:
+    """A management key the provider rejects stops preflight with a 401 error, no side effect."""
+    world = world_for("c")
+    world.seed_old_key()
+    path = world.policy.provider.management_key.path
+    world.kv.write(path, {"key": "lr_mgmt_wrong_0000000000"}, cas=1)
+    with pytest.raises(ProviderAuthError) as err:
+        world.engine().advance(world.policy, start=True)
+    assert "lr_mgmt_wrong" not in str(err.value)
+    assert world.record().phase == reasons.IDLE

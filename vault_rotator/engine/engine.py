@@ -27,7 +27,7 @@ import structlog
 
 from vault_rotator.engine import reasons
 from vault_rotator.engine.decide import Decision, Observation, Timing, decide_published, mark_of
-from vault_rotator.engine.preflight import Plan, preflight
+from vault_rotator.engine.preflight import Plan, check_capabilities, preflight
 from vault_rotator.engine.session import Session, StateStore, default_holder
 from vault_rotator.engine.state import Outcome, Pending, Rotation, Stall, StateRecord, UseMark
 from vault_rotator.errors import (
@@ -144,6 +144,8 @@ class Engine:
     ) -> Progress:
         """One pass under the lease: start (if asked and idle) or continue the rotation."""
         store = self.store(policy)
+        if start:  # before touching the record, so a weak token gets the full list of gaps
+            check_capabilities(policy, self.kv_for(policy.vault.kv_mount), store)
         session = Session.acquire(
             store, policy.env, policy.name, holder=self.holder, clock=self.clock, ttl=self.lease_ttl
         )
@@ -263,7 +265,14 @@ class _Pass:
     # -- steps 0-1: preflight and intent --------------------------------------------------
 
     def _intent(self, trigger: str, by: str) -> None:
-        plan = preflight(self.policy, self.kv, self.store, self.provider, now=self.e.clock())
+        plan = preflight(
+            self.policy,
+            self.kv,
+            self.store,
+            self.provider,
+            now=self.e.clock(),
+            capabilities_checked=True,
+        )
         now = self.e.clock()
         rotation = Rotation(
             id=self.e.new_id(),

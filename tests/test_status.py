@@ -1,0 +1,78 @@
+"""Status is derived from the record alone: stalled shows even when nothing is running."""
+
+from __future__ import annotations
+
+from vault_rotator.engine import reasons
+from vault_rotator.engine.state import Outcome, Permissions, Rotation, Stall, StateRecord
+from vault_rotator.engine.status import derive_state, key_status
+
+NOW = 1_800_000_000.0
+
+
+def published(**changes: object) -> StateRecord:
+    rotation = Rotation(
+        id="r1",
+        attempt=1,
+        date="2027-01-15",
+        policy={},
+        permissions=Permissions(allowed_providers=("openai",)),
+        started_at=NOW - 100,
+        start_version=1,
+        old_key_id="old",
+        new_key_id="new",
+        published_at=NOW - 50,
+        pickup_deadline=NOW + 3600,
+    ).evolve(**changes)
+    return StateRecord.new("prod", "app").evolve(phase=reasons.PUBLISHED, rotation=rotation)
+
+
+def test_awaiting_pickup_before_the_deadline() -> None:
+    """Before pickup_timeout passes, a published rotation awaits pickup."""
+    assert derive_state(published(), NOW) == ("awaiting-pickup", [])
+
+
+def test_pickup_deadline_passed_reads_as_stalled_without_a_process() -> None:
+    """Once pickup_deadline is behind us, status says stalled even though no stall was saved."""
+    state, passed = derive_state(published(), NOW + 3601)
+    assert state == f"stalled:{reasons.PICKUP_TIMEOUT}"
+    assert passed == [reasons.PICKUP_TIMEOUT]
+
+
+def test_drain_deadline_counts_only_while_the_old_key_lives() -> None:
+    """drain_deadline passed with the old key alive is stalled; after its deletion it is not."""
+    rec = published(pickup_at=NOW - 10, drain_deadline=NOW - 1)
+    assert derive_state(rec, NOW)[0] == f"stalled:{reasons.DRAIN_TIMEOUT}"
+    assert (
+        derive_state(published(pickup_at=NOW - 10, drain_deadline=NOW - 1, old_deleted=True), NOW)[
+            0
+        ]
+        == "draining"
+    )
+
+
+def test_saved_stall_wins_and_row_carries_detail_and_history() -> None:
+    """A saved stall is reported with its detail; the last outcomes list who triggered them."""
+    rec = published(stalled=Stall(reasons.SECRET_CHANGED, "someone wrote it", NOW)).evolve(
+        outcomes=(Outcome("r0", reasons.SUCCEEDED, NOW - 86400, "schedule", "daemon"),),
+        last_success_at=NOW - 86400,
+    )
+    row = key_status(ref="prod/app", max_age_s=45 * 86400, record=rec, secret=None, now=NOW)
+    assert row["state"] == f"stalled:{reasons.SECRET_CHANGED}"
+    assert row["stall_detail"] == "someone wrote it"
+    assert row["age_s"] == 86400
+    assert row["next_due_at"] == NOW - 86400 + 45 * 86400
+    assert row["last_outcomes"][0]["by"] == "daemon"
+
+
+def test_never_rotated_key_uses_the_secret_rotated_at() -> None:
+    """With no record yet, age comes from the consumer secret's rotated_at field."""
+    row = key_status(
+        ref="prod/app",
+        max_age_s=100.0,
+        record=StateRecord.new("prod", "app"),
+        secret={"key_id": "k1", "rotated_at": "2027-01-15T08:00:00+00:00"},
+        now=NOW,
+    )
+    assert row["state"] == "never-rotated"
+    assert row["current_key_id"] == "k1"
+    assert row["age_s"] is not None
