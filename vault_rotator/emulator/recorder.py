@@ -1,0 +1,41 @@
+"""What the emulator saw: requests per route and every inference answer.
+
+The inference log keeps the newest 100,000 answers; neither survives a restart.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Any
+
+from vault_rotator.emulator.clock import iso
+from vault_rotator.emulator.faults import ROUTES
+
+LOG_LIMIT = 100_000
+
+
+class Recorder:
+    """Thread-safe request counts and inference log."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts = dict.fromkeys(ROUTES, 0)
+        self._log: deque[dict[str, Any]] = deque(maxlen=LOG_LIMIT)
+
+    def count(self, route: str) -> None:
+        with self._lock:
+            self._counts[route] += 1
+
+    def log_inference(self, key_id: str | None, route: str, status: int, at: float) -> None:
+        entry = {"key_id": key_id, "route": route, "status": status, "at": iso(at)}
+        with self._lock:
+            self._log.append(entry)
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+    def inference_log(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(entry) for entry in self._log]

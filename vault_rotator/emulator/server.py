@@ -1,0 +1,169 @@
+"""The HTTP edge: a threaded HTTP/1.1 server that hands each request to the app.
+
+Keep-alive connections are tracked so that :meth:`HttpServer.stop` can close them: stopping
+never waits on an idle client, and leaves no socket or thread behind.
+
+Decisions: a body over 1 MiB is a 413 (up to 8 MiB is read and discarded first so the client
+sees the answer; beyond that the connection is closed); ``Transfer-Encoding`` bodies are
+refused with 411; an idle connection is closed after 30 s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, cast
+
+import structlog
+
+from vault_rotator.emulator.wire import Request, Response, error_response
+
+App = Callable[[Request], Response]
+MAX_BODY = 1024 * 1024
+_DRAIN_LIMIT = 8 * 1024 * 1024
+_CHUNK = 64 * 1024
+
+log = structlog.get_logger("vault_rotator.emulator")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    timeout = 30
+    disable_nagle_algorithm = True  # headers and body go out in two writes
+
+    @property
+    def _server(self) -> _Server:
+        return cast(_Server, self.server)
+
+    def setup(self) -> None:
+        super().setup()
+        self._server.track(self.connection)
+
+    def finish(self) -> None:
+        self._server.untrack(self.connection)
+        super().finish()
+
+    def do_GET(self) -> None:
+        self._serve()
+
+    do_POST = do_PATCH = do_DELETE = do_PUT = do_GET
+
+    def _serve(self) -> None:
+        body = self._read_body()
+        if body is None:
+            return
+        request = Request.build(self.command, self.path, self.headers.items(), body)
+        response = self._server.app(request)
+        if response.drop:
+            self.close_connection = True
+            return
+        self._send(response)
+
+    def _read_body(self) -> bytes | None:
+        if self.headers.get("Transfer-Encoding"):
+            self._refuse(error_response(411, "send a Content-Length, not chunks"))
+            return None
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0:
+            self._refuse(error_response(400, "invalid Content-Length"))
+            return None
+        if length > MAX_BODY:
+            if length <= _DRAIN_LIMIT:
+                self._discard(length)
+            self._refuse(error_response(413, f"request body over {MAX_BODY} bytes"))
+            return None
+        return self.rfile.read(length)
+
+    def _discard(self, length: int) -> None:
+        while length > 0:
+            chunk = self.rfile.read(min(length, _CHUNK))
+            if not chunk:
+                return
+            length -= len(chunk)
+
+    def _refuse(self, response: Response) -> None:
+        self.close_connection = True
+        response.headers["Connection"] = "close"
+        self._send(response)
+
+    def _send(self, response: Response) -> None:
+        self.send_response(response.status)
+        for name, value in response.headers.items():
+            self.send_header(name, value)
+        if response.content_type is not None:
+            self.send_header("Content-Type", response.content_type)
+        if response.status not in (204, 304):
+            self.send_header("Content-Length", str(len(response.body)))
+        self.end_headers()
+        if response.status not in (204, 304):
+            self.wfile.write(response.body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silent: the recorder counts requests and logs inference answers."""
+
+
+class _Server(ThreadingHTTPServer):
+    def __init__(self, address: tuple[str, int], app: App) -> None:
+        self.app = app
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, _Handler)
+
+    def track(self, connection: socket.socket) -> None:
+        with self._connections_lock:
+            self._connections.add(connection)
+
+    def untrack(self, connection: socket.socket) -> None:
+        with self._connections_lock:
+            self._connections.discard(connection)
+
+    def close_connections(self) -> None:
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):  # already closed by the peer
+                connection.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hung up (a timeout test, a dropped connection) is not an error.
+        log.debug("emulator_connection_error", client=str(client_address), exc_info=True)
+
+
+class HttpServer:
+    """Serves ``app`` (a callable Request -> Response) on ``host:port`` in a thread."""
+
+    def __init__(self, app: App, host: str, port: int) -> None:
+        self._server = _Server((host, port), app)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.01},  # how soon stop() is noticed
+            name=f"arouter-emulator-{self.port}",
+            daemon=True,
+        )
+
+    @property
+    def host(self) -> str:
+        return str(self._server.server_address[0])
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop accepting, close open connections, and join every thread."""
+        if self._thread.is_alive():
+            self._server.shutdown()
+            self._thread.join()
+        self._server.close_connections()
+        self._server.server_close()
