@@ -1,0 +1,482 @@
+"""ARouter's three key-management dialects as pure data: paths, request bodies, answer parsing.
+
+No I/O and no httpx here: :mod:`vault_rotator.provider.arouter` sends what this module builds
+and hands back the decoded JSON for it to validate. Every malformed answer raises
+:class:`~vault_rotator.errors.ProviderResponseError` whose one-line message names the endpoint,
+the record and the field, e.g. ``GET /api/v1/keys: key 3f2a…: usage: expected a number, got
+object``. A bad record fails the whole answer: a half-read listing could make the engine believe
+a key is gone, so it is never turned into a partial or wrong result.
+
+Decisions where the spec is silent:
+
+- ``dialect=None`` means "A or B, not yet known" (``/api/v1/keys`` answered, but no record and no
+  create answer has shown its shape). Parsing is then led by value types (``usage`` number or
+  object, ``limit`` or ``limit_usd``). A create with a cap sends it as both ``limit`` and
+  ``limit_usd``, and after a 400 (nothing created) as ``limit`` alone, then ``limit_usd`` alone:
+  a strict server refuses the name it does not know, a lenient one keeps its own, so the cap
+  is never dropped silently.
+- Ids come from the dialect's field (``hash`` for A/B, ``id`` for C), falling back to the other
+  one when absent. An id must match ``[A-Za-z0-9][A-Za-z0-9_.:-]{0,255}``: ids are put in URL
+  paths and log lines.
+- Bounds on hostile records: names, labels 1,024 characters; list entries 256 characters and
+  1,000 entries; no control characters in any string (log injection); money is a finite number
+  in ``[0, 1e12]``; token counts integers in ``[0, 1e15]``; booleans are never numbers.
+- ``last_used_at`` and ``expires_at`` are parsed whenever a record carries them, whatever the
+  dialect (A simply never does); ``disabled`` missing or null means enabled (B and C omit it).
+- Timestamps: ISO-8601 strings (a naive one is read as UTC) or Unix seconds (OpenAI style),
+  returned as aware UTC datetimes.
+- A create answer's record fields that are missing (B answers only ``key``, ``hash``, ``name``)
+  are filled from the spec we sent. The one-time value must be a token-shaped string of 8 to
+  1,024 characters; a value shaped like a management key (``lr_mgmt_``/``lr_admin_``) is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import NoReturn
+from urllib.parse import quote
+
+from vault_rotator.errors import ProviderPermanentError, ProviderResponseError
+from vault_rotator.provider.port import CreatedKey, Dialect, KeyRecord, KeySpec
+from vault_rotator.secret import Secret
+
+MODERN_COLLECTION = "/api/v1/keys"
+GUIDE_COLLECTION = "/v1/keys"
+COLLECTION_PATHS = {Dialect.A: MODERN_COLLECTION, Dialect.B: MODERN_COLLECTION}
+COLLECTION_PATHS[Dialect.C] = GUIDE_COLLECTION
+# Auto-detection tries these in order; a 404 on one moves on to the next.
+CANDIDATE_COLLECTIONS = (MODERN_COLLECTION, GUIDE_COLLECTION)
+MODELS_PATH = "/v1/models"
+CHAT_PATH = "/v1/chat/completions"
+EMBEDDINGS_PATH = "/v1/embeddings"
+MAX_PAGE_SIZE = 100  # the spec's server maximum
+
+ID_FIELD = {Dialect.A: "hash", Dialect.B: "hash", Dialect.C: "id"}
+CAP_FIELD = {Dialect.A: "limit", Dialect.B: "limit_usd", Dialect.C: "spending_limit"}
+
+MAX_TEXT = 1024
+MAX_LIST_ITEM = 256
+MAX_LIST_LEN = 1000
+MAX_MONEY = 1e12
+MAX_TOKENS = 10**15
+MAX_UNIX_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z
+
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,255}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_LIMIT_RESET = re.compile(r"[a-z_]{1,32}")
+_KEY_VALUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{7,1023}")
+_MANAGEMENT_PREFIXES = ("lr_mgmt_", "lr_admin_")
+
+
+def collection_for(dialect: Dialect) -> str:
+    """The collection path a dialect serves."""
+    return COLLECTION_PATHS[dialect]
+
+
+def dialect_of_collection(path: str) -> Dialect | None:
+    """C if the path is the rotation guide's, else None (A or B: the records must tell)."""
+    return Dialect.C if path == GUIDE_COLLECTION else None
+
+
+def id_field_for(collection: str) -> str:
+    """Which field holds a key's id on this collection path."""
+    return ID_FIELD[Dialect.C] if collection == GUIDE_COLLECTION else ID_FIELD[Dialect.A]
+
+
+def item_path(collection: str, key_id: str) -> str:
+    """The item path of one key; refuses ids that are not id-shaped."""
+    if not isinstance(key_id, str) or not _ID.fullmatch(key_id):
+        raise ProviderPermanentError(f"refusing to address key {key_id!r:.80}: not an id")
+    return f"{collection}/{quote(key_id, safe='')}"
+
+
+def clamp_page_size(page_size: int) -> int:
+    """Page sizes the spec's server honours: 1 to 100."""
+    return max(1, min(MAX_PAGE_SIZE, page_size))
+
+
+def list_params(
+    page_size: int, *, page_token: str | None = None, offset: int = 0
+) -> dict[str, str]:
+    """Query parameters of one list page; ``include_disabled=true`` is always sent."""
+    params = {"page_size": str(page_size), "include_disabled": "true"}
+    if page_token is not None:
+        params["page_token"] = page_token
+    elif offset:
+        params["offset"] = str(offset)
+    return params
+
+
+def cap_variants(dialect: Dialect | None, spec: KeySpec) -> tuple[tuple[str, ...], ...]:
+    """The spending-cap field sets to try in turn, each after a 400 on the one before.
+
+    One set when the dialect is known or no cap is asked for; while A/B is open: both names
+    (a lenient server keeps its own), then A's alone, then B's alone (a strict server refuses
+    the unknown name with a 400, and a 400 creates nothing).
+    """
+    if dialect is not None:
+        return ((CAP_FIELD[dialect],),)
+    if spec.spending_limit is None:
+        return ((),)
+    a_cap, b_cap = CAP_FIELD[Dialect.A], CAP_FIELD[Dialect.B]
+    return ((a_cap, b_cap), (a_cap,), (b_cap,))
+
+
+def iso_utc(moment: datetime) -> str:
+    """``2025-01-02T03:04:05Z``; refuses naive datetimes (their zone is a guess)."""
+    if moment.tzinfo is None:
+        raise ValueError("expires_at must be timezone-aware")
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def create_body(spec: KeySpec, caps: Sequence[str]) -> dict[str, object]:
+    """The JSON body of a create: ``name`` plus every set field; never ``disabled``."""
+    body: dict[str, object] = {"name": spec.name}
+    if spec.allowed_providers is not None:
+        body["allowed_providers"] = list(spec.allowed_providers)
+    if spec.allowed_models is not None:
+        body["allowed_models"] = list(spec.allowed_models)
+    if spec.spending_limit is not None:
+        body.update(dict.fromkeys(caps, spec.spending_limit))
+    if spec.limit_reset is not None:
+        body["limit_reset"] = spec.limit_reset
+    if spec.expires_at is not None:
+        body["expires_at"] = iso_utc(spec.expires_at)
+    return body
+
+
+def update_body(*, disabled: bool) -> dict[str, object]:
+    """The JSON body of an enable/disable PATCH."""
+    return {"disabled": disabled}
+
+
+_KINDS: tuple[tuple[type, str], ...] = (
+    (bool, "boolean"),
+    (int, "number"),
+    (float, "number"),
+    (str, "string"),
+    (list, "array"),
+    (dict, "object"),
+)
+
+
+def _kind(value: object) -> str:
+    """A JSON-ish type name for messages."""
+    if value is None:
+        return "null"
+    return next((name for cls, name in _KINDS if isinstance(value, cls)), type(value).__name__)
+
+
+class Fields:
+    """Typed, bounded reads of one JSON object; every failure names endpoint, record and field."""
+
+    def __init__(self, endpoint: str, where: str, raw: object) -> None:
+        self.endpoint = endpoint
+        self.where = where
+        if not isinstance(raw, dict):
+            self._raise(f"{where}: expected an object, got {_kind(raw)}")
+        self.raw: dict[str, object] = raw
+
+    def _raise(self, text: str) -> NoReturn:
+        raise ProviderResponseError(f"{self.endpoint}: {text}", endpoint=self.endpoint)
+
+    def fail(self, field: str, problem: str) -> NoReturn:
+        """Raise ProviderResponseError for ``field`` of this record."""
+        self._raise(f"{self.where}: {field}: {problem}")
+
+    def has(self, field: str) -> bool:
+        return field in self.raw
+
+    def _expect(self, field: str, wanted: str) -> NoReturn:
+        self.fail(field, f"expected {wanted}, got {_kind(self.raw[field])}")
+
+    def text(self, field: str, *, required: bool = False, limit: int = MAX_TEXT) -> str | None:
+        """A string field without control characters, at most ``limit`` characters."""
+        value = self.raw.get(field)
+        if value is None:
+            if required:
+                self.fail(field, "missing")
+            return None
+        if not isinstance(value, str):
+            self._expect(field, "a string")
+        if len(value) > limit:
+            self.fail(field, f"longer than {limit} characters ({len(value)})")
+        if _CONTROL.search(value):
+            self.fail(field, "contains control characters")
+        return value
+
+    def money(self, field: str) -> float | None:
+        """A finite, non-negative amount of USD."""
+        value = self.raw.get(field)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self._expect(field, "a number")
+        if not math.isfinite(value) or not 0 <= value <= MAX_MONEY:
+            self.fail(field, f"out of range [0, {MAX_MONEY:g}]: {value!r:.40}")
+        return float(value)
+
+    def count(self, field: str) -> int | None:
+        """A non-negative integer counter (a float with no fraction is accepted)."""
+        value = self.raw.get(field)
+        if value is None:
+            return None
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            self._expect(field, "an integer")
+        if not 0 <= value <= MAX_TOKENS:
+            self.fail(field, f"out of range [0, {MAX_TOKENS}]: {value}")
+        return value
+
+    def flag(self, field: str) -> bool | None:
+        value = self.raw.get(field)
+        if value is not None and not isinstance(value, bool):
+            self._expect(field, "a boolean")
+        return value
+
+    def moment(self, field: str) -> datetime | None:
+        """An ISO-8601 string (naive = UTC) or Unix seconds, as an aware UTC datetime."""
+        value = self.raw.get(field)
+        if value is None:
+            return None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value) or not 0 <= value <= MAX_UNIX_SECONDS:
+                self.fail(field, f"Unix time out of range: {value!r:.40}")
+            return datetime.fromtimestamp(value, UTC)
+        text = self.text(field, limit=64)
+        try:
+            parsed = datetime.fromisoformat(text or "")
+        except ValueError:
+            self.fail(field, f"not an ISO-8601 timestamp: {text!r}")
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+    def names(self, field: str) -> tuple[str, ...] | None:
+        """A list of short strings (providers, models) as a tuple."""
+        value = self.raw.get(field)
+        if value is None:
+            return None
+        if not isinstance(value, list):
+            self._expect(field, "an array of strings")
+        if len(value) > MAX_LIST_LEN:
+            self.fail(field, f"more than {MAX_LIST_LEN} entries")
+        for index, item in enumerate(value):
+            if not isinstance(item, str) or not item or len(item) > MAX_LIST_ITEM:
+                self.fail(f"{field}[{index}]", f"expected a string of 1-{MAX_LIST_ITEM} chars")
+            if _CONTROL.search(item):
+                self.fail(f"{field}[{index}]", "contains control characters")
+        return tuple(value)
+
+    def key_id(self, field: str) -> str:
+        """The record's id from ``field`` (or the other id field when absent), id-shaped."""
+        other = "id" if field == "hash" else "hash"
+        name = field if self.raw.get(field) is not None else other
+        value = self.raw.get(name)
+        if value is None:
+            self.fail(field, "missing")
+        if not isinstance(value, str):
+            self._expect(name, "a string")
+        if not _ID.fullmatch(value):
+            self.fail(name, f"not an id: {value[:40]!r}")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One list page: its raw records (objects, not yet typed) and the next-page token."""
+
+    records: tuple[Fields, ...]
+    next_page_token: str | None
+
+
+def parse_page(endpoint: str, payload: object) -> Page:
+    """Check a list answer's envelope: ``{"data": [objects], "next_page_token"?: str|null}``."""
+    envelope = Fields(endpoint, "answer", payload)
+    data = envelope.raw.get("data")
+    if not isinstance(data, list):
+        envelope.fail("data", f"expected an array, got {_kind(data)}")
+    token = envelope.text("next_page_token", limit=MAX_TEXT)
+    records = tuple(Fields(endpoint, f"data[{i}]", raw) for i, raw in enumerate(data))
+    return Page(records, token or None)
+
+
+def detect_from_records(records: Sequence[Fields]) -> Dialect | None:
+    """A or B by majority of field signals; None when there is none or a tie.
+
+    A: ``usage`` a number, ``limit``, ``usage_daily``/``key_type``. B: ``usage`` an object,
+    ``limit_usd``, ``last_used_at``.
+    """
+    votes_a = votes_b = 0
+    for record in records:
+        raw = record.raw
+        usage = raw.get("usage")
+        votes_a += isinstance(usage, int | float) and not isinstance(usage, bool)
+        votes_b += isinstance(usage, dict)
+        votes_a += "limit" in raw
+        votes_b += "limit_usd" in raw
+        votes_b += "last_used_at" in raw
+        votes_a += "usage_daily" in raw or "key_type" in raw
+    if votes_a == votes_b:
+        return None
+    return Dialect.A if votes_a > votes_b else Dialect.B
+
+
+def _usage(record: Fields, dialect: Dialect | None) -> tuple[float | None, int | None]:
+    """(cost, tokens): A a number, B an object, C not reported."""
+    if dialect is Dialect.C or record.raw.get("usage") is None:
+        return None, None
+    usage = record.raw["usage"]
+    if isinstance(usage, dict) and dialect is not Dialect.A:
+        nested = Fields(record.endpoint, f"{record.where}: usage", usage)
+        prompt, completion = nested.count("prompt_tokens"), nested.count("completion_tokens")
+        tokens = (
+            None if prompt is None and completion is None else (prompt or 0) + (completion or 0)
+        )
+        return nested.money("cost"), tokens
+    if dialect is Dialect.B:
+        record.fail("usage", f"expected an object, got {_kind(usage)}")
+    if isinstance(usage, dict):
+        record.fail("usage", "expected a number, got object")
+    return record.money("usage"), None
+
+
+def _cap(record: Fields, dialect: Dialect | None) -> float | None:
+    if dialect is not None:
+        return record.money(CAP_FIELD[dialect])
+    return record.money("limit") if record.has("limit") else record.money("limit_usd")
+
+
+def _limit_reset(record: Fields) -> str | None:
+    value = record.text("limit_reset", limit=32)
+    if value is not None and not _LIMIT_RESET.fullmatch(value):
+        record.fail("limit_reset", f"not a period name: {value!r}")
+    return value
+
+
+def parse_record(record: Fields, dialect: Dialect | None, id_field: str) -> KeyRecord:
+    """Normalise one listed (or created) key into a :class:`KeyRecord`."""
+    key_id = record.key_id(id_field)
+    record.where = f"key {key_id}"
+    cost, tokens = _usage(record, dialect)
+    name = record.text("name", required=True)
+    assert name is not None
+    return KeyRecord(
+        id=key_id,
+        name=name,
+        label=record.text("label"),
+        created_at=record.moment("created_at"),
+        last_used_at=record.moment("last_used_at"),
+        usage_cost=cost,
+        usage_tokens=tokens,
+        disabled=bool(record.flag("disabled")),
+        allowed_providers=record.names("allowed_providers"),
+        allowed_models=record.names("allowed_models"),
+        spending_limit=_cap(record, dialect),
+        limit_reset=_limit_reset(record),
+        expires_at=record.moment("expires_at"),
+    )
+
+
+def shape_of_created(payload: object, collection: str) -> Dialect | None:
+    """Which dialect a create answer looks like: nested ``data`` A, flat ``hash`` B, C by path."""
+    if not isinstance(payload, dict):
+        return None
+    if collection == GUIDE_COLLECTION:
+        return Dialect.C
+    if isinstance(payload.get("data"), dict):
+        return Dialect.A
+    return Dialect.B if "hash" in payload else None
+
+
+def parse_key_value(answer: Fields) -> Secret:
+    """The one-time key value: token-shaped, never a management key."""
+    value = answer.raw.get("key")
+    if value is None:
+        answer.fail("key", "missing: the new key's value was not in the answer")
+    if not isinstance(value, str) or not _KEY_VALUE.fullmatch(value):
+        answer.fail("key", f"not a key value ({_kind(value)}, 8-1024 token characters expected)")
+    if value.startswith(_MANAGEMENT_PREFIXES):
+        answer.fail("key", "has a management-key prefix; refusing it as an API key")
+    return Secret(value)
+
+
+_SPEC_FIELDS = {
+    "allowed_providers": ("allowed_providers",),
+    "allowed_models": ("allowed_models",),
+    "spending_limit": ("limit", "limit_usd", "spending_limit"),
+    "limit_reset": ("limit_reset",),
+    "expires_at": ("expires_at",),
+}
+
+
+def _fill_from_spec(record: KeyRecord, raw: Mapping[str, object], spec: KeySpec) -> KeyRecord:
+    """Take what the answer left out from the spec we sent."""
+    missing = {
+        field: getattr(spec, field)
+        for field, sources in _SPEC_FIELDS.items()
+        if not any(raw.get(source) is not None for source in sources)
+    }
+    return replace(record, **missing)
+
+
+def parse_created(
+    endpoint: str, payload: object, spec: KeySpec, dialect: Dialect | None, collection: str
+) -> tuple[CreatedKey, Dialect | None]:
+    """A create answer as (created key, dialect its shape shows)."""
+    answer = Fields(endpoint, "answer", payload)
+    shape = shape_of_created(payload, collection)
+    value = parse_key_value(answer)
+    if answer.raw.get("data") is not None:
+        fields = Fields(endpoint, "data", answer.raw["data"])
+    else:
+        fields = Fields(endpoint, "answer", {k: v for k, v in answer.raw.items() if k != "key"})
+    if not fields.has("name"):
+        fields.raw["name"] = spec.name
+    record = parse_record(fields, dialect or shape, id_field_for(collection))
+    return CreatedKey(_fill_from_spec(record, fields.raw, spec), value), shape
+
+
+def decode_json(endpoint: str, content_type: str, body: bytes) -> object:
+    """An answer's JSON document, or ProviderResponseError saying why not (HTML, truncated...)."""
+    if content_type and "json" not in content_type.lower():
+        kind = content_type.split(";", maxsplit=1)[0]
+        raise ProviderResponseError(
+            f"{endpoint}: answer is {kind!r:.60}, not JSON", endpoint=endpoint
+        )
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        reason = type(exc).__name__ if isinstance(exc, RecursionError) else str(exc)[:80]
+        raise ProviderResponseError(
+            f"{endpoint}: answer is not valid JSON ({reason})", endpoint=endpoint
+        ) from exc
+
+
+def check_models(endpoint: str, payload: object) -> int:
+    """A ``GET /v1/models`` answer must hold a ``data`` array; returns its length."""
+    answer = Fields(endpoint, "answer", payload)
+    data = answer.raw.get("data")
+    if not isinstance(data, list):
+        answer.fail("data", f"expected an array, got {_kind(data)}")
+    return len(data)
+
+
+def error_details(payload: object) -> tuple[str, str]:
+    """(message, type-or-code) from ``{"error": {...}}`` or a flat ``{"code", "message"}``."""
+    if not isinstance(payload, dict):
+        return "", ""
+    inner = payload.get("error")
+    body = inner if isinstance(inner, dict) else payload
+    message = body.get("message")
+    if not isinstance(message, str) and isinstance(inner, str):
+        message = inner
+    kind = body.get("code") or body.get("type")
+    return (
+        message if isinstance(message, str) else "",
+        kind if isinstance(kind, str) else "",
+    )

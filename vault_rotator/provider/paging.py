@@ -1,0 +1,72 @@
+"""How a listing walks pages, as a pure flow: a generator yields the query of the next page to
+fetch, is sent the page, and returns the records (the shape of httpx's auth flows). The client
+does the I/O; this module decides, so paging is testable without a server.
+
+Decisions where the spec is silent:
+
+- ``next_page_token`` is followed while present. Once a server has sent a token, a page
+  without one is the last (offset is never mixed in).
+- Without tokens, ``offset`` paging goes on while a page comes back full (at least the page
+  size asked for).
+- Records are de-duplicated by id, first sighting wins: with offset paging a key created
+  meanwhile shifts the next page by one. (A key deleted meanwhile can make another one skip a
+  page; nothing but tokens can prevent that.)
+- A server that never ends is cut off at ``10,000 / page_size + 10`` pages. A repeated token,
+  or a full offset page with no new id (a server ignoring ``offset``), is refused at once. All
+  three raise ProviderResponseError: a partial listing is never returned.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Generator
+
+from vault_rotator.errors import ProviderResponseError
+from vault_rotator.provider.dialects import Fields, Page, list_params
+
+MAX_LISTED_KEYS = 10_000
+
+Flow = Generator[dict[str, str], Page, list[Fields]]
+
+
+def max_pages(page_size: int) -> int:
+    """The most pages one listing may take."""
+    return math.ceil(MAX_LISTED_KEYS / page_size) + 10
+
+
+def listing(first: Page, *, page_size: int, id_field: str, endpoint: str) -> Flow:
+    """Walk the pages after ``first``: yields each next query, returns the unique records."""
+    seen: dict[str, Fields] = {}
+    tokens: set[str] = set()
+    offset, fetched, page = 0, 1, first
+    while True:
+        added = _merge(seen, page, id_field)
+        offset += len(page.records)
+        token = page.next_page_token
+        if token is not None:
+            if token in tokens:
+                raise _error(endpoint, "next_page_token repeats an earlier one")
+            tokens.add(token)
+            query = list_params(page_size, page_token=token)
+        elif tokens or len(page.records) < page_size:
+            return list(seen.values())
+        elif added == 0 and fetched > 1:
+            raise _error(endpoint, "a full page had no new keys (is offset ignored?)")
+        else:
+            query = list_params(page_size, offset=offset)
+        fetched += 1
+        if fetched > max_pages(page_size):
+            raise _error(endpoint, f"more than {max_pages(page_size)} pages; giving up")
+        page = yield query
+
+
+def _merge(seen: dict[str, Fields], page: Page, id_field: str) -> int:
+    """Add a page's records to ``seen`` by id; return how many were new."""
+    before = len(seen)
+    for record in page.records:
+        seen.setdefault(record.key_id(id_field), record)
+    return len(seen) - before
+
+
+def _error(endpoint: str, problem: str) -> ProviderResponseError:
+    return ProviderResponseError(f"{endpoint}: {problem}", endpoint=endpoint)
