@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -134,7 +135,10 @@ class _Server(ThreadingHTTPServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that hung up (a timeout test, a dropped connection) is not an error.
-        log.debug("emulator_connection_error", client=str(client_address), exc_info=True)
+        error = sys.exc_info()[1]
+        log.debug(
+            "emulator_connection_error", client=str(client_address), error=type(error).__name__
+        )
 
 
 class HttpServer:
