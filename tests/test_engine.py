@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import collections
 import threading
-from collections.abc import Iterator
 
 import hvac
 import pytest
-from world import Crash, World, crash_at
+from world import Crash, assert_clean_end, crash_at
 
 from vault_rotator.engine import reasons
 from vault_rotator.engine.driver import drive
@@ -17,43 +16,7 @@ from vault_rotator.engine.session import StateStore
 from vault_rotator.errors import LeaseHeldError, PreflightError, ProviderAuthError
 from vault_rotator.runtime import Runtime
 from vault_rotator.store.vault import VaultConnection
-from vault_rotator.testing.clock import FakeClock
 from vault_rotator.testing.vault_server import VaultServer
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    """A fake clock shared by the engine and the emulator."""
-    return FakeClock()
-
-
-@pytest.fixture
-def world_for(vault: VaultServer, make_emulator, clock: FakeClock) -> Iterator:  # type: ignore[no-untyped-def]
-    """Build a World for a dialect (and emulator/policy options); closed after the test."""
-    worlds: list[World] = []
-
-    def build(dialect: str = "c", emulator_options: dict | None = None, **policy) -> World:  # type: ignore[type-arg]
-        emu = make_emulator(dialect=dialect, clock=clock, **(emulator_options or {}))
-        world = World(vault, emu, clock, **policy)
-        worlds.append(world)
-        return world
-
-    yield build
-    for world in worlds:
-        world.close()
-
-
-def assert_clean_end(world: World, old_id: str | None) -> str:
-    """Exactly one live key, the one Vault serves; the old one gone; pending destroyed."""
-    served = world.served()
-    assert world.live_ids() == {served["key_id"]}
-    assert old_id is None or old_id not in world.live_ids()
-    assert not world.pending_exists()
-    record = world.record()
-    assert record.phase == reasons.IDLE
-    assert record.lease is None
-    assert record.current_key_id == served["key_id"]
-    return str(served["key_id"])
 
 
 def test_rotation_under_consumers_moves_traffic_and_deletes_old_key(
@@ -281,18 +244,6 @@ def test_dialect_a_confirms_pickup_by_billable_usage_only(world_for) -> None:
     progress = drive(world.engine(), world.policy, wait=True)
     assert progress.stalled is not None
     assert progress.stalled.reason == reasons.PICKUP_TIMEOUT
-
-
-def test_preflight_refuses_unknown_old_key(world_for) -> None:
-    """A secret naming a key the provider does not list is refused before any side effect."""
-    world = world_for("c")
-    world.kv.write(
-        world.policy.secret_path, {"api_key": "lr_live_gone", "key_id": "key_gone"}, cas=0
-    )
-    with pytest.raises(PreflightError, match="key_gone"):
-        world.engine().advance(world.policy, start=True)
-    assert world.record().phase == reasons.IDLE
-    assert world.emulator.all_keys() == []
 
 
 def test_preflight_names_every_missing_capability(world_for, vault: VaultServer) -> None:

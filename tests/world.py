@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vault_rotator.emulator import Emulator
+from vault_rotator.engine import reasons
 from vault_rotator.engine.engine import Engine, FaultHook
 from vault_rotator.engine.session import StateStore
 from vault_rotator.engine.state import StateRecord
@@ -44,7 +45,7 @@ class Consumer:
     refresh_s: float = 30.0
     route: str = "chat"
     sticky: bool = False  # True: reads Vault once and never again (a stale consumer)
-    value: str | None = None
+    value: str | None = field(default=None, repr=False)  # a key value: never in test output
     read_at: float | None = None
     statuses: list[int] = field(default_factory=list)
 
@@ -165,3 +166,16 @@ def make_policy(tag: str, base_url: str, **overrides: Any) -> KeyPolicy:
     }
     fields.update(overrides)
     return KeyPolicy(**fields)
+
+
+def assert_clean_end(world: World, old_id: str | None) -> str:
+    """Exactly one live key, the one Vault serves; the old one gone; pending destroyed."""
+    served = world.served()
+    assert world.live_ids() == {served["key_id"]}
+    assert old_id is None or old_id not in world.live_ids()
+    assert not world.pending_exists()
+    record = world.record()
+    assert record.phase == reasons.IDLE
+    assert record.lease is None
+    assert record.current_key_id == served["key_id"]
+    return str(served["key_id"])

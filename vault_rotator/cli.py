@@ -23,6 +23,9 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 VERBS: dict[str, tuple[str, str]] = {
     "validate": ("vault_rotator.policy.validate_cmd", "check policy files; print FILE:LINE errors"),
     "rotate": ("vault_rotator.commands.rotate_cmd", "start or resume a key's rotation"),
+    "resume": ("vault_rotator.commands.resume_cmd", "continue a rotation from its saved step"),
+    "finish": ("vault_rotator.commands.finish_cmd", "end a rotation now, keeping the old key"),
+    "abort": ("vault_rotator.commands.abort_cmd", "roll a rotation back to the old key"),
     "status": ("vault_rotator.commands.status_cmd", "show every key's rotation state"),
     "demo": ("vault_rotator.demo", "run a full rotation on an embedded OpenBao + emulator"),
     "emulator": ("vault_rotator.emulator.cli", "run the ARouter emulator (for tests and demos)"),

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from vault_rotator.commands.common import add_config_argument, key_policy, load, operator
 from vault_rotator.emulator import Emulator
 from vault_rotator.engine.driver import drive
-from vault_rotator.engine.engine import Progress
+from vault_rotator.engine.engine import Command, Progress
 from vault_rotator.policy import KeyPolicy
 from vault_rotator.provider.arouter import InferenceClient
 from vault_rotator.runtime import Runtime
@@ -161,7 +161,11 @@ def _rotate(stage: _Stage, say: Callable[[str], None]) -> DemoResult:
 
         try:
             progress = drive(
-                runtime.engine(), policy, wait=True, trigger="demo", by=operator(), report=narrate
+                runtime.engine(),
+                policy,
+                wait=True,
+                command=Command(trigger="demo", by=operator()),
+                report=narrate,
             )
         finally:
             runtime.close_clients()

@@ -1,66 +1,125 @@
-"""``vault-rotator rotate ENV/NAME [--wait] [--dry-run]``: start or resume a rotation.
+"""``vault-rotator rotate ENV/NAME [--wait] [--dry-run] [--emergency [--revoke-old-now]]``.
 
-Without ``--wait`` it returns once the new key is published and prints the command that
-continues it; with ``--wait`` it runs to the end (pickup, drain, delete, clean-up).
-Exit 0 when published or finished, 1 when failed or stalled, 2 on a usage or config error.
+Starts a rotation, or resumes the one in flight. Without ``--wait`` it returns once the new key
+is published and prints the command that continues it; with ``--wait`` it runs to the end.
+``--emergency`` (a suspected leak) skips the drain: the old key is deleted as soon as the new
+one is confirmed in use; on a rotation in flight it upgrades it. ``--revoke-old-now`` deletes
+the old key right after publishing. Exit 0 when published or finished, 1 when failed or
+stalled, 2 on a usage or config error.
+
+The other operator verbs (``resume``, ``finish``, ``abort``) share :func:`run_command`.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from datetime import UTC, date, datetime
 
 from vault_rotator.commands.common import add_config_argument, key_policy, load, operator
 from vault_rotator.engine import reasons
 from vault_rotator.engine.driver import drive
-from vault_rotator.engine.engine import Progress
+from vault_rotator.engine.engine import Command, Progress, Verb
+from vault_rotator.errors import ConfigError
 from vault_rotator.runtime import Runtime
+
+REVOKE_WARNING = (
+    "WARNING: --revoke-old-now deletes the old key right after the new one is published: "
+    "consumers that have not switched yet WILL FAIL until they pick up the new key."
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("ref", metavar="ENV/NAME", help="the key to rotate")
     parser.add_argument("--wait", action="store_true", help="run the rotation to its end")
     parser.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
+    parser.add_argument(
+        "--emergency", action="store_true", help="suspected leak: skip the drain (saved)"
+    )
+    parser.add_argument(
+        "--revoke-old-now",
+        action="store_true",
+        help="with --emergency: delete the old key right after publish",
+    )
     add_config_argument(parser)
 
 
-def _say(progress: Progress) -> None:
+def say(progress: Progress) -> None:
     what = progress.waiting or progress.phase
     print(f"{progress.ref}: rotation {progress.rotation_id}: {what}", flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.revoke_old_now and not args.emergency:
+        raise ConfigError("--revoke-old-now needs --emergency")
+    if args.dry_run:
+        return _dry_run(args)
+    if args.revoke_old_now:
+        print(REVOKE_WARNING, file=sys.stderr)
+    command = Command(
+        Verb.ROTATE, emergency=args.emergency, revoke_old_now=args.revoke_old_now, by=operator()
+    )
+    return run_command(args, command, wait=args.wait)
+
+
+def run_command(args: argparse.Namespace, command: Command, *, wait: bool) -> int:
+    """Drive ``args.ref`` with ``command``; print where it ended; the exit code."""
     policy = key_policy(load(args), args.ref)
     runtime = Runtime.from_env()
     try:
-        engine = runtime.engine()
-        if args.dry_run:
-            plan = engine.plan(policy)
-            example = policy.render_name(date=_today(runtime.clock()), rotation_id="<id>.1")
-            print("\n".join(plan.describe(example)))
-            return 0
-        progress = drive(engine, policy, wait=args.wait, by=operator(), report=_say)
+        start = command.verb == Verb.ROTATE
+        progress = drive(
+            runtime.engine(), policy, wait=wait, start=start, command=command, report=say
+        )
     finally:
         runtime.close()
-    return _conclude(progress, args.ref)
+    return conclude(progress, args.ref, command)
+
+
+def _dry_run(args: argparse.Namespace) -> int:
+    policy = key_policy(load(args), args.ref)
+    runtime = Runtime.from_env()
+    try:
+        plan = runtime.engine().plan(policy)
+        example = policy.render_name(date=_today(runtime.clock()), rotation_id="<id>.1")
+    finally:
+        runtime.close()
+    print("\n".join(plan.describe(example)))
+    if args.emergency:
+        print(
+            "  mode: emergency (no drain"
+            + (", old key revoked at publish)" if args.revoke_old_now else ")")
+        )
+    return 0
 
 
 def _today(now: float) -> date:
     return datetime.fromtimestamp(now, UTC).date()
 
 
-def _conclude(progress: Progress, ref: str) -> int:
+def conclude(progress: Progress, ref: str, command: Command) -> int:
+    """Print the outcome, stall or next step; return the exit code."""
     if progress.stalled is not None:
         stall = progress.stalled
         print(f"{ref}: STALLED ({stall.reason}): {stall.detail}")
-        print("  both keys stay alive; inspect with: vault-rotator status --config DIR")
+        print("  both keys stay alive. Next, one of:")
+        print(f"    vault-rotator resume {ref} --wait        # try again (deadline renewed)")
+        print(f"    vault-rotator abort {ref} --wait         # go back to the old key")
+        print(
+            f"    vault-rotator finish {ref} --keep-old    # keep the new key, leave the old alive"
+        )
         return 1
     if progress.outcome is not None:
         out = progress.outcome
         print(
-            f"{ref}: {out.outcome}: new key {out.new_key_id}, old key {out.old_key_id or 'none'}"
-            + (f" ({out.detail})" if out.detail else "")
+            f"{ref}: {out.outcome}: new key {out.new_key_id or 'none'}, "
+            f"old key {out.old_key_id or 'none'}" + (f" ({out.detail})" if out.detail else "")
         )
-        return 0 if out.outcome != reasons.FAILED_VERIFY else 1
-    print(f"{ref}: new key published; continue with: vault-rotator rotate {ref} --wait")
+        return 0 if out.outcome in (*reasons.SUCCESSES, reasons.ABORTED) else 1
+    if progress.rotation_id is None:
+        print(f"{ref}: no rotation in flight")
+        return 0 if command.verb == Verb.ROTATE else 1
+    verb = "abort" if progress.phase == reasons.ABORTING else "rotate"
+    where = progress.waiting or progress.phase
+    print(f"{ref}: {where}; continue with: vault-rotator {verb} {ref} --wait")
     return 0

@@ -45,13 +45,16 @@ class Timing:
     pickup_timeout: float
     drain_period: float
     drain_timeout: float
+    disable_before_delete: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
     """What to do next, and the rotation's updated observations."""
 
-    action: str  # "wait" | "delete-old" | "sweep" | "finish" | "stall"
+    # "wait" | "disable-old" | "delete-old" | "sweep" | "finish" | "stall"
+    # abort: "republish" | "delete-new"
+    action: str
     rotation: Rotation
     reason: str = ""
     detail: str = ""
@@ -94,14 +97,22 @@ def stray_keys(rotation: Rotation, obs: Observation, names: frozenset[str]) -> t
     )
 
 
+def _observe(
+    key_id: str | None, mark: UseMark | None, since: float | None, obs: Observation
+) -> tuple[UseMark | None, float | None]:
+    """A key's (mark, since): ``since`` restarts whenever its reported use changes."""
+    key = obs.keys.get(key_id or "")
+    if key is None:
+        return mark, since  # not observed: no evidence either way
+    now_mark = mark_of(key)
+    if now_mark != mark or since is None:
+        return now_mark, obs.at
+    return mark, since
+
+
 def _observe_old(rotation: Rotation, obs: Observation) -> Rotation:
-    old = obs.keys.get(rotation.old_key_id or "")
-    if old is None:
-        return rotation  # not observed: no evidence either way
-    mark = mark_of(old)
-    if rotation.old_mark != mark or rotation.old_mark_since is None:
-        return rotation.evolve(old_mark=mark, old_mark_since=obs.at)
-    return rotation
+    mark, since = _observe(rotation.old_key_id, rotation.old_mark, rotation.old_mark_since, obs)
+    return rotation.evolve(old_mark=mark, old_mark_since=since)
 
 
 def _observe_pickup(rotation: Rotation, obs: Observation, timing: Timing) -> Rotation:
@@ -113,10 +124,14 @@ def _observe_pickup(rotation: Rotation, obs: Observation, timing: Timing) -> Rot
     return rotation.evolve(pickup_at=obs.at, drain_deadline=obs.at + timing.drain_timeout)
 
 
+def quiet_since(since: float | None, now: float, timing: Timing) -> bool:
+    """Reported use unchanged since ``since`` for ``drain_period + usage_lag`` of local time."""
+    return since is not None and now - since >= timing.drain_period + timing.usage_lag
+
+
 def old_is_quiet(rotation: Rotation, now: float, timing: Timing) -> bool:
     """The old key's use has not changed for ``drain_period + usage_lag`` of local time."""
-    since = rotation.old_mark_since
-    return since is not None and now - since >= timing.drain_period + timing.usage_lag
+    return quiet_since(rotation.old_mark_since, now, timing)
 
 
 def decide_published(
@@ -128,19 +143,53 @@ def decide_published(
         return Decision("sweep", rotation, sweep_ids=strays)
     if rotation.old_key_id is None or rotation.old_deleted:
         return Decision("finish", rotation)
+    if rotation.revoke_old_now:
+        return Decision("delete-old", rotation, "revoke-old-now")
     rotation = _observe_pickup(_observe_old(rotation, obs), obs, timing)
+    return _decide_pickup(rotation, timing, now)
+
+
+def _decide_pickup(rotation: Rotation, timing: Timing, now: float) -> Decision:
     if rotation.pickup_at is None:
         if rotation.pickup_deadline is not None and now >= rotation.pickup_deadline:
             detail = "consumers never used the new key (no use beyond the baseline)"
             return Decision("stall", rotation, reasons.PICKUP_TIMEOUT, detail)
         return Decision("wait", rotation, "waiting for consumers to use the new key")
+    if rotation.mode == reasons.EMERGENCY:
+        return Decision("delete-old", rotation, "emergency: the new key is in use")
     return _decide_drain(rotation, timing, now)
 
 
 def _decide_drain(rotation: Rotation, timing: Timing, now: float) -> Decision:
+    if rotation.old_disabled_at is not None:  # committed: disabled, now waiting to delete
+        if now >= rotation.old_disabled_at + timing.disable_before_delete:
+            return Decision("delete-old", rotation)
+        return Decision("wait", rotation, "old key disabled; deleting after disable_before_delete")
     if old_is_quiet(rotation, now, timing):
-        return Decision("delete-old", rotation)
+        action = "disable-old" if timing.disable_before_delete > 0 else "delete-old"
+        return Decision(action, rotation)
     if rotation.drain_deadline is not None and now >= rotation.drain_deadline:
         detail = "the old key still carries traffic"
         return Decision("stall", rotation, reasons.DRAIN_TIMEOUT, detail)
     return Decision("wait", rotation, "waiting for the old key to go quiet")
+
+
+def decide_abort(
+    rotation: Rotation, obs: Observation, timing: Timing, names: frozenset[str], *, now: float
+) -> Decision:
+    """Next step of an abort: old secret back, the new key drained and deleted, strays swept."""
+    if rotation.republished_version is None:
+        return Decision("republish", rotation)
+    if not rotation.new_deleted:
+        mark, since = _observe(rotation.new_key_id, rotation.new_mark, rotation.new_mark_since, obs)
+        rotation = rotation.evolve(new_mark=mark, new_mark_since=since)
+        if quiet_since(since, now, timing):
+            return Decision("delete-new", rotation)
+        if rotation.abort_deadline is not None and now >= rotation.abort_deadline:
+            detail = "the new key still carries traffic after the old secret was restored"
+            return Decision("stall", rotation, reasons.DRAIN_TIMEOUT, detail)
+        return Decision("wait", rotation, "aborting: waiting for the new key to go quiet")
+    ours = tuple(sorted(k.id for k in obs.keys.values() if k.name in names))
+    if ours:
+        return Decision("sweep", rotation, sweep_ids=ours)
+    return Decision("finish", rotation)

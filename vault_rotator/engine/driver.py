@@ -12,12 +12,14 @@ from collections.abc import Callable
 
 import structlog
 
-from vault_rotator.engine.engine import Engine, Progress
+from vault_rotator.engine import reasons
+from vault_rotator.engine.engine import Command, Engine, Progress
 from vault_rotator.errors import (
     LeaseHeldError,
     LeaseLostError,
     ProviderRetryableError,
     StoreUnavailableError,
+    VaultRotatorError,
 )
 from vault_rotator.policy import KeyPolicy
 
@@ -32,8 +34,7 @@ def drive(
     *,
     wait: bool,
     start: bool = True,
-    trigger: str = "cli",
-    by: str = "",
+    command: Command | None = None,
     report: Callable[[Progress], None] = lambda _p: None,
     max_transient: int = 10,
 ) -> Progress:
@@ -41,18 +42,23 @@ def drive(
 
     With ``start=False`` it only resumes a rotation in flight (and returns at once if none).
     """
+    command = command or Command()
     rotation_id: str | None = None
     failures = 0
     while True:
+        first = rotation_id is None
+        # The operator's command applies once; later passes just carry the rotation on.
+        this = command if first else Command(trigger=command.trigger, by=command.by)
         try:
-            first = rotation_id is None
-            progress = engine.advance(policy, start=start and first, trigger=trigger, by=by)
+            progress = engine.advance(policy, start=start and first, command=this)
             failures = 0
         except TRANSIENT as exc:
             # A lease held by a live process is not a failure: it is doing the work.
             failures += 0 if isinstance(exc, LeaseHeldError) else 1
-            if not wait or failures > max_transient:
+            if not wait:
                 raise
+            if failures > max_transient:
+                return _exhausted(engine, policy, exc)
             log.warning("pass failed; will retry", key=policy.ref, error=str(exc))
             engine.sleep(policy.provider.poll_interval_s)
             continue
@@ -65,6 +71,18 @@ def drive(
         if progress.finished or progress.stalled or (progress.published and not wait):
             return progress
         engine.sleep(policy.provider.poll_interval_s)
+
+
+def _exhausted(engine: Engine, policy: KeyPolicy, exc: Exception) -> Progress:
+    """Too many failures in a row: stall the rotation in flight (if any) and say why."""
+    detail = f"gave up after repeated failures: {exc}"
+    try:
+        progress = engine.stall(policy, reasons.RETRIES_EXHAUSTED, detail)
+    except VaultRotatorError:
+        raise exc from None
+    if progress.stalled is None:
+        raise exc
+    return progress
 
 
 def _finished_elsewhere(engine: Engine, policy: KeyPolicy, rotation_id: str) -> Progress:

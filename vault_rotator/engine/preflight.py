@@ -30,16 +30,24 @@ class Plan:
     secret_path: str
     secret: Versioned | None
     start_version: int
-    old_key: KeyRecord | None
-    old_key_unknown: bool  # a secret holds a key, but which provider key is not known
+    old: OldKey
     permissions: Permissions
     dialect: str
     listed: int
 
+    @property
+    def old_key(self) -> KeyRecord | None:
+        return self.old.record
+
     def describe(self, key_name_example: str) -> list[str]:
-        old = self.old_key.id if self.old_key else "none"
-        if self.old_key_unknown:
+        old = self.old_key.id if self.old_key else "none (first run)"
+        if self.old.unknown:
             old = "unknown (the secret has no key_id and the policy no adopt_key_id)"
+        if self.old.missing_id:
+            old = (
+                f"{self.old.missing_id} is NOT listed at the provider: re-checked after "
+                "usage_lag; if still missing, rotated as a first run and flagged"
+            )
         perms = self.permissions
         return [
             f"plan for {self.ref} (dialect {self.dialect}, {self.listed} keys listed)",
@@ -114,25 +122,58 @@ def _pick(own: T | None, inherited: T | None) -> T | None:
     return own if own is not None else inherited
 
 
+@dataclass(frozen=True, slots=True)
+class OldKey:
+    """What the consumer secret says about the key it serves today."""
+
+    record: KeyRecord | None = None  # listed at the provider
+    unknown: bool = False  # a key is served, but which provider key is not known
+    missing_id: str | None = None  # the secret names a key the provider does not list
+
+
+def label_matches(label: str | None, value: str) -> bool | None:
+    """Does a provider label (``lr_live_ab...wxyz``) fit ``value``? None: cannot tell."""
+    if not label:
+        return None
+    for ellipsis in ("...", "\u2026"):
+        if ellipsis in label:
+            head, _, tail = label.partition(ellipsis)
+            return value.startswith(head) and value.endswith(tail)
+    return value.startswith(label) if label.startswith("lr_") else None
+
+
 def find_old_key(
     policy: KeyPolicy, secret: Versioned | None, keys: Mapping[str, KeyRecord]
-) -> tuple[KeyRecord | None, bool]:
-    """(the old key, whether an old key exists but is unknown) from the secret and policy."""
+) -> OldKey:
+    """The old key, from the secret's ``key_id`` or the policy's ``adopt_key_id``."""
     data = secret.data if secret is not None and not secret.deleted else {}
     if not data:
-        return None, False  # first run: nothing to drain or delete
-    key_id = data.get("key_id") or policy.adopt_key_id
-    if not key_id:
-        return None, True
-    if not isinstance(key_id, str):
+        return OldKey()  # first run: nothing to drain or delete
+    key_id = data.get("key_id")
+    if key_id is not None and not isinstance(key_id, str):
         raise PreflightError(f"{policy.ref}: key_id in {policy.secret_path} is not a string")
-    old = keys.get(key_id)
+    if key_id:
+        old = keys.get(key_id)
+        return OldKey(record=old) if old else OldKey(missing_id=key_id)
+    if not policy.adopt_key_id:
+        return OldKey(unknown=True)
+    return OldKey(record=_adopt(policy, data, keys))
+
+
+def _adopt(
+    policy: KeyPolicy, data: Mapping[str, object], keys: Mapping[str, KeyRecord]
+) -> KeyRecord:
+    adopt = policy.adopt_key_id
+    old = keys.get(adopt or "")
     if old is None:
+        raise PreflightError(f"{policy.ref}: adopt_key_id {adopt} is not listed at the provider")
+    value = data.get("api_key")
+    if isinstance(value, str) and label_matches(old.label, value) is False:
         raise PreflightError(
-            f"{policy.ref}: the old key {key_id} is not listed at the provider "
-            "(deleted outside vault-rotator, or a wrong adopt_key_id)"
+            f"{policy.ref}: adopt_key_id {adopt} (label {old.label}) is not the key "
+            f"{policy.secret_path} serves; refusing to adopt it"
         )
-    return old, False
+    return old
 
 
 def preflight(
@@ -149,15 +190,14 @@ def preflight(
         check_capabilities(policy, kv, store)
     keys = {k.id: k for k in provider.list_keys()}
     secret = kv.read(policy.secret_path)
-    old, unknown = find_old_key(policy, secret, keys)
+    old = find_old_key(policy, secret, keys)
     return Plan(
         ref=policy.ref,
         secret_path=f"{kv.mount}/{policy.secret_path}",
         secret=secret,
         start_version=kv.current_version(policy.secret_path) if secret else 0,
-        old_key=old,
-        old_key_unknown=unknown,
-        permissions=effective_permissions(policy, old, now),
+        old=old,
+        permissions=effective_permissions(policy, old.record, now),
         dialect=provider.dialect.value,
         listed=len(keys),
     )

@@ -7,18 +7,37 @@ SUCCEEDED = "succeeded"
 SUCCEEDED_OLD_UNKNOWN = "succeeded-old-key-unknown"  # published; no known old key to delete
 FAILED_VERIFY = "failed-verify"  # the new key did not work; it was deleted, old key untouched
 FAILED = "failed"
+SUCCEEDED_EMERGENCY = "succeeded-emergency"  # emergency: the old key went once the new was in use
+SUCCEEDED_REVOKED = "succeeded-revoked-old-now"  # emergency: the old key went right at publish
+SUCCEEDED_ATTENTION = "succeeded-needs-attention"  # the old key had been deleted outside
+ABORTED = "aborted"  # rolled back: the old secret republished, the new key deleted
+FINISHED_KEEP_OLD = "finished-keep-old"  # ended by an operator; the old key left alive
+SUCCESSES = (
+    SUCCEEDED,
+    SUCCEEDED_OLD_UNKNOWN,
+    SUCCEEDED_EMERGENCY,
+    SUCCEEDED_REVOKED,
+    SUCCEEDED_ATTENTION,
+    FINISHED_KEEP_OLD,
+)
 
 # Why a rotation stalled (both keys stay alive; an operator decides).
 PICKUP_TIMEOUT = "pickup-timeout"  # consumers never used the new key before pickup_timeout
 DRAIN_TIMEOUT = "drain-timeout"  # the old key kept carrying traffic past drain_timeout
 SECRET_CHANGED = "secret-changed"  # noqa: S105 (a reason, not a password); someone else wrote the consumer secret under the rotation
 DELETE_UNCONFIRMED = "delete-unconfirmed"  # provider said 404 yet still lists the key
+RETRIES_EXHAUSTED = "retries-exhausted"  # the provider or Vault kept failing
 
 # Phases of the record.
 IDLE = "idle"
 INTENT = "intent"  # rotation started; the new key is being created, verified, published
 PUBLISHED = "published"  # consumers are served the new key; pickup, drain, delete, clean-up
-CLEANUP = "cleanup"  # the rotation failed before publishing; removing what it created
+CLEANUP = "cleanup"  # the rotation failed (or was aborted) before publishing; removing its keys
+ABORTING = "aborting"  # rolling back a published rotation: old secret back, new key drained
+
+# Modes of a rotation.
+NORMAL = "normal"
+EMERGENCY = "emergency"  # a suspected leak: no drain; the old key goes once the new one is used
 
 # Provider writes recorded (fenced) just before they happen.
 CREATE = "create"

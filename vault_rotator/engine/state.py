@@ -8,7 +8,7 @@ Schema version 1::
     {
       "schema": 1,
       "env": "production", "name": "backend",
-      "phase": "idle" | "intent" | "published" | "cleanup",
+      "phase": "idle" | "intent" | "published" | "cleanup" | "aborting",
       "fence": 7,                        # bumped each time a process takes the lease
       "lease": null | {"holder": "host:pid:uuid", "expires_at": 1700000000.0, "fence": 7},
       "provider_write": null | {"action": "create"|"delete"|"disable"|"enable",
@@ -19,7 +19,7 @@ Schema version 1::
       "last_success_at": 1700000000.0 | null,
       "rotation": null | {               # the rotation in flight
         "id": "01jd9x4k2m", "attempt": 1, "date": "2026-11-27",
-        "mode": "normal", "trigger": "cli", "by": "alice@host",
+        "mode": "normal" | "emergency", "trigger": "cli", "by": "alice@host",
         "policy": {...effective KeyPolicy.to_dict()...},
         "permissions": {"allowed_providers": [...] | null, "allowed_models": [...] | null,
                         "spending_limit": 500.0 | null, "limit_reset": "monthly" | null,
@@ -33,9 +33,14 @@ Schema version 1::
                             "usage_tokens": 0 | null},
         "pickup_at": null | 1700000200.0, "drain_deadline": null | 1700605000.0,
         "old_mark": null | {...same shape as baseline...}, "old_mark_since": null | 1700000200.0,
-        "old_deleted": false,
+        "old_deleted": false, "old_missing": false, "old_disabled_at": null | 1700000300.0,
+        "revoke_old_now": false,
         "failure": null | "why the rotation is cleaning up without publishing",
-        "stalled": null | {"reason": "pickup-timeout", "detail": "…", "at": 1700086600.0}
+        "stalled": null | {"reason": "pickup-timeout", "detail": "…", "at": 1700086600.0},
+        "aborted_at": null | 1700000400.0, "abort_deadline": null | 1700605000.0,
+        "republished_version": null | 5,         # the old secret, back (abort)
+        "new_mark": null | {...}, "new_mark_since": null | 1700000400.0,  # new key draining
+        "new_deleted": false
       },
       "outcomes": [{"rotation_id", "outcome", "at", "trigger", "by", "old_key_id",
                     "new_key_id", "detail"}, ...]          # newest last, at most 20
@@ -142,8 +147,17 @@ class Rotation:
     old_mark: UseMark | None = None
     old_mark_since: float | None = None
     old_deleted: bool = False
+    old_missing: bool = False  # the secret's key was deleted outside vault-rotator
+    old_disabled_at: float | None = None
+    revoke_old_now: bool = False
     failure: str | None = None
     stalled: Stall | None = None
+    aborted_at: float | None = None
+    abort_deadline: float | None = None
+    republished_version: int | None = None
+    new_mark: UseMark | None = None
+    new_mark_since: float | None = None
+    new_deleted: bool = False
 
     def attempt_tag(self, attempt: int | None = None) -> str:
         """The ``{rotation_id}`` placeholder's value for an attempt, e.g. ``01jd9x4k2m.2``."""
@@ -190,18 +204,21 @@ class StateRecord:
         assert self.rotation is not None
         return self.evolve(rotation=self.rotation.evolve(**changes))
 
-    def finished(self, outcome: Outcome, *, current_key_id: str | None = None) -> StateRecord:
-        """The record after a rotation ends: idle, the outcome appended."""
+    def finished(self, outcome: Outcome, *, current_key_id: str | None) -> StateRecord:
+        """The record after a rotation ends: idle, the outcome appended, the served key noted."""
+        rot = self.rotation
         history = (*self.outcomes, outcome)[-MAX_OUTCOMES:]
         changes: dict[str, Any] = {
             "phase": reasons.IDLE,
             "rotation": None,
             "provider_write": None,
             "outcomes": history,
+            "current_key_id": current_key_id,
         }
-        if outcome.outcome in (reasons.SUCCEEDED, reasons.SUCCEEDED_OLD_UNKNOWN):
-            changes["current_key_id"] = current_key_id
-            changes["current_key_name"] = self.rotation.new_key_name if self.rotation else None
+        if rot is not None and current_key_id is not None:
+            names = {rot.new_key_id: rot.new_key_name, rot.old_key_id: rot.old_key_name}
+            changes["current_key_name"] = names.get(current_key_id, self.current_key_name)
+        if outcome.outcome in reasons.SUCCESSES:
             changes["last_success_at"] = outcome.at
         return self.evolve(**changes)
 
@@ -246,6 +263,7 @@ def _rotation_from(data: Mapping[str, Any]) -> Rotation:
             "permissions": Permissions(**perms),
             "baseline": _opt(UseMark, values.get("baseline")),
             "old_mark": _opt(UseMark, values.get("old_mark")),
+            "new_mark": _opt(UseMark, values.get("new_mark")),
             "stalled": _opt(Stall, values.get("stalled")),
         }
     )

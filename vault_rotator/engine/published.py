@@ -1,0 +1,178 @@
+"""Steps 5-8 of a published rotation (pickup, drain, disable, delete, sweep, done), abort's
+reverse path, and the clean-up of a rotation that ends before publishing."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from vault_rotator.engine import reasons
+from vault_rotator.engine.decide import Decision, Observation, decide_abort, decide_published
+from vault_rotator.engine.passes import PassBase, Progress
+from vault_rotator.errors import CasConflictError, EngineError
+
+
+class PublishedSteps(PassBase):
+    """From a published new key to an idle record (or, aborting, back to the old key)."""
+
+    def published(self, obs: Observation) -> Progress:
+        rot = self.rotation
+        write = self.record.provider_write
+        redo = write and write.action == reasons.DELETE and write.target == rot.old_key_id
+        if redo and not rot.old_deleted:
+            return self._delete_old(obs)  # we may have deleted it already: a 404 is fine
+        if (changed := self._secret_changed()) is not None:
+            return self.stall(reasons.SECRET_CHANGED, changed)
+        decision = decide_published(rot, obs, self.timing(), self.attempt_names(), now=self.clock())
+        return self._apply(decision, obs)
+
+    def _secret_changed(self) -> str | None:
+        """Why the consumer secret is no longer ours, or None (a later version = changed)."""
+        rot = self.rotation
+        current = self.kv.read(self.policy.secret_path)
+        if current is None or current.version != rot.published_version:
+            version = current.version if current else 0
+            ours = rot.published_version
+            return f"version {version} of the consumer secret was written after ours ({ours})"
+        if current.data.get("key_id") != rot.new_key_id:
+            return "the consumer secret no longer serves our key"
+        return None
+
+    def _apply(self, decision: Decision, obs: Observation) -> Progress:
+        self.session.stage(self.record.evolve(rotation=decision.rotation))
+        match decision.action:
+            case "sweep":
+                return self._sweep(decision.sweep_ids)
+            case "stall":
+                return self.stall(decision.reason, decision.detail)
+            case "disable-old":
+                return self._disable_old()
+            case "delete-old":
+                return self._delete_old(obs)
+            case "finish":
+                return self._done()
+        return self.progress(decision.reason)
+
+    def _sweep(self, key_ids: tuple[str, ...]) -> Progress:
+        for key_id in key_ids:
+            self.delete_key(key_id)
+        self.e.fault("sweep")
+        return self.progress("removing keys this rotation created but did not publish")
+
+    def _disable_old(self) -> Progress:
+        rot = self.rotation
+        assert rot.old_key_id is not None
+        self.set_disabled(rot.old_key_id, disabled=True)
+        self.save_rotation(old_disabled_at=self.clock())
+        return self.progress("old key disabled; deleting after disable_before_delete")
+
+    def _delete_old(self, obs: Observation) -> Progress:
+        rot = self.rotation
+        assert rot.old_key_id is not None
+        if (changed := self._secret_changed()) is not None:
+            return self.stall(reasons.SECRET_CHANGED, changed)
+        deleted = self.delete_key(rot.old_key_id)
+        self.e.fault("delete")
+        if not deleted and rot.old_key_id in self.observe().keys:
+            return self.stall(
+                reasons.DELETE_UNCONFIRMED,
+                f"the provider answered 404 for {rot.old_key_id} yet still lists it",
+            )
+        self.session.stage(self.record.with_rotation(old_deleted=True))
+        return self.published(obs)
+
+    def _done(self) -> Progress:
+        rot = self.rotation
+        if rot.old_missing:
+            name, detail = (
+                reasons.SUCCEEDED_ATTENTION,
+                "the old key had been deleted outside vault-rotator",
+            )
+        elif rot.old_key_id is None and rot.start_version:
+            name, detail = (
+                reasons.SUCCEEDED_OLD_UNKNOWN,
+                "the old key is unknown: it was not deleted",
+            )
+        elif rot.revoke_old_now and rot.old_key_id:
+            name, detail = reasons.SUCCEEDED_REVOKED, "the old key was revoked right after publish"
+        elif rot.mode == reasons.EMERGENCY and rot.old_key_id:
+            name, detail = reasons.SUCCEEDED_EMERGENCY, "emergency: no drain"
+        else:
+            name, detail = reasons.SUCCEEDED, ""
+        outcome = self.outcome(name, new_key_id=rot.new_key_id, detail=detail)
+        return self.finish(outcome, current_key_id=rot.new_key_id)
+
+    # -- abort: the rotation in reverse ---------------------------------------------------
+
+    def aborting(self, obs: Observation) -> Progress:
+        rot = self.rotation
+        write = self.record.provider_write
+        redo = write and write.action == reasons.DELETE and write.target == rot.new_key_id
+        if redo and not rot.new_deleted:
+            self.delete_key(rot.new_key_id or "")
+            self.session.stage(self.record.with_rotation(new_deleted=True))
+        names = self.attempt_names()
+        decision = decide_abort(self.rotation, obs, self.timing(), names, now=self.clock())
+        self.session.stage(self.record.evolve(rotation=decision.rotation))
+        match decision.action:
+            case "republish":
+                return self._republish()
+            case "delete-new":
+                self.delete_key(rot.new_key_id or "")
+                self.e.fault("delete")
+                self.session.stage(self.record.with_rotation(new_deleted=True))
+                return self.progress("aborting: new key deleted; confirming")
+            case "sweep":
+                return self._sweep(decision.sweep_ids)
+            case "stall":
+                return self.stall(decision.reason, decision.detail)
+            case "finish":
+                outcome = self.outcome(
+                    reasons.ABORTED, new_key_id=None, detail="the old secret was restored"
+                )
+                return self.finish(outcome, current_key_id=rot.old_key_id)
+        return self.progress(decision.reason)
+
+    def _republish(self) -> Progress:
+        """Write the old secret's whole data map back, marked as our abort, by CAS."""
+        rot = self.rotation
+        pending, _ = self.store.read_pending(self.policy.env, self.policy.name)
+        if pending is None or pending.rotation_id != rot.id or pending.old_secret is None:
+            raise EngineError(f"{self.policy.ref}: the old secret is not in pending; cannot abort")
+        self.reenable_old()
+        path = self.policy.secret_path
+        data = dict(pending.old_secret) | {
+            "rotation_id": rot.id,
+            "aborted": True,
+            "rotated_at": datetime.fromtimestamp(self.clock(), UTC).isoformat(),
+        }
+        current = self.kv.current_version(path)
+        version = self.find_version(rot.published_version or 0, aborted=True)
+        if version is None and current == rot.published_version:
+            try:
+                version = self.kv.write(path, data, cas=current)
+            except CasConflictError:
+                version = self.find_version(rot.published_version or 0, aborted=True)
+        if version is None:
+            return self.stall(
+                reasons.SECRET_CHANGED, "the consumer secret changed; abort cannot restore it"
+            )
+        self.e.fault("publish")
+        self.save_rotation(
+            republished_version=version, abort_deadline=self.clock() + self.policy.drain_timeout_s
+        )
+        self.log.info("old secret republished", version=version, old_key_id=rot.old_key_id)
+        return self.progress("aborting: waiting for the new key to go quiet")
+
+    # -- before publish: remove what this rotation created --------------------------------
+
+    def cleanup(self, obs: Observation) -> Progress:
+        names = self.attempt_names()
+        ours = sorted(k.id for k in obs.keys.values() if k.name in names)
+        if ours:
+            for key_id in ours:
+                self.delete_key(key_id)
+            return self.progress("removing the keys of a rotation that ends unpublished")
+        rot = self.rotation
+        name = reasons.ABORTED if rot.aborted_at is not None else reasons.FAILED_VERIFY
+        outcome = self.outcome(name, new_key_id=None, detail=rot.failure or "")
+        return self.finish(outcome, current_key_id=self.record.current_key_id)
