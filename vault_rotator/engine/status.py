@@ -25,12 +25,15 @@ def derive_state(record: StateRecord, now: float) -> tuple[str, list[str]]:
     drain_open = rot.old_key_id is not None and not rot.old_deleted
     if drain_open and rot.drain_deadline is not None and now >= rot.drain_deadline:
         passed.append(reasons.DRAIN_TIMEOUT)
+    if not rot.new_deleted and rot.abort_deadline is not None and now >= rot.abort_deadline:
+        passed.append(reasons.DRAIN_TIMEOUT)
     if rot.stalled is not None:
         return f"stalled:{rot.stalled.reason}", passed
     if passed:
         return f"stalled:{passed[0]}", passed
     words = {
         reasons.INTENT: "creating",
+        reasons.ABORTING: "aborting",
         reasons.CLEANUP: "failing:cleanup",
         reasons.PUBLISHED: "draining" if rot.pickup_at is not None else "awaiting-pickup",
     }
@@ -72,6 +75,7 @@ def key_status(
         "new_key_id": rot.new_key_id if rot else None,
         "old_key_id": rot.old_key_id if rot else None,
         "stall_detail": rot.stalled.detail if rot and rot.stalled else None,
+        "mode": rot.mode if rot else None,
         "deadlines_passed": passed,
         "lease_holder": record.lease.holder
         if record.lease and record.lease.expires_at > now
