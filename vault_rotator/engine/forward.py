@@ -90,17 +90,30 @@ class ForwardSteps(PassBase):
     # -- steps 2-4 ------------------------------------------------------------------------
 
     def forward(self) -> Progress:
+        """Create (or find) the new key, verify it once, take the baseline, publish.
+
+        Waiting out ``usage_lag`` after the verify is a state, not a sleep: the pass saves
+        ``verified_at`` and returns; a later pass takes the baseline.
+        """
         pending = self._pending_or_create()
         if pending is None:
             return self.progress("create failed; will retry")
-        try:
-            self.provider.verify_key(Secret(pending.new_key_value))
-        except ProviderPermanentError as exc:
-            return self.fail(f"the new key {pending.new_key_id} failed verification: {exc}")
-        verified_at = self.clock()
-        self.log.info("new key verified", key_id=pending.new_key_id)
-        self.e.fault("verify")
-        baseline = self._baseline(pending, verified_at)
+        rot = self.rotation
+        if rot.verified_at is None or rot.verified_attempt != pending.attempt:
+            try:
+                self.provider.verify_key(Secret(pending.new_key_value))
+            except ProviderPermanentError as exc:
+                return self.fail(f"the new key {pending.new_key_id} failed verification: {exc}")
+            self.log.info("new key verified", key_id=pending.new_key_id)
+            self.e.fault("verify")
+            self.session.stage(
+                self.record.with_rotation(
+                    verified_at=self.clock(), verified_attempt=pending.attempt
+                )
+            )
+        baseline = self._baseline(pending, self.rotation.verified_at or 0.0)
+        if baseline is None:
+            return self.progress("waiting usage_lag after verifying the new key")
         if isinstance(baseline, str):
             return self.fail(baseline)
         return self._publish(pending, baseline)
@@ -178,21 +191,21 @@ class ForwardSteps(PassBase):
         except (StoreError, ProviderError) as exc:
             self.log.warning("left for the sweep", key_id=key_id, error=str(exc))
 
-    def _baseline(self, pending: Pending, verified_at: float) -> UseMark | str:
-        """The new key's use once ``usage_lag`` has passed since our verify, or a failure."""
+    def _baseline(self, pending: Pending, verified_at: float) -> UseMark | str | None:
+        """The new key's use once ``usage_lag`` has passed since our verify; None: not yet."""
         lag = self.policy.provider.usage_lag_s
-        self.session.sleep_until(verified_at + lag, self.e.sleep)
+        now = self.clock()
+        if now < verified_at + lag:
+            return None
         new = self.observe().keys.get(pending.new_key_id)
         if new is None:
             return f"the new key {pending.new_key_id} is not listed after usage_lag"
         if (problem := self._permissions_differ(new)) is not None:
             return problem
         mark = mark_of(new)
-        if mark.last_used_at is None and self.provider.dialect != Dialect.A:
-            # Our verify call has not shown up yet: give the provider one more usage_lag.
-            self.session.sleep_until(self.clock() + lag, self.e.sleep)
-            again = self.observe().keys.get(pending.new_key_id)
-            mark = mark_of(again) if again else mark
+        unseen = mark.last_used_at is None and self.provider.dialect != Dialect.A
+        if unseen and now < verified_at + 2 * lag:
+            return None  # our verify call has not shown up yet: one more usage_lag
         return mark
 
     def _permissions_differ(self, new: KeyRecord) -> str | None:

@@ -27,6 +27,7 @@ Schema version 1::
         "started_at": 1700000000.0, "start_version": 3,
         "old_key_id": "key_old" | null, "old_key_name": "..." | null,
         "new_key_id": null | "key_new", "new_key_name": null | "...", "new_key_fp": null | "fp:…",
+        "verified_at": null | 1700000050.0, "verified_attempt": null | 1,
         "published_version": null | 4, "published_at": null | 1700000100.0,
         "pickup_deadline": null | 1700086500.0,
         "baseline": null | {"last_used_at": "…" | null, "usage_cost": 0.0 | null,
@@ -138,6 +139,8 @@ class Rotation:
     new_key_id: str | None = None
     new_key_name: str | None = None
     new_key_fp: str | None = None
+    verified_at: float | None = None  # our own verify call (local clock) ...
+    verified_attempt: int | None = None  # ... of this attempt's key
     published_version: int | None = None
     published_at: float | None = None
     pickup_deadline: float | None = None
