@@ -1,9 +1,16 @@
 """Logging: structlog, JSON when not on a terminal, console otherwise, secrets redacted.
 
-:func:`redact_secrets` is a structlog processor that masks anything key-shaped
-(``lr_live_…``, ``lr_mgmt_…``, ``lr_admin_…``, Vault tokens ``hvs.…``/``s.…``/``b.…``) in every
-string value of an event, recursively, replacing it by its HMAC fingerprint. It is the last line
-of defence: code should log key ids and fingerprints in the first place.
+:func:`redact_secrets` is a structlog processor that masks anything key-shaped in every string
+of an event, recursively (mapping keys and values, lists, tuples, sets, exceptions, and the
+``repr`` of any other object), replacing it by its HMAC fingerprint: ARouter keys
+(``lr_live_…``, ``lr_mgmt_…``, ``lr_admin_…``, even a bare prefix), Vault tokens
+(``hvs.…``/``hvb.…``/``hvr.…`` and the older ``s.…``/``b.…``) and the credential after
+``Bearer``. It is the last line of defence: code should log key ids and fingerprints in the
+first place.
+
+:func:`canonical_rotation_line` emits the one canonical line per finished rotation
+(event ``rotation finished``): env, key, rotation id, trigger, who, outcome, step durations,
+old and new key ids.
 """
 
 from __future__ import annotations
@@ -12,45 +19,136 @@ import logging
 import re
 import sys
 from collections.abc import Mapping, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from vault_rotator.secret import Secret, fingerprint
 
+if TYPE_CHECKING:
+    from vault_rotator.engine.state import Outcome, Rotation
+
 SECRET_PATTERN = re.compile(
-    r"\b(?:lr_(?:live|mgmt|admin)_[A-Za-z0-9_\-]{4,}"
-    r"|hv[sbr]\.[A-Za-z0-9_\-]{8,}"
-    r"|[sb]\.[A-Za-z0-9]{20,})"
+    r"(?P<bearer>\b(?i:bearer)\s+)(?P<credential>[^\s\"'<>,;]+)"
+    r"|lr_(?:live|mgmt|admin)_[A-Za-z0-9_\-]*"
+    r"|\bhv[sbr]\.[A-Za-z0-9_\-]{8,}"
+    r"|\b[sb]\.[A-Za-z0-9]{20,}(?:\.[A-Za-z0-9]+)?"
 )
+ROTATION_FINISHED = "rotation finished"
+_PLAIN = (int, float, bool, type(None))
+
+
+def _mask(match: re.Match[str]) -> str:
+    if match["bearer"]:
+        return f"{match['bearer']}<redacted {fingerprint(match['credential'])}>"
+    return f"<redacted {fingerprint(match.group(0))}>"
 
 
 def redact_text(text: str) -> str:
     """Replace every key-shaped token in ``text`` by its fingerprint."""
-    return SECRET_PATTERN.sub(lambda m: f"<redacted {fingerprint(m.group(0))}>", text)
+    return SECRET_PATTERN.sub(_mask, text)
 
 
-def _redact(value: Any) -> Any:
+def redact_value(value: Any) -> Any:
+    """``value`` with every key-shaped string inside it masked (containers become dicts/lists).
+
+    Numbers, booleans and None pass unchanged; a :class:`Secret` becomes its fingerprint; an
+    exception becomes ``"Type: message"``; any other object is kept unless its ``repr`` holds
+    something key-shaped, in which case the redacted ``repr`` replaces it.
+    """
     if isinstance(value, str):
         return redact_text(value)
+    if isinstance(value, _PLAIN):
+        return value
     if isinstance(value, Secret):
         return value.fingerprint
-    if isinstance(value, Mapping):
-        return {k: _redact(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [_redact(v) for v in value]
+    if isinstance(value, Mapping | list | tuple | set | frozenset):
+        return _redact_container(value)
     if isinstance(value, BaseException):
         return redact_text(f"{type(value).__name__}: {value}")
-    return value
+    text = repr(value)
+    masked = redact_text(text)
+    return value if masked == text else masked
+
+
+def _redact_container(value: Any) -> dict[Any, Any] | list[Any]:
+    if isinstance(value, Mapping):
+        return {redact_value(k): redact_value(v) for k, v in value.items()}
+    return [redact_value(v) for v in value]
 
 
 def redact_secrets(
     _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    """structlog processor: mask key-shaped strings anywhere in the event."""
-    for key, value in list(event_dict.items()):
-        event_dict[key] = _redact(value)
+    """structlog processor: mask key-shaped strings anywhere in the event, keys included."""
+    redacted = {redact_text(key): redact_value(value) for key, value in event_dict.items()}
+    event_dict.clear()
+    event_dict.update(redacted)
     return event_dict
+
+
+def rotation_steps(outcome: Outcome, rotation: Rotation | None) -> dict[str, float]:
+    """Seconds spent in each stretch of a finished rotation, as far as the record knows them.
+
+    ``publish``: start to the consumer secret's new version (intent, create, verify, publish);
+    ``pickup``: publish to the new key's first seen use; ``drain``: that use to the end (drain,
+    delete, clean-up); ``total``: start to end. A rotation that never published has ``total``
+    only.
+    """
+    if rotation is None:
+        return {}
+    marks = [("publish", rotation.published_at), ("pickup", rotation.pickup_at)]
+    steps: dict[str, float] = {}
+    previous = rotation.started_at
+    for name, at in marks:
+        if at is None:
+            break
+        steps[name] = round(at - previous, 3)
+        previous = at
+    else:
+        steps["drain"] = round(outcome.at - previous, 3)
+    steps["total"] = round(outcome.at - rotation.started_at, 3)
+    return steps
+
+
+def rotation_line_fields(
+    outcome: Outcome, rotation: Rotation | None, *, env: str, name: str
+) -> dict[str, Any]:
+    """The fields of the canonical line of a finished rotation (pure)."""
+    return {
+        "env": env,
+        "key": f"{env}/{name}",
+        "rotation_id": outcome.rotation_id,
+        "attempt": rotation.attempt if rotation else None,
+        "trigger": outcome.trigger,
+        "by": outcome.by,
+        "outcome": outcome.outcome,
+        "steps": rotation_steps(outcome, rotation),
+        "old_key_id": outcome.old_key_id,
+        "new_key_id": outcome.new_key_id,
+        "detail": outcome.detail,
+    }
+
+
+def canonical_rotation_line(
+    outcome: Outcome,
+    rotation: Rotation | None,
+    *,
+    env: str,
+    name: str,
+    logger: Any = None,
+) -> dict[str, Any]:
+    """Log the one canonical line of a finished rotation and return its fields.
+
+    Pass the rotation as it was just before it finished (``record.rotation``), for its step
+    times. The line is ``info`` for a success, ``warning`` otherwise; ``logger`` defaults to
+    this module's.
+    """
+    fields = rotation_line_fields(outcome, rotation, env=env, name=name)
+    target = logger if logger is not None else structlog.get_logger(__name__)
+    emit = target.info if outcome.outcome.startswith("succeeded") else target.warning
+    emit(ROTATION_FINISHED, **fields)
+    return fields
 
 
 def configure(level: str = "info", *, json: bool | None = None) -> None:
