@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from vault_rotator.commands.common import add_config_argument, load
+from vault_rotator.daemon.due import next_due
 from vault_rotator.engine.session import StateStore
 from vault_rotator.engine.status import key_status
 from vault_rotator.policy import PolicySet, format_duration
@@ -37,9 +38,21 @@ def collect(policies: PolicySet, runtime: Runtime, now: float) -> list[dict[str,
         record, _ = store.read(policy.env, policy.name)
         secret = kv.read(policy.secret_path)
         data = dict(secret.data) if secret and not secret.deleted else None
+        rotated_at = (data or {}).get("rotated_at")
+        due_at = next_due(
+            policy,
+            last_success_at=record.last_success_at,
+            rotated_at=rotated_at if isinstance(rotated_at, str) else None,
+            now=now,
+        )
         rows.append(
             key_status(
-                ref=policy.ref, max_age_s=policy.max_age_s, record=record, secret=data, now=now
+                ref=policy.ref,
+                max_age_s=policy.max_age_s,
+                next_due_at=due_at,
+                record=record,
+                secret=data,
+                now=now,
             )
         )
         seen.add((policy.env, policy.name))

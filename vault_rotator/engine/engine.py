@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import Protocol
 
 import structlog
 
@@ -31,7 +32,7 @@ from vault_rotator.engine.passes import Progress
 from vault_rotator.engine.preflight import Plan, check_capabilities, preflight
 from vault_rotator.engine.published import PublishedSteps
 from vault_rotator.engine.session import Session, StateStore, default_holder
-from vault_rotator.engine.state import StateRecord
+from vault_rotator.engine.state import Outcome, Rotation, Stall, StateRecord
 from vault_rotator.errors import VaultRotatorError
 from vault_rotator.policy import KeyPolicy
 from vault_rotator.provider.port import KeyProvider
@@ -45,6 +46,15 @@ BOUNDARIES = (
     "intent", "create", "pending", "verify", "publish", "published",
     "sweep", "delete", "done", "destroy",
 )  # fmt: skip
+
+
+class RotationListener(Protocol):
+    """Told when a rotation finishes or stalls (the daemon's metrics and notifications)."""
+
+    def finished(self, policy: KeyPolicy, outcome: Outcome) -> None: ...
+
+    def stalled(self, policy: KeyPolicy, rotation: Rotation, stall: Stall) -> None: ...
+
 
 ProviderFactory = Callable[[KeyPolicy, str | None], KeyProvider]
 FaultHook = Callable[[str], None]
@@ -90,6 +100,15 @@ class Engine:
         self.holder = holder or default_holder()
         self.fault = fault
         self.new_id = new_id or (lambda: new_rotation_id(clock))
+        self.listeners: list[RotationListener] = []
+
+    def on_finished(self, policy: KeyPolicy, outcome: Outcome) -> None:
+        for listener in self.listeners:
+            listener.finished(policy, outcome)
+
+    def on_stalled(self, policy: KeyPolicy, rotation: Rotation, stall: Stall) -> None:
+        for listener in self.listeners:
+            listener.stalled(policy, rotation, stall)
 
     # -- entry points ---------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from vault_rotator.engine import reasons
 from vault_rotator.engine.decide import Observation, Timing
 from vault_rotator.engine.session import Session, StateStore
 from vault_rotator.engine.state import Outcome, Rotation, Stall, StateRecord
+from vault_rotator.logs import canonical_rotation_line
 from vault_rotator.policy import KeyPolicy, render_key_name
 from vault_rotator.provider.port import KeyProvider
 from vault_rotator.store.port import KvStore
@@ -171,23 +172,15 @@ class PassBase:
 
     def finish(self, outcome: Outcome, *, current_key_id: str | None) -> Progress:
         """Done: the record goes idle with the outcome, then pending is destroyed."""
-        rot = self.rotation
+        rotation = self.rotation
         self.session.save(self.record.finished(outcome, current_key_id=current_key_id))
         self.e.fault("done")
         self.store.destroy_pending(self.policy.env, self.policy.name)
         self.e.fault("destroy")
-        self.log.info(
-            "rotation finished",
-            rotation_id=outcome.rotation_id,
-            outcome=outcome.outcome,
-            mode=rot.mode,
-            trigger=outcome.trigger,
-            by=outcome.by,
-            old_key_id=outcome.old_key_id,
-            new_key_id=outcome.new_key_id,
-            seconds=round(outcome.at - rot.started_at, 3),
-            detail=outcome.detail,
+        canonical_rotation_line(
+            outcome, rotation, env=self.policy.env, name=self.policy.name, logger=self.log
         )
+        self.e.on_finished(self.policy, outcome)
         return self.progress(outcome=outcome)
 
     def fail(self, why: str) -> Progress:
@@ -203,6 +196,8 @@ class PassBase:
     def stall(self, reason: str, detail: str) -> Progress:
         """Stop and wait for an operator; both keys stay alive (the old one re-enabled)."""
         self.reenable_old()
-        self.save_rotation(stalled=Stall(reason, detail, self.clock()))
+        stall = Stall(reason, detail, self.clock())
+        self.save_rotation(stalled=stall)
         self.log.warning("rotation stalled", reason=reason, detail=detail)
+        self.e.on_stalled(self.policy, self.rotation, stall)
         return self.progress(f"stalled: {reason}")
