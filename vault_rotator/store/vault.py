@@ -5,8 +5,19 @@ a sealed or unreachable server is :class:`StoreUnavailableError`, a revoked toke
 capability :class:`StorePermissionError`, a lost check-and-set :class:`CasConflictError`.
 Messages name the operation and the path, never the token or a secret value.
 
-Connection settings follow Vault's own names: ``VAULT_ADDR``, ``VAULT_TOKEN``,
-``VAULT_NAMESPACE``, ``VAULT_CACERT``, ``VAULT_SKIP_VERIFY``.
+A :class:`VaultConnection` logs in lazily with an :class:`~.auth.Authenticator` (token, AppRole
+or Kubernetes) and keeps its token alive through a :class:`~.session.TokenSession`: before each
+operation the token is renewed when less than a third of its TTL is left, or replaced by a new
+login when it cannot be; an operation refused with 403 is retried once after a new login when
+the token itself was at fault. Logins go out without a token; the caller-token methods
+(:meth:`VaultConnection.lookup_token`, :meth:`VaultConnection.capabilities_of`) never touch the
+session.
+
+Connection settings follow Vault's own names (:func:`connect_from_env`): ``VAULT_ADDR``,
+``VAULT_NAMESPACE``, ``VAULT_CACERT``, ``VAULT_SKIP_VERIFY``, and for the login
+``VAULT_AUTH_METHOD`` with ``VAULT_TOKEN`` / ``VAULT_TOKEN_FILE`` (token),
+``VAULT_ROLE_ID_FILE`` / ``VAULT_SECRET_ID_FILE`` (approle), ``VAULT_K8S_ROLE`` /
+``VAULT_K8S_JWT_FILE`` (kubernetes), ``VAULT_AUTH_MOUNT`` (either login's mount).
 """
 
 from __future__ import annotations
@@ -14,8 +25,10 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, NamedTuple, TypeVar
 
 import hvac
 import hvac.exceptions
@@ -28,7 +41,10 @@ from vault_rotator.errors import (
     StorePermissionError,
     StoreUnavailableError,
 )
+from vault_rotator.secret import Secret
+from vault_rotator.store.auth import Authenticator, TokenAuth, auth_from_env
 from vault_rotator.store.port import Versioned
+from vault_rotator.store.session import Step, TokenSession
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT_S = 10.0
@@ -70,8 +86,8 @@ def _first_line(exc: BaseException) -> str:
 class VaultKv:
     """A KV v2 mount of one Vault server, implementing :class:`~.port.KvStore`."""
 
-    def __init__(self, client: hvac.Client, mount: str) -> None:
-        self._client = client
+    def __init__(self, conn: VaultConnection, mount: str) -> None:
+        self._conn = conn
         self._mount = mount.strip("/")
         self.write_count: collections.Counter[str] = collections.Counter()
 
@@ -84,13 +100,16 @@ class VaultKv:
 
     def read(self, path: str, version: int | None = None) -> Versioned | None:
         try:
-            with _translate("read", self._where(path)):
-                resp = self._client.secrets.kv.v2.read_secret_version(
+            resp = self._conn.call(
+                lambda c: c.secrets.kv.v2.read_secret_version(
                     path=path,
                     version=version,
                     mount_point=self._mount,
                     raise_on_deleted_version=False,
-                )
+                ),
+                "read",
+                self._where(path),
+            )
         except StoreError as exc:
             if isinstance(exc.__cause__, hvac.exceptions.InvalidPath):
                 return None
@@ -108,10 +127,11 @@ class VaultKv:
 
     def _metadata(self, path: str) -> Mapping[str, Any] | None:
         try:
-            with _translate("read metadata", self._where(path)):
-                resp = self._client.secrets.kv.v2.read_secret_metadata(
-                    path=path, mount_point=self._mount
-                )
+            resp = self._conn.call(
+                lambda c: c.secrets.kv.v2.read_secret_metadata(path=path, mount_point=self._mount),
+                "read metadata",
+                self._where(path),
+            )
         except StoreError as exc:
             if isinstance(exc.__cause__, hvac.exceptions.InvalidPath):
                 return None
@@ -122,10 +142,13 @@ class VaultKv:
         return data
 
     def write(self, path: str, data: Mapping[str, Any], *, cas: int) -> int:
-        with _translate("write", self._where(path)):
-            resp = self._client.secrets.kv.v2.create_or_update_secret(
+        resp = self._conn.call(
+            lambda c: c.secrets.kv.v2.create_or_update_secret(
                 path=path, secret=dict(data), cas=cas, mount_point=self._mount
-            )
+            ),
+            "write",
+            self._where(path),
+        )
         self.write_count[path] += 1
         version = resp.get("data", {}).get("version") if isinstance(resp, dict) else None
         if not isinstance(version, int):
@@ -133,22 +156,31 @@ class VaultKv:
         return version
 
     def set_custom_metadata(self, path: str, metadata: Mapping[str, str]) -> None:
-        with _translate("update metadata", self._where(path)):
-            self._client.secrets.kv.v2.update_metadata(
+        self._conn.call(
+            lambda c: c.secrets.kv.v2.update_metadata(
                 path=path, custom_metadata=dict(metadata), mount_point=self._mount
-            )
+            ),
+            "update metadata",
+            self._where(path),
+        )
 
     def destroy(self, path: str) -> None:
-        with _translate("destroy", self._where(path)):
-            self._client.secrets.kv.v2.delete_metadata_and_all_versions(
+        self._conn.call(
+            lambda c: c.secrets.kv.v2.delete_metadata_and_all_versions(
                 path=path, mount_point=self._mount
-            )
+            ),
+            "destroy",
+            self._where(path),
+        )
         self.write_count[path] += 1
 
     def list(self, prefix: str) -> Sequence[str]:
         try:
-            with _translate("list", self._where(prefix)):
-                resp = self._client.secrets.kv.v2.list_secrets(path=prefix, mount_point=self._mount)
+            resp = self._conn.call(
+                lambda c: c.secrets.kv.v2.list_secrets(path=prefix, mount_point=self._mount),
+                "list",
+                self._where(prefix),
+            )
         except StoreError as exc:
             if isinstance(exc.__cause__, hvac.exceptions.InvalidPath):
                 return []
@@ -159,16 +191,21 @@ class VaultKv:
         return keys
 
     def capabilities(self, paths: Sequence[str]) -> dict[str, frozenset[str]]:
-        with _translate("check capabilities", ", ".join(paths)):
-            resp = self._client.sys.get_capabilities(list(paths))
-        data = resp.get("data", resp) if isinstance(resp, dict) else {}
-        result: dict[str, frozenset[str]] = {}
-        for path in paths:
-            caps = data.get(path, [])
-            if not isinstance(caps, list):
-                raise StoreError(f"Vault answered malformed capabilities for {path}")
-            result[path] = frozenset(str(c) for c in caps)
-        return result
+        resp = self._conn.call(
+            lambda c: c.sys.get_capabilities(list(paths)), "check capabilities", ", ".join(paths)
+        )
+        return _parse_capabilities(resp, paths)
+
+
+def _parse_capabilities(resp: Any, paths: Sequence[str]) -> dict[str, frozenset[str]]:
+    data = resp.get("data", resp) if isinstance(resp, dict) else {}
+    result: dict[str, frozenset[str]] = {}
+    for path in paths:
+        caps = data.get(path, []) if isinstance(data, dict) else None
+        if not isinstance(caps, list):
+            raise StoreError(f"Vault answered malformed capabilities for {path}")
+        result[path] = frozenset(str(c) for c in caps)
+    return result
 
 
 def _parse_version(resp: Any, where: str) -> Versioned | None:
@@ -192,31 +229,68 @@ def _parse_version(resp: Any, where: str) -> Versioned | None:
     )
 
 
+class TokenInfo(NamedTuple):
+    """What ``auth/token/lookup`` says of a caller's token (never the token itself)."""
+
+    accessor: str
+    display_name: str
+    policies: tuple[str, ...]  # token and identity policies, sorted, without duplicates
+
+
+class _CallerTokenError(StorePermissionError):
+    """A caller-supplied token was refused: no reason to doubt our own session."""
+
+
 class VaultConnection:
-    """One authenticated Vault client; hands out KV v2 mounts."""
+    """One Vault client whose token is obtained, renewed and replaced as needed.
+
+    ``token`` (kept for compatibility) is shorthand for ``auth=TokenAuth(token)``; give one of
+    the two. ``clock`` decides when to renew (epoch seconds); Vault decides expiry.
+    """
 
     def __init__(
         self,
         addr: str,
-        token: str,
+        token: str | None = None,
         *,
+        auth: Authenticator | None = None,
         namespace: str | None = None,
         verify: bool | str = True,
         timeout: float = DEFAULT_TIMEOUT_S,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if not addr:
             raise ConfigError("VAULT_ADDR is not set: say where Vault is")
+        if auth is not None and token is not None:
+            raise ConfigError("give VaultConnection a token or an authenticator, not both")
         self.addr = addr
-        self._client = hvac.Client(
-            url=addr, token=token, namespace=namespace, verify=verify, timeout=timeout
-        )
+        self._settings: dict[str, Any] = {
+            "url": addr,
+            "namespace": namespace,
+            "verify": verify,
+            "timeout": timeout,
+        }
+        self._client = hvac.Client(token="", **self._settings)
         self._mounts: dict[str, VaultKv] = {}
+        self.session = TokenSession(
+            auth if auth is not None else TokenAuth(token),
+            _HvacAuthApi(self),
+            on_token=self._use_token,
+            clock=clock,
+        )
+
+    def _use_token(self, token: Secret) -> None:
+        self._client.token = token.reveal()
+
+    def _client_for(self, token: str) -> hvac.Client:
+        """A client acting as ``token`` ("" for none), sharing this connection's HTTP pool."""
+        return hvac.Client(token=token, session=self._client.session, **self._settings)
 
     def kv(self, mount: str) -> VaultKv:
         """The KV v2 mount at ``mount`` (one adapter per mount, shared)."""
         key = mount.strip("/")
         if key not in self._mounts:
-            self._mounts[key] = VaultKv(self._client, key)
+            self._mounts[key] = VaultKv(self, key)
         return self._mounts[key]
 
     def check(self) -> None:
@@ -225,32 +299,190 @@ class VaultConnection:
             status = self._client.sys.read_health_status(method="GET")
         if isinstance(status, dict) and status.get("sealed"):
             raise StoreUnavailableError(f"Vault at {self.addr} is sealed")
-        with _translate("token lookup", "auth/token/lookup-self"):
-            self._client.auth.token.lookup_self()
+        self.call(lambda c: c.auth.token.lookup_self(), "token lookup", "auth/token/lookup-self")
 
     def call(self, fn: Callable[[hvac.Client], T], op: str, where: str) -> T:
-        """Run a raw hvac call with error translation (for auth flows and tests)."""
+        """Run an hvac call as this connection's token, with error translation.
+
+        The token is renewed or replaced first when due; a 403 caused by the token itself
+        (revoked, expired) leads to a new login and one retry.
+        """
+        used = self.session.token()
+        try:
+            with _translate(op, where):
+                return fn(self._client)
+        except _CallerTokenError:
+            raise
+        except StorePermissionError:
+            if not self.session.recover(used):
+                raise
         with _translate(op, where):
             return fn(self._client)
+
+    def renew_or_relogin(self, *, force: bool = False) -> Step:
+        """Renew the token when due, or log in again when it cannot be renewed (a daemon timer).
+
+        Returns what was done. ``force`` renews (or logs in) even when nothing is due.
+        """
+        return self.session.refresh(force=force)
+
+    @property
+    def refresh_at(self) -> float | None:
+        """When the token will next need renewing (clock time); None if never or not logged in."""
+        lease = self.session.lease
+        return lease.refresh_at if lease is not None else None
+
+    def lookup_token(self, token: str | Secret) -> TokenInfo:
+        """Accessor, display name and policies of a caller's token (``auth/token/lookup``).
+
+        Asked with this connection's token, which needs ``update`` on ``auth/token/lookup``.
+        An unknown, expired or revoked caller token is :class:`StorePermissionError`.
+        """
+        value = token.reveal() if isinstance(token, Secret) else token
+        if not value:
+            raise StorePermissionError("no caller token given (auth/token/lookup)")
+
+        def lookup(client: hvac.Client) -> Any:
+            try:
+                return client.auth.token.lookup(value)
+            except hvac.exceptions.Forbidden as exc:
+                if "bad token" not in str(exc):
+                    raise
+                raise _CallerTokenError(
+                    "Vault refused the caller's token (auth/token/lookup): "
+                    "unknown, expired or revoked"
+                ) from exc
+
+        resp = self.call(lookup, "token lookup", "auth/token/lookup")
+        return _token_info(resp)
+
+    def capabilities_of(
+        self, token: str | Secret, paths: Sequence[str]
+    ) -> dict[str, frozenset[str]]:
+        """A caller's capabilities on each path, asked as that token (``sys/capabilities-self``).
+
+        An unknown, expired or revoked caller token is :class:`StorePermissionError`.
+        """
+        value = token.reveal() if isinstance(token, Secret) else token
+        if not value:
+            raise StorePermissionError("no caller token given (sys/capabilities-self)")
+        where = "sys/capabilities-self"
+        try:
+            with _translate("check caller capabilities", where):
+                resp = self._client_for(value).sys.get_capabilities(list(paths))
+        except StorePermissionError as exc:
+            raise StorePermissionError(
+                f"Vault refused the caller's token ({where}): "
+                "unknown, expired, revoked or without the default policy"
+            ) from exc.__cause__
+        return _parse_capabilities(resp, paths)
 
     def close(self) -> None:
         self._client.adapter.close()
 
 
-def connect_from_env(env: Mapping[str, str] | None = None) -> VaultConnection:
-    """A connection from ``VAULT_ADDR``, ``VAULT_TOKEN``, ``VAULT_NAMESPACE``, TLS variables."""
+def _token_info(resp: Any) -> TokenInfo:
+    data = resp.get("data") if isinstance(resp, dict) else None
+    if not isinstance(data, dict):
+        raise StoreError("Vault answered auth/token/lookup without data")
+    accessor, name = data.get("accessor"), data.get("display_name")
+    policies = [*(data.get("policies") or []), *(data.get("identity_policies") or [])]
+    if not isinstance(accessor, str) or not all(isinstance(p, str) for p in policies):
+        raise StoreError("Vault answered a malformed auth/token/lookup")
+    return TokenInfo(accessor, name if isinstance(name, str) else "", tuple(sorted(set(policies))))
+
+
+class _HvacAuthApi:
+    """:class:`~.auth.AuthApi` over hvac: logins without a token, lookups as a given token."""
+
+    def __init__(self, conn: VaultConnection) -> None:
+        self._conn = conn
+
+    def login(
+        self, mount: str, payload: Mapping[str, str | Secret], *, what: str
+    ) -> Mapping[str, Any]:
+        where = f"auth/{mount}/login"
+        hidden = [v.reveal() for v in payload.values() if isinstance(v, Secret)]
+        body = {k: v.reveal() if isinstance(v, Secret) else v for k, v in payload.items()}
+        client = self._conn._client_for("")
+        with _translate(what, where), _refusal(what, where, hidden):
+            resp = client.adapter.post(f"/v1/{where}", json=body)
+        return _block(resp, "auth", where)
+
+    def lookup_self(self, token: Secret) -> Mapping[str, Any]:
+        where = "auth/token/lookup-self"
+        with _translate("token lookup", where):
+            resp = self._conn._client_for(token.reveal()).auth.token.lookup_self()
+        return _block(resp, "data", where)
+
+    def renew_self(self, token: Secret) -> Mapping[str, Any]:
+        where = "auth/token/renew-self"
+        with _translate("token renewal", where):
+            resp = self._conn._client_for(token.reveal()).auth.token.renew_self()
+        return _block(resp, "auth", where)
+
+
+def _block(resp: Any, key: str, where: str) -> Mapping[str, Any]:
+    block = resp.get(key) if isinstance(resp, dict) else None
+    if not isinstance(block, dict):
+        raise StoreError(f"Vault answered {where} without {key!r}")
+    return block
+
+
+@contextlib.contextmanager
+def _refusal(what: str, where: str, hidden: Sequence[str]) -> Iterator[None]:
+    """A refused login as one line with Vault's reason, every credential in it masked."""
+    try:
+        yield
+    except (
+        hvac.exceptions.Forbidden,
+        hvac.exceptions.InvalidRequest,
+        hvac.exceptions.Unauthorized,
+    ) as exc:
+        reason = _reason(exc, hidden)
+        raise StorePermissionError(f"Vault refused the {what} ({where}): {reason}") from exc
+    except (hvac.exceptions.InternalServerError, hvac.exceptions.BadGateway) as exc:
+        reason = _reason(exc, hidden)
+        raise StoreUnavailableError(f"Vault failed the {what} ({where}): {reason}") from exc
+
+
+def _reason(exc: hvac.exceptions.VaultError, hidden: Sequence[str]) -> str:
+    errors = getattr(exc, "errors", None)
+    text = "; ".join(str(e) for e in errors) if isinstance(errors, list) and errors else ""
+    text = " ".join(text.split()) or "no reason given"
+    for value in hidden:
+        text = text.replace(value, "<redacted>")
+    return text[:200]
+
+
+def tls_verify_from_env(env: Mapping[str, str]) -> bool | str:
+    """``VAULT_SKIP_VERIFY`` (a boolean) wins, else ``VAULT_CACERT`` (a CA file), else True."""
+    skip = env.get("VAULT_SKIP_VERIFY", "").strip().lower()
+    if skip not in {"", "0", "false", "no", "off", "1", "true", "yes", "on"}:
+        raise ConfigError(f"VAULT_SKIP_VERIFY={skip!r} is not a boolean (true or false)")
+    if skip in {"1", "true", "yes", "on"}:
+        return False
+    cacert = env.get("VAULT_CACERT", "")
+    if cacert:
+        if not Path(cacert).is_file():
+            raise ConfigError(f"VAULT_CACERT={cacert}: no such file")
+        return cacert
+    return True
+
+
+def connect_from_env(
+    env: Mapping[str, str] | None = None, *, clock: Callable[[], float] = time.time
+) -> VaultConnection:
+    """A connection from ``VAULT_ADDR``, the login variables, ``VAULT_NAMESPACE`` and TLS ones.
+
+    Nothing is sent to Vault yet: the first operation (or :meth:`VaultConnection.check`) logs in.
+    """
     env = os.environ if env is None else env
-    token = env.get("VAULT_TOKEN", "")
-    if not token:
-        raise ConfigError("VAULT_TOKEN is not set: give vault-rotator a Vault token")
-    verify: bool | str = True
-    if env.get("VAULT_SKIP_VERIFY", "").lower() in {"1", "true", "yes"}:
-        verify = False
-    elif env.get("VAULT_CACERT"):
-        verify = env["VAULT_CACERT"]
+    auth = auth_from_env(env)
     return VaultConnection(
         env.get("VAULT_ADDR", ""),
-        token,
+        auth=auth,
         namespace=env.get("VAULT_NAMESPACE") or None,
-        verify=verify,
+        verify=tls_verify_from_env(env),
+        clock=clock,
     )
