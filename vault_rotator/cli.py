@@ -21,6 +21,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 # verb -> (module, one-line help)
 VERBS: dict[str, tuple[str, str]] = {
+    "run": ("vault_rotator.commands.run_cmd", "run the daemon: schedules, health, metrics, API"),
     "validate": ("vault_rotator.policy.validate_cmd", "check policy files; print FILE:LINE errors"),
     "rotate": ("vault_rotator.commands.rotate_cmd", "start or resume a key's rotation"),
     "resume": ("vault_rotator.commands.resume_cmd", "continue a rotation from its saved step"),
@@ -28,6 +29,12 @@ VERBS: dict[str, tuple[str, str]] = {
     "abort": ("vault_rotator.commands.abort_cmd", "roll a rotation back to the old key"),
     "status": ("vault_rotator.commands.status_cmd", "show every key's rotation state"),
     "demo": ("vault_rotator.demo", "run a full rotation on an embedded OpenBao + emulator"),
+    "audit": (
+        "vault_rotator.commands.audit_cmd",
+        "list unmanaged, unused, uncapped and twice-served keys; delete unused ones",
+    ),
+    "freeze": ("vault_rotator.commands.freeze_cmd", "stop new rotations of ENV or ENV/NAME"),
+    "unfreeze": ("vault_rotator.commands.freeze_cmd", "allow new rotations of ENV or ENV/NAME"),
     "emulator": ("vault_rotator.emulator.cli", "run the ARouter emulator (for tests and demos)"),
 }
 

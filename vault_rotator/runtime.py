@@ -62,6 +62,10 @@ def client_budget(lease_ttl: float) -> ClientBudget:
     return ClientBudget(timeout=timeout, backoff_max=backoff_max)
 
 
+def _ignore_request(_method: str, _route: str, _status: int | str) -> None:
+    return None
+
+
 class Runtime:
     """A Vault connection plus cached provider clients, and engines built on them."""
 
@@ -72,8 +76,10 @@ class Runtime:
         lease_ttl: float = DEFAULT_LEASE_TTL_S,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        on_provider_request: Callable[[str, str, int | str], None] | None = None,
     ) -> None:
         self.conn = conn
+        self.on_provider_request = on_provider_request
         self.lease_ttl = lease_ttl
         self.clock = clock
         self.sleep = sleep
@@ -114,6 +120,7 @@ class Runtime:
                 max_attempts=budget.max_attempts,
                 backoff_initial=min(0.5, budget.backoff_max),
                 backoff_max=budget.backoff_max,
+                on_request=self.on_provider_request or _ignore_request,
             )
             self._clients[account] = client
         return client

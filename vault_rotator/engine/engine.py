@@ -51,7 +51,7 @@ BOUNDARIES = (
 class RotationListener(Protocol):
     """Told when a rotation finishes or stalls (the daemon's metrics and notifications)."""
 
-    def finished(self, policy: KeyPolicy, outcome: Outcome) -> None: ...
+    def finished(self, policy: KeyPolicy, outcome: Outcome, rotation: Rotation) -> None: ...
 
     def stalled(self, policy: KeyPolicy, rotation: Rotation, stall: Stall) -> None: ...
 
@@ -102,9 +102,9 @@ class Engine:
         self.new_id = new_id or (lambda: new_rotation_id(clock))
         self.listeners: list[RotationListener] = []
 
-    def on_finished(self, policy: KeyPolicy, outcome: Outcome) -> None:
+    def on_finished(self, policy: KeyPolicy, outcome: Outcome, rotation: Rotation) -> None:
         for listener in self.listeners:
-            listener.finished(policy, outcome)
+            listener.finished(policy, outcome, rotation)
 
     def on_stalled(self, policy: KeyPolicy, rotation: Rotation, stall: Stall) -> None:
         for listener in self.listeners:

@@ -180,7 +180,7 @@ class PassBase:
         canonical_rotation_line(
             outcome, rotation, env=self.policy.env, name=self.policy.name, logger=self.log
         )
-        self.e.on_finished(self.policy, outcome)
+        self.e.on_finished(self.policy, outcome, rotation)
         return self.progress(outcome=outcome)
 
     def fail(self, why: str) -> Progress:

@@ -238,7 +238,9 @@ class ARouterClient(_Closing):
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         transport: httpx.BaseTransport | None = None,
+        on_request: Callable[[str, str, int | str], None] = lambda _m, _r, _s: None,
     ) -> None:
+        self._on_request = on_request  # (method, path, status or error class): for metrics
         if not isinstance(management_key, Secret):
             raise TypeError("management_key must be a Secret")
         try:
@@ -474,6 +476,7 @@ class ARouterClient(_Closing):
                 attempt=attempt,
                 error=type(exc).__name__,
             )
+            self._on_request(method, path, type(exc).__name__)
             return exc
         duration_ms = round((self._monotonic() - started) * 1000, 1)
         log.debug(
@@ -484,6 +487,7 @@ class ARouterClient(_Closing):
             attempt=attempt,
             duration_ms=duration_ms,
         )
+        self._on_request(method, path, answer.status)
         return self._error_for(f"{method} {path}", answer, (self._key, auth)) or answer
 
     def _error_for(

@@ -333,27 +333,23 @@ class VaultConnection:
         return lease.refresh_at if lease is not None else None
 
     def lookup_token(self, token: str | Secret) -> TokenInfo:
-        """Accessor, display name and policies of a caller's token (``auth/token/lookup``).
+        """Accessor, display name and policies of a caller's token.
 
-        Asked with this connection's token, which needs ``update`` on ``auth/token/lookup``.
-        An unknown, expired or revoked caller token is :class:`StorePermissionError`.
+        Asked AS that token (``auth/token/lookup-self``, which Vault's default policy grants),
+        so the daemon needs no extra privilege. An unknown, expired or revoked caller token is
+        :class:`StorePermissionError`; our own session is never touched.
         """
         value = token.reveal() if isinstance(token, Secret) else token
         if not value:
-            raise StorePermissionError("no caller token given (auth/token/lookup)")
-
-        def lookup(client: hvac.Client) -> Any:
-            try:
-                return client.auth.token.lookup(value)
-            except hvac.exceptions.Forbidden as exc:
-                if "bad token" not in str(exc):
-                    raise
-                raise _CallerTokenError(
-                    "Vault refused the caller's token (auth/token/lookup): "
-                    "unknown, expired or revoked"
-                ) from exc
-
-        resp = self.call(lookup, "token lookup", "auth/token/lookup")
+            raise StorePermissionError("no caller token given (auth/token/lookup-self)")
+        where = "auth/token/lookup-self"
+        try:
+            with _translate("look up the caller's token", where):
+                resp = self._client_for(value).auth.token.lookup_self()
+        except StorePermissionError as exc:
+            raise _CallerTokenError(
+                f"Vault refused the caller's token ({where}): unknown, expired or revoked"
+            ) from exc.__cause__
         return _token_info(resp)
 
     def capabilities_of(

@@ -1,0 +1,253 @@
+"""The daemon's reconcile loop on an injected clock, against real OpenBao and the emulator."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+from world import MANAGEMENT_KEY, no_fault
+
+from vault_rotator.daemon.daemon import Daemon
+from vault_rotator.daemon.freeze import freeze
+from vault_rotator.daemon.metrics import Metrics
+from vault_rotator.daemon.notify import Notifier
+from vault_rotator.emulator import Emulator
+from vault_rotator.engine import reasons
+from vault_rotator.engine.session import StateStore
+from vault_rotator.policy import load_policies
+from vault_rotator.runtime import Runtime
+from vault_rotator.store.vault import VaultConnection, VaultKv
+from vault_rotator.testing.clock import FakeClock
+from vault_rotator.testing.vault_server import VaultServer
+
+DAY = 86400.0
+CONFIG = """\
+environment: {env}
+provider:
+  type: arouter
+  base_url: {base_url}
+  dialect: c
+  management_key:
+    path: {tag}/management
+  usage_lag: 60s
+  poll_interval: 30s
+  max_concurrent: 64
+vault:
+  kv_mount: secret
+  state_prefix: {tag}/vault-rotator
+require_spending_limit: false
+defaults:
+  schedule: "@monthly"
+  max_age: 45d
+  pickup_timeout: 1h
+  drain_period: 10m
+  drain_timeout: 2h
+keys:
+{keys}
+"""
+
+
+@dataclass
+class Fleet:
+    """Keys of one account under one daemon, their consumers and a fake clock."""
+
+    vault: VaultServer
+    emulator: Emulator
+    clock: FakeClock
+    config: Path
+    tag: str = field(default_factory=lambda: f"d{uuid.uuid4().hex[:8]}")
+    names: list[str] = field(default_factory=list)
+    conns: list[VaultConnection] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.conn = VaultConnection(self.vault.addr, self.vault.token)
+        self.kv: VaultKv = self.conn.kv("secret")
+        self.kv.write(f"{self.tag}/management", {"key": MANAGEMENT_KEY}, cas=0)
+
+    def write_config(self, names: list[str]) -> None:
+        keys = "\n".join(
+            f"  - name: {n}\n    secret_path: {self.tag}/{n}\n    allowed_providers: [openai]"
+            for n in names
+        )
+        body = CONFIG.format(env=self.tag, base_url=self.emulator.base_url, tag=self.tag, keys=keys)
+        (self.config / "fleet.yaml").write_text(body)
+
+    def seed(self, count: int) -> None:
+        self.names = [f"app-{i}" for i in range(count)]
+        for name in self.names:
+            key_id, value = self.emulator.seed_key(f"{name}-original", allowed_providers=["openai"])
+            self.kv.write(f"{self.tag}/{name}", {"api_key": value, "key_id": key_id}, cas=0)
+        self.write_config(self.names)
+
+    def daemon(self, *, notifier: Notifier | None = None) -> Daemon:
+        conn = VaultConnection(self.vault.addr, self.vault.token)
+        self.conns.append(conn)
+        runtime = Runtime(conn, clock=self.clock, sleep=self.clock.sleep)
+        return Daemon(
+            load_policies(self.config),
+            runtime,
+            notifier=notifier,
+            metrics=Metrics(),
+            fault=no_fault,
+        )
+
+    def consume(self, names: list[str] | None = None) -> list[int]:
+        """Every app calls once with whatever key Vault serves it now."""
+        statuses = []
+        for name in names if names is not None else self.names:
+            got = self.kv.read(f"{self.tag}/{name}")
+            if got is not None:
+                statuses.append(self.emulator.call(str(got.data["api_key"])))
+        return statuses
+
+    def record(self, name: str) -> Any:
+        return StateStore(self.kv, f"{self.tag}/vault-rotator").read(self.tag, name)[0]
+
+    def run(self, daemon: Daemon, ticks: int, *, consume: list[str] | None = None) -> list[int]:
+        """Tick every 30 s of fake time, the apps calling between ticks."""
+        statuses: list[int] = []
+        ((account, keys),) = daemon.accounts().items()
+        for _ in range(ticks):
+            daemon.tick(account, keys)
+            self.clock.advance(30)
+            statuses += self.consume(consume)
+        return statuses
+
+    def close(self) -> None:
+        for conn in (self.conn, *self.conns):
+            conn.close()
+
+
+@pytest.fixture
+def fleet(vault: VaultServer, make_emulator, tmp_path: Path) -> Iterator[Fleet]:  # type: ignore[no-untyped-def]
+    """An account with an emulator (dialect c) sharing a fake clock with the daemon."""
+    clock = FakeClock()
+    emulator = make_emulator(dialect="c", clock=clock)
+    fleet = Fleet(vault, emulator, clock, tmp_path)
+    yield fleet
+    fleet.close()
+
+
+def test_fifty_rotations_in_flight_share_one_list_pass_per_poll(fleet: Fleet) -> None:
+    """With 50 rotations in flight on one account, a tick lists the keys once, not per key."""
+    fleet.seed(50)
+    daemon = fleet.daemon()
+    ((account, keys),) = daemon.accounts().items()
+    first = daemon.tick(account, keys)
+    assert len(first.started) == 50
+    for _ in range(10):
+        fleet.clock.advance(30)
+        daemon.tick(account, keys)
+        if all(fleet.record(n).phase == reasons.PUBLISHED for n in fleet.names):
+            break
+    assert all(fleet.record(n).phase == reasons.PUBLISHED for n in fleet.names)
+    fleet.clock.advance(30)
+    fleet.consume()
+    before = fleet.emulator.request_counts()["list"]
+    daemon.runtime.provider(keys[0], None).list_keys()
+    one_pass = fleet.emulator.request_counts()["list"] - before  # pages of one list pass
+    assert 1 <= one_pass <= 2  # 100 keys: one full page, maybe an empty last one
+    before = fleet.emulator.request_counts()["list"]
+    report = daemon.tick(account, keys)
+    assert fleet.emulator.request_counts()["list"] - before == one_pass
+    assert len(report.advanced) == 50
+    assert report.errors == []
+
+
+def test_full_rotation_by_ticks_logs_no_secret_and_counts_metrics(fleet: Fleet) -> None:
+    """A scheduled rotation runs to its end through ticks; no log line holds a key or token."""
+    fleet.seed(1)
+    daemon = fleet.daemon()
+    with structlog.testing.capture_logs() as logs:
+        statuses = fleet.run(daemon, 40)
+    record = fleet.record("app-0")
+    assert [o.outcome for o in record.outcomes] == [reasons.SUCCEEDED]
+    assert record.outcomes[0].trigger == "schedule"
+    assert set(statuses) == {200}
+    text = json.dumps(logs, default=str)
+    assert "rotation finished" in text
+    for needle in ("lr_live_", "lr_mgmt_", fleet.vault.token):
+        assert needle not in text
+    metrics = daemon.metrics.render().decode()
+    assert (
+        f'vault_rotator_rotations_total{{env="{fleet.tag}",key="app-0",outcome="succeeded"}} 1.0'
+        in metrics
+    )
+    assert 'route="GET /v1/keys"' in metrics
+
+
+def test_missed_schedule_fires_once_after_restart_and_frozen_keys_wait(fleet: Fleet) -> None:
+    """Down for 90 days: each key rotates once (not once per missed month); a frozen one not."""
+    fleet.seed(2)
+    fleet.run(fleet.daemon(), 40)
+    assert all(len(fleet.record(n).outcomes) == 1 for n in fleet.names)
+    fleet.clock.advance(90 * DAY)  # the daemon was down
+    freeze(fleet.kv, f"{fleet.tag}/vault-rotator", f"{fleet.tag}/app-1", "test", at=fleet.clock())
+    restarted = fleet.daemon()
+    ((account, keys),) = restarted.accounts().items()
+    report = restarted.tick(account, keys)
+    assert report.started == [f"{fleet.tag}/app-0"]
+    fleet.run(restarted, 40)
+    assert len(fleet.record("app-0").outcomes) == 2
+    assert len(fleet.record("app-1").outcomes) == 1  # frozen
+    again = restarted.tick(account, keys)
+    assert again.started == []  # next slot is next month
+
+
+def test_rotation_of_a_key_removed_from_policy_is_finished(fleet: Fleet) -> None:
+    """A rotation in flight whose key left the config is resumed on start and finished."""
+    fleet.seed(2)
+    first = fleet.daemon()
+    ((account, keys),) = first.accounts().items()
+    first.tick(account, keys)  # both start
+    assert fleet.record("app-1").rotation is not None
+    fleet.write_config(["app-0"])  # app-1 leaves the policies
+    restarted = fleet.daemon()
+    fleet.run(restarted, 40)
+    record = fleet.record("app-1")
+    assert record.rotation is None
+    assert [o.outcome for o in record.outcomes] == [reasons.SUCCEEDED]
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    received: list[dict[str, Any]] = []  # noqa: RUF012  (reset by the one test using it)
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).received.append(json.loads(body))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *_args: object) -> None:
+        return None
+
+
+def test_webhook_gets_one_message_per_stalled_rotation(fleet: Fleet) -> None:
+    """No consumer ever switches: one 'stalled' webhook, however many ticks follow."""
+    _Receiver.received = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    notifier = Notifier([f"http://127.0.0.1:{server.server_address[1]}/hook"])
+    try:
+        fleet.seed(1)
+        daemon = fleet.daemon(notifier=notifier)
+        fleet.run(daemon, 200, consume=[])  # 100 minutes: past the 1 h pickup_timeout
+        notifier.close(timeout=5)
+    finally:
+        server.shutdown()
+        server.server_close()
+    stalls = [m for m in _Receiver.received if m["vault_rotator"]["event"] == "stalled"]
+    assert len(stalls) == 1
+    assert stalls[0]["vault_rotator"]["reason"] == reasons.PICKUP_TIMEOUT
+    assert "lr_live_" not in json.dumps(_Receiver.received)
+    assert fleet.record("app-0").rotation.stalled is not None

@@ -1,0 +1,282 @@
+"""The daemon's reconcile loop: per provider account, one list pass per poll for every rotation.
+
+:meth:`Daemon.tick` is what a scheduler job runs every ``poll_interval`` for an account:
+
+1. read the state record of every key of the account, plus every record in flight under the
+   account's state prefix whose key has left the policies (finished with the policy it started
+   with, then reported);
+2. list the account's keys ONCE and advance every rotation in flight (not stalled) with that
+   observation;
+3. start the rotations that are due (:mod:`.due`; frozen keys never), while fewer than
+   ``max_concurrent`` are in flight (stalled ones do not count: they block nobody).
+
+Nothing here sleeps: waits are states in the records, and the truth lives in Vault, so a
+restart resumes everything and a schedule missed while down fires once.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from vault_rotator.daemon import notify as events
+from vault_rotator.daemon.due import due
+from vault_rotator.daemon.freeze import FrozenSet, frozen
+from vault_rotator.daemon.metrics import Metrics
+from vault_rotator.daemon.notify import Notifier
+from vault_rotator.engine import reasons
+from vault_rotator.engine.decide import Observation
+from vault_rotator.engine.engine import Command, Engine, FaultHook, env_fault_hook
+from vault_rotator.engine.session import StateStore
+from vault_rotator.engine.state import Outcome, Rotation, Stall, StateRecord
+from vault_rotator.errors import ConfigError, LeaseHeldError, VaultRotatorError
+from vault_rotator.policy import Account, KeyPolicy, PolicySet
+from vault_rotator.runtime import Runtime
+
+log = structlog.get_logger(__name__)
+
+NEEDS_ATTENTION = frozenset(
+    {
+        reasons.SUCCEEDED_ATTENTION,
+        reasons.SUCCEEDED_OLD_UNKNOWN,
+        reasons.ABORTED,
+        reasons.FINISHED_KEEP_OLD,
+    }
+)
+
+
+class Cancelled(VaultRotatorError):
+    """The daemon is stopping: a wait (a retry backoff) was cut short."""
+
+
+class StopFlag:
+    """A stop event whose ``sleep`` returns early, raising Cancelled, once stop is set."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def sleep(self, seconds: float) -> None:
+        if self.event.wait(max(0.0, seconds)):
+            raise Cancelled("stopping: wait cancelled")
+
+    def set(self) -> None:
+        self.event.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self.event.is_set()
+
+
+@dataclass
+class Tracked:
+    """A key the daemon looks after in a tick: its policy and state record."""
+
+    policy: KeyPolicy
+    record: StateRecord
+    in_policy: bool = True
+
+    @property
+    def active(self) -> bool:
+        rot = self.record.rotation
+        return rot is not None and rot.stalled is None
+
+
+@dataclass
+class TickReport:
+    account: Account
+    listed: bool = False
+    advanced: list[str] = field(default_factory=list)
+    started: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+class Daemon:
+    """Rotates every key of every policy on schedule and keeps rotations in flight moving."""
+
+    def __init__(
+        self,
+        policies: PolicySet,
+        runtime: Runtime,
+        *,
+        notifier: Notifier | None = None,
+        metrics: Metrics | None = None,
+        fault: FaultHook = env_fault_hook,
+        holder: str | None = None,
+    ) -> None:
+        self.policies = policies
+        self.runtime = runtime
+        self.clock: Callable[[], float] = runtime.clock
+        self.notifier = notifier or Notifier()
+        self.metrics = metrics or Metrics()
+        if runtime.on_provider_request is None:  # count provider requests by route and status
+            runtime.on_provider_request = self.metrics.provider_request
+        self.engine: Engine = runtime.engine(fault=fault, holder=holder)
+        self.engine.listeners.append(self)
+        self.last_tick: dict[Account, float] = {}
+        self.should_stop: Callable[[], bool] = lambda: False
+
+    # -- what to look after -------------------------------------------------------------
+
+    def accounts(self) -> dict[Account, tuple[KeyPolicy, ...]]:
+        return self.policies.accounts()
+
+    def tracked(self, account: Account, keys: tuple[KeyPolicy, ...]) -> list[Tracked]:
+        """The account's keys with their records, plus in-flight records outside the policies."""
+        found: list[Tracked] = []
+        stores: dict[tuple[str, str], StateStore] = {}
+        for policy in keys:
+            store = stores.setdefault(
+                (policy.vault.kv_mount, policy.vault.state_prefix), self.engine.store(policy)
+            )
+            found.append(Tracked(policy, store.read(policy.env, policy.name)[0]))
+        known = {(p.env, p.name) for p in keys}
+        for store in stores.values():
+            for env, name in store.list_in_flight():
+                orphan = None if (env, name) in known else self._orphan(store, env, name)
+                if orphan is not None and orphan.policy.account == account:
+                    found.append(orphan)
+        return found
+
+    def _orphan(self, store: StateStore, env: str, name: str) -> Tracked | None:
+        record, _ = store.read(env, name)
+        if record.rotation is None:
+            return None
+        try:
+            policy = KeyPolicy.from_dict(dict(record.rotation.policy))
+        except ConfigError as exc:
+            log.warning("cannot resume a rotation", key=f"{env}/{name}", error=str(exc))
+            return None
+        return Tracked(policy, record, in_policy=False)
+
+    # -- one tick -----------------------------------------------------------------------
+
+    def tick(self, account: Account, keys: tuple[KeyPolicy, ...]) -> TickReport:
+        """One reconcile pass of one account (see the module docstring)."""
+        report = TickReport(account)
+        tracked = self.tracked(account, keys)
+        active = [t for t in tracked if t.active]
+        if active:
+            observation = self._observe(active[0].policy)
+            report.listed = True
+            for item in active:
+                self._advance(item.policy, report, observation=observation)
+        self._start_due(tracked, report)
+        self._gauge(tracked)
+        self.last_tick[account] = self.clock()
+        self.metrics.ticks.labels(account.base_url, "error" if report.errors else "ok").inc()
+        return report
+
+    def _observe(self, policy: KeyPolicy) -> Observation:
+        provider = self.runtime.provider(policy, None)
+        return Observation.of(tuple(provider.list_keys()), self.clock())
+
+    def _advance(
+        self,
+        policy: KeyPolicy,
+        report: TickReport,
+        *,
+        observation: Observation | None = None,
+        command: Command | None = None,
+    ) -> None:
+        if self.should_stop():
+            raise Cancelled("stopping: no new work")
+        try:
+            progress = self.engine.advance(
+                policy, start=command is not None, command=command, observation=observation
+            )
+        except LeaseHeldError:
+            return  # a CLI (or another daemon) is acting on it now; next tick
+        except Cancelled:
+            raise
+        except VaultRotatorError as exc:
+            report.errors.append(f"{policy.ref}: {exc}")
+            log.warning("pass failed", key=policy.ref, error=str(exc))
+            return
+        (report.started if command else report.advanced).append(policy.ref)
+        if progress.outcome is not None and policy.ref not in {p.ref for p in self.policies}:
+            log.warning("finished a rotation of a key no longer in any policy", key=policy.ref)
+
+    def _start_due(self, tracked: list[Tracked], report: TickReport) -> None:
+        frozen_sets: dict[tuple[str, str], FrozenSet] = {}
+        in_flight = sum(1 for t in tracked if t.active)
+        now = self.clock()
+        candidates = []
+        for item in tracked:
+            if not item.in_policy or item.record.rotation is not None:
+                continue
+            policy = item.policy
+            where = (policy.vault.kv_mount, policy.vault.state_prefix)
+            if where not in frozen_sets:
+                frozen_sets[where] = frozen(self.runtime.kv(where[0]), where[1])
+            verdict = due(
+                policy,
+                last_success_at=item.record.last_success_at,
+                rotated_at=self._rotated_at(item),
+                in_flight=False,
+                frozen=frozen_sets[where].covers(policy.env, policy.name),
+                now=now,
+            )
+            if verdict.due:
+                candidates.append((verdict.at, verdict.reason, policy))
+        for _at, reason, policy in sorted(candidates, key=lambda c: c[0]):
+            if in_flight >= policy.provider.max_concurrent:
+                break
+            self._advance(
+                policy, report, command=Command(trigger="schedule", by=f"daemon:{reason}")
+            )
+            in_flight += 1
+
+    def _rotated_at(self, item: Tracked) -> str | None:
+        if item.record.last_success_at is not None:
+            return None  # the record wins; no need to read the secret
+        got = self.runtime.kv(item.policy.vault.kv_mount).read(item.policy.secret_path)
+        stamp = got.data.get("rotated_at") if got and not got.deleted else None
+        return stamp if isinstance(stamp, str) else None
+
+    def _gauge(self, tracked: list[Tracked]) -> None:
+        now = self.clock()
+        by_env: dict[str, list[int]] = {}
+        for item in tracked:
+            counts = by_env.setdefault(item.policy.env, [0, 0])
+            rot = item.record.rotation
+            counts[0] += rot is not None
+            counts[1] += rot is not None and rot.stalled is not None
+            if item.record.last_success_at is not None:
+                labels = (item.policy.env, item.policy.name)
+                self.metrics.last_success.labels(*labels).set(item.record.last_success_at)
+                self.metrics.key_age.labels(*labels).set(now - item.record.last_success_at)
+        for env, (flying, stalled) in by_env.items():
+            self.metrics.in_flight.labels(env).set(flying)
+            self.metrics.stalled.labels(env).set(stalled)
+
+    # -- engine listener: metrics and notifications -------------------------------------
+
+    def finished(self, policy: KeyPolicy, outcome: Outcome, rotation: Rotation) -> None:
+        self.metrics.rotation_finished(policy.env, policy.name, outcome, rotation)
+        if outcome.outcome == reasons.FAILED_VERIFY:
+            event = events.FAILED
+        elif outcome.outcome in NEEDS_ATTENTION:
+            event = events.NEEDS_ATTENTION
+        else:
+            event = events.SUCCEEDED
+        self._notify(event, policy, rotation, outcome=outcome.outcome, detail=outcome.detail)
+
+    def stalled(self, policy: KeyPolicy, rotation: Rotation, stall: Stall) -> None:
+        self._notify(events.STALLED, policy, rotation, reason=stall.reason, detail=stall.detail)
+
+    def _notify(self, event: str, policy: KeyPolicy, rotation: Rotation, **fields: Any) -> None:
+        self.notifier.notify(
+            event,
+            env=policy.env,
+            key=policy.ref,
+            rotation_id=rotation.id,
+            trigger=rotation.trigger,
+            by=rotation.by,
+            old_key_id=rotation.old_key_id,
+            new_key_id=rotation.new_key_id,
+            **fields,
+        )

@@ -1,0 +1,154 @@
+"""``vault-rotator run``: the daemon process: scheduler, signals, listener, shutdown.
+
+APScheduler 3.x only ticks: one interval job per provider account every ``poll_interval`` runs
+:meth:`Daemon.tick` (missed runs coalesce; the truth lives in Vault). A second job renews the
+Vault token before it expires.
+
+* SIGTERM / SIGINT: take no new work, let the provider or Vault call in progress finish, cancel
+  backoffs, release leases, exit 0 (well within 10 s).
+* SIGHUP: reload the policies; an invalid new config is logged with its ``FILE:LINE`` problems
+  and the old one kept.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+
+import structlog
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from vault_rotator.daemon.daemon import Cancelled, Daemon, StopFlag
+from vault_rotator.errors import VaultRotatorError
+from vault_rotator.policy import Account, PolicyError, load_policies
+
+log = structlog.get_logger(__name__)
+
+RENEW_EVERY_S = 15.0
+SHUTDOWN_WAIT_S = 8.0
+
+
+class Service:
+    """Runs a daemon's ticks on a scheduler until stopped."""
+
+    def __init__(
+        self,
+        daemon: Daemon,
+        stop: StopFlag,
+        config_dir: Path,
+        *,
+        renew: Callable[[], object] | None = None,
+    ) -> None:
+        self.daemon = daemon
+        self.stop = stop
+        self.config_dir = config_dir
+        self.renew = renew
+        self.started = time.time()
+        self.reload_requested = threading.Event()
+        self.scheduler = BackgroundScheduler(
+            timezone=UTC,
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+        )
+        daemon.should_stop = lambda: stop.stopping
+
+    def schedule(self) -> None:
+        """(Re)create one tick job per account, each due at once (resumes work in flight)."""
+        for job in self.scheduler.get_jobs():
+            if job.id.startswith("tick:"):
+                job.remove()
+        now = datetime.now(UTC)
+        for account, keys in self.daemon.accounts().items():
+            every = min(k.provider.poll_interval_s for k in keys)
+            self.scheduler.add_job(
+                self._tick,
+                IntervalTrigger(seconds=every, timezone=UTC),
+                args=[account],
+                id=f"tick:{account.base_url}|{account.kv_mount}|{account.management_key_path}",
+                next_run_time=now,
+            )
+
+    def _tick(self, account: Account) -> None:
+        if self.stop.stopping:
+            return
+        keys = self.daemon.accounts().get(account, ())
+        try:
+            report = self.daemon.tick(account, keys)
+        except Cancelled:
+            return
+        except VaultRotatorError as exc:
+            log.warning("tick failed", account=account.base_url, error=str(exc))
+            return
+        if report.started or report.errors:
+            log.info("tick", account=account.base_url, started=report.started, errors=report.errors)
+
+    def _renew(self) -> None:
+        if self.renew is not None and not self.stop.stopping:
+            try:
+                self.renew()
+            except VaultRotatorError as exc:
+                log.warning("vault token renewal failed", error=str(exc))
+
+    def ticking_problem(self) -> str | None:
+        """None when every account ticked within three poll intervals (or is starting)."""
+        now = time.time()
+        for account, keys in self.daemon.accounts().items():
+            limit = 3 * min(k.provider.poll_interval_s for k in keys) + 5
+            last = self.daemon.last_tick.get(account, self.started)
+            if now - last > limit:
+                return f"account {account.base_url} not ticked for {now - last:.0f}s"
+        return None
+
+    def reload(self) -> bool:
+        """Load the policies again; keep the old ones (and say why) if the new are invalid."""
+        try:
+            policies = load_policies(self.config_dir)
+        except PolicyError as exc:
+            for problem in exc.problems:
+                log.warning("reload refused; keeping the old policies", problem=str(problem))
+            return False
+        self.daemon.policies = policies
+        self.schedule()
+        log.info("policies reloaded", keys=sum(1 for _ in policies))
+        return True
+
+    def install_signals(self) -> None:
+        def stop(signum: int, _frame: FrameType | None) -> None:
+            log.info("stopping", signal=signal.Signals(signum).name)
+            self.stop.set()
+
+        def hup(_signum: int, _frame: FrameType | None) -> None:
+            self.reload_requested.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, hup)
+
+    def run_until_stopped(self) -> None:
+        self.schedule()
+        if self.renew is not None:
+            self.scheduler.add_job(self._renew, IntervalTrigger(seconds=RENEW_EVERY_S), id="renew")
+        self.scheduler.start()
+        while not self.stop.event.wait(0.2):
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                self.reload()
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        """No new ticks; wait for running ones (their backoffs are cancelled)."""
+        self.scheduler.pause()
+        finished = threading.Event()
+
+        def wait() -> None:
+            self.scheduler.shutdown(wait=True)
+            finished.set()
+
+        threading.Thread(target=wait, daemon=True).start()
+        if not finished.wait(SHUTDOWN_WAIT_S):
+            log.warning("a tick is still running at shutdown; its lease will expire")
