@@ -15,10 +15,11 @@ import pytest
 import structlog
 from world import MANAGEMENT_KEY, no_fault
 
-from vault_rotator.daemon.daemon import Daemon
+from vault_rotator.daemon.daemon import Daemon, StopFlag
 from vault_rotator.daemon.freeze import freeze
 from vault_rotator.daemon.metrics import Metrics
 from vault_rotator.daemon.notify import Notifier
+from vault_rotator.daemon.service import Service
 from vault_rotator.emulator import Emulator
 from vault_rotator.engine import reasons
 from vault_rotator.engine.session import StateStore
@@ -251,3 +252,38 @@ def test_webhook_gets_one_message_per_stalled_rotation(fleet: Fleet) -> None:
     assert stalls[0]["vault_rotator"]["reason"] == reasons.PICKUP_TIMEOUT
     assert "lr_live_" not in json.dumps(_Receiver.received)
     assert fleet.record("app-0").rotation.stalled is not None
+
+
+def test_management_key_rotated_in_vault_is_picked_up_after_a_401(fleet: Fleet) -> None:
+    """The management key changes mid-rotation: after one 401 the daemon re-reads it from Vault."""
+    fleet.seed(1)
+    daemon = fleet.daemon()
+    fleet.run(daemon, 3)
+    assert fleet.record("app-0").rotation is not None
+    new_key = "lr_mgmt_rotated_fedcba9876543210"
+    fleet.emulator.add_management_key(new_key)
+    fleet.kv.write(f"{fleet.tag}/management", {"key": new_key}, cas=1)
+    fleet.emulator.revoke_management_key(MANAGEMENT_KEY)
+    with structlog.testing.capture_logs() as logs:
+        fleet.run(daemon, 40)
+    assert [o.outcome for o in fleet.record("app-0").outcomes] == [reasons.SUCCEEDED]
+    assert any(e["event"] == "management key refused; reading it from Vault again" for e in logs)
+    assert new_key not in json.dumps(logs, default=str)
+
+
+def test_reload_keeps_the_old_policies_when_the_new_ones_are_invalid(fleet: Fleet) -> None:
+    """SIGHUP's reload: a broken file is refused with FILE:LINE and the old policies stay."""
+    fleet.seed(2)
+    daemon = fleet.daemon()
+    service = Service(daemon, StopFlag(), fleet.config)
+    before = daemon.policies
+    path = fleet.config / "fleet.yaml"
+    path.write_text(path.read_text().replace("drain_period: 10m", "drain_period: 10"))
+    with structlog.testing.capture_logs() as logs:
+        assert service.reload() is False
+    assert daemon.policies is before
+    problems = [e["problem"] for e in logs if "problem" in e]
+    assert any(p.startswith(f"{path}:") and "drain_period" in p for p in problems)
+    fleet.write_config(["app-0"])
+    assert service.reload() is True
+    assert [p.name for p in daemon.policies] == ["app-0"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from vault_rotator.commands.common import add_config_argument, operator
+from vault_rotator.commands.remote import add_daemon_argument
 from vault_rotator.commands.rotate_cmd import run_command
 from vault_rotator.engine.engine import Command, Verb
 from vault_rotator.errors import ConfigError
@@ -20,6 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--keep-old", action="store_true", help="required: end now, keeping the old key alive"
     )
     add_config_argument(parser)
+    add_daemon_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from vault_rotator.commands.common import add_config_argument, load, operator
+from vault_rotator.commands.remote import act, add_daemon_argument, daemon_url
 from vault_rotator.daemon import freeze as freezes
 from vault_rotator.errors import ConfigError
 from vault_rotator.runtime import Runtime
@@ -19,11 +20,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("target", metavar="ENV[/NAME]")
     parser.add_argument("--reason", default="", help="why (shown in the freeze record)")
     add_config_argument(parser)
+    add_daemon_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    policies = load(args)
     target = freezes.parse_target(args.target)
+    if (url := daemon_url(args)) is not None:
+        body = {"reason": args.reason} if args.verb == "freeze" else {}
+        return act(url, args.verb, target, body, wait=False)
+    policies = load(args)
     env, _, name = target.partition("/")
     environment = policies.environments.get(env)
     if environment is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from vault_rotator.commands.common import add_config_argument, operator
+from vault_rotator.commands.remote import add_daemon_argument
 from vault_rotator.commands.rotate_cmd import run_command
 from vault_rotator.engine.engine import Command, Verb
 
@@ -17,6 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("ref", metavar="ENV/NAME")
     parser.add_argument("--wait", action="store_true", help="run the rotation to its end")
     add_config_argument(parser)
+    add_daemon_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:

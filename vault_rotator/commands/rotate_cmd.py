@@ -17,6 +17,7 @@ import sys
 from datetime import UTC, date, datetime
 
 from vault_rotator.commands.common import add_config_argument, key_policy, load, operator
+from vault_rotator.commands.remote import act, add_daemon_argument, daemon_url
 from vault_rotator.engine import reasons
 from vault_rotator.engine.driver import drive
 from vault_rotator.engine.engine import Command, Progress, Verb
@@ -42,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --emergency: delete the old key right after publish",
     )
     add_config_argument(parser)
+    add_daemon_argument(parser)
 
 
 def say(progress: Progress) -> None:
@@ -65,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
 def run_command(args: argparse.Namespace, command: Command, *, wait: bool) -> int:
     """Drive ``args.ref`` with ``command``; print where it ended; the exit code."""
     policy = key_policy(load(args), args.ref)
+    if (url := daemon_url(args)) is not None:
+        return act(url, REMOTE_VERBS[command.verb], args.ref, _body(command), wait=wait)
     runtime = Runtime.from_env()
     try:
         start = command.verb == Verb.ROTATE
@@ -74,6 +78,20 @@ def run_command(args: argparse.Namespace, command: Command, *, wait: bool) -> in
     finally:
         runtime.close()
     return conclude(progress, args.ref, command)
+
+
+REMOTE_VERBS = {
+    Verb.ROTATE: "rotate",
+    Verb.RESUME: "resume",
+    Verb.ABORT: "abort",
+    Verb.FINISH_KEEP_OLD: "finish",
+}
+
+
+def _body(command: Command) -> dict[str, bool]:
+    if command.verb == Verb.FINISH_KEEP_OLD:
+        return {"keep_old": True}
+    return {"emergency": command.emergency, "revoke_old_now": command.revoke_old_now}
 
 
 def _dry_run(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from vault_rotator.commands.common import add_config_argument, load
+from vault_rotator.commands.remote import add_daemon_argument, daemon_url, exit_code, request
 from vault_rotator.daemon.due import next_due
 from vault_rotator.engine.session import StateStore
 from vault_rotator.engine.status import key_status
@@ -22,6 +23,7 @@ from vault_rotator.runtime import Runtime
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
     add_config_argument(parser)
+    add_daemon_argument(parser)
 
 
 def collect(policies: PolicySet, runtime: Runtime, now: float) -> list[dict[str, Any]]:
@@ -100,6 +102,14 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if (url := daemon_url(args)) is not None:
+        code, answer = request(url, "GET", "/v1/status")
+        if exit_code(code) != 0:
+            print(f"daemon answered {code}: {answer.get('error', '')}")
+            return exit_code(code)
+        rows = answer.get("keys", [])
+        print(json.dumps({"keys": rows}, indent=2, sort_keys=True) if args.json else table(rows))
+        return 1 if any(row["state"].startswith("stalled") for row in rows) else 0
     policies = load(args)
     runtime = Runtime.from_env()
     try:

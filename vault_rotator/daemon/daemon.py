@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -33,11 +33,17 @@ from vault_rotator.engine.decide import Observation
 from vault_rotator.engine.engine import Command, Engine, FaultHook, env_fault_hook
 from vault_rotator.engine.session import StateStore
 from vault_rotator.engine.state import Outcome, Rotation, Stall, StateRecord
-from vault_rotator.errors import ConfigError, LeaseHeldError, VaultRotatorError
+from vault_rotator.errors import (
+    ConfigError,
+    LeaseHeldError,
+    ProviderAuthError,
+    VaultRotatorError,
+)
 from vault_rotator.policy import Account, KeyPolicy, PolicySet
 from vault_rotator.runtime import Runtime
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 NEEDS_ATTENTION = frozenset(
     {
@@ -171,8 +177,24 @@ class Daemon:
         return report
 
     def _observe(self, policy: KeyPolicy) -> Observation:
-        provider = self.runtime.provider(policy, None)
-        return Observation.of(tuple(provider.list_keys()), self.clock())
+        def list_pass() -> Observation:
+            provider = self.runtime.provider(policy, None)
+            return Observation.of(tuple(provider.list_keys()), self.clock())
+
+        return self._fresh_key_on_401(policy, list_pass)
+
+    def _fresh_key_on_401(self, policy: KeyPolicy, call: Callable[[], T]) -> T:
+        """A 401 on a management call: read the management key from Vault again, retry once."""
+        try:
+            return call()
+        except ProviderAuthError:
+            log.warning(
+                "management key refused; reading it from Vault again",
+                account=policy.account.base_url,
+                path=policy.provider.management_key.path,
+            )
+            self.runtime.forget_account(policy.account)
+            return call()
 
     def _advance(
         self,
@@ -185,8 +207,11 @@ class Daemon:
         if self.should_stop():
             raise Cancelled("stopping: no new work")
         try:
-            progress = self.engine.advance(
-                policy, start=command is not None, command=command, observation=observation
+            progress = self._fresh_key_on_401(
+                policy,
+                lambda: self.engine.advance(
+                    policy, start=command is not None, command=command, observation=observation
+                ),
             )
         except LeaseHeldError:
             return  # a CLI (or another daemon) is acting on it now; next tick

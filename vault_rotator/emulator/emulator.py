@@ -77,7 +77,8 @@ class Emulator:
         self._recorder = Recorder()
         self._stopping = threading.Event()
         self._server: HttpServer | None = None
-        self._app = self._build_app(ManagementKeys(management_keys), paging, allow_live_management)
+        self._management = ManagementKeys(management_keys)
+        self._app = self._build_app(self._management, paging, allow_live_management)
 
     def _build_app(self, keys: ManagementKeys, paging: str, allow_live: bool) -> App:
         store, clock = self._store, self._provider_now
@@ -166,6 +167,14 @@ class Emulator:
             garbage=garbage,
         )
         self._faults.add(fault)
+
+    def add_management_key(self, value: str) -> None:
+        """Accept another management key (as after rotating it in the provider's console)."""
+        self._management.add(value)
+
+    def revoke_management_key(self, value: str) -> None:
+        """Stop accepting a management key: management calls with it get 401."""
+        self._management.revoke(value)
 
     def clear_faults(self, route: str | None = None) -> None:
         """Remove every fault, or only ``route``'s."""

@@ -38,6 +38,14 @@ class ManagementKeys:
     def __contains__(self, value: object) -> bool:
         return isinstance(value, str) and value_hash(value) in self._digests
 
+    def add(self, value: str) -> None:
+        """Accept another management key (a rotated one)."""
+        self._digests = self._digests | {value_hash(value)}
+
+    def revoke(self, value: str) -> None:
+        """Stop accepting a management key: it gets 401 from now on."""
+        self._digests = self._digests - {value_hash(value)}
+
 
 class Management:
     """Handlers for the management routes; each takes the request and the item id."""

@@ -1,0 +1,198 @@
+"""The daemon as a real process: resume, health, metrics, control API, SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import hvac
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from vault_rotator.emulator import Emulator
+from vault_rotator.engine import reasons
+from vault_rotator.engine.session import StateStore
+from vault_rotator.store.vault import VaultConnection
+from vault_rotator.testing.vault_server import VaultServer, free_port
+
+MANAGEMENT_KEY = "lr_mgmt_daemon_0123456789abcdef"
+CONFIG = """\
+environment: {env}
+provider:
+  type: arouter
+  base_url: {base_url}
+  dialect: c
+  management_key:
+    path: {env}/management
+  usage_lag: 1s
+  poll_interval: 0.5s
+vault:
+  kv_mount: secret
+  state_prefix: {env}/vault-rotator
+require_spending_limit: false
+defaults:
+  schedule: "@monthly"
+  pickup_timeout: 60s
+  drain_period: 2s
+  drain_timeout: 60s
+keys:
+  - name: app
+    secret_path: {env}/app
+    allowed_providers: [openai]
+"""
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def setup(vault: VaultServer, tmp_path: Path) -> Iterator[dict[str, object]]:
+    """An environment with one served key, an app calling with it, and a config dir."""
+    env = f"p{uuid.uuid4().hex[:8]}"
+    emulator = Emulator(dialect="c", management_keys=[MANAGEMENT_KEY]).start()
+    conn = VaultConnection(vault.addr, vault.token)
+    kv = conn.kv("secret")
+    kv.write(f"{env}/management", {"key": MANAGEMENT_KEY}, cas=0)
+    old_id, value = emulator.seed_key("original", allowed_providers=["openai"])
+    kv.write(f"{env}/app", {"api_key": value, "key_id": old_id}, cas=0)
+    (tmp_path / "p.yaml").write_text(CONFIG.format(env=env, base_url=emulator.base_url))
+    stop = threading.Event()
+    statuses: list[int] = []
+
+    def app() -> None:
+        while not stop.wait(0.1):
+            got = kv.read(f"{env}/app")
+            statuses.append(emulator.call(str(got.data["api_key"])) if got else 0)
+
+    thread = threading.Thread(target=app, daemon=True)
+    thread.start()
+    store = StateStore(kv, f"{env}/vault-rotator")
+    yield {"env": env, "emulator": emulator, "kv": kv, "old_id": old_id, "config": tmp_path,
+           "statuses": statuses, "store": store}  # fmt: skip
+    stop.set()
+    thread.join()
+    emulator.stop()
+    conn.close()
+
+
+def cli(vault: VaultServer, *args: str, token: str | None = None) -> subprocess.Popen[str]:
+    env = {**os.environ, **vault.env(), "VAULT_ROTATOR_LEASE_TTL": "6s"}
+    if token is not None:
+        env["VAULT_TOKEN"] = token
+    return subprocess.Popen(
+        [sys.executable, "-m", "vault_rotator", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def token_with(vault: VaultServer, name: str, rules: str) -> str:
+    admin = hvac.Client(url=vault.addr, token=vault.token)
+    admin.sys.create_or_update_policy(name, rules)
+    return str(admin.auth.token.create(policies=[name], ttl="10m")["auth"]["client_token"])
+
+
+@pytest.mark.slow
+def test_daemon_process_resumes_serves_and_stops_cleanly(vault: VaultServer, setup) -> None:  # type: ignore[no-untyped-def]
+    """Resume on start, /healthz /readyz /metrics, 401/403/202 control, SIGTERM exit 0 < 10 s."""
+    env, config, store = setup["env"], str(setup["config"]), setup["store"]
+    started = cli(vault, "rotate", f"{env}/app", "--config", config)
+    _out, err = started.communicate(timeout=60)
+    assert started.returncode == 0, err
+    assert store.read(env, "app")[0].phase == reasons.PUBLISHED  # left in flight
+
+    port = free_port()
+    daemon = cli(vault, "run", "--config", config, "--listen", f"127.0.0.1:{port}")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=base, timeout=5) as http:
+            wait_for(lambda: _get(http, "/healthz") == 200, 20, "healthz")
+            wait_for(lambda: _get(http, "/readyz") == 200, 20, "readyz")
+            wait_for(lambda: store.read(env, "app")[0].rotation is None, 40, "the resumed rotation")
+            record = store.read(env, "app")[0]
+            assert [o.outcome for o in record.outcomes] == [reasons.SUCCEEDED]
+            assert setup["old_id"] not in {k["id"] for k in setup["emulator"].live_keys()}
+
+            families = {
+                f.name: f for f in text_string_to_metric_families(http.get("/metrics").text)
+            }
+            samples = families["vault_rotator_rotations"].samples
+            assert any(
+                s.labels.get("outcome") == "succeeded"
+                and s.labels.get("key") == "app"
+                and s.value == 1
+                for s in samples
+            )
+            assert "vault_rotator_provider_requests" in families
+
+            route = f"/v1/rotate/{env}/app"
+            assert http.post(route).status_code == 401
+            assert (
+                http.post(
+                    route, headers={"Authorization": "Bearer s.bogus0000000000000000000"}
+                ).status_code
+                == 401
+            )
+            control = f"secret/data/{env}/vault-rotator/control/{env}/app"
+            reader = token_with(
+                vault, f"{env}-read", f'path "{control}" {{ capabilities = ["read"] }}'
+            )
+            denied = http.post(route, headers={"Authorization": f"Bearer {reader}"})
+            assert denied.status_code == 403
+            operator = token_with(
+                vault, f"{env}-op", f'path "{control}" {{ capabilities = ["read", "update"] }}'
+            )
+            status = http.get("/v1/status", headers={"Authorization": f"Bearer {operator}"})
+            assert [row["key"] for row in status.json()["keys"]] == [f"{env}/app"]
+            accepted = http.post(route, headers={"Authorization": f"Bearer {operator}"})
+            assert accepted.status_code in (200, 202), accepted.text
+            assert accepted.json()["rotation_id"]
+            assert reader not in accepted.text
+            assert operator not in accepted.text
+        remote = cli(vault, "status", "--json", "--daemon", base, token=operator)
+        out, err = remote.communicate(timeout=30)
+        assert remote.returncode in (0, 1), err  # 1 only if the new rotation stalled
+        assert f"{env}/app" in out
+        refused = cli(
+            vault, "abort", f"{env}/app", "--config", config, "--daemon", base, token=reader
+        )
+        out, err = refused.communicate(timeout=30)
+        assert refused.returncode == 1
+        assert "lacks update" in out
+        began = time.monotonic()
+        daemon.send_signal(signal.SIGTERM)
+        out, err = daemon.communicate(timeout=15)
+        assert daemon.returncode == 0, err
+        assert time.monotonic() - began < 10
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.communicate()
+    record = store.read(env, "app")[0]
+    assert record.lease is None  # released, not left to expire
+    assert all(status == 200 for status in setup["statuses"])
+    for secret in ("lr_live_", MANAGEMENT_KEY, vault.token):
+        assert secret not in out + err
+
+
+def _get(http: httpx.Client, path: str) -> int:
+    try:
+        return http.get(path).status_code
+    except httpx.HTTPError:
+        return 0
