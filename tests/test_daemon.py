@@ -183,6 +183,7 @@ def test_full_rotation_by_ticks_logs_no_secret_and_counts_metrics(fleet: Fleet) 
         in metrics
     )
     assert 'route="GET /v1/keys"' in metrics
+    assert 'vault_rotator_vault_requests_total{operation="write",status="ok"}' in metrics
 
 
 def test_missed_schedule_fires_once_after_restart_and_frozen_keys_wait(fleet: Fleet) -> None:

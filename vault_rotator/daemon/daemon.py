@@ -120,6 +120,7 @@ class Daemon:
         self.metrics = metrics or Metrics()
         if runtime.on_provider_request is None:  # count provider requests by route and status
             runtime.on_provider_request = self.metrics.provider_request
+        runtime.conn.on_request = self.metrics.vault_request
         self.engine: Engine = runtime.engine(fault=fault, holder=holder)
         self.engine.listeners.append(self)
         self.last_tick: dict[Account, float] = {}

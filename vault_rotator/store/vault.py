@@ -272,6 +272,8 @@ class VaultConnection:
         }
         self._client = hvac.Client(token="", **self._settings)
         self._mounts: dict[str, VaultKv] = {}
+        # (operation, "ok" or the error's class name), for the daemon's metrics
+        self.on_request: Callable[[str, str], None] = lambda _op, _status: None
         self.session = TokenSession(
             auth if auth is not None else TokenAuth(token),
             _HvacAuthApi(self),
@@ -309,15 +311,24 @@ class VaultConnection:
         """
         used = self.session.token()
         try:
-            with _translate(op, where):
-                return fn(self._client)
+            return self._counted(fn, op, where)
         except _CallerTokenError:
             raise
         except StorePermissionError:
             if not self.session.recover(used):
                 raise
-        with _translate(op, where):
-            return fn(self._client)
+        return self._counted(fn, op, where)
+
+    def _counted(self, fn: Callable[[hvac.Client], T], op: str, where: str) -> T:
+        """One translated call, reported to ``on_request`` as (operation, "ok" or error class)."""
+        try:
+            with _translate(op, where):
+                result = fn(self._client)
+        except StoreError as exc:
+            self.on_request(op, type(exc).__name__)
+            raise
+        self.on_request(op, "ok")
+        return result
 
     def renew_or_relogin(self, *, force: bool = False) -> Step:
         """Renew the token when due, or log in again when it cannot be renewed (a daemon timer).
