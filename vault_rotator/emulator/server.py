@@ -134,9 +134,11 @@ class _Server(ThreadingHTTPServer):
                 connection.shutdown(socket.SHUT_RDWR)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that hung up (a timeout test, a dropped connection) is not an error.
+        # A client that hung up (a timeout test, a dropped connection) is not an error at all.
         error = sys.exc_info()[1]
-        log.debug(
+        if isinstance(error, ConnectionError):
+            return
+        log.warning(
             "emulator_connection_error", client=str(client_address), error=type(error).__name__
         )
 
