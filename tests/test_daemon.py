@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import uuid
 from collections.abc import Iterator
@@ -167,8 +168,13 @@ def test_full_rotation_by_ticks_logs_no_secret_and_counts_metrics(fleet: Fleet) 
     """A scheduled rotation runs to its end through ticks; no log line holds a key or token."""
     fleet.seed(1)
     daemon = fleet.daemon()
-    with structlog.testing.capture_logs() as logs:
-        statuses = fleet.run(daemon, 40)
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    try:
+        with structlog.testing.capture_logs() as logs:
+            statuses = fleet.run(daemon, 40)
+    finally:
+        structlog.reset_defaults()
+    assert any(e["log_level"] == "debug" for e in logs)  # debug lines were captured too
     record = fleet.record("app-0")
     assert [o.outcome for o in record.outcomes] == [reasons.SUCCEEDED]
     assert record.outcomes[0].trigger == "schedule"

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ import httpx
 import hvac
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from world import calling_app
 
 from vault_rotator.emulator import Emulator
 from vault_rotator.engine import reasons
@@ -70,21 +70,10 @@ def setup(vault: VaultServer, tmp_path: Path) -> Iterator[dict[str, object]]:
     old_id, value = emulator.seed_key("original", allowed_providers=["openai"])
     kv.write(f"{env}/app", {"api_key": value, "key_id": old_id}, cas=0)
     (tmp_path / "p.yaml").write_text(CONFIG.format(env=env, base_url=emulator.base_url))
-    stop = threading.Event()
-    statuses: list[int] = []
-
-    def app() -> None:
-        while not stop.wait(0.1):
-            got = kv.read(f"{env}/app")
-            statuses.append(emulator.call(str(got.data["api_key"])) if got else 0)
-
-    thread = threading.Thread(target=app, daemon=True)
-    thread.start()
     store = StateStore(kv, f"{env}/vault-rotator")
-    yield {"env": env, "emulator": emulator, "kv": kv, "old_id": old_id, "config": tmp_path,
-           "statuses": statuses, "store": store}  # fmt: skip
-    stop.set()
-    thread.join()
+    with calling_app(kv, emulator, f"{env}/app") as statuses:
+        yield {"env": env, "emulator": emulator, "kv": kv, "old_id": old_id, "config": tmp_path,
+               "statuses": statuses, "store": store}  # fmt: skip
     emulator.stop()
     conn.close()
 

@@ -7,13 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from world import calling_app
 
 from vault_rotator.demo import run_demo
 from vault_rotator.emulator import Emulator
@@ -85,20 +85,9 @@ def e2e(vault: VaultServer, tmp_path: Path) -> Iterator[dict[str, object]]:
     (tmp_path / "e2e.yaml").write_text(
         POLICY_YAML.format(env=tag, base_url=emulator.base_url, tag=tag)
     )
-    stop = threading.Event()
-    statuses: list[int] = []
-
-    def app() -> None:
-        while not stop.wait(0.1):
-            got = kv.read(f"{tag}/app")
-            statuses.append(emulator.call(str(got.data["api_key"])) if got else 0)
-
-    thread = threading.Thread(target=app, daemon=True)
-    thread.start()
-    yield {"tag": tag, "emulator": emulator, "kv": kv, "old_id": old_id, "statuses": statuses,
-           "config": tmp_path}  # fmt: skip
-    stop.set()
-    thread.join()
+    with calling_app(kv, emulator, f"{tag}/app") as statuses:
+        yield {"tag": tag, "emulator": emulator, "kv": kv, "old_id": old_id, "statuses": statuses,
+               "config": tmp_path}  # fmt: skip
     emulator.stop()
     conn.close()
 

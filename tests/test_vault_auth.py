@@ -41,6 +41,7 @@ from vault_rotator.testing.vault_server import (
     bao_binary,
     bao_dev_server,
     free_port,
+    stop_process,
 )
 
 KV_POLICY = """
@@ -587,12 +588,7 @@ def _bao_tls_server() -> Iterator[tuple[str, str, Path]]:
                 time.sleep(0.05)
             yield addr, token, ca
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
 
 
 def test_tls_settings_verify_the_server_certificate() -> None:

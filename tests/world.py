@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -179,3 +182,25 @@ def assert_clean_end(world: World, old_id: str | None) -> str:
     assert record.lease is None
     assert record.current_key_id == served["key_id"]
     return str(served["key_id"])
+
+
+@contextlib.contextmanager
+def calling_app(
+    kv: VaultKv, emulator: Emulator, path: str, every: float = 0.1
+) -> Iterator[list[int]]:
+    """A real-time app thread calling with whatever key Vault serves at ``path``; its statuses."""
+    stop = threading.Event()
+    statuses: list[int] = []
+
+    def app() -> None:
+        while not stop.wait(every):
+            got = kv.read(path)
+            statuses.append(emulator.call(str(got.data["api_key"])) if got else 0)
+
+    thread = threading.Thread(target=app, daemon=True)
+    thread.start()
+    try:
+        yield statuses
+    finally:
+        stop.set()
+        thread.join()

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from vault_rotator.testing.vault_server import bao_binary
+from vault_rotator.testing.vault_server import bao_binary, stop_process
 
 STARTUP_TIMEOUT_S = 20.0
 
@@ -97,12 +97,7 @@ def vault_agent(
             _wait_rendered(handle, proc)
             yield handle
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
 
 
 def _wait_rendered(handle: AgentHandle, proc: subprocess.Popen[bytes]) -> None:

@@ -139,12 +139,12 @@ def bao_dev_server(log_path: Path | None = None) -> Iterator[VaultServer]:
             try:
                 wait_healthy(addr)
             except RuntimeError:
-                _stop(proc)
+                stop_process(proc)
                 continue
             try:
                 yield VaultServer(addr, token, "bao-dev", proc)
             finally:
-                _stop(proc)
+                stop_process(proc)
             return
         raise RuntimeError(f"bao server -dev did not start; see {log}")
 
@@ -154,7 +154,8 @@ def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """Terminate a helper process (server, agent), killing it after 10 s; always reaped."""
     if proc.poll() is None:
         proc.terminate()
         try:
