@@ -83,7 +83,7 @@ def test_rotate_without_wait_returns_once_published(world_for) -> None:
 @pytest.mark.parametrize("step", BOUNDARIES)
 def test_crash_at_every_boundary_then_resume(world_for, step: str) -> None:
     """A crash at any step boundary, then a new process: one live key, served, nothing lost."""
-    world = world_for("c")
+    world = world_for("c", disable_before_delete_s=300.0 if step == "disable" else 0.0)
     old_id, _ = world.seed_old_key()
     consumer = world.add_consumer(refresh_s=30.0)
     if step == "sweep":  # a stray to sweep: the first create's answer is lost

@@ -6,10 +6,14 @@ from __future__ import annotations
 import pytest
 from world import Crash, World, assert_clean_end, crash_at
 
+from vault_rotator.commands.common import in_flight_policy
 from vault_rotator.engine import reasons
 from vault_rotator.engine.driver import drive
 from vault_rotator.engine.engine import Command, Verb
-from vault_rotator.errors import EngineError, PreflightError
+from vault_rotator.engine.session import Session
+from vault_rotator.errors import EngineError, LeaseHeldError, PreflightError
+from vault_rotator.policy import PolicySet
+from vault_rotator.policy.model import EnvironmentPolicy
 
 RESUME = Command(Verb.RESUME)
 ABORT = Command(Verb.ABORT)
@@ -368,3 +372,114 @@ def test_stalled_key_blocks_neither_others_nor_its_next_rotation(world_for) -> N
         reasons.SUCCEEDED,
     ]
     assert old_id in stuck.live_ids()  # kept by the operator's finish --keep-old
+
+
+def test_abort_after_a_crash_right_after_publishing_restores_the_old_key(world_for) -> None:
+    """Published but not yet recorded (crash): abort must not delete the served key blindly."""
+    world = world_for("c")
+    old_id, old_value = world.seed_old_key()
+    consumer = world.add_consumer(refresh_s=30.0)
+    with pytest.raises(Crash):
+        drive(world.engine(fault=crash_at("publish")), world.policy, wait=True)
+    world.expire_lease()
+    progress = drive(world.engine(), world.policy, wait=True, start=False, command=ABORT)
+    assert progress.outcome is not None
+    assert progress.outcome.outcome == reasons.ABORTED
+    assert world.served()["api_key"] == old_value
+    assert world.live_ids() == {old_id}
+    consumer.tick()
+    assert consumer.unauthorized == 0
+
+
+def test_abort_after_a_crash_right_after_deleting_the_old_key_is_refused(world_for) -> None:
+    """The old key's delete happened but was not recorded: abort finds out and refuses."""
+    world = world_for("c")
+    old_id, _ = world.seed_old_key()
+    world.add_consumer(refresh_s=30.0)
+    with pytest.raises(Crash):
+        drive(world.engine(fault=crash_at("delete")), world.policy, wait=True)
+    world.expire_lease()
+    with pytest.raises(EngineError, match="already deleted"):
+        world.engine().advance(world.policy, command=ABORT)
+    progress = drive(world.engine(), world.policy, wait=True, start=False)
+    assert progress.outcome is not None
+    assert_clean_end(world, old_id)
+
+
+def test_crash_right_after_disabling_still_reenables_on_abort(world_for) -> None:
+    """Disabled, then a crash before anything else: an abort re-enables the old key first."""
+    world = world_for("c", disable_before_delete_s=600.0)
+    old_id, _ = world.seed_old_key()
+    consumer = world.add_consumer(refresh_s=30.0)
+    with pytest.raises(Crash):
+        drive(world.engine(fault=crash_at("disable")), world.policy, wait=True)
+    world.expire_lease()
+    progress = drive(world.engine(), world.policy, wait=True, start=False, command=ABORT)
+    assert progress.outcome is not None
+    assert progress.outcome.outcome == reasons.ABORTED
+    old = next(k for k in world.emulator.all_keys() if k["id"] == old_id)
+    assert not old["disabled"]
+    consumer.tick()
+    assert consumer.statuses[-1] == 200
+
+
+def test_one_engine_cannot_run_two_passes_on_a_key_at_once(world_for) -> None:
+    """A live lease is not re-entered even by its own holder (a tick and an API call)."""
+    world = world_for("c")
+    world.seed_old_key()
+    engine = world.engine(holder="daemon")
+    store = engine.store(world.policy)
+    session = Session.acquire(
+        store, world.policy.env, world.policy.name, holder="daemon", clock=world.clock, ttl=30
+    )
+    with pytest.raises(LeaseHeldError):
+        engine.advance(world.policy, start=True)
+    session.release()
+    assert engine.advance(world.policy, start=True).rotation_id is not None
+
+
+def test_abort_stalled_on_a_changed_secret_can_be_resumed(world_for) -> None:
+    """The secret is edited, abort stalls on it; resume accepts it as it still serves the key."""
+    world = world_for("c")
+    old_id, _ = world.seed_old_key()
+    world.add_consumer(refresh_s=30.0)
+    drive(world.engine(), world.policy, wait=False)
+    version = world.kv.current_version(world.policy.secret_path)
+    world.kv.write(world.policy.secret_path, world.served() | {"note": "edited"}, cas=version)
+    stalled = drive(world.engine(), world.policy, wait=True, start=False, command=ABORT)
+    assert stalled.stalled is not None
+    assert stalled.stalled.reason == reasons.SECRET_CHANGED
+    done = drive(world.engine(), world.policy, wait=True, start=False, command=RESUME)
+    assert done.outcome is not None
+    assert done.outcome.outcome == reasons.ABORTED
+    assert world.live_ids() == {old_id}
+
+
+def test_a_404_for_a_key_still_listed_stalls_the_sweep(world_for) -> None:
+    """The provider says 404 yet lists the key: the sweep stalls instead of looping forever."""
+    world = world_for("c")
+    world.seed_old_key()
+    world.add_consumer(refresh_s=30.0)
+    world.emulator.set_fault("create", drop_after_commit=True, count=1)
+    world.emulator.set_fault("delete", status=404)
+    progress = drive(world.engine(), world.policy, wait=True)
+    assert progress.stalled is not None
+    assert progress.stalled.reason == reasons.DELETE_UNCONFIRMED
+
+
+def test_a_key_removed_from_the_policies_can_still_be_addressed(world_for) -> None:
+    """A rotation in flight of a key no longer in the config is found by its stored policy."""
+    world = world_for("c")
+    world.seed_old_key()
+    drive(world.engine(), world.policy, wait=False)
+    environment = EnvironmentPolicy(
+        environment=world.policy.env,
+        source=world.policy.secret_path,
+        provider=world.policy.provider,
+        vault=world.policy.vault,
+        require_spending_limit=False,
+        keys=(),
+    )
+    empty = PolicySet(environments={world.policy.env: environment}, warnings=[])
+    found = in_flight_policy(empty, world.policy.ref, world.runtime.kv)
+    assert found == world.policy

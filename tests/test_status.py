@@ -78,3 +78,17 @@ def test_never_rotated_key_uses_the_secret_rotated_at() -> None:
     assert row["state"] == "never-rotated"
     assert row["current_key_id"] == "k1"
     assert row["age_s"] is not None
+
+
+def test_an_abort_in_progress_is_not_reported_as_a_pickup_stall() -> None:
+    """Deadlines of the forward path do not count while aborting; the abort's own one does."""
+    rec = published().evolve(phase=reasons.ABORTING)
+    assert derive_state(rec, NOW + 3601) == ("aborting", [])
+    late = rec.with_rotation(abort_deadline=NOW + 10)
+    assert derive_state(late, NOW + 11)[0] == f"stalled:{reasons.DRAIN_TIMEOUT}"
+
+
+def test_the_disable_wait_is_not_a_drain_stall() -> None:
+    """Once the old key is disabled the rotation is committed: no drain-timeout stall."""
+    rec = published(pickup_at=NOW - 10, drain_deadline=NOW - 1, old_disabled_at=NOW - 5)
+    assert derive_state(rec, NOW)[0] == "draining"

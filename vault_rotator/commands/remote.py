@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from vault_rotator.engine import reasons
 from vault_rotator.errors import ConfigError
 from vault_rotator.logs import redact_text
 
@@ -74,6 +75,16 @@ def act(url: str, verb: str, ref: str, body: dict[str, Any], *, wait: bool) -> i
         if row is None:
             print(f"{ref}: not visible in the daemon's status (no read capability?)")
             return 1
-        if row["state"] in SETTLED or row["state"].startswith("stalled"):
+        if row["state"].startswith("stalled"):
             print(f"{ref}: {row['state']}")
-            return 1 if row["state"].startswith("stalled") else 0
+            return 1
+        if row["state"] in SETTLED:
+            return _settled(ref, row, answer.get("rotation_id"))
+
+
+def _settled(ref: str, row: dict[str, Any], rotation_id: object) -> int:
+    """The key is idle again: 0 only if our rotation's recorded outcome is a success."""
+    outcomes = [o for o in row.get("last_outcomes", []) if o.get("rotation_id") == rotation_id]
+    outcome = outcomes[-1]["outcome"] if outcomes else "unknown"
+    print(f"{ref}: {outcome}")
+    return 0 if outcome in (*reasons.SUCCESSES, reasons.ABORTED) else 1

@@ -16,7 +16,14 @@ import argparse
 import sys
 from datetime import UTC, date, datetime
 
-from vault_rotator.commands.common import add_config_argument, key_policy, load, operator
+from vault_rotator.commands.common import (
+    add_config_argument,
+    in_flight_policy,
+    key_policy,
+    load,
+    operator,
+    parse_ref,
+)
 from vault_rotator.commands.remote import act, add_daemon_argument, daemon_url
 from vault_rotator.engine import reasons
 from vault_rotator.engine.driver import drive
@@ -66,11 +73,13 @@ def run(args: argparse.Namespace) -> int:
 
 def run_command(args: argparse.Namespace, command: Command, *, wait: bool) -> int:
     """Drive ``args.ref`` with ``command``; print where it ended; the exit code."""
-    policy = key_policy(load(args), args.ref)
+    policies = load(args)
     if (url := daemon_url(args)) is not None:
+        parse_ref(args.ref)  # a usage error stays local
         return act(url, REMOTE_VERBS[command.verb], args.ref, _body(command), wait=wait)
     runtime = Runtime.from_env()
     try:
+        policy = in_flight_policy(policies, args.ref, runtime.kv)
         start = command.verb == Verb.ROTATE
         progress = drive(
             runtime.engine(), policy, wait=wait, start=start, command=command, report=say

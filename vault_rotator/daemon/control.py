@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from vault_rotator.commands.common import in_flight_policy
 from vault_rotator.commands.status_cmd import collect
 from vault_rotator.daemon import freeze as freezes
 from vault_rotator.daemon.daemon import Daemon
@@ -107,7 +108,7 @@ class Control:
 
     def _allowed(self, token: Secret, paths: list[str], capability: str) -> set[str]:
         held = self.auth.capabilities_of(token, paths)
-        return {p for p in paths if held.get(p, frozenset()) & {capability, "root", "sudo"}}
+        return {p for p in paths if held.get(p, frozenset()) & {capability, "root"}}
 
     def _act(
         self,
@@ -151,7 +152,7 @@ class Control:
     def _target(self, env: str, name: str | None) -> KeyPolicy:
         policies = self.daemon.policies
         if name is not None:
-            return policies.key(env, name)
+            return in_flight_policy(policies, f"{env}/{name}", self.daemon.runtime.kv)
         environment = policies.environments.get(env)
         if environment is None or not environment.keys:
             raise ConfigError(f"no environment {env!r} with keys in the policies")

@@ -55,6 +55,32 @@ NEEDS_ATTENTION = frozenset(
 )
 
 
+FAILURE_BACKOFF_S = 3600.0
+MAX_FAILURE_BACKOFF_S = 86400.0
+
+
+def schedule_basis(record: StateRecord) -> tuple[float | None, float]:
+    """(the "last rotation" the schedule counts from, the earliest time to start again).
+
+    An operator's abort counts as a rotation for the schedule: the daemon does not undo it on
+    its next tick, but waits for the next slot. A rotation that failed verification is retried
+    with a backoff (1 h, doubling per failure in a row, at most a day), not on every poll.
+    """
+    last = record.last_success_at
+    failures = 0
+    for outcome in reversed(record.outcomes):
+        if outcome.outcome != reasons.FAILED_VERIFY:
+            break
+        failures += 1
+    latest = record.outcomes[-1] if record.outcomes else None
+    if latest is not None and latest.outcome == reasons.ABORTED:
+        last = max(last or 0.0, latest.at)
+    if failures and latest is not None:
+        wait = min(FAILURE_BACKOFF_S * 2 ** (failures - 1), MAX_FAILURE_BACKOFF_S)
+        return last, latest.at + wait
+    return last, 0.0
+
+
 class Cancelled(VaultRotatorError):
     """The daemon is stopping: a wait (a retry backoff) was cut short."""
 
@@ -171,6 +197,7 @@ class Daemon:
             report.listed = True
             for item in active:
                 self._advance(item.policy, report, observation=observation)
+        self._drop_stale_pending(tracked, report)
         self._start_due(tracked, report)
         self._gauge(tracked)
         self.last_tick[account] = self.clock()
@@ -226,6 +253,17 @@ class Daemon:
         if progress.outcome is not None and policy.ref not in {p.ref for p in self.policies}:
             log.warning("finished a rotation of a key no longer in any policy", key=policy.ref)
 
+    def _drop_stale_pending(self, tracked: list[Tracked], report: TickReport) -> None:
+        """A pending record (a key value) left by a crash after "done": one pass destroys it."""
+        idle = {(t.policy.env, t.policy.name): t for t in tracked if t.record.rotation is None}
+        folders = {
+            (t.policy.vault.kv_mount, t.policy.vault.state_prefix, t.policy.env) for t in tracked
+        }
+        for mount, prefix, env in sorted(folders):
+            for name in self.runtime.kv(mount).list(f"{prefix}/pending/{env}"):
+                if (item := idle.get((env, name))) is not None:
+                    self._advance(item.policy, report)
+
     def _start_due(self, tracked: list[Tracked], report: TickReport) -> None:
         frozen_sets: dict[tuple[str, str], FrozenSet] = {}
         in_flight = sum(1 for t in tracked if t.active)
@@ -238,15 +276,16 @@ class Daemon:
             where = (policy.vault.kv_mount, policy.vault.state_prefix)
             if where not in frozen_sets:
                 frozen_sets[where] = frozen(self.runtime.kv(where[0]), where[1])
+            last, not_before = schedule_basis(item.record)
             verdict = due(
                 policy,
-                last_success_at=item.record.last_success_at,
+                last_success_at=last,
                 rotated_at=self._rotated_at(item),
                 in_flight=False,
                 frozen=frozen_sets[where].covers(policy.env, policy.name),
                 now=now,
             )
-            if verdict.due:
+            if verdict.due and now >= not_before:
                 candidates.append((verdict.at, verdict.reason, policy))
         for _at, reason, policy in sorted(candidates, key=lambda c: c[0]):
             if in_flight >= policy.provider.max_concurrent:

@@ -113,9 +113,12 @@ def _handler(
                 self._control("GET", {})
 
         def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_BODY:
-                self._json(Answer(413, {"error": "request body too large"}))
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                length = -1
+            if length < 0 or length > MAX_BODY:
+                self._json(Answer(413, {"error": "request body too large or unreadable length"}))
                 return
             raw = self.rfile.read(length) if length else b""
             try:

@@ -146,10 +146,10 @@ def decide_published(
     if rotation.revoke_old_now:
         return Decision("delete-old", rotation, "revoke-old-now")
     rotation = _observe_pickup(_observe_old(rotation, obs), obs, timing)
-    return _decide_pickup(rotation, timing, now)
+    return _decide_pickup(rotation, obs, timing, now)
 
 
-def _decide_pickup(rotation: Rotation, timing: Timing, now: float) -> Decision:
+def _decide_pickup(rotation: Rotation, obs: Observation, timing: Timing, now: float) -> Decision:
     if rotation.pickup_at is None:
         if rotation.pickup_deadline is not None and now >= rotation.pickup_deadline:
             detail = "consumers never used the new key (no use beyond the baseline)"
@@ -157,15 +157,15 @@ def _decide_pickup(rotation: Rotation, timing: Timing, now: float) -> Decision:
         return Decision("wait", rotation, "waiting for consumers to use the new key")
     if rotation.mode == reasons.EMERGENCY:
         return Decision("delete-old", rotation, "emergency: the new key is in use")
-    return _decide_drain(rotation, timing, now)
+    return _decide_drain(rotation, timing, now, seen=rotation.old_key_id in obs.keys)
 
 
-def _decide_drain(rotation: Rotation, timing: Timing, now: float) -> Decision:
+def _decide_drain(rotation: Rotation, timing: Timing, now: float, *, seen: bool) -> Decision:
     if rotation.old_disabled_at is not None:  # committed: disabled, now waiting to delete
         if now >= rotation.old_disabled_at + timing.disable_before_delete:
             return Decision("delete-old", rotation)
         return Decision("wait", rotation, "old key disabled; deleting after disable_before_delete")
-    if old_is_quiet(rotation, now, timing):
+    if seen and old_is_quiet(rotation, now, timing):  # quiet needs a sighting in this pass
         action = "disable-old" if timing.disable_before_delete > 0 else "delete-old"
         return Decision(action, rotation)
     if rotation.drain_deadline is not None and now >= rotation.drain_deadline:
@@ -183,7 +183,7 @@ def decide_abort(
     if not rotation.new_deleted:
         mark, since = _observe(rotation.new_key_id, rotation.new_mark, rotation.new_mark_since, obs)
         rotation = rotation.evolve(new_mark=mark, new_mark_since=since)
-        if quiet_since(since, now, timing):
+        if rotation.new_key_id in obs.keys and quiet_since(since, now, timing):
             return Decision("delete-new", rotation)
         if rotation.abort_deadline is not None and now >= rotation.abort_deadline:
             detail = "the new key still carries traffic after the old secret was restored"

@@ -44,7 +44,7 @@ log = structlog.get_logger(__name__)
 FAULT_ENV = "VAULT_ROTATOR_FAULT_AT"
 BOUNDARIES = (
     "intent", "create", "pending", "verify", "publish", "published",
-    "sweep", "delete", "done", "destroy",
+    "sweep", "disable", "delete", "done", "destroy",
 )  # fmt: skip
 
 
@@ -181,6 +181,8 @@ class _Pass(ForwardSteps, PublishedSteps, OperatorSteps):
             return early
         if self.rotation.stalled is not None:
             return self.progress(f"stalled: {self.rotation.stalled.reason}")
+        if self.policy.account != self.given_account:
+            observation = None  # the rotation's own account differs (config changed): list it
         return self.step(observation)
 
     def step(self, observation: Observation | None) -> Progress:

@@ -13,9 +13,9 @@ from vault_rotator.errors import (
     AmbiguousCreateError,
     CasConflictError,
     PreflightError,
-    ProviderError,
     ProviderPermanentError,
     StoreError,
+    VaultRotatorError,
 )
 from vault_rotator.provider.port import Dialect, KeyRecord, KeySpec
 from vault_rotator.secret import Secret, fingerprint
@@ -96,8 +96,10 @@ class ForwardSteps(PassBase):
         ``verified_at`` and returns; a later pass takes the baseline.
         """
         pending = self._pending_or_create()
-        if pending is None:
-            return self.progress("create failed; will retry")
+        if not isinstance(pending, Pending):
+            return pending
+        if (recovered := self.recover_publish(pending)) is not None:
+            return recovered
         rot = self.rotation
         if rot.verified_at is None or rot.verified_attempt != pending.attempt:
             try:
@@ -118,7 +120,22 @@ class ForwardSteps(PassBase):
             return self.fail(baseline)
         return self._publish(pending, baseline)
 
-    def _pending_or_create(self) -> Pending | None:
+    def recover_publish(self, pending: Pending) -> Progress | None:
+        """A process died after writing the consumer secret but before saying so: catch up.
+
+        The published key is served, so it must never be treated as unpublished (failed or
+        cleaned up). Its baseline is taken now: use since publish only delays the pickup.
+        """
+        rot = self.rotation
+        if self.kv.current_version(self.policy.secret_path) == rot.start_version:
+            return None
+        if self.find_version(rot.start_version, aborted=False) is None:
+            return None
+        new = self.observe().keys.get(pending.new_key_id)
+        self.log.warning("found the new key already published; recording it")
+        return self._publish(pending, mark_of(new) if new else UseMark())
+
+    def _pending_or_create(self) -> Pending | Progress:
         env, name = self.policy.env, self.policy.name
         pending, version = self.store.read_pending(env, name)
         rot = self.rotation
@@ -133,8 +150,7 @@ class ForwardSteps(PassBase):
             if created is not None:
                 return self._save_pending(created, version)
             self.save_rotation(attempt=self.rotation.attempt + 1)
-        self.fail(f"{MAX_CREATE_ATTEMPTS} create attempts gave no usable key")
-        return None
+        return self.fail(f"{MAX_CREATE_ATTEMPTS} create attempts gave no usable key")
 
     def _create(self) -> tuple[str, str, Secret] | None:
         rot = self.rotation
@@ -188,7 +204,7 @@ class ForwardSteps(PassBase):
         """Delete a key whose value could not be saved; the sweep retries if this fails too."""
         try:
             self.delete_key(key_id)
-        except (StoreError, ProviderError) as exc:
+        except VaultRotatorError as exc:  # Vault, provider, or a lost lease: the sweep retries
             self.log.warning("left for the sweep", key_id=key_id, error=str(exc))
 
     def _baseline(self, pending: Pending, verified_at: float) -> UseMark | str | None:

@@ -16,7 +16,7 @@ import structlog
 from vault_rotator.engine import reasons
 from vault_rotator.engine.decide import Observation, Timing
 from vault_rotator.engine.session import Session, StateStore
-from vault_rotator.engine.state import Outcome, Rotation, Stall, StateRecord
+from vault_rotator.engine.state import Outcome, Pending, Rotation, Stall, StateRecord
 from vault_rotator.logs import canonical_rotation_line
 from vault_rotator.policy import KeyPolicy, render_key_name
 from vault_rotator.provider.port import KeyProvider
@@ -52,6 +52,7 @@ class PassBase:
     """The record, ports and helpers of one pass."""
 
     def __init__(self, engine: Engine, session: Session, store: StateStore, policy: KeyPolicy):
+        self.given_account = policy.account  # whose list pass a caller may hand us
         self.e = engine
         self.session = session
         self.store = store
@@ -191,6 +192,10 @@ class PassBase:
 
     def cleanup(self, obs: Observation) -> Progress:
         """Delete every key of this rotation, then finish (see :mod:`.published`)."""
+        raise NotImplementedError
+
+    def recover_publish(self, pending: Pending) -> Progress | None:
+        """Record a publish a crashed pass made but did not save (see :mod:`.forward`)."""
         raise NotImplementedError
 
     def stall(self, reason: str, detail: str) -> Progress:

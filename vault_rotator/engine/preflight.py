@@ -195,7 +195,7 @@ def preflight(
         ref=policy.ref,
         secret_path=f"{kv.mount}/{policy.secret_path}",
         secret=secret,
-        start_version=kv.current_version(policy.secret_path) if secret else 0,
+        start_version=secret.version if secret else 0,
         old=old,
         permissions=effective_permissions(policy, old.record, now),
         dialect=provider.dialect.value,

@@ -3,6 +3,7 @@ reverse path, and the clean-up of a rotation that ends before publishing."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from vault_rotator.engine import reasons
@@ -53,16 +54,28 @@ class PublishedSteps(PassBase):
         return self.progress(decision.reason)
 
     def _sweep(self, key_ids: tuple[str, ...]) -> Progress:
-        for key_id in key_ids:
-            self.delete_key(key_id)
+        if (stalled := self._delete_all(key_ids)) is not None:
+            return stalled
         self.e.fault("sweep")
         return self.progress("removing keys this rotation created but did not publish")
+
+    def _delete_all(self, key_ids: Sequence[str]) -> Progress | None:
+        """Delete keys; a 404 for a key a fresh list pass still shows is a stall."""
+        gone_already = [key_id for key_id in key_ids if not self.delete_key(key_id)]
+        if gone_already:
+            listed = self.observe().keys
+            if still := [key_id for key_id in gone_already if key_id in listed]:
+                detail = f"the provider answered 404 for {', '.join(still)} yet still lists it"
+                return self.stall(reasons.DELETE_UNCONFIRMED, detail)
+        return None
 
     def _disable_old(self) -> Progress:
         rot = self.rotation
         assert rot.old_key_id is not None
-        self.set_disabled(rot.old_key_id, disabled=True)
+        # Saved first: a crash right after the disable must still lead to a re-enable.
         self.save_rotation(old_disabled_at=self.clock())
+        self.set_disabled(rot.old_key_id, disabled=True)
+        self.e.fault("disable")
         return self.progress("old key disabled; deleting after disable_before_delete")
 
     def _delete_old(self, obs: Observation) -> Progress:
@@ -117,10 +130,7 @@ class PublishedSteps(PassBase):
             case "republish":
                 return self._republish()
             case "delete-new":
-                self.delete_key(rot.new_key_id or "")
-                self.e.fault("delete")
-                self.session.stage(self.record.with_rotation(new_deleted=True))
-                return self.progress("aborting: new key deleted; confirming")
+                return self._delete_new()
             case "sweep":
                 return self._sweep(decision.sweep_ids)
             case "stall":
@@ -131,6 +141,17 @@ class PublishedSteps(PassBase):
                 )
                 return self.finish(outcome, current_key_id=rot.old_key_id)
         return self.progress(decision.reason)
+
+    def _delete_new(self) -> Progress:
+        rot = self.rotation
+        current = self.kv.read(self.policy.secret_path)
+        if current is None or current.version != rot.republished_version:
+            detail = "the consumer secret was written after the abort restored it"
+            return self.stall(reasons.SECRET_CHANGED, detail)
+        self.delete_key(rot.new_key_id or "")
+        self.e.fault("delete")
+        self.session.stage(self.record.with_rotation(new_deleted=True))
+        return self.progress("aborting: new key deleted; confirming")
 
     def _republish(self) -> Progress:
         """Write the old secret's whole data map back, marked as our abort, by CAS."""
@@ -169,8 +190,8 @@ class PublishedSteps(PassBase):
         names = self.attempt_names()
         ours = sorted(k.id for k in obs.keys.values() if k.name in names)
         if ours:
-            for key_id in ours:
-                self.delete_key(key_id)
+            if (stalled := self._delete_all(ours)) is not None:
+                return stalled
             return self.progress("removing the keys of a rotation that ends unpublished")
         rot = self.rotation
         name = reasons.ABORTED if rot.aborted_at is not None else reasons.FAILED_VERIFY

@@ -111,7 +111,8 @@ class Session:
         record, version = store.read(env, name)
         now = clock()
         lease = record.lease
-        if lease is not None and lease.holder != holder and lease.expires_at > now:
+        # A live lease is never re-entered, not even by its own holder: one pass at a time.
+        if lease is not None and lease.expires_at > now:
             raise LeaseHeldError(
                 f"{record.ref} is held by {lease.holder} for {lease.expires_at - now:.0f}s more"
             )
@@ -170,7 +171,7 @@ class Session:
         """Wait until ``deadline`` on our clock, renewing the lease as it runs down."""
         step = max(self.ttl / 3, 0.05)
         while (left := deadline - self.clock()) > 0:
-            self.ensure(0)
+            self.ensure(step)  # the lease must outlive the sleep that follows
             sleep(min(left, step))
 
     def release(self) -> None:

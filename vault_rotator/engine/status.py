@@ -20,12 +20,16 @@ def derive_state(record: StateRecord, now: float) -> tuple[str, list[str]]:
     if rot is None:
         return ("idle" if record.outcomes or record.current_key_id else "never-rotated"), []
     passed: list[str] = []
-    if rot.pickup_at is None and rot.pickup_deadline is not None and now >= rot.pickup_deadline:
-        passed.append(reasons.PICKUP_TIMEOUT)
-    drain_open = rot.old_key_id is not None and not rot.old_deleted
-    if drain_open and rot.drain_deadline is not None and now >= rot.drain_deadline:
-        passed.append(reasons.DRAIN_TIMEOUT)
-    if not rot.new_deleted and rot.abort_deadline is not None and now >= rot.abort_deadline:
+    if record.phase == reasons.PUBLISHED:
+        waiting_pickup = rot.pickup_at is None and rot.pickup_deadline is not None
+        if waiting_pickup and now >= (rot.pickup_deadline or 0):
+            passed.append(reasons.PICKUP_TIMEOUT)
+        drain_open = rot.old_key_id is not None and not rot.old_deleted
+        drain_open = drain_open and rot.old_disabled_at is None  # committed to deleting
+        if drain_open and rot.drain_deadline is not None and now >= rot.drain_deadline:
+            passed.append(reasons.DRAIN_TIMEOUT)
+    aborting = record.phase == reasons.ABORTING and not rot.new_deleted
+    if aborting and rot.abort_deadline is not None and now >= rot.abort_deadline:
         passed.append(reasons.DRAIN_TIMEOUT)
     if rot.stalled is not None:
         return f"stalled:{rot.stalled.reason}", passed

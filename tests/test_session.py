@@ -1,0 +1,53 @@
+"""Leases on the state record, against a real Vault."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from vault_rotator.engine.session import Session, StateStore
+from vault_rotator.errors import LeaseHeldError, LeaseLostError
+from vault_rotator.store.vault import VaultConnection
+from vault_rotator.testing.clock import FakeClock
+from vault_rotator.testing.vault_server import VaultServer
+
+
+@pytest.fixture
+def store(vault: VaultServer) -> Iterator[StateStore]:
+    """A state store under a fresh prefix."""
+    conn = VaultConnection(vault.addr, vault.token)
+    yield StateStore(conn.kv("secret"), f"s-{uuid.uuid4().hex}")
+    conn.close()
+
+
+def test_sleep_until_never_lets_the_lease_run_out(store: StateStore) -> None:
+    """Waiting far longer than the TTL, the lease always outlives each sleep."""
+    clock = FakeClock()
+    session = Session.acquire(store, "e", "k", holder="h", clock=clock, ttl=30)
+    lapses: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        if session.expires_at < clock() + seconds:
+            lapses.append(clock())
+        clock.advance(seconds)
+
+    session.sleep_until(clock() + 200, sleep)
+    assert lapses == []
+    assert session.expires_at > clock()
+
+
+def test_an_expired_lease_is_taken_over_and_the_old_holder_is_fenced(store: StateStore) -> None:
+    """After expiry another process takes the lease; the first one's next save fails."""
+    clock = FakeClock()
+    first = Session.acquire(store, "e", "k", holder="a", clock=clock, ttl=30)
+    with pytest.raises(LeaseHeldError, match="held by a"):
+        Session.acquire(store, "e", "k", holder="b", clock=clock, ttl=30)
+    clock.advance(31)
+    second = Session.acquire(store, "e", "k", holder="b", clock=clock, ttl=30)
+    assert second.record.fence == first.record.fence + 1
+    with pytest.raises(LeaseLostError):
+        first.save(first.record)
+    second.release()
+    assert store.read("e", "k")[0].lease is None
