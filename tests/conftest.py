@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
-from world import World
+from world import LIVE_CONFIG, MANAGEMENT_KEY, LiveEnv, World, calling_app
 
 from vault_rotator.emulator import Emulator
+from vault_rotator.engine.session import StateStore
+from vault_rotator.store.vault import VaultConnection
 from vault_rotator.testing.clock import FakeClock
 from vault_rotator.testing.vault_server import VaultServer, vault_server
-
-MANAGEMENT_KEY = "lr_mgmt_test_0123456789abcdef"
 
 
 @pytest.fixture(scope="session")
@@ -69,3 +71,21 @@ def world_for(vault: VaultServer, make_emulator, clock: FakeClock) -> Iterator: 
     yield build
     for world in worlds:
         world.close()
+
+
+@pytest.fixture
+def live_env(vault: VaultServer, tmp_path: Path) -> Iterator[LiveEnv]:
+    """One key ``<env>/app`` served from Vault, its management key in Vault, an app every 0.1 s."""
+    env = f"l{uuid.uuid4().hex[:8]}"
+    emulator = Emulator(dialect="c", management_keys=[MANAGEMENT_KEY]).start()
+    conn = VaultConnection(vault.addr, vault.token)
+    kv = conn.kv("secret")
+    kv.write(f"{env}/management", {"key": MANAGEMENT_KEY}, cas=0)
+    old_id, value = emulator.seed_key("original", allowed_providers=["openai"])
+    kv.write(f"{env}/app", {"api_key": value, "key_id": old_id}, cas=0)
+    (tmp_path / "live.yaml").write_text(LIVE_CONFIG.format(env=env, base_url=emulator.base_url))
+    store = StateStore(kv, f"{env}/vault-rotator")
+    with calling_app(kv, emulator, f"{env}/app") as statuses:
+        yield LiveEnv(env, tmp_path, emulator, kv, store, old_id, statuses)
+    emulator.stop()
+    conn.close()

@@ -7,47 +7,15 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import hvac
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from world import calling_app
+from world import MANAGEMENT_KEY, LiveEnv
 
-from vault_rotator.emulator import Emulator
 from vault_rotator.engine import reasons
-from vault_rotator.engine.session import StateStore
-from vault_rotator.store.vault import VaultConnection
 from vault_rotator.testing.vault_server import VaultServer, free_port
-
-MANAGEMENT_KEY = "lr_mgmt_daemon_0123456789abcdef"
-CONFIG = """\
-environment: {env}
-provider:
-  type: arouter
-  base_url: {base_url}
-  dialect: c
-  management_key:
-    path: {env}/management
-  usage_lag: 1s
-  poll_interval: 0.5s
-vault:
-  kv_mount: secret
-  state_prefix: {env}/vault-rotator
-require_spending_limit: false
-defaults:
-  schedule: "@monthly"
-  pickup_timeout: 60s
-  drain_period: 2s
-  drain_timeout: 60s
-keys:
-  - name: app
-    secret_path: {env}/app
-    allowed_providers: [openai]
-"""
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
@@ -57,25 +25,6 @@ def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-u
             return
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-@pytest.fixture
-def setup(vault: VaultServer, tmp_path: Path) -> Iterator[dict[str, object]]:
-    """An environment with one served key, an app calling with it, and a config dir."""
-    env = f"p{uuid.uuid4().hex[:8]}"
-    emulator = Emulator(dialect="c", management_keys=[MANAGEMENT_KEY]).start()
-    conn = VaultConnection(vault.addr, vault.token)
-    kv = conn.kv("secret")
-    kv.write(f"{env}/management", {"key": MANAGEMENT_KEY}, cas=0)
-    old_id, value = emulator.seed_key("original", allowed_providers=["openai"])
-    kv.write(f"{env}/app", {"api_key": value, "key_id": old_id}, cas=0)
-    (tmp_path / "p.yaml").write_text(CONFIG.format(env=env, base_url=emulator.base_url))
-    store = StateStore(kv, f"{env}/vault-rotator")
-    with calling_app(kv, emulator, f"{env}/app") as statuses:
-        yield {"env": env, "emulator": emulator, "kv": kv, "old_id": old_id, "config": tmp_path,
-               "statuses": statuses, "store": store}  # fmt: skip
-    emulator.stop()
-    conn.close()
 
 
 def cli(vault: VaultServer, *args: str, token: str | None = None) -> subprocess.Popen[str]:
@@ -98,9 +47,11 @@ def token_with(vault: VaultServer, name: str, rules: str) -> str:
 
 
 @pytest.mark.slow
-def test_daemon_process_resumes_serves_and_stops_cleanly(vault: VaultServer, setup) -> None:  # type: ignore[no-untyped-def]
+def test_daemon_process_resumes_serves_and_stops_cleanly(
+    vault: VaultServer, live_env: LiveEnv
+) -> None:
     """Resume on start, /healthz /readyz /metrics, 401/403/202 control, SIGTERM exit 0 < 10 s."""
-    env, config, store = setup["env"], str(setup["config"]), setup["store"]
+    env, config, store = live_env.env, str(live_env.config), live_env.store
     started = cli(vault, "rotate", f"{env}/app", "--config", config)
     _out, err = started.communicate(timeout=60)
     assert started.returncode == 0, err
@@ -116,7 +67,7 @@ def test_daemon_process_resumes_serves_and_stops_cleanly(vault: VaultServer, set
             wait_for(lambda: store.read(env, "app")[0].rotation is None, 40, "the resumed rotation")
             record = store.read(env, "app")[0]
             assert [o.outcome for o in record.outcomes] == [reasons.SUCCEEDED]
-            assert setup["old_id"] not in {k["id"] for k in setup["emulator"].live_keys()}
+            assert live_env.old_id not in {k["id"] for k in live_env.emulator.live_keys()}
 
             families = {
                 f.name: f for f in text_string_to_metric_families(http.get("/metrics").text)
@@ -175,7 +126,7 @@ def test_daemon_process_resumes_serves_and_stops_cleanly(vault: VaultServer, set
             daemon.communicate()
     record = store.read(env, "app")[0]
     assert record.lease is None  # released, not left to expire
-    assert all(status == 200 for status in setup["statuses"])
+    assert all(status == 200 for status in live_env.statuses)
     for secret in ("lr_live_", MANAGEMENT_KEY, vault.token):
         assert secret not in out + err
 

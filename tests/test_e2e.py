@@ -8,23 +8,17 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from world import calling_app
+from world import LiveEnv
 
 from vault_rotator.demo import run_demo
-from vault_rotator.emulator import Emulator
 from vault_rotator.engine import reasons
-from vault_rotator.engine.session import StateStore
 from vault_rotator.policy import load_policies
-from vault_rotator.store.vault import VaultConnection
 from vault_rotator.testing.vault_server import VaultServer
 
 REPO = Path(__file__).resolve().parent.parent
-MANAGEMENT_KEY = "lr_mgmt_e2e_0123456789abcdef"
 
 
 @pytest.mark.slow
@@ -47,51 +41,6 @@ def test_demo_rotates_through_vault_agent_with_zero_failures() -> None:
     assert "lr_mgmt_" not in text
 
 
-POLICY_YAML = """\
-environment: {env}
-provider:
-  type: arouter
-  base_url: {base_url}
-  dialect: c
-  management_key:
-    path: {tag}/management
-  usage_lag: 1s
-  poll_interval: 0.5s
-vault:
-  kv_mount: secret
-  state_prefix: {tag}/vault-rotator
-require_spending_limit: false
-defaults:
-  pickup_timeout: 60s
-  drain_period: 2s
-  drain_timeout: 60s
-keys:
-  - name: app
-    secret_path: {tag}/app
-    allowed_providers: [openai]
-"""
-
-
-@pytest.fixture
-def e2e(vault: VaultServer, tmp_path: Path) -> Iterator[dict[str, object]]:
-    """A config dir, an emulator, the management key in Vault and an app calling every 0.1s."""
-    tag = f"e2e-{uuid.uuid4().hex[:8]}"
-    emulator = Emulator(dialect="c", management_keys=[MANAGEMENT_KEY]).start()
-    conn = VaultConnection(vault.addr, vault.token)
-    kv = conn.kv("secret")
-    kv.write(f"{tag}/management", {"key": MANAGEMENT_KEY}, cas=0)
-    old_id, old_value = emulator.seed_key("original", allowed_providers=["openai"])
-    kv.write(f"{tag}/app", {"api_key": old_value, "key_id": old_id}, cas=0)
-    (tmp_path / "e2e.yaml").write_text(
-        POLICY_YAML.format(env=tag, base_url=emulator.base_url, tag=tag)
-    )
-    with calling_app(kv, emulator, f"{tag}/app") as statuses:
-        yield {"tag": tag, "emulator": emulator, "kv": kv, "old_id": old_id, "statuses": statuses,
-               "config": tmp_path}  # fmt: skip
-    emulator.stop()
-    conn.close()
-
-
 def _cli(vault: VaultServer, config: Path, *args: str, **env: str) -> subprocess.Popen[str]:
     environment = {**os.environ, **vault.env(), "VAULT_ROTATOR_LEASE_TTL": "6s", **env}
     return subprocess.Popen(
@@ -104,15 +53,17 @@ def _cli(vault: VaultServer, config: Path, *args: str, **env: str) -> subprocess
 
 
 @pytest.mark.slow
-def test_sigkilled_rotate_is_finished_by_a_second_process(vault: VaultServer, e2e) -> None:  # type: ignore[no-untyped-def]
+def test_sigkilled_rotate_is_finished_by_a_second_process(
+    vault: VaultServer, live_env: LiveEnv
+) -> None:
     """A `rotate --wait` SIGKILLed after publishing is finished by another after the lease."""
-    tag, config = e2e["tag"], e2e["config"]
+    tag, config = live_env.env, live_env.config
     first = _cli(
         vault, config, "rotate", f"{tag}/app", "--wait", VAULT_ROTATOR_FAULT_AT="published"
     )
     _out, err = first.communicate(timeout=60)
     assert first.returncode == -signal.SIGKILL, err
-    store = StateStore(e2e["kv"], f"{tag}/vault-rotator")
+    store = live_env.store
     record, _ = store.read(tag, "app")
     assert record.phase == reasons.PUBLISHED
     assert record.lease is not None  # a killed process releases nothing
@@ -125,22 +76,22 @@ def test_sigkilled_rotate_is_finished_by_a_second_process(vault: VaultServer, e2
     record, _ = store.read(tag, "app")
     assert record.phase == reasons.IDLE
     assert [o.outcome for o in record.outcomes] == [reasons.SUCCEEDED]
-    emulator = e2e["emulator"]
+    emulator = live_env.emulator
     assert {k["id"] for k in emulator.live_keys()} == {record.current_key_id}
-    assert e2e["old_id"] not in {k["id"] for k in emulator.live_keys()}
-    assert all(status == 200 for status in e2e["statuses"])
+    assert live_env.old_id not in {k["id"] for k in emulator.live_keys()}
+    assert all(status == 200 for status in live_env.statuses)
     assert "lr_live_" not in out + err
 
 
 @pytest.mark.slow
-def test_rotate_cli_dry_run_and_status(vault: VaultServer, e2e) -> None:  # type: ignore[no-untyped-def]
+def test_rotate_cli_dry_run_and_status(vault: VaultServer, live_env: LiveEnv) -> None:
     """--dry-run changes nothing; rotate publishes and says how to go on; status shows it."""
-    tag, config = e2e["tag"], e2e["config"]
+    tag, config = live_env.env, live_env.config
     dry = _cli(vault, config, "rotate", f"{tag}/app", "--dry-run")
     out, err = dry.communicate(timeout=30)
     assert dry.returncode == 0, err
     assert f"plan for {tag}/app" in out
-    assert len(e2e["emulator"].all_keys()) == 1
+    assert len(live_env.emulator.all_keys()) == 1
     run = _cli(vault, config, "rotate", f"{tag}/app")
     out, err = run.communicate(timeout=60)
     assert run.returncode == 0, err

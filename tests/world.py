@@ -7,6 +7,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from vault_rotator.emulator import Emulator
@@ -204,3 +205,42 @@ def calling_app(
     finally:
         stop.set()
         thread.join()
+
+
+LIVE_CONFIG = """\
+environment: {env}
+provider:
+  type: arouter
+  base_url: {base_url}
+  dialect: c
+  management_key:
+    path: {env}/management
+  usage_lag: 1s
+  poll_interval: 0.5s
+vault:
+  kv_mount: secret
+  state_prefix: {env}/vault-rotator
+require_spending_limit: false
+defaults:
+  schedule: "@monthly"
+  pickup_timeout: 60s
+  drain_period: 2s
+  drain_timeout: 60s
+keys:
+  - name: app
+    secret_path: {env}/app
+    allowed_providers: [openai]
+"""
+
+
+@dataclass
+class LiveEnv:
+    """A real-time environment: config dir, emulator, served old key, an app calling with it."""
+
+    env: str
+    config: Path
+    emulator: Emulator
+    kv: VaultKv
+    store: StateStore
+    old_id: str
+    statuses: list[int]
