@@ -131,10 +131,26 @@ def test_approle_login_reads_and_writes(
     assert got is not None
     assert got.data == {"api_key": "lr_live_x"}
     assert conn.session.logins == 1
-    looked = admin.auth.token.lookup_accessor(_accessor(conn))["data"]
+    accessor = _accessor(conn)
+    looked = admin.auth.token.lookup_accessor(accessor)["data"]
     assert looked["path"] == f"auth/{approle.mount}/login"
     assert "auth-test-kv" in looked["policies"]
     conn.close()
+    with pytest.raises(hvac.exceptions.InvalidRequest):  # closing revoked the login token
+        admin.auth.token.lookup_accessor(accessor)
+
+
+def test_closing_leaves_a_caller_supplied_token_alone(
+    vault: VaultServer, admin: hvac.Client
+) -> None:
+    """A token given to the connection belongs to the caller: close does not revoke it."""
+    token = admin.auth.token.create(ttl="5m")["auth"]
+    conn = VaultConnection(vault.addr, token["client_token"])
+    conn.check()
+    conn.close()
+    assert (
+        admin.auth.token.lookup_accessor(token["accessor"])["data"]["accessor"] == token["accessor"]
+    )
 
 
 def test_renewal_keeps_a_short_token_alive_and_max_ttl_leads_to_login(

@@ -33,6 +33,7 @@ from typing import Any, NamedTuple, TypeVar
 import hvac
 import hvac.exceptions
 import requests
+import structlog
 
 from vault_rotator.errors import (
     CasConflictError,
@@ -47,6 +48,7 @@ from vault_rotator.store.port import Versioned
 from vault_rotator.store.session import Step, TokenSession
 
 T = TypeVar("T")
+log = structlog.get_logger(__name__)
 DEFAULT_TIMEOUT_S = 10.0
 
 
@@ -385,6 +387,16 @@ class VaultConnection:
         return _parse_capabilities(resp, paths)
 
     def close(self) -> None:
+        """Close the connection; a token this connection logged in for is revoked first.
+
+        A token handed to us (``token`` method) belongs to the caller and is left alone.
+        """
+        if self.session.auth.method != "token" and self.session.lease is not None:
+            try:
+                with _translate("revoke our token", "auth/token/revoke-self"):
+                    self._client.auth.token.revoke_self()
+            except StoreError as exc:  # it expires on its own; closing must not fail
+                log.warning("could not revoke the login token", error=str(exc))
         self._client.adapter.close()
 
 
