@@ -122,14 +122,18 @@ def test_traffic_shows_in_listing(emulator: Emulator, connect: ClientFactory, di
 def test_lists_many_pages(
     make_emulator: EmulatorFactory, connect: ClientFactory, dialect: str, paging: str
 ) -> None:
-    """250 keys come back complete and unique in three pages of 100, token or offset paging."""
+    """250 keys come back complete and unique in three pages of 100, token or offset paging;
+    the before-page hook (the engine's lease renewal) runs before each page's request."""
     server = make_emulator(dialect=dialect, paging=paging)
     for index in range(250):
         server.seed_key(f"bulk-{index}")
-    records = connect(server, dialect=dialect).list_keys()
+    hooks: list[int] = []
+    client = connect(server, dialect=dialect)
+    records = client.list_keys(before_page=lambda: hooks.append(server.request_counts()["list"]))
     assert len(records) == 250
     assert names(records) == {f"bulk-{index}" for index in range(250)}
     assert server.request_counts()["list"] == 3
+    assert hooks == [0, 1, 2]
 
 
 def test_disabled_keys_are_listed(emulator: Emulator, connect: ClientFactory) -> None:

@@ -91,9 +91,10 @@ class PassBase:
         )
 
     def observe(self) -> Observation:
-        """One list pass of the account."""
-        self.session.ensure(self.provider.worst_case_seconds())
-        return Observation.of(tuple(self.provider.list_keys()), self.clock())
+        """One list pass of the account; the lease is made to outlive every page's request."""
+        budget = self.provider.worst_case_seconds()
+        keys = self.provider.list_keys(before_page=lambda: self.session.ensure(budget))
+        return Observation.of(tuple(keys), self.clock())
 
     def timing(self) -> Timing:
         p = self.policy

@@ -297,9 +297,13 @@ class ARouterClient(_Closing):
 
     # -- KeyProvider -----------------------------------------------------------------------
 
-    def list_keys(self) -> list[KeyRecord]:
-        """Every key, all pages, disabled ones included, normalised."""
-        collection, records = self._fetch_all()
+    def list_keys(self, before_page: Callable[[], None] | None = None) -> list[KeyRecord]:
+        """Every key, all pages, disabled ones included, normalised.
+
+        ``before_page`` runs before each page's request (the engine renews its lease there, so a
+        long listing never outlives it).
+        """
+        collection, records = self._fetch_all(before_page or (lambda: None))
         self._learn(collection, records)
         id_field = d.id_field_for(collection)
         return [d.parse_record(record, self._dialect, id_field) for record in records]
@@ -395,8 +399,9 @@ class ARouterClient(_Closing):
         endpoint = f"GET {path}"
         return d.parse_page(endpoint, _json(endpoint, self._call("GET", path, params=params)))
 
-    def _fetch_all(self) -> tuple[str, list[d.Fields]]:
+    def _fetch_all(self, before_page: Callable[[], None]) -> tuple[str, list[d.Fields]]:
         """All records of all pages, de-duplicated by id, in server order."""
+        before_page()
         collection, page = self._first_page()
         flow = paging.listing(
             page,
@@ -407,6 +412,7 @@ class ARouterClient(_Closing):
         try:
             query = next(flow)
             while True:
+                before_page()
                 query = flow.send(self._get_page(collection, query))
         except StopIteration as done:
             records: list[d.Fields] = done.value

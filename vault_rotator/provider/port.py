@@ -7,7 +7,7 @@ receives normalised :class:`KeyRecord` values, whatever dialect the provider ser
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -71,8 +71,11 @@ class KeyProvider(Protocol):
     @property
     def dialect(self) -> Dialect: ...
 
-    def list_keys(self) -> Sequence[KeyRecord]:
-        """Every key of the account, all pages, disabled ones included."""
+    def list_keys(self, before_page: Callable[[], None] | None = None) -> Sequence[KeyRecord]:
+        """Every key of the account, all pages, disabled ones included.
+
+        ``before_page`` is called before each page is requested (a lease renewal hook).
+        """
         ...
 
     def create_key(self, spec: KeySpec) -> CreatedKey:
