@@ -25,8 +25,7 @@ hold a key value, a management key or a token.
     └── EngineError                      the rotation engine refused or could not go on
         ├── LeaseHeldError               another process holds the key's lease
         ├── LeaseLostError               our lease expired and another process took over
-        ├── PreflightError               a precondition failed before any side effect
-        └── StalledError                 a rotation stopped and needs an operator
+        └── PreflightError               a precondition failed before any side effect
 """
 
 from __future__ import annotations
@@ -139,7 +138,3 @@ class LeaseLostError(EngineError):
 
 class PreflightError(EngineError):
     """A precondition failed before any side effect."""
-
-
-class StalledError(EngineError):
-    """A rotation stopped and needs an operator; the message says why and what to run."""

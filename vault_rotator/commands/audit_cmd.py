@@ -136,7 +136,7 @@ def read_vault(policies: PolicySet, runtime: Runtime) -> VaultView:
     by_ref = {(policy.env, policy.name): policy for policy in policies}
     held = Held()
     for store in stores.values():
-        for env, name in store.list_in_flight():
+        for env, name in store.list_records():
             record, _ = store.read(env, name)
             held |= held_by(record, by_ref.get((env, name)))
     return served, held

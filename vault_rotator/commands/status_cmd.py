@@ -59,14 +59,10 @@ def collect(policies: PolicySet, runtime: Runtime, now: float) -> list[dict[str,
         )
         seen.add((policy.env, policy.name))
     for store in stores.values():
-        for env, name in store.list_in_flight():
-            if (env, name) not in seen:
-                record, _ = store.read(env, name)
-                if record.in_flight:
-                    ref = f"{env}/{name}"
-                    rows.append(
-                        key_status(ref=ref, max_age_s=None, record=record, secret=None, now=now)
-                    )
+        for record in store.in_flight(skip=seen):
+            rows.append(
+                key_status(ref=record.ref, max_age_s=None, record=record, secret=None, now=now)
+            )
     return rows
 
 

@@ -120,7 +120,6 @@ class Tracked:
 @dataclass
 class TickReport:
     account: Account
-    listed: bool = False
     advanced: list[str] = field(default_factory=list)
     started: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -168,20 +167,18 @@ class Daemon:
             found.append(Tracked(policy, store.read(policy.env, policy.name)[0]))
         known = {(p.env, p.name) for p in keys}
         for store in stores.values():
-            for env, name in store.list_in_flight():
-                orphan = None if (env, name) in known else self._orphan(store, env, name)
+            for record in store.in_flight(skip=known):
+                orphan = self._orphan(record)
                 if orphan is not None and orphan.policy.account == account:
                     found.append(orphan)
         return found
 
-    def _orphan(self, store: StateStore, env: str, name: str) -> Tracked | None:
-        record, _ = store.read(env, name)
-        if record.rotation is None:
-            return None
+    def _orphan(self, record: StateRecord) -> Tracked | None:
+        assert record.rotation is not None
         try:
             policy = KeyPolicy.from_dict(dict(record.rotation.policy))
         except ConfigError as exc:
-            log.warning("cannot resume a rotation", key=f"{env}/{name}", error=str(exc))
+            log.warning("cannot resume a rotation", key=record.ref, error=str(exc))
             return None
         return Tracked(policy, record, in_policy=False)
 
@@ -194,7 +191,6 @@ class Daemon:
         active = [t for t in tracked if t.active]
         if active:
             observation = self._observe(active[0].policy)
-            report.listed = True
             for item in active:
                 self._advance(item.policy, report, observation=observation)
         self._drop_stale_pending(tracked, report)

@@ -6,7 +6,6 @@ from __future__ import annotations
 SUCCEEDED = "succeeded"
 SUCCEEDED_OLD_UNKNOWN = "succeeded-old-key-unknown"  # published; no known old key to delete
 FAILED_VERIFY = "failed-verify"  # the new key did not work; it was deleted, old key untouched
-FAILED = "failed"
 SUCCEEDED_EMERGENCY = "succeeded-emergency"  # emergency: the old key went once the new was in use
 SUCCEEDED_REVOKED = "succeeded-revoked-old-now"  # emergency: the old key went right at publish
 SUCCEEDED_ATTENTION = "succeeded-needs-attention"  # the old key had been deleted outside

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from vault_rotator.engine.state import Lease, Pending, ProviderWrite, StateRecord
 from vault_rotator.errors import CasConflictError, EngineError, LeaseHeldError, LeaseLostError
@@ -62,8 +62,8 @@ class StateStore:
     def destroy_pending(self, env: str, name: str) -> None:
         self.kv.destroy(self.pending_path(env, name))
 
-    def list_in_flight(self) -> list[tuple[str, str]]:
-        """(env, name) of every state record under this prefix."""
+    def list_records(self) -> list[tuple[str, str]]:
+        """(env, name) of every state record under this prefix, idle or not."""
         found: list[tuple[str, str]] = []
         for env in self.kv.list(f"{self.prefix}/state"):
             if env.endswith("/"):
@@ -73,6 +73,13 @@ class StateStore:
                     if "/" not in n
                 )
         return found
+
+    def in_flight(self, skip: Collection[tuple[str, str]] = ()) -> list[StateRecord]:
+        """Records with a rotation in flight, except those named in ``skip`` (env, name)."""
+        records = (
+            self.read(env, name)[0] for env, name in self.list_records() if (env, name) not in skip
+        )
+        return [record for record in records if record.in_flight]
 
 
 class Session:
