@@ -1,8 +1,9 @@
 """The ``vault-rotator`` command line.
 
-Exit codes: 0 ok, 1 failed or stalled, 2 usage or config error.
-Each verb lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``;
-this module only wires them and turns project errors into one-line messages.
+Exit codes: 0 ok, 1 failed or stalled, 2 usage or config error; every error is one line, a
+usage error from argparse too. Each verb lives in its own module exposing
+``add_arguments(parser)`` and ``run(args) -> int``; this module only wires them and turns
+project errors into one-line messages.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
-from typing import Protocol, cast
+from typing import NoReturn, Protocol, cast
 
 from vault_rotator import __version__
 from vault_rotator.errors import ConfigError, VaultRotatorError
-from vault_rotator.logs import configure, redact_text
+from vault_rotator.logs import LOG_LEVEL_ENV, LOG_LEVELS, configure, log_settings, redact_text
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -48,32 +49,54 @@ def _load(module: str) -> _Verb:
     return cast(_Verb, importlib.import_module(module))
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (exit 2), like every other error of the CLI."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _add_log_level(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=LOG_LEVELS,
+        default=default,
+        help=f"log level (default ${LOG_LEVEL_ENV}, else info)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vault-rotator", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="vault-rotator", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"vault-rotator {__version__}")
-    parser.add_argument("--log-level", default="info", help="debug, info, warning or error")
+    _add_log_level(parser, default=None)
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for verb, (module, help_text) in VERBS.items():
         verb_parser = sub.add_parser(verb, help=help_text, description=help_text)
         _load(module).add_arguments(verb_parser)
+        # Also after the verb; SUPPRESS keeps a value given before it from being overwritten.
+        _add_log_level(verb_parser, default=argparse.SUPPRESS)
         verb_parser.set_defaults(_module=module)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    configure(args.log_level)
+    args = build_parser().parse_args(argv)
     try:
+        level, json = log_settings(args.log_level)
+        configure(level, json=json)
         return _load(args._module).run(args)
     except ConfigError as exc:
-        print(f"vault-rotator: {redact_text(str(exc))}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(exc, EXIT_USAGE)
     except VaultRotatorError as exc:
-        print(f"vault-rotator: {redact_text(str(exc))}", file=sys.stderr)
-        return EXIT_FAILED
+        return _fail(exc, EXIT_FAILED)
     except KeyboardInterrupt:
         return 130
+
+
+def _fail(exc: VaultRotatorError, code: int) -> int:
+    print(f"vault-rotator: {redact_text(str(exc))}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

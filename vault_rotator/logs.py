@@ -11,11 +11,17 @@ first place.
 :func:`canonical_rotation_line` emits the one canonical line per finished rotation
 (event ``rotation finished``): env, key, rotation id, trigger, who, outcome, step durations,
 old and new key ids.
+
+:func:`configure` sets structlog up for the process; :func:`log_settings` picks its level and
+format: the ``--log-level`` flag, else ``$VAULT_ROTATOR_LOG_LEVEL``, else ``info``;
+``$VAULT_ROTATOR_LOG_FORMAT`` (``json`` or ``console``), else JSON off a terminal and console on
+one.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from collections.abc import Mapping, MutableMapping
@@ -23,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from vault_rotator.errors import ConfigError
 from vault_rotator.secret import Secret, fingerprint
 
 if TYPE_CHECKING:
@@ -151,8 +158,40 @@ def canonical_rotation_line(
     return fields
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("json", "console")
+LOG_LEVEL_ENV = "VAULT_ROTATOR_LOG_LEVEL"
+LOG_FORMAT_ENV = "VAULT_ROTATOR_LOG_FORMAT"
+
+
+def log_settings(
+    level: str | None, env: Mapping[str, str] | None = None
+) -> tuple[str, bool | None]:
+    """(level, json) for :func:`configure`: ``level`` (the flag) beats the environment.
+
+    ``json`` is None when ``$VAULT_ROTATOR_LOG_FORMAT`` is unset (the terminal decides). An
+    unknown level or format in the environment is a :class:`ConfigError` naming the variable.
+    """
+    env = os.environ if env is None else env
+    if level is None:
+        level = _env_choice(env, LOG_LEVEL_ENV, LOG_LEVELS) or "info"
+    fmt = _env_choice(env, LOG_FORMAT_ENV, LOG_FORMATS)
+    return level, None if fmt is None else fmt == "json"
+
+
+def _env_choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str | None:
+    text = env.get(name, "").strip()
+    if not text:
+        return None
+    if text.lower() not in choices:
+        raise ConfigError(f"{name}={text!r}: expected one of {', '.join(choices)}")
+    return text.lower()
+
+
 def configure(level: str = "info", *, json: bool | None = None) -> None:
     """Configure structlog for the process: JSON off a terminal, console on one."""
+    if level.lower() not in LOG_LEVELS:
+        raise ConfigError(f"unknown log level {level!r}: expected one of {', '.join(LOG_LEVELS)}")
     if json is None:
         json = not sys.stderr.isatty()
     renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
