@@ -180,3 +180,34 @@ def test_invalid_log_env_is_a_one_line_usage_error(
     assert len(err.splitlines()) == 1, err
     assert name in err
     assert value in err
+
+
+# -- 2. arguments before the environment -----------------------------------------------------
+
+REF_VERBS = [
+    ["rotate"],
+    ["rotate", "--dry-run"],
+    ["rotate", "--wait"],
+    ["resume"],
+    ["abort", "--wait"],
+    ["finish", "--keep-old"],
+]
+
+
+@pytest.mark.parametrize("daemon", [False, True], ids=["local", "daemon"])
+@pytest.mark.parametrize("config", [EXAMPLES, "/nonexistent/config"], ids=["config", "no-config"])
+@pytest.mark.parametrize("verb", REF_VERBS, ids=" ".join)
+def test_a_malformed_ref_is_named_before_config_or_environment(
+    capsys: pytest.CaptureFixture[str], verb: list[str], config: str, daemon: bool
+) -> None:
+    """`VERB no-slash-here` exits 2 naming ENV/NAME, whatever the config, token or daemon."""
+    extra = ["--daemon", f"http://127.0.0.1:{closed_port()}"] if daemon else []
+    code, out, err = run_cli(
+        capsys, verb[0], "no-slash-here", *verb[1:], "--config", config, *extra
+    )
+    assert code == 2, err
+    assert len(err.splitlines()) == 1, err
+    assert "no-slash-here" in err
+    assert "ENV/NAME" in err
+    assert "VAULT_" not in err
+    assert out == ""

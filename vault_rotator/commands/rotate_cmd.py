@@ -59,6 +59,7 @@ def say(progress: Progress) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    parse_ref(args.ref)  # arguments first: a bad ref is named before any config or env problem
     if args.revoke_old_now and not args.emergency:
         raise ConfigError("--revoke-old-now needs --emergency")
     if args.dry_run:
@@ -73,9 +74,9 @@ def run(args: argparse.Namespace) -> int:
 
 def run_command(args: argparse.Namespace, command: Command, *, wait: bool) -> int:
     """Drive ``args.ref`` with ``command``; print where it ended; the exit code."""
+    parse_ref(args.ref)  # before the config and the environment (VAULT_TOKEN, the daemon)
     policies = load(args)
     if (url := daemon_url(args)) is not None:
-        parse_ref(args.ref)  # a usage error stays local
         return act(url, REMOTE_VERBS[command.verb], args.ref, _body(command), wait=wait)
     runtime = Runtime.from_env()
     try:
