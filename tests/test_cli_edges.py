@@ -211,3 +211,23 @@ def test_a_malformed_ref_is_named_before_config_or_environment(
     assert "ENV/NAME" in err
     assert "VAULT_" not in err
     assert out == ""
+
+
+# -- 3. an unreachable daemon ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "verb", [["status"], ["rotate", "dev/demo-app"], ["abort", "dev/demo-app", "--wait"]]
+)
+def test_an_unreachable_daemon_is_a_failure_naming_the_url(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, verb: list[str]
+) -> None:
+    """Nothing listening at --daemon URL exits 1 (not 2) with one line naming the URL."""
+    monkeypatch.setenv("VAULT_TOKEN", "not-a-real-token")
+    url = f"http://127.0.0.1:{closed_port()}"
+    code, out, err = run_cli(capsys, *verb, "--config", EXAMPLES, "--daemon", url)
+    assert code == 1, err
+    assert len(err.splitlines()) == 1, err
+    assert url in err
+    assert "unreachable" in err
+    assert out == ""

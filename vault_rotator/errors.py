@@ -22,10 +22,11 @@ hold a key value, a management key or a token.
     │   ├── StoreUnavailableError        sealed, unreachable, 5xx: worth retrying
     │   ├── StorePermissionError         403: token revoked or lacks a capability
     │   └── CasConflictError             check-and-set lost against another writer
-    └── EngineError                      the rotation engine refused or could not go on
-        ├── LeaseHeldError               another process holds the key's lease
-        ├── LeaseLostError               our lease expired and another process took over
-        └── PreflightError               a precondition failed before any side effect
+    ├── EngineError                      the rotation engine refused or could not go on
+    │   ├── LeaseHeldError               another process holds the key's lease
+    │   ├── LeaseLostError               our lease expired and another process took over
+    │   └── PreflightError               a precondition failed before any side effect
+    └── DaemonUnreachableError           the CLI could not reach the daemon at --daemon URL
 """
 
 from __future__ import annotations
@@ -138,3 +139,7 @@ class LeaseLostError(EngineError):
 
 class PreflightError(EngineError):
     """A precondition failed before any side effect."""
+
+
+class DaemonUnreachableError(VaultRotatorError):
+    """The daemon at ``--daemon URL`` did not answer (refused, timed out): a failure, exit 1."""

@@ -1,8 +1,8 @@
 """Talking to a running daemon instead of racing it: ``--daemon URL`` / ``VAULT_ROTATOR_DAEMON``.
 
 The CLI sends the daemon's control API the caller's own Vault token (``VAULT_TOKEN``) as bearer;
-the daemon checks its capabilities. Exit codes follow the CLI's: 0 done, 1 refused or failed,
-2 a usage error.
+the daemon checks its capabilities. Exit codes follow the CLI's: 0 done, 1 refused or failed
+(a daemon that cannot be reached too), 2 a usage error.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from vault_rotator.engine import reasons
-from vault_rotator.errors import ConfigError
+from vault_rotator.errors import ConfigError, DaemonUnreachableError
 from vault_rotator.logs import redact_text
 
 DAEMON_ENV = "VAULT_ROTATOR_DAEMON"
@@ -49,7 +49,7 @@ def request(
                 method, path, json=body, headers={"Authorization": f"Bearer {token}"}
             )
     except httpx.HTTPError as exc:
-        raise ConfigError(f"daemon at {url} unreachable: {type(exc).__name__}") from exc
+        raise DaemonUnreachableError(f"daemon at {url} unreachable: {type(exc).__name__}") from exc
     try:
         return resp.status_code, resp.json()
     except ValueError:
