@@ -268,6 +268,102 @@ def test_no_key_api_anywhere(server: FakeServer, make: Callable[..., ARouterClie
     assert not isinstance(info.value, KeyNotFoundError)
 
 
+def _dialect_warnings(logs: list[dict[str, object]]) -> list[dict[str, object]]:
+    return [e for e in logs if e["event"] == "arouter.dialect_changed"]
+
+
+def test_wrong_saved_hint_parses_and_is_corrected_by_the_create_answer(
+    server: FakeServer, make: Callable[..., ARouterClient]
+) -> None:
+    """A saved "a" on a B account lists fine, creates with B's cap after a 400, then knows B."""
+
+    def strict_b(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.read())
+        if "limit" in body:
+            return httpx.Response(400, json={"error": {"message": "unknown field limit"}})
+        return httpx.Response(201, json={"key": VALUE_TEXT, "hash": "b0009", "name": body["name"]})
+
+    server.on("GET", "/api/v1/keys", reply(payload={"data": [rec_b(1)]}))
+    server.on("POST", "/api/v1/keys", strict_b)
+    client = make(hint=Dialect.A)
+    with structlog.testing.capture_logs() as logs:
+        assert client.list_keys()[0].usage_tokens == 7  # one B record does not overturn a hint
+        assert client.detected_dialect is Dialect.A
+        created = client.create_key(KeySpec("n", spending_limit=2.0))
+    posts = [json.loads(r.read()) for r in server.requests if r.method == "POST"]
+    assert posts == [{"name": "n", "limit": 2.0}, {"name": "n", "limit_usd": 2.0}]
+    assert created.record.spending_limit == 2.0
+    assert client.detected_dialect is Dialect.B
+    assert [(e["was"], e["now"]) for e in _dialect_warnings(logs)] == [("a", "b")]
+
+
+def test_clear_majority_of_records_overturns_a_known_dialect(
+    server: FakeServer, make: Callable[..., ARouterClient]
+) -> None:
+    """Two or more records voting B, and more than vote A, switch a hinted A to B (one warning)."""
+    server.on("GET", "/api/v1/keys", reply(payload={"data": [rec_b(1), rec_b(2), rec_a(3)]}))
+    client = make(hint=Dialect.A)
+    with structlog.testing.capture_logs() as logs:
+        client.list_keys()
+        client.list_keys()
+    assert client.detected_dialect is Dialect.B
+    assert len(_dialect_warnings(logs)) == 1
+
+
+@pytest.mark.parametrize(("odd", "cost"), [(rec_a(7), 1.5), (rec_a(7, usage=3, limit=None), 3.0)])
+def test_one_foreign_record_neither_flips_nor_breaks_an_account(
+    server: FakeServer, make: Callable[..., ARouterClient], odd: dict[str, object], cost: float
+) -> None:
+    """A known B account with one A-shaped key someone else made stays B and lists every key."""
+    server.on("GET", "/api/v1/keys", reply(payload={"data": [rec_b(1)]}))
+    client = make()
+    client.list_keys()
+    assert client.detected_dialect is Dialect.B
+    server.on("GET", "/api/v1/keys", reply(payload={"data": [rec_b(1), odd]}))
+    with structlog.testing.capture_logs() as logs:
+        listed = {r.id: r for r in client.list_keys()}
+    assert client.detected_dialect is Dialect.B
+    assert set(listed) == {"b0001", "a0007"}
+    assert (listed["a0007"].usage_cost, listed["b0001"].usage_tokens) == (cost, 7)
+    assert _dialect_warnings(logs) == []
+
+
+@pytest.mark.parametrize(
+    ("hint", "gone", "answers", "now"),
+    [
+        (Dialect.C, "/v1/keys", "/api/v1/keys", Dialect.B),
+        (Dialect.B, "/api/v1/keys", "/v1/keys", Dialect.C),
+    ],
+)
+def test_saved_collection_answering_404_is_probed_again(
+    server: FakeServer,
+    make: Callable[..., ARouterClient],
+    hint: Dialect,
+    gone: str,
+    answers: str,
+    now: Dialect,
+) -> None:
+    """A hinted collection path that now answers 404 is detected again, with one warning."""
+    record = rec_c(1) if now is Dialect.C else rec_b(1)
+    server.on("GET", answers, reply(payload={"data": [record]}))
+    client = make(hint=hint)
+    with structlog.testing.capture_logs() as logs:
+        assert len(client.list_keys()) == 1
+    assert client.detected_dialect is now
+    assert server.count("GET", gone) == 1
+    assert len(_dialect_warnings(logs)) == 1
+
+
+def test_configured_dialect_is_never_probed_again(
+    server: FakeServer, make: Callable[..., ARouterClient]
+) -> None:
+    """A dialect set in the policy is trusted: a 404 on its path is an error, not a re-probe."""
+    server.on("GET", "/v1/keys", reply(payload={"data": [rec_c(1)]}))
+    with pytest.raises(ProviderPermanentError, match="no ARouter key-management API"):
+        make("b").list_keys()
+    assert server.count("GET", "/v1/keys") == 0
+
+
 # -- normalisation -------------------------------------------------------------------------
 
 

@@ -62,6 +62,9 @@ def client_budget(lease_ttl: float) -> ClientBudget:
     return ClientBudget(timeout=timeout, backoff_max=backoff_max)
 
 
+_DIALECTS = frozenset(dialect.value for dialect in Dialect)
+
+
 def _ignore_request(_method: str, _route: str, _status: int | str) -> None:
     return None
 
@@ -102,18 +105,22 @@ class Runtime:
         return Secret(value)
 
     def provider(self, policy: KeyPolicy, saved_dialect: str | None) -> KeyProvider:
-        """The account's client; the policy's dialect, else the one saved in state, else auto."""
+        """The account's client (one per account, where its known dialect lives).
+
+        The policy's dialect is configuration; a dialect saved in a state record is only a hint
+        the client checks against what the server shows (see :mod:`vault_rotator.provider.arouter`).
+        """
         account = policy.account
         client = self._clients.get(account)
         if client is None:
-            dialect: str = policy.provider.dialect
-            if dialect == "auto" and saved_dialect:
-                dialect = saved_dialect
+            configured = policy.provider.dialect
+            hint = Dialect(saved_dialect) if saved_dialect and saved_dialect in _DIALECTS else None
             budget = client_budget(self.lease_ttl)
             client = ARouterClient(
                 policy.provider.base_url,
                 self.management_key(policy),
-                Dialect(dialect) if dialect != "auto" else "auto",
+                Dialect(configured) if configured != "auto" else "auto",
+                hint=hint,
                 sleep=self.sleep,
                 clock=self.clock,
                 timeout=budget.timeout,

@@ -155,10 +155,12 @@ class Engine:
             store, policy.env, policy.name, holder=self.holder, clock=self.clock, ttl=self.lease_ttl
         )
         try:
-            progress = act(_Pass(self, session, store, policy))
+            one_pass = _Pass(self, session, store, policy)
+            progress = act(one_pass)
         except (Exception, KeyboardInterrupt, SystemExit):
             _release_quietly(session)
             raise
+        one_pass.note_dialect()
         session.release()
         return progress
 

@@ -58,7 +58,10 @@ class ForwardSteps(PassBase):
             old_missing=missing,
         )
         record = self.record.evolve(
-            phase=reasons.INTENT, rotation=rotation, dialect=plan.dialect, provider_write=None
+            phase=reasons.INTENT,
+            rotation=rotation,
+            dialect=plan.dialect or self.record.dialect,
+            provider_write=None,
         )
         self.session.save(record)
         self.log.info(
@@ -219,7 +222,7 @@ class ForwardSteps(PassBase):
         if (problem := self._permissions_differ(new)) is not None:
             return problem
         mark = mark_of(new)
-        unseen = mark.last_used_at is None and self.provider.dialect != Dialect.A
+        unseen = mark.last_used_at is None and self.provider.detected_dialect is not Dialect.A
         if unseen and now < verified_at + 2 * lag:
             return None  # our verify call has not shown up yet: one more usage_lag
         return mark

@@ -19,7 +19,7 @@ from vault_rotator.engine.session import Session, StateStore
 from vault_rotator.engine.state import Outcome, Pending, Rotation, Stall, StateRecord
 from vault_rotator.logs import canonical_rotation_line
 from vault_rotator.policy import KeyPolicy, render_key_name
-from vault_rotator.provider.port import KeyProvider
+from vault_rotator.provider.port import Dialect, KeyProvider
 from vault_rotator.store.port import KvStore
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ class PassBase:
 
     def timing(self) -> Timing:
         p = self.policy
-        dialect = self.record.dialect or self.provider.dialect.value
+        dialect = self.known_dialect() or Dialect.A.value
         return Timing(
             usage_lag=p.provider.usage_lag_s,
             pickup_timeout=p.pickup_timeout_s,
@@ -106,6 +106,17 @@ class PassBase:
             drain_timeout=p.drain_timeout_s,
             disable_before_delete=p.disable_before_delete_for(dialect),
         )
+
+    def known_dialect(self) -> str | None:
+        """The account's dialect as the provider client knows it now, else as last saved."""
+        known = self.provider.detected_dialect
+        return known.value if known is not None else self.record.dialect
+
+    def note_dialect(self) -> None:
+        """Stage the known dialect so the lease's release saves it (a hint for new processes)."""
+        known = self.provider.detected_dialect
+        if known is not None and known.value != self.record.dialect:
+            self.session.stage(self.record.evolve(dialect=known.value))
 
     def key_name(self, attempt: int) -> str:
         rot = self.rotation

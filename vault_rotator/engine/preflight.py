@@ -32,7 +32,7 @@ class Plan:
     start_version: int
     old: OldKey
     permissions: Permissions
-    dialect: str
+    dialect: str | None  # None: not known yet (an empty A/B account before its first create)
     listed: int
 
     @property
@@ -50,7 +50,8 @@ class Plan:
             )
         perms = self.permissions
         return [
-            f"plan for {self.ref} (dialect {self.dialect}, {self.listed} keys listed)",
+            f"plan for {self.ref} (dialect {self.dialect or 'a or b, not known yet'}, "
+            f"{self.listed} keys listed)",
             f"  consumer secret: {self.secret_path} at version {self.start_version}",
             f"  old key: {old}",
             f"  new key name: {key_name_example}",
@@ -198,6 +199,6 @@ def preflight(
         start_version=secret.version if secret else 0,
         old=old,
         permissions=effective_permissions(policy, old.record, now),
-        dialect=provider.dialect.value,
+        dialect=provider.detected_dialect.value if provider.detected_dialect else None,
         listed=len(keys),
     )

@@ -14,7 +14,9 @@ Schema version 1::
       "provider_write": null | {"action": "create"|"delete"|"disable"|"enable",
                                 "target": "<key name for create, key id otherwise>",
                                 "fence": 7, "at": 1700000000.0},
-      "dialect": "a" | "b" | "c" | null,  # the account's detected dialect
+      "dialect": "a" | "b" | "c" | null,  # the account's dialect, saved only once known
+                                         # (configured, or shown by a listing or a create
+                                         # answer); a fresh process's hint, never a guess
       "current_key_id": "key_abc" | null, "current_key_name": "..." | null,
       "last_success_at": 1700000000.0 | null,
       "rotation": null | {               # the rotation in flight

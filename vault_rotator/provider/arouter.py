@@ -10,10 +10,19 @@ Behaviour, including decisions where the spec is silent:
   ``/api/v1/keys``, then ``/v1/keys`` on a 404 (→ C). A vs B is voted from the listed records'
   fields; with no keys yet it stays open until a create answer shows its shape (nested ``data``
   = A, flat ``hash`` = B). While open, :attr:`~ARouterClient.detected_dialect` is ``None``,
-  :attr:`~ARouterClient.dialect` answers A (the documented default) provisionally, records are
-  parsed by value types, and a create with a spending cap tries the cap field names in turn (see
-  :func:`~vault_rotator.provider.dialects.cap_variants`). A configured dialect is trusted and
-  never probed.
+  :attr:`~ARouterClient.dialect` answers A (the documented default) provisionally, and a create
+  with a spending cap tries the cap field names in turn (see
+  :func:`~vault_rotator.provider.dialects.cap_variants`). A configured dialect is trusted,
+  never probed, and its records are parsed strictly.
+- **Where a known dialect lives**: in this client, one per provider account (the runtime caches
+  it per account). The engine saves it in each key's state record (``dialect``) only once it is
+  known, and a fresh process hands a saved one back as ``hint``: it picks the collection to ask
+  first and the cap field to send, but stays open to contradiction. Unless configured, records
+  on ``/api/v1/keys`` are parsed by their value types whatever dialect is known, so a record of
+  the other shape never breaks a listing; and the server is listened to: a 404 on the known
+  collection path probes again, a listing whose records vote for the other of A/B by a clear
+  majority (at least two records, more than vote for the known one) switches, and so does a
+  create answer of the other shape. Each switch logs one warning (``arouter.dialect_changed``).
 - **Paging** follows :mod:`vault_rotator.provider.paging` (tokens, else offset; de-duplicated;
   bounded); ``page_size`` is clamped to the spec's 1-100; ``include_disabled=true`` always.
 - **Retries**: at most ``max_attempts`` per request, for 429, 5xx, timeouts and connection
@@ -227,6 +236,7 @@ class ARouterClient(_Closing):
         management_key: Secret,
         dialect: Dialect | Literal["auto"] = "auto",
         *,
+        hint: Dialect | None = None,
         timeout: float = 10.0,
         max_attempts: int = 4,
         backoff_initial: float = 0.5,
@@ -247,8 +257,8 @@ class ARouterClient(_Closing):
             self._configured = None if dialect == "auto" else Dialect(dialect)
         except ValueError as exc:
             raise ConfigError(f"unknown ARouter dialect {dialect!r}: use a, b, c or auto") from exc
-        self._dialect = self._configured
-        self._collection = d.collection_for(self._configured) if self._configured else None
+        self._dialect = self._configured or hint
+        self._collection = d.collection_for(self._dialect) if self._dialect else None
         self._key = management_key
         self._backoff = Backoff(max_attempts, backoff_initial, backoff_max)
         self._page_size = d.clamp_page_size(page_size)
@@ -283,11 +293,40 @@ class ARouterClient(_Closing):
         return self._dialect
 
     def _learn(self, collection: str, records: tuple[d.Fields, ...] | list[d.Fields]) -> None:
+        """What a listing of ``collection`` tells about the dialect (nothing if configured)."""
         self._collection = collection
+        if self._configured is not None:
+            return
+        by_path = d.dialect_of_collection(collection)
+        if by_path is not None:
+            self._switch(by_path, f"GET {collection} answered")
+            return
+        tally = d.Tally.of(records)
+        if self._dialect is None or self._dialect is Dialect.C:
+            if tally.majority is not None:
+                self._switch(tally.majority, f"{tally.a} listed keys vote a, {tally.b} vote b")
+        elif (other := tally.overturns(self._dialect)) is not None:
+            self._switch(other, f"{tally.a} listed keys vote a, {tally.b} vote b")
+
+    def _switch(self, dialect: Dialect, why: str) -> None:
+        """Take ``dialect`` as known; a change from another known one is one warning line."""
+        if dialect is self._dialect:
+            return
         if self._dialect is None:
-            self._dialect = d.dialect_of_collection(collection) or d.detect_from_records(records)
-            if self._dialect is not None:
-                log.info("arouter.dialect_detected", dialect=str(self._dialect), path=collection)
+            log.info("arouter.dialect_detected", dialect=str(dialect), evidence=why)
+        else:
+            log.warning(
+                "arouter.dialect_changed",
+                was=str(self._dialect),
+                now=str(dialect),
+                evidence=why,
+            )
+        self._dialect = dialect
+        self._collection = d.collection_for(dialect)
+
+    def _parse_dialect(self, collection: str) -> Dialect | None:
+        """Configured: parse strictly by it. Else C by path, and A/B by the values' types."""
+        return self._configured or d.dialect_of_collection(collection)
 
     def _ensure_collection(self) -> str:
         if self._collection is None:
@@ -305,8 +344,8 @@ class ARouterClient(_Closing):
         """
         collection, records = self._fetch_all(before_page or (lambda: None))
         self._learn(collection, records)
-        id_field = d.id_field_for(collection)
-        return [d.parse_record(record, self._dialect, id_field) for record in records]
+        id_field, parse_as = d.id_field_for(collection), self._parse_dialect(collection)
+        return [d.parse_record(record, parse_as, id_field) for record in records]
 
     def create_key(self, spec: KeySpec) -> CreatedKey:
         """Create a key; AmbiguousCreateError when it may exist without our knowing its value."""
@@ -315,12 +354,11 @@ class ARouterClient(_Closing):
         answer = self._post_create(collection, spec)
         try:
             payload = _json(endpoint, answer)
-            created, shape = d.parse_created(endpoint, payload, spec, self._dialect, collection)
+            created, shape = d.parse_created(endpoint, payload, spec, self._configured, collection)
         except ProviderResponseError as exc:
             raise ambiguous_response(exc, spec.name) from exc
-        if self._dialect is None and shape is not None:
-            self._dialect = shape
-            log.info("arouter.dialect_detected", dialect=str(shape), path=collection)
+        if self._configured is None and shape is not None:
+            self._switch(shape, f"POST {collection} answered in dialect {shape}'s shape")
         log.info(
             "arouter.key_created",
             key_id=created.record.id,
@@ -331,7 +369,7 @@ class ARouterClient(_Closing):
 
     def _post_create(self, collection: str, spec: KeySpec) -> _Answer:
         """POST the create, trying each cap-field variant in turn after a 400."""
-        variants = d.cap_variants(self._dialect, spec)
+        variants = d.cap_variants(self._dialect, spec, configured=self._configured is not None)
         for caps in variants[:-1]:
             try:
                 return self._call(
@@ -375,9 +413,16 @@ class ARouterClient(_Closing):
 
     # -- listing ---------------------------------------------------------------------------
 
+    def _candidates(self) -> tuple[str, ...]:
+        """Collection paths to ask, in order: the configured one alone, else the known first."""
+        if self._configured is not None:
+            return (d.collection_for(self._configured),)
+        known = self._collection
+        return tuple(sorted(d.CANDIDATE_COLLECTIONS, key=lambda path: path != known))
+
     def _first_page(self) -> tuple[str, d.Page]:
         """The first list page, trying each candidate collection path on 404."""
-        candidates = (self._collection,) if self._collection else d.CANDIDATE_COLLECTIONS
+        candidates = self._candidates()
         missing: KeyNotFoundError | None = None
         for path in candidates:
             try:
@@ -385,6 +430,14 @@ class ARouterClient(_Closing):
             except KeyNotFoundError as exc:
                 missing = exc
                 continue
+            if self._collection not in (None, path):
+                log.warning(
+                    "arouter.dialect_changed",
+                    was=str(self._dialect),
+                    now="probing",
+                    evidence=f"GET {self._collection} answered 404, GET {path} did not",
+                )
+                self._dialect = None
             self._collection = path
             return path, page
         tried = " and ".join(f"GET {path}" for path in candidates)

@@ -9,12 +9,17 @@ a key is gone, so it is never turned into a partial or wrong result.
 
 Decisions where the spec is silent:
 
-- ``dialect=None`` means "A or B, not yet known" (``/api/v1/keys`` answered, but no record and no
-  create answer has shown its shape). Parsing is then led by value types (``usage`` number or
-  object, ``limit`` or ``limit_usd``). A create with a cap sends it as both ``limit`` and
-  ``limit_usd``, and after a 400 (nothing created) as ``limit`` alone, then ``limit_usd`` alone:
-  a strict server refuses the name it does not know, a lenient one keeps its own, so the cap
-  is never dropped silently.
+- ``dialect=None`` means "A or B, not told" (``/api/v1/keys`` answered, but no record and no
+  create answer has shown its shape, or the dialect was learnt rather than configured). Parsing
+  is then led by value types (``usage`` number or object, ``limit`` or ``limit_usd``), so a
+  record of the other shape (a key someone else created, a provider changing its API) parses
+  too. A create with a cap, while A/B is open, sends it as both ``limit`` and ``limit_usd``, and
+  after a 400 (nothing created) as ``limit`` alone, then ``limit_usd`` alone: a strict server
+  refuses the name it does not know, a lenient one keeps its own, so the cap is never dropped
+  silently (see :func:`cap_variants`).
+- A/B is voted per record (:func:`record_vote`, :class:`Tally`): a listing's majority decides an
+  open question; overturning a dialect already known takes a clear majority of at least two
+  records, so one odd record never flips an account.
 - Ids come from the dialect's field (``hash`` for A/B, ``id`` for C), falling back to the other
   one when absent. An id must match ``[A-Za-z0-9][A-Za-z0-9_.:-]{0,255}``: ids are put in URL
   paths and log lines.
@@ -65,6 +70,7 @@ MAX_LIST_LEN = 1000
 MAX_MONEY = 1e12
 MAX_TOKENS = 10**15
 MAX_UNIX_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z
+MIN_OVERTURNING_VOTES = 2  # records it takes to overturn a known A/B dialect
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,255}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -112,19 +118,26 @@ def list_params(
     return params
 
 
-def cap_variants(dialect: Dialect | None, spec: KeySpec) -> tuple[tuple[str, ...], ...]:
+def cap_variants(
+    dialect: Dialect | None, spec: KeySpec, *, configured: bool = True
+) -> tuple[tuple[str, ...], ...]:
     """The spending-cap field sets to try in turn, each after a 400 on the one before.
 
-    One set when the dialect is known or no cap is asked for; while A/B is open: both names
-    (a lenient server keeps its own), then A's alone, then B's alone (a strict server refuses
-    the unknown name with a 400, and a 400 creates nothing).
+    One set when the dialect is configured (or C, known by its path) or no cap is asked for.
+    A or B learnt from the server (records, an earlier create answer, a saved hint): its own
+    name, then the other's (providers change their API; a 400 creates nothing). While A/B is
+    open: both names (a lenient server keeps its own), then A's alone, then B's alone (a strict
+    server refuses the unknown name with a 400).
     """
-    if dialect is not None:
-        return ((CAP_FIELD[dialect],),)
     if spec.spending_limit is None:
         return ((),)
     a_cap, b_cap = CAP_FIELD[Dialect.A], CAP_FIELD[Dialect.B]
-    return ((a_cap, b_cap), (a_cap,), (b_cap,))
+    if dialect is None:
+        return ((a_cap, b_cap), (a_cap,), (b_cap,))
+    if configured or dialect is Dialect.C:
+        return ((CAP_FIELD[dialect],),)
+    own, other = (a_cap, b_cap) if dialect is Dialect.A else (b_cap, a_cap)
+    return ((own,), (other,))
 
 
 def iso_utc(moment: datetime) -> str:
@@ -305,25 +318,60 @@ def parse_page(endpoint: str, payload: object) -> Page:
     return Page(records, token or None)
 
 
-def detect_from_records(records: Sequence[Fields]) -> Dialect | None:
-    """A or B by majority of field signals; None when there is none or a tie.
+def record_vote(record: Fields) -> Dialect | None:
+    """Which of A and B one record's fields point to; None when they do not tell.
 
     A: ``usage`` a number, ``limit``, ``usage_daily``/``key_type``. B: ``usage`` an object,
-    ``limit_usd``, ``last_used_at``.
+    ``limit_usd``, ``last_used_at``. A record with as many signals of each votes for neither.
     """
-    votes_a = votes_b = 0
-    for record in records:
-        raw = record.raw
-        usage = raw.get("usage")
-        votes_a += isinstance(usage, int | float) and not isinstance(usage, bool)
-        votes_b += isinstance(usage, dict)
-        votes_a += "limit" in raw
-        votes_b += "limit_usd" in raw
-        votes_b += "last_used_at" in raw
-        votes_a += "usage_daily" in raw or "key_type" in raw
+    raw = record.raw
+    usage = raw.get("usage")
+    votes_a = (
+        (isinstance(usage, int | float) and not isinstance(usage, bool))
+        + ("limit" in raw)
+        + ("usage_daily" in raw or "key_type" in raw)
+    )
+    votes_b = isinstance(usage, dict) + ("limit_usd" in raw) + ("last_used_at" in raw)
     if votes_a == votes_b:
         return None
     return Dialect.A if votes_a > votes_b else Dialect.B
+
+
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """How the records of one listing voted between A and B."""
+
+    a: int = 0
+    b: int = 0
+
+    @classmethod
+    def of(cls, records: Sequence[Fields]) -> Tally:
+        votes = [record_vote(record) for record in records]
+        return cls(a=votes.count(Dialect.A), b=votes.count(Dialect.B))
+
+    @property
+    def majority(self) -> Dialect | None:
+        """A or B when more records vote for it than for the other; None on a tie."""
+        if self.a == self.b:
+            return None
+        return Dialect.A if self.a > self.b else Dialect.B
+
+    def overturns(self, known: Dialect) -> Dialect | None:
+        """The other of A/B if a clear majority contradicts ``known``, else None.
+
+        Clear: more records vote for the other than for ``known``, and at least two of them,
+        so one odd or foreign record (a key someone else created) never flips an account.
+        """
+        other = {Dialect.A: Dialect.B, Dialect.B: Dialect.A}.get(known)
+        if other is None:
+            return None
+        against, for_known = (self.b, self.a) if other is Dialect.B else (self.a, self.b)
+        return other if against > for_known and against >= MIN_OVERTURNING_VOTES else None
+
+
+def detect_from_records(records: Sequence[Fields]) -> Dialect | None:
+    """A or B by a majority of the records' votes; None when none votes or on a tie."""
+    return Tally.of(records).majority
 
 
 def _usage(record: Fields, dialect: Dialect | None) -> tuple[float | None, int | None]:

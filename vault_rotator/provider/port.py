@@ -69,7 +69,14 @@ class KeyProvider(Protocol):
     """What the engine needs from a provider account (one management key, one base URL)."""
 
     @property
-    def dialect(self) -> Dialect: ...
+    def dialect(self) -> Dialect:
+        """The dialect spoken (may probe the server; A provisionally while A/B is open)."""
+        ...
+
+    @property
+    def detected_dialect(self) -> Dialect | None:
+        """The dialect known (configured, or shown by the server), without I/O; None if not."""
+        ...
 
     def list_keys(self, before_page: Callable[[], None] | None = None) -> Sequence[KeyRecord]:
         """Every key of the account, all pages, disabled ones included.
