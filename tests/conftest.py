@@ -1,12 +1,19 @@
-"""Shared fixtures: a real Vault (OpenBao) server and the ARouter emulator."""
+"""Shared fixtures: a real Vault (OpenBao) server and the ARouter emulator.
+
+Hypothesis profiles: ``ci`` (the default: derandomized, a fixed number of examples, so the
+property tests take the same bounded time on every run) and ``long`` (random, many examples,
+for a soak on a developer's machine). Pick one with ``VAULT_ROTATOR_HYPOTHESIS_PROFILE``.
+"""
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 from world import LIVE_CONFIG, MANAGEMENT_KEY, LiveEnv, World, calling_app
 
 from vault_rotator.emulator import Emulator
@@ -14,6 +21,22 @@ from vault_rotator.engine.session import StateStore
 from vault_rotator.store.vault import VaultConnection
 from vault_rotator.testing.clock import FakeClock
 from vault_rotator.testing.vault_server import VaultServer, vault_server
+
+HYPOTHESIS_PROFILE_ENV = "VAULT_ROTATOR_HYPOTHESIS_PROFILE"
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    max_examples=60,
+    deadline=None,
+    print_blob=False,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("long", max_examples=2000, deadline=None, database=None)
+_profile = os.environ.get(HYPOTHESIS_PROFILE_ENV, "ci")
+if _profile not in ("ci", "long"):
+    raise pytest.UsageError(f"{HYPOTHESIS_PROFILE_ENV}={_profile!r}: use ci or long")
+settings.load_profile(_profile)
 
 
 @pytest.fixture(scope="session")
