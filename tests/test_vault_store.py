@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import hvac
 import pytest
 
+from vault_rotator import cli
 from vault_rotator.errors import (
     CasConflictError,
     ConfigError,
+    StoreError,
     StorePermissionError,
     StoreUnavailableError,
 )
@@ -173,3 +178,71 @@ def test_connect_from_env_requires_addr_and_token(vault: VaultServer) -> None:
     conn = connect_from_env({"VAULT_ADDR": vault.addr, "VAULT_TOKEN": vault.token})
     conn.check()
     conn.close()
+
+
+@pytest.mark.parametrize(
+    ("mount", "namespace", "needle"),
+    [("no-such-mount", None, "no handler for route"), ("secret", "../../x", "namespace")],
+)
+def test_a_404_that_is_not_kv_saying_nothing_here_is_an_error(
+    vault: VaultServer, mount: str, namespace: str | None, needle: str
+) -> None:
+    """A wrong mount or namespace answers 404 too: read, metadata and list must not say empty."""
+    conn = VaultConnection(vault.addr, vault.token, namespace=namespace)
+    kv = conn.kv(mount)
+    try:
+        for call in (
+            lambda: kv.read("a/b"),
+            lambda: kv.current_version("a/b"),
+            lambda: kv.list("a"),
+        ):
+            with pytest.raises(StoreError, match="not as a KV v2 mount does") as info:
+                call()
+            assert needle in str(info.value)
+            assert "VAULT_NAMESPACE" in str(info.value)
+    finally:
+        conn.close()
+
+
+def test_a_proxy_answering_404_to_everything_is_not_an_empty_vault() -> None:
+    """An HTML 404 from something in front of Vault is an error naming the path, not "no data"."""
+
+    class NotVault(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"<html>404 Not Found</html>"
+            self.send_response(404)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args: object) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NotVault)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    conn = VaultConnection(f"http://127.0.0.1:{server.server_port}", "hvs.not-a-real-token-xyz")
+    try:
+        with pytest.raises(StoreError, match=r"404 for secret/a/b, not as a KV v2 mount") as info:
+            conn.kv("secret").read("a/b")
+        assert "not-a-real-token" not in str(info.value)
+    finally:
+        conn.close()
+        server.shutdown()
+        server.server_close()
+
+
+def test_status_with_a_wrong_namespace_fails_in_one_line(
+    vault: VaultServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`status` under a namespace that does not exist exits 1 naming it, not "never-rotated"."""
+    for name, value in {**vault.env(), "VAULT_NAMESPACE": "../../x"}.items():
+        monkeypatch.setenv(name, value)
+    config = str(Path(__file__).resolve().parent.parent / "config")
+    assert cli.main(["status", "--config", config]) == 1
+    out, err = capsys.readouterr()
+    assert "never-rotated" not in out
+    (line,) = [x for x in err.splitlines() if x.startswith("vault-rotator:")]
+    assert "namespace not found" in line
+    assert "Traceback" not in err

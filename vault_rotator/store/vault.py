@@ -80,6 +80,27 @@ def _translate(op: str, where: str) -> Iterator[None]:
         ) from exc
 
 
+def _no_such_secret(exc: StoreError, where: str) -> bool:
+    """True for KV v2's own "nothing here" 404 (``{"errors": []}``); raise for any other 404.
+
+    A 404 that names an error (``no handler for route`` for a wrong mount, ``namespace not
+    found``) or is not Vault's JSON at all (a proxy answering 404 to everything) is not "no
+    data": taking it for one would show every key as never rotated.
+    """
+    cause = exc.__cause__
+    if not isinstance(cause, hvac.exceptions.InvalidPath):
+        return False
+    if isinstance(cause.json, dict) and cause.json.get("errors") == []:
+        return True
+    errors = cause.errors if isinstance(cause.errors, list) else [cause.errors]
+    said = str(errors[0]) if errors and errors[0] else "an answer that is not Vault's JSON"
+    said = said[:120].encode("unicode_escape").decode("ascii")
+    raise StoreError(
+        f"Vault answered 404 for {where}, not as a KV v2 mount does ({said}): check "
+        "VAULT_ADDR, VAULT_NAMESPACE and the policy's kv_mount"
+    ) from cause
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return text[:200]
@@ -113,7 +134,7 @@ class VaultKv:
                 self._where(path),
             )
         except StoreError as exc:
-            if isinstance(exc.__cause__, hvac.exceptions.InvalidPath):
+            if _no_such_secret(exc, self._where(path)):
                 return None
             raise
         return _parse_version(resp, self._where(path))
@@ -135,7 +156,7 @@ class VaultKv:
                 self._where(path),
             )
         except StoreError as exc:
-            if isinstance(exc.__cause__, hvac.exceptions.InvalidPath):
+            if _no_such_secret(exc, self._where(path)):
                 return None
             raise
         data = resp.get("data") if isinstance(resp, dict) else None
@@ -184,7 +205,7 @@ class VaultKv:
                 self._where(prefix),
             )
         except StoreError as exc:
-            if isinstance(exc.__cause__, hvac.exceptions.InvalidPath):
+            if _no_such_secret(exc, self._where(prefix)):
                 return []
             raise
         keys = resp.get("data", {}).get("keys") if isinstance(resp, dict) else None
