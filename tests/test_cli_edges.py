@@ -8,13 +8,28 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import structlog
+from world import MANAGEMENT_KEY
 
 from vault_rotator import cli
+from vault_rotator.commands import remote
+from vault_rotator.engine.session import StateStore
+from vault_rotator.engine.state import StateRecord
+from vault_rotator.engine.status import derive_state
+from vault_rotator.policy import parse_duration
+from vault_rotator.runtime import Runtime
+from vault_rotator.store.vault import VaultConnection
+from vault_rotator.testing.clock import FakeClock
+from vault_rotator.testing.vault_server import VaultServer
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = str(REPO / "config")  # valid policies: loading them needs no Vault
@@ -231,3 +246,266 @@ def test_an_unreachable_daemon_is_a_failure_naming_the_url(
     assert url in err
     assert "unreachable" in err
     assert out == ""
+
+
+# -- 4. what --wait prints, and --timeout ----------------------------------------------------
+
+LOCAL_CONFIG = """\
+environment: {env}
+provider:
+  type: arouter
+  base_url: {base_url}
+  dialect: c
+  management_key:
+    path: {env}/management
+  usage_lag: 1s
+  poll_interval: 1s
+vault:
+  kv_mount: secret
+  state_prefix: {env}/vault-rotator
+require_spending_limit: false
+defaults:
+  schedule: "@monthly"
+  pickup_timeout: 60s
+  drain_period: 8s
+  drain_timeout: 120s
+keys:
+  - name: app
+    secret_path: {env}/app
+    allowed_providers: [openai]
+"""
+
+
+@dataclass
+class LocalKey:
+    """One key `<env>/app` on a fake clock, rotated by the CLI in this process."""
+
+    ref: str
+    config: str
+    store: StateStore
+    clock: FakeClock
+
+    def record(self) -> StateRecord:
+        env, name = self.ref.split("/")
+        return self.store.read(env, name)[0]
+
+
+@pytest.fixture
+def local_key(
+    vault: VaultServer, make_emulator, clock: FakeClock, tmp_path: Path, monkeypatch, capsys
+) -> Iterator[Callable[..., LocalKey]]:  # type: ignore[no-untyped-def]
+    """Build a LocalKey; ``consumer=True`` adds an app that reads Vault and calls on every sleep."""
+    conns: list[VaultConnection] = []
+
+    def build(*, consumer: bool) -> LocalKey:
+        env = f"w{uuid.uuid4().hex[:8]}"
+        emulator = make_emulator(dialect="c", clock=clock)
+        conn = VaultConnection(vault.addr, vault.token)
+        conns.append(conn)
+        kv = conn.kv("secret")
+        kv.write(f"{env}/management", {"key": MANAGEMENT_KEY}, cas=0)
+        old_id, value = emulator.seed_key("original", allowed_providers=["openai"])
+        kv.write(f"{env}/app", {"api_key": value, "key_id": old_id}, cas=0)
+        (tmp_path / "w.yaml").write_text(LOCAL_CONFIG.format(env=env, base_url=emulator.base_url))
+        if consumer:
+            clock.on_sleep(lambda: emulator.call(str(kv.read(f"{env}/app").data["api_key"])))
+
+        def cli_runtime() -> Runtime:  # what the CLI builds from VAULT_* env, on the fake clock
+            return Runtime(VaultConnection(vault.addr, vault.token), clock=clock, sleep=clock.sleep)
+
+        monkeypatch.setattr(Runtime, "from_env", staticmethod(cli_runtime))
+        store = StateStore(kv, f"{env}/vault-rotator")
+        capsys.readouterr()  # the setup's own output is not the CLI's
+        return LocalKey(f"{env}/app", str(tmp_path), store, clock)
+
+    yield build
+    for conn in conns:
+        conn.close()
+
+
+def test_wait_prints_a_line_only_when_the_situation_changes(
+    capsys: pytest.CaptureFixture[str], local_key
+) -> None:  # type: ignore[no-untyped-def]
+    """Off a terminal, `rotate --wait` prints one line per change, not one per 1 s poll."""
+    key = local_key(consumer=True)
+    code, out, err = run_cli(capsys, "rotate", key.ref, "--wait", "--config", key.config)
+    assert code == 0, err
+    assert "\r" not in out
+    *steps, last = out.splitlines()
+    assert last.startswith(f"{key.ref}: succeeded")
+    assert key.clock.slept >= 9  # the drain took 8 s + usage_lag of 1 s polls ...
+    assert len(steps) == len(set(steps)), out  # ... yet no line was printed twice
+    assert len(steps) <= 6, out
+    assert any("quiet since" in line for line in steps), out
+    assert any("drain deadline" in line for line in steps), out
+    assert "lr_live_" not in out
+
+
+def test_wait_on_a_terminal_rewrites_one_live_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, local_key
+) -> None:  # type: ignore[no-untyped-def]
+    """On a terminal the status line is rewritten in place with \\r and ended with a newline."""
+    key = local_key(consumer=True)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    code, out, err = run_cli(capsys, "rotate", key.ref, "--wait", "--config", key.config)
+    assert code == 0, err
+    *steps, last, end = out.split("\n")
+    assert end == ""
+    assert last.startswith(f"{key.ref}: succeeded")
+    assert any(line.count("\r") > 3 for line in steps), out  # one line, rewritten every poll
+    shown = [line.split("\r")[-1].rstrip() for line in steps]  # what the terminal shows
+    assert len(shown) <= 6, out
+    assert all(line.startswith(f"{key.ref}: rotation ") for line in shown), out
+
+
+def test_wait_timeout_gives_up_waiting_and_leaves_the_rotation_in_flight(
+    capsys: pytest.CaptureFixture[str], local_key
+) -> None:  # type: ignore[no-untyped-def]
+    """`rotate|resume|abort --wait --timeout` exit 1 on the engine's clock, say how to follow,
+    and leave the rotation in flight (neither stalled nor aborted by the timeout)."""
+    key = local_key(consumer=False)  # nobody picks the new key up: it would wait 60 s
+    cases = [
+        ("rotate", "10s", "awaiting-pickup", f"vault-rotator rotate {key.ref} --wait"),
+        ("resume", "5s", "awaiting-pickup", f"vault-rotator rotate {key.ref} --wait"),
+        ("abort", "3s", "aborting", f"vault-rotator abort {key.ref} --wait"),
+    ]
+    for verb, timeout, phase, follow in cases:
+        started = key.clock()
+        code, out, err = run_cli(
+            capsys, verb, key.ref, "--wait", "--timeout", timeout, "--config", key.config
+        )
+        assert code == 1, err
+        last = out.splitlines()[-1]
+        assert f"after --timeout {timeout}" in last
+        assert follow in last
+        assert "vault-rotator status" in last
+        assert key.clock() - started == pytest.approx(parse_duration(timeout), abs=1.0)
+        record = key.record()
+        assert record.rotation is not None
+        assert record.rotation.stalled is None
+        assert derive_state(record, key.clock())[0] == phase
+
+
+def test_timeout_needs_wait(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--timeout` without `--wait` is a one-line usage error, as is a bad duration."""
+    cases = [
+        (["--timeout", "5m"], "--timeout needs --wait"),
+        (["--wait", "--timeout", "soon"], "'soon'"),
+    ]
+    for argv, says in cases:
+        code, out, err = run_cli(capsys, "rotate", "dev/demo-app", *argv, "--config", EXAMPLES)
+        assert code == 2, err
+        assert len(err.splitlines()) == 1, err
+        assert says in err
+        assert out == ""
+
+
+class FakeDaemon:
+    """A control API on loopback: POSTs answer a rotation id, GET /v1/status plays a script."""
+
+    def __init__(self, ref: str, states: list[str]) -> None:
+        self.ref, self.states, self.polls = ref, list(states), 0
+        daemon = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.answer(202, {"rotation_id": "r1", "key": daemon.ref})
+
+            def do_GET(self) -> None:
+                daemon.polls += 1
+                state = daemon.states.pop(0) if len(daemon.states) > 1 else daemon.states[0]
+                self.answer(200, {"keys": [daemon.row(state)]})
+
+            def answer(self, status: int, body: object) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *_args: object) -> None:
+                return None
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def row(self, state: str) -> dict[str, object]:
+        done = [{"rotation_id": "r1", "outcome": "succeeded", "by": "x", "trigger": "api"}]
+        return {
+            "key": self.ref,
+            "state": state,
+            "rotation_id": None if state == "idle" else "r1",
+            "deadlines_passed": [],
+            "stall_detail": None,
+            "last_outcomes": done if state == "idle" else [],
+        }
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def fake_daemon(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[list[str]], FakeDaemon]]:
+    """Start FakeDaemons for dev/demo-app; the CLI polls them every 10 ms."""
+    monkeypatch.setenv("VAULT_TOKEN", "not-a-real-token")
+    monkeypatch.setattr(remote, "POLL_S", 0.01)
+    started: list[FakeDaemon] = []
+
+    def start(states: list[str]) -> FakeDaemon:
+        started.append(FakeDaemon("dev/demo-app", states))
+        return started[-1]
+
+    yield start
+    for daemon in started:
+        daemon.close()
+
+
+@pytest.mark.parametrize("tty", [False, True], ids=["pipe", "terminal"])
+def test_daemon_wait_shows_each_change_once(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, fake_daemon, tty: bool
+) -> None:  # type: ignore[no-untyped-def]
+    """`rotate --wait --daemon` shows each state it polls once (a live line on a terminal)."""
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: tty)
+    daemon = fake_daemon(["awaiting-pickup"] * 5 + ["draining"] * 5 + ["idle"])
+    code, out, err = run_cli(
+        capsys, "rotate", "dev/demo-app", "--wait", "--config", EXAMPLES, "--daemon", daemon.url
+    )
+    assert code == 0, err
+    answer, *steps, last, end = out.split("\n")  # not splitlines(): it splits at \r too
+    assert end == ""
+    assert json.loads(answer)["rotation_id"] == "r1"
+    assert last == "dev/demo-app: succeeded"
+    assert daemon.polls == 11
+    shown = [line.split("\r")[-1].rstrip() for line in steps]
+    steps_seen = [line.split(": ")[2].split()[0] for line in shown]  # a terminal adds the time
+    assert steps_seen == ["awaiting-pickup", "draining"], out
+    assert ("\r" in out) is tty
+
+
+def test_daemon_wait_timeout_exits_1_and_says_how_to_follow(
+    capsys: pytest.CaptureFixture[str], fake_daemon
+) -> None:  # type: ignore[no-untyped-def]
+    """`abort --wait --timeout` through a daemon gives up on time, exit 1, naming how to follow."""
+    daemon = fake_daemon(["aborting"])
+    started = time.monotonic()
+    code, out, err = run_cli(
+        capsys,
+        "abort",
+        "dev/demo-app",
+        "--wait",
+        "--timeout",
+        "0.3s",
+        "--config",
+        EXAMPLES,
+        "--daemon",
+        daemon.url,
+    )
+    assert code == 1, err
+    assert 0.3 <= time.monotonic() - started < 5
+    last = out.splitlines()[-1]
+    assert "after --timeout 0.3s" in last
+    assert f"vault-rotator status --daemon {daemon.url}" in last
+    assert daemon.polls > 3

@@ -1,7 +1,9 @@
-"""``vault-rotator rotate ENV/NAME [--wait] [--dry-run] [--emergency [--revoke-old-now]]``.
+"""``vault-rotator rotate ENV/NAME [--wait [--timeout DURATION]] [--dry-run] [--emergency …]``.
 
 Starts a rotation, or resumes the one in flight. Without ``--wait`` it returns once the new key
-is published and prints the command that continues it; with ``--wait`` it runs to the end.
+is published and prints the command that continues it; with ``--wait`` it runs to the end, or
+until ``--timeout`` (exit 1, the rotation left in flight). What it prints while it waits is
+:mod:`.follow`'s: a line per change, or one live line on a terminal.
 ``--emergency`` (a suspected leak) skips the drain: the old key is deleted as soon as the new
 one is confirmed in use; on a rotation in flight it upgrades it. ``--revoke-old-now`` deletes
 the old key right after publishing. Exit 0 when published or finished, 1 when failed or
@@ -24,11 +26,13 @@ from vault_rotator.commands.common import (
     operator,
     parse_ref,
 )
+from vault_rotator.commands.follow import LocalWatch, add_wait_arguments, gave_up, wait_timeout
 from vault_rotator.commands.remote import act, add_daemon_argument, daemon_url
 from vault_rotator.engine import reasons
 from vault_rotator.engine.driver import drive
 from vault_rotator.engine.engine import Command, Progress, Verb
 from vault_rotator.errors import ConfigError
+from vault_rotator.policy import PolicySet
 from vault_rotator.runtime import Runtime
 
 REVOKE_WARNING = (
@@ -39,7 +43,7 @@ REVOKE_WARNING = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("ref", metavar="ENV/NAME", help="the key to rotate")
-    parser.add_argument("--wait", action="store_true", help="run the rotation to its end")
+    add_wait_arguments(parser, "run the rotation to its end")
     parser.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
     parser.add_argument(
         "--emergency", action="store_true", help="suspected leak: skip the drain (saved)"
@@ -51,11 +55,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_config_argument(parser)
     add_daemon_argument(parser)
-
-
-def say(progress: Progress) -> None:
-    what = progress.waiting or progress.phase
-    print(f"{progress.ref}: rotation {progress.rotation_id}: {what}", flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,19 +74,60 @@ def run(args: argparse.Namespace) -> int:
 def run_command(args: argparse.Namespace, command: Command, *, wait: bool) -> int:
     """Drive ``args.ref`` with ``command``; print where it ended; the exit code."""
     parse_ref(args.ref)  # before the config and the environment (VAULT_TOKEN, the daemon)
+    timeout = wait_timeout(args, wait=wait)
     policies = load(args)
     if (url := daemon_url(args)) is not None:
-        return act(url, REMOTE_VERBS[command.verb], args.ref, _body(command), wait=wait)
+        verb = REMOTE_VERBS[command.verb]
+        return act(url, verb, args.ref, _body(command), wait=wait, timeout=timeout)
+    progress = _drive_here(policies, args.ref, command, wait=wait, timeout=timeout)
+    if timeout is not None and _in_flight(progress):
+        print(gave_up(args.ref, _where(progress), timeout, _follow_with(progress, args.ref)))
+        return 1
+    return conclude(progress, args.ref, command)
+
+
+def _drive_here(
+    policies: PolicySet, ref: str, command: Command, *, wait: bool, timeout: float | None
+) -> Progress:
+    """Drive the rotation in this process, showing each change; stop waiting at ``timeout``."""
     runtime = Runtime.from_env()
     try:
-        policy = in_flight_policy(policies, args.ref, runtime.kv)
-        start = command.verb == Verb.ROTATE
-        progress = drive(
-            runtime.engine(), policy, wait=wait, start=start, command=command, report=say
-        )
+        policy = in_flight_policy(policies, ref, runtime.kv)
+        engine = runtime.engine()
+        deadline = None if timeout is None else engine.clock() + timeout
+        watch = LocalWatch(engine, policy)
+        try:
+            start = command.verb == Verb.ROTATE
+            return drive(
+                engine,
+                policy,
+                wait=wait,
+                start=start,
+                command=command,
+                report=watch,
+                deadline=deadline,
+            )
+        finally:
+            watch.close()
     finally:
         runtime.close()
-    return conclude(progress, args.ref, command)
+
+
+def _in_flight(progress: Progress) -> bool:
+    return progress.rotation_id is not None and not progress.finished and not progress.stalled
+
+
+def _where(progress: Progress) -> str:
+    return progress.waiting or progress.phase
+
+
+def _follow_with(progress: Progress, ref: str) -> str:
+    """The commands that pick a rotation in flight up again."""
+    return f"vault-rotator {_next_verb(progress)} {ref} --wait, or vault-rotator status"
+
+
+def _next_verb(progress: Progress) -> str:
+    return "abort" if progress.phase == reasons.ABORTING else "rotate"
 
 
 REMOTE_VERBS = {
@@ -147,7 +187,6 @@ def conclude(progress: Progress, ref: str, command: Command) -> int:
     if progress.rotation_id is None:
         print(f"{ref}: no rotation in flight")
         return 0 if command.verb == Verb.ROTATE else 1
-    verb = "abort" if progress.phase == reasons.ABORTING else "rotate"
-    where = progress.waiting or progress.phase
-    print(f"{ref}: {where}; continue with: vault-rotator {verb} {ref} --wait")
+    then = f"vault-rotator {_next_verb(progress)} {ref} --wait"
+    print(f"{ref}: {_where(progress)}; continue with: {then}")
     return 0

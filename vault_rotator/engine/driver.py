@@ -3,7 +3,9 @@
 Between passes it sleeps ``poll_interval`` on the engine's (injectable) clock. A lease held by
 another process is waited out when ``wait`` is set (until it is released or expires); so is a
 transient failure (provider 429/5xx/timeouts, Vault sealed or down, a lost lease), up to
-``max_transient`` in a row.
+``max_transient`` in a row. With a ``deadline`` (a time on the engine's clock, a caller's
+``--timeout``) it stops waiting once the clock reaches it and returns the latest progress; the
+rotation is left in flight as it is.
 """
 
 from __future__ import annotations
@@ -37,13 +39,16 @@ def drive(
     command: Command | None = None,
     report: Callable[[Progress], None] = lambda _p: None,
     max_transient: int = 10,
+    deadline: float | None = None,
 ) -> Progress:
     """Start (or resume) ``policy``'s rotation and advance it; return where it stopped.
 
     With ``start=False`` it only resumes a rotation in flight (and returns at once if none).
+    Past ``deadline`` it returns the last progress (a failing pass with none yet re-raises).
     """
     command = command or Command()
     rotation_id: str | None = None
+    last: Progress | None = None
     failures = 0
     while True:
         first = rotation_id is None
@@ -60,17 +65,34 @@ def drive(
             if failures > max_transient:
                 return _exhausted(engine, policy, exc)
             log.warning("pass failed; will retry", key=policy.ref, error=str(exc))
-            engine.sleep(policy.provider.poll_interval_s)
+            if not _pause(engine, policy, deadline):
+                if last is None:
+                    raise
+                return last
             continue
         if rotation_id is not None and progress.rotation_id != rotation_id:
             progress = _finished_elsewhere(engine, policy, rotation_id)
         rotation_id = progress.rotation_id
+        last = progress
         report(progress)
         if rotation_id is None:  # nothing in flight and nothing started
             return progress
         if progress.finished or progress.stalled or (progress.published and not wait):
             return progress
-        engine.sleep(policy.provider.poll_interval_s)
+        if not _pause(engine, policy, deadline):
+            return progress
+
+
+def _pause(engine: Engine, policy: KeyPolicy, deadline: float | None) -> bool:
+    """Sleep one poll interval, cut short at ``deadline``; False once the deadline has come."""
+    pause = policy.provider.poll_interval_s
+    if deadline is not None:
+        left = deadline - engine.clock()
+        if left <= 0:
+            return False
+        pause = min(pause, left)
+    engine.sleep(pause)
+    return True
 
 
 def _exhausted(engine: Engine, policy: KeyPolicy, exc: Exception) -> Progress:
