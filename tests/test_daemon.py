@@ -294,3 +294,106 @@ def test_reload_keeps_the_old_policies_when_the_new_ones_are_invalid(fleet: Flee
     fleet.write_config(["app-0"])
     assert service.reload() is True
     assert [p.name for p in daemon.policies] == ["app-0"]
+
+
+def test_one_unreadable_record_does_not_block_the_other_keys(fleet: Fleet) -> None:
+    """A record written by a newer vault-rotator is that key's error; its neighbour rotates."""
+    fleet.seed(2)
+    store = StateStore(fleet.kv, f"{fleet.tag}/vault-rotator")
+    newer = {"schema": 2, "env": fleet.tag, "name": "app-0", "phase": "idle"}
+    fleet.kv.write(store.state_path(fleet.tag, "app-0"), newer, cas=0)
+    daemon = fleet.daemon()
+    ((account, keys),) = daemon.accounts().items()
+    report = daemon.tick(account, keys)
+    assert report.started == [f"{fleet.tag}/app-1"]
+    (error,) = report.errors
+    assert error.startswith(f"{fleet.tag}/app-0: ")
+    assert "newer vault-rotator" in error
+    fleet.run(daemon, 40)
+    assert [o.outcome for o in fleet.record("app-1").outcomes] == [reasons.SUCCEEDED]
+    assert fleet.kv.read(store.state_path(fleet.tag, "app-0")).data == newer  # left as it is
+
+
+def test_a_bug_in_one_keys_pass_does_not_stop_the_tick(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unexpected exception in one key's pass is reported; the other key still rotates."""
+    fleet.seed(2)
+    daemon = fleet.daemon()
+    real = daemon.engine.advance
+
+    def advance(policy: Any, **kwargs: Any) -> Any:
+        if policy.name == "app-0":
+            raise AttributeError("'NoneType' object has no attribute 'timestamp'")
+        return real(policy, **kwargs)
+
+    monkeypatch.setattr(daemon.engine, "advance", advance)
+    ((account, keys),) = daemon.accounts().items()
+    report = daemon.tick(account, keys)
+    assert report.started == [f"{fleet.tag}/app-1"]
+    assert report.errors == [
+        f"{fleet.tag}/app-0: unexpected AttributeError: "
+        "'NoneType' object has no attribute 'timestamp'"
+    ]
+    fleet.run(daemon, 40)
+    assert [o.outcome for o in fleet.record("app-1").outcomes] == [reasons.SUCCEEDED]
+
+
+def _webhook_receiver() -> tuple[ThreadingHTTPServer, Notifier]:
+    _Receiver.received = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, Notifier([f"http://127.0.0.1:{server.server_address[1]}/hook"])
+
+
+def test_a_rotation_that_keeps_failing_is_parked_as_a_stall_and_alerted_once(
+    fleet: Fleet,
+) -> None:
+    """The provider refuses every delete: after 15 min of failed passes, one stall, one alert."""
+    fleet.seed(1)
+    server, notifier = _webhook_receiver()
+    try:
+        daemon = fleet.daemon(notifier=notifier)
+        fleet.emulator.set_fault("delete", status=403)
+        fleet.run(daemon, 120)  # 1 h: drain (10 m) ends, then every delete is refused
+        notifier.close(timeout=5)
+    finally:
+        server.shutdown()
+        server.server_close()
+    rotation = fleet.record("app-0").rotation
+    assert rotation is not None
+    assert rotation.stalled is not None
+    assert rotation.stalled.reason == reasons.RETRIES_EXHAUSTED
+    assert "passes failed over" in rotation.stalled.detail
+    events = [m["vault_rotator"] for m in _Receiver.received]
+    assert [(e["event"], e["reason"]) for e in events] == [("stalled", reasons.RETRIES_EXHAUSTED)]
+    assert {rotation.old_key_id, rotation.new_key_id} <= {
+        k["id"] for k in fleet.emulator.live_keys()
+    }
+
+
+def test_a_start_that_keeps_failing_backs_off_and_alerts_once(fleet: Fleet) -> None:
+    """A key whose every start fails preflight is retried less and less often, one alert."""
+    fleet.seed(1)
+    path = fleet.config / "fleet.yaml"
+    broken = f"  - name: broken\n    secret_path: {fleet.tag}/broken\n"  # no permissions at all
+    path.write_text(path.read_text() + broken)
+    server, notifier = _webhook_receiver()
+    try:
+        daemon = fleet.daemon(notifier=notifier)
+        ((account, keys),) = daemon.accounts().items()
+        failures = []
+        for _ in range(240):  # 2 h of 30 s polls
+            failures.append(sum("/broken: " in e for e in daemon.tick(account, keys).errors))
+            fleet.clock.advance(30)
+            fleet.consume(["app-0"])
+        notifier.close(timeout=5)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert sum(failures[:30]) == 30  # the first 15 minutes: every poll
+    assert sum(failures[30:]) < 15  # then backing off (doubling up to an hour)
+    events = [m["vault_rotator"] for m in _Receiver.received]
+    assert [(e["event"], e["reason"]) for e in events] == [("failed", reasons.RETRIES_EXHAUSTED)]
+    assert "neither allowed_providers nor allowed_models" in events[0]["detail"]
+    assert [o.outcome for o in fleet.record("app-0").outcomes] == [reasons.SUCCEEDED]

@@ -10,6 +10,10 @@
 3. start the rotations that are due (:mod:`.due`; frozen keys never), while fewer than
    ``max_concurrent`` are in flight (stalled ones do not count: they block nobody).
 
+One key's failure (its record unreadable, its pass refused, even a bug) is that key's alone:
+it is reported and the tick goes on with the others. A key that keeps failing is parked and
+alerted once (:mod:`.parking`).
+
 Nothing here sleeps: waits are states in the records, and the truth lives in Vault, so a
 restart resumes everything and a schedule missed while down fires once.
 """
@@ -28,6 +32,7 @@ from vault_rotator.daemon.due import due
 from vault_rotator.daemon.freeze import FrozenSet, frozen
 from vault_rotator.daemon.metrics import Metrics
 from vault_rotator.daemon.notify import Notifier
+from vault_rotator.daemon.parking import FailureBook
 from vault_rotator.engine import reasons
 from vault_rotator.engine.decide import Observation
 from vault_rotator.engine.engine import Command, Engine, FaultHook, env_fault_hook
@@ -148,6 +153,7 @@ class Daemon:
         runtime.conn.on_request = self.metrics.vault_request
         self.engine: Engine = runtime.engine(fault=fault, holder=holder)
         self.engine.listeners.append(self)
+        self.failures = FailureBook(self.clock)
         self.last_tick: dict[Account, float] = {}
         self.should_stop: Callable[[], bool] = lambda: False
 
@@ -156,18 +162,33 @@ class Daemon:
     def accounts(self) -> dict[Account, tuple[KeyPolicy, ...]]:
         return self.policies.accounts()
 
-    def tracked(self, account: Account, keys: tuple[KeyPolicy, ...]) -> list[Tracked]:
-        """The account's keys with their records, plus in-flight records outside the policies."""
+    def tracked(
+        self, account: Account, keys: tuple[KeyPolicy, ...], report: TickReport | None = None
+    ) -> list[Tracked]:
+        """The account's keys with their records, plus in-flight records outside the policies.
+
+        A record that cannot be read is that key's failure (in ``report``); the others go on.
+        """
+        report = report or TickReport(account)
         found: list[Tracked] = []
         stores: dict[tuple[str, str], StateStore] = {}
         for policy in keys:
             store = stores.setdefault(
                 (policy.vault.kv_mount, policy.vault.state_prefix), self.engine.store(policy)
             )
-            found.append(Tracked(policy, store.read(policy.env, policy.name)[0]))
+            try:
+                found.append(Tracked(policy, store.read(policy.env, policy.name)[0]))
+            except VaultRotatorError as exc:
+                self._failed(policy, report, str(exc), in_flight=False)
         known = {(p.env, p.name) for p in keys}
         for store in stores.values():
-            for record in store.in_flight(skip=known):
+            try:
+                records = store.in_flight(skip=known)
+            except VaultRotatorError as exc:
+                report.errors.append(f"rotations outside the policies: {exc}")
+                log.warning("cannot list rotations outside the policies", error=str(exc))
+                continue
+            for record in records:
                 orphan = self._orphan(record)
                 if orphan is not None and orphan.policy.account == account:
                     found.append(orphan)
@@ -187,7 +208,7 @@ class Daemon:
     def tick(self, account: Account, keys: tuple[KeyPolicy, ...]) -> TickReport:
         """One reconcile pass of one account (see the module docstring)."""
         report = TickReport(account)
-        tracked = self.tracked(account, keys)
+        tracked = self.tracked(account, keys, report)
         active = [t for t in tracked if t.active]
         if active:
             observation = self._observe(active[0].policy)
@@ -230,6 +251,8 @@ class Daemon:
     ) -> None:
         if self.should_stop():
             raise Cancelled("stopping: no new work")
+        if self.failures.waiting(policy.ref):
+            return  # parked: its next try is not due yet
         try:
             progress = self._fresh_key_on_401(
                 policy,
@@ -242,12 +265,47 @@ class Daemon:
         except Cancelled:
             raise
         except VaultRotatorError as exc:
-            report.errors.append(f"{policy.ref}: {exc}")
-            log.warning("pass failed", key=policy.ref, error=str(exc))
+            self._failed(policy, report, str(exc), in_flight=command is None)
             return
+        except Exception as exc:  # one key's bug must not stop the others
+            error = f"unexpected {type(exc).__name__}: {exc}"
+            self._failed(policy, report, error, in_flight=command is None)
+            return
+        self.failures.succeeded(policy.ref)
         (report.started if command else report.advanced).append(policy.ref)
         if progress.outcome is not None and policy.ref not in {p.ref for p in self.policies}:
             log.warning("finished a rotation of a key no longer in any policy", key=policy.ref)
+
+    def _failed(
+        self, policy: KeyPolicy, report: TickReport, error: str, *, in_flight: bool
+    ) -> None:
+        """Count a failed pass; park a key that keeps failing (a stall if it can) and alert once."""
+        report.errors.append(f"{policy.ref}: {error}")
+        episode = self.failures.failed(policy.ref, error, policy.provider.poll_interval_s)
+        log.warning("pass failed", key=policy.ref, error=error, failures=episode.count)
+        if not self.failures.first_alert(episode):
+            return
+        minutes = (self.clock() - episode.first_at) / 60
+        detail = f"{episode.count} passes failed over {minutes:.0f} min; last: {error}"
+        if in_flight and self._stall(policy, detail):
+            return  # recorded in Vault; the stall's own webhook is the alert
+        log.error("key parked: it keeps failing", key=policy.ref, detail=detail)
+        self.notifier.notify(
+            events.FAILED,
+            env=policy.env,
+            key=policy.ref,
+            reason=reasons.RETRIES_EXHAUSTED,
+            detail=detail,
+        )
+
+    def _stall(self, policy: KeyPolicy, detail: str) -> bool:
+        """Record a retries-exhausted stall on the rotation in flight; False if it cannot."""
+        try:
+            progress = self.engine.stall(policy, reasons.RETRIES_EXHAUSTED, detail)
+        except VaultRotatorError as exc:
+            log.warning("could not record the stall", key=policy.ref, error=str(exc))
+            return False
+        return progress.stalled is not None
 
     def _drop_stale_pending(self, tracked: list[Tracked], report: TickReport) -> None:
         """A pending record (a key value) left by a crash after "done": one pass destroys it."""
@@ -270,17 +328,21 @@ class Daemon:
                 continue
             policy = item.policy
             where = (policy.vault.kv_mount, policy.vault.state_prefix)
-            if where not in frozen_sets:
-                frozen_sets[where] = frozen(self.runtime.kv(where[0]), where[1])
             last, not_before = schedule_basis(item.record)
-            verdict = due(
-                policy,
-                last_success_at=last,
-                rotated_at=self._rotated_at(item),
-                in_flight=False,
-                frozen=frozen_sets[where].covers(policy.env, policy.name),
-                now=now,
-            )
+            try:
+                if where not in frozen_sets:
+                    frozen_sets[where] = frozen(self.runtime.kv(where[0]), where[1])
+                verdict = due(
+                    policy,
+                    last_success_at=last,
+                    rotated_at=self._rotated_at(item),
+                    in_flight=False,
+                    frozen=frozen_sets[where].covers(policy.env, policy.name),
+                    now=now,
+                )
+            except VaultRotatorError as exc:
+                self._failed(policy, report, str(exc), in_flight=False)
+                continue
             if verdict.due and now >= not_before:
                 candidates.append((verdict.at, verdict.reason, policy))
         for _at, reason, policy in sorted(candidates, key=lambda c: c[0]):

@@ -277,8 +277,13 @@ def _rotation_from(data: Mapping[str, Any]) -> Rotation:
 def _record_from(data: Mapping[str, Any]) -> StateRecord:
     values = dict(data)
     schema = values.get("schema")
+    if isinstance(schema, int) and not isinstance(schema, bool) and schema > SCHEMA_VERSION:
+        raise ValueError(
+            f"written by a newer vault-rotator (schema {schema}; this one reads up to "
+            f"{SCHEMA_VERSION}): upgrade this process; the record is left as it is"
+        )
     if schema != SCHEMA_VERSION:
-        raise ValueError(f"schema {schema!r}, this vault-rotator reads {SCHEMA_VERSION}")
+        raise ValueError(f"schema {schema!r:.40}, this vault-rotator reads {SCHEMA_VERSION}")
     rotation = values.pop("rotation", None)
     return StateRecord(
         **{
