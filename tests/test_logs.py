@@ -222,3 +222,13 @@ def test_steps_stop_at_the_last_known_milestone() -> None:
     steps = rotation_steps(outcome(), rotation(pickup_at=None))
     assert steps == {"publish": 10.0, "total": 200.0}
     assert rotation_steps(outcome(), None) == {}
+
+
+@pytest.mark.parametrize("closing", [")", ").", "]", "}", ".", ",", ";", ":", "!", "?", '"', "'"])
+def test_bearer_redaction_keeps_trailing_punctuation(closing: str) -> None:
+    """A credential in parentheses or before punctuation is masked, the punctuation kept."""
+    text = redact_text(f"HTTP 401: key refused (Authorization: Bearer {LIVE}{closing} next")
+    assert LIVE not in text
+    assert text == (
+        f"HTTP 401: key refused (Authorization: Bearer <redacted {fingerprint(LIVE)}>{closing} next"
+    )

@@ -36,7 +36,9 @@ if TYPE_CHECKING:
     from vault_rotator.engine.state import Outcome, Rotation
 
 SECRET_PATTERN = re.compile(
-    r"(?P<bearer>\b(?i:bearer)\s+)(?P<credential>[^\s\"'<>,;]+)"
+    # The credential runs to whitespace, a quote, <>,; and never ends in closing punctuation
+    # (")", "]", "}", ".", ":", "!", "?"): "(Authorization: Bearer X)." keeps its ")."
+    r"(?P<bearer>\b(?i:bearer)\s+)(?P<credential>[^\s\"'<>,;]*[^\s\"'<>,;.:!?)\]}])"
     r"|lr_(?:live|mgmt|admin)_[A-Za-z0-9_\-]*"
     r"|\bhv[sbr]\.[A-Za-z0-9_\-]{8,}"
     r"|\b[sb]\.[A-Za-z0-9]{20,}(?:\.[A-Za-z0-9]+)?"
