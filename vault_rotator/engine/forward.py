@@ -13,7 +13,9 @@ from vault_rotator.errors import (
     AmbiguousCreateError,
     CasConflictError,
     PreflightError,
+    ProviderError,
     ProviderPermanentError,
+    RateLimitedError,
     StoreError,
     VaultRotatorError,
 )
@@ -149,11 +151,31 @@ class ForwardSteps(PassBase):
             # A create for this attempt may have reached the provider; its value is lost.
             self.save_rotation(attempt=rot.attempt + 1)
         while self.rotation.attempt <= MAX_CREATE_ATTEMPTS:
-            created = self._create()
+            try:
+                created = self._create()
+            except RateLimitedError as exc:
+                return self._rate_limited(exc)
             if created is not None:
                 return self._save_pending(created, version)
             self.save_rotation(attempt=self.rotation.attempt + 1)
         return self.fail(f"{MAX_CREATE_ATTEMPTS} create attempts gave no usable key")
+
+    def _rate_limited(self, exc: RateLimitedError) -> Progress:
+        """A create refused with 429 (nothing created): wait for a later pass, or stall.
+
+        A wait the next pass (one poll interval away) covers is a transient failure, raised
+        as it is: the driver and the daemon try again then, under the same name. A longer one
+        stalls the rotation as ``rate-limited`` until an operator resumes it.
+        """
+        wait = exc.retry_after
+        if wait is None or wait <= self.policy.provider.poll_interval_s:
+            raise exc
+        until = datetime.fromtimestamp(self.clock() + wait, UTC).isoformat(timespec="seconds")
+        detail = (
+            f"the provider refused the create with 429 and asks to wait {wait:g}s (until "
+            f"{until}); nothing was created: resume after that"
+        )
+        return self.stall(reasons.RATE_LIMITED, detail)
 
     def _create(self) -> tuple[str, str, Secret] | None:
         rot = self.rotation
@@ -173,6 +195,11 @@ class ForwardSteps(PassBase):
         except AmbiguousCreateError as exc:
             self.log.warning("create answer lost; will create again", name=name, error=str(exc))
             return None
+        except ProviderError:
+            # Refused (4xx, 429) or never sent: nothing was created, so this attempt's name is
+            # still free; the next try reuses it instead of counting a lost create.
+            self.session.save(self.record.evolve(provider_write=None))
+            raise
         self.log.info("new key created", key_id=created.record.id, name=name)
         self.e.fault("create")
         return created.record.id, name, created.value

@@ -26,6 +26,7 @@ DRAIN_TIMEOUT = "drain-timeout"  # the old key kept carrying traffic past drain_
 SECRET_CHANGED = "secret-changed"  # noqa: S105 (a reason, not a password); someone else wrote the consumer secret under the rotation
 DELETE_UNCONFIRMED = "delete-unconfirmed"  # provider said 404 yet still lists the key
 RETRIES_EXHAUSTED = "retries-exhausted"  # the provider or Vault kept failing
+RATE_LIMITED = "rate-limited"  # the provider refused a create with 429 and a wait past a poll
 
 # Phases of the record.
 IDLE = "idle"
