@@ -26,7 +26,8 @@ hold a key value, a management key or a token.
     │   ├── LeaseHeldError               another process holds the key's lease
     │   ├── LeaseLostError               our lease expired and another process took over
     │   └── PreflightError               a precondition failed before any side effect
-    └── DaemonUnreachableError           the CLI could not reach the daemon at --daemon URL
+    ├── DaemonUnreachableError           the CLI could not reach the daemon at --daemon URL
+    └── DaemonResponseError              ... or it answered something that is not its API
 """
 
 from __future__ import annotations
@@ -143,3 +144,7 @@ class PreflightError(EngineError):
 
 class DaemonUnreachableError(VaultRotatorError):
     """The daemon at ``--daemon URL`` did not answer (refused, timed out): a failure, exit 1."""
+
+
+class DaemonResponseError(VaultRotatorError):
+    """The URL given as ``--daemon`` answered, but not as the daemon's API does: exit 1."""

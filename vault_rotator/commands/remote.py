@@ -7,6 +7,11 @@ the daemon checks its capabilities. Exit codes follow the CLI's: 0 done, 1 refus
 ``--wait`` polls the daemon's status every :data:`POLL_S` seconds (tests lower it) and shows each
 change as :mod:`.follow` does locally; ``--timeout`` gives up waiting (exit 1) on the monotonic
 clock while the daemon carries on.
+
+The daemon's answers are read as hostile: at most :data:`MAX_ANSWER_BYTES`, within
+:data:`ANSWER_DEADLINE_S`, and they must be a JSON object (status rows objects with string
+``key`` and ``state``); anything else is a one-line DaemonResponseError (exit 1). A malformed
+``--daemon`` URL is a usage error (exit 2).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -22,12 +28,14 @@ import httpx
 
 from vault_rotator.commands.follow import Follower, gave_up, remote_view
 from vault_rotator.engine import reasons
-from vault_rotator.errors import ConfigError, DaemonUnreachableError
+from vault_rotator.errors import ConfigError, DaemonResponseError, DaemonUnreachableError
 from vault_rotator.logs import redact_text
 
 DAEMON_ENV = "VAULT_ROTATOR_DAEMON"
 SETTLED = ("idle", "never-rotated")
 POLL_S = 2.0  # between status polls of --wait
+MAX_ANSWER_BYTES = 8 * 1024 * 1024
+ANSWER_DEADLINE_S = 60.0  # one request, headers to last byte
 
 
 def add_daemon_argument(parser: argparse.ArgumentParser) -> None:
@@ -40,27 +48,119 @@ def add_daemon_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def daemon_url(args: argparse.Namespace) -> str | None:
+    """The daemon's base URL, checked: http(s), a host, no query; None when not asked for."""
     url = getattr(args, "daemon", None) or os.environ.get(DAEMON_ENV)
-    return url.rstrip("/") if url else None
+    if not url:
+        return None
+    shown = redact_text(url[:80]).encode("unicode_escape").decode("ascii")
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise ConfigError(f"--daemon {shown!r} is not a URL ({exc})") from exc
+    if parsed.scheme not in ("http", "https") or not parsed.host or parsed.query:
+        raise ConfigError(f"--daemon {shown!r}: expected http(s)://HOST[:PORT]")
+    return url.rstrip("/")
 
 
 def request(
     url: str, method: str, path: str, body: dict[str, Any] | None = None
-) -> tuple[int, Any]:
+) -> tuple[int, dict[str, Any]]:
+    """One control-API call: (HTTP status, the JSON object answered)."""
     token = os.environ.get("VAULT_TOKEN", "")
     if not token:
         raise ConfigError("VAULT_TOKEN is not set: the daemon authorises callers by Vault token")
+    headers = {"Authorization": f"Bearer {token}"}
     try:
-        with httpx.Client(base_url=url, timeout=30) as client:
-            resp = client.request(
-                method, path, json=body, headers={"Authorization": f"Bearer {token}"}
-            )
-    except httpx.HTTPError as exc:
+        with (
+            httpx.Client(base_url=url, timeout=30) as client,
+            client.stream(method, path, json=body, headers=headers) as resp,
+        ):
+            raw = _read(resp, f"{method} {url}{path}")
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise DaemonUnreachableError(f"daemon at {url} unreachable: {type(exc).__name__}") from exc
+    return resp.status_code, _object(raw, resp.status_code, f"{method} {url}{path}")
+
+
+def _read(resp: httpx.Response, where: str) -> bytes:
+    """The body, within MAX_ANSWER_BYTES and ANSWER_DEADLINE_S."""
+    deadline = time.monotonic() + ANSWER_DEADLINE_S
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in resp.iter_bytes():
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            raise DaemonResponseError(f"{where}: answer larger than {MAX_ANSWER_BYTES} bytes")
+        if time.monotonic() > deadline:
+            raise DaemonResponseError(f"{where}: answer still arriving after {ANSWER_DEADLINE_S}s")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _object(raw: bytes, status: int, where: str) -> dict[str, Any]:
+    """The answer as a JSON object; a non-JSON error answer becomes ``{"error": text}``."""
     try:
-        return resp.status_code, resp.json()
-    except ValueError:
-        return resp.status_code, {"error": resp.text[:200]}
+        answer = json.loads(raw)
+    except (ValueError, RecursionError):
+        if 200 <= status < 300:
+            raise DaemonResponseError(f"{where}: answered {status} with no JSON") from None
+        text = raw[:200].decode("utf-8", "replace").encode("unicode_escape").decode("ascii")
+        return {"error": redact_text(text)}
+    if not isinstance(answer, dict):
+        kind = type(answer).__name__
+        raise DaemonResponseError(f"{where}: answered {status} with a JSON {kind}, not an object")
+    return answer
+
+
+_ROW_FIELDS: dict[str, tuple[type, ...]] = {
+    "key": (str,),
+    "state": (str,),
+    "in_policy": (bool,),
+    "current_key_id": (str, type(None)),
+    "age_s": (int, float, type(None)),
+    "next_due_at": (int, float, type(None)),
+    "last_outcomes": (list,),
+}
+_OUTCOME_FIELDS: dict[str, tuple[type, ...]] = {
+    "outcome": (str,),
+    "by": (str, type(None)),
+    "trigger": (str, type(None)),
+}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _printable(value: Any) -> Any:
+    """Strings with control characters escaped (a hostile daemon must not drive the terminal)."""
+    if isinstance(value, str):
+        return _CONTROL.sub(lambda m: m.group(0).encode("unicode_escape").decode(), value)
+    if isinstance(value, dict):
+        return {_printable(k): _printable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_printable(v) for v in value]
+    return value
+
+
+def _check(where: str, obj: object, fields: Mapping[str, tuple[type, ...]]) -> None:
+    if not isinstance(obj, dict):
+        raise DaemonResponseError(f"{where}: expected an object")
+    for name, types in fields.items():
+        value = obj.get(name, False if name == "in_policy" else None)
+        if name in ("key", "state", "last_outcomes", "outcome") and value is None:
+            raise DaemonResponseError(f"{where}: {name} missing")
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise DaemonResponseError(f"{where}: {name} has the wrong type")
+
+
+def status_rows(answer: Mapping[str, Any], url: str) -> list[dict[str, Any]]:
+    """The ``keys`` of a ``GET /v1/status`` answer, checked against the status row schema."""
+    where = f"GET {url}/v1/status"
+    rows = answer.get("keys", [])
+    if not isinstance(rows, list):
+        raise DaemonResponseError(f"{where}: keys is not a list")
+    for index, row in enumerate(rows):
+        _check(f"{where}: keys[{index}]", row, _ROW_FIELDS)
+        for number, outcome in enumerate(row["last_outcomes"]):
+            _check(f"{where}: keys[{index}].last_outcomes[{number}]", outcome, _OUTCOME_FIELDS)
+    return [_printable(row) for row in rows]
 
 
 def exit_code(status: int) -> int:
@@ -108,8 +208,10 @@ def _follow(
     give_up = None if timeout is None else time.monotonic() + timeout
     row: Mapping[str, Any] = {}
     while _pause(POLL_S if poll_s is None else poll_s, give_up):
-        _code, listing = request(url, "GET", "/v1/status")
-        row = next((r for r in listing.get("keys", []) if r.get("key") == ref), {})
+        code, listing = request(url, "GET", "/v1/status")
+        if exit_code(code) != 0:
+            return 1, f"{ref}: the daemon answered {code} to a status poll: {said(listing)}"
+        row = next((r for r in status_rows(listing, url) if r["key"] == ref), {})
         if not row:
             return 1, f"{ref}: not visible in the daemon's status (no read capability?)"
         if row["state"].startswith("stalled"):
@@ -133,8 +235,18 @@ def _pause(seconds: float, give_up: float | None) -> bool:
     return True
 
 
+def said(answer: Mapping[str, Any]) -> str:
+    """The ``error`` text of an answer, one line, cut short."""
+    return redact_text(str(answer.get("error", ""))[:200]).replace("\n", " ")
+
+
 def _settled(ref: str, row: Mapping[str, Any], rotation_id: object) -> tuple[int, str]:
     """The key is idle again: 0 only if our rotation's recorded outcome is a success."""
-    outcomes = [o for o in row.get("last_outcomes", []) if o.get("rotation_id") == rotation_id]
-    outcome = outcomes[-1]["outcome"] if outcomes else "unknown"
+    listed = row.get("last_outcomes", [])
+    outcomes = [
+        o
+        for o in (listed if isinstance(listed, list) else [])
+        if isinstance(o, dict) and o.get("rotation_id") == rotation_id
+    ]
+    outcome = str(outcomes[-1].get("outcome", "unknown")) if outcomes else "unknown"
     return (0 if outcome in (*reasons.SUCCESSES, reasons.ABORTED) else 1), f"{ref}: {outcome}"

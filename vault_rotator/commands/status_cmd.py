@@ -12,7 +12,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from vault_rotator.commands.common import add_config_argument, load
-from vault_rotator.commands.remote import add_daemon_argument, daemon_url, exit_code, request
+from vault_rotator.commands.remote import (
+    add_daemon_argument,
+    daemon_url,
+    exit_code,
+    request,
+    said,
+    status_rows,
+)
 from vault_rotator.daemon.due import next_due
 from vault_rotator.engine.session import StateStore
 from vault_rotator.engine.status import key_status
@@ -101,9 +108,9 @@ def run(args: argparse.Namespace) -> int:
     if (url := daemon_url(args)) is not None:
         code, answer = request(url, "GET", "/v1/status")
         if exit_code(code) != 0:
-            print(f"daemon answered {code}: {answer.get('error', '')}")
+            print(f"daemon answered {code}: {said(answer)}")
             return exit_code(code)
-        rows = answer.get("keys", [])
+        rows = status_rows(answer, url)
         print(json.dumps({"keys": rows}, indent=2, sort_keys=True) if args.json else table(rows))
         return 1 if any(row["state"].startswith("stalled") for row in rows) else 0
     policies = load(args)

@@ -1,0 +1,152 @@
+"""The CLI against a hostile or broken ``--daemon``: one line, the documented exit, no traceback."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from vault_rotator import cli
+from vault_rotator.commands import remote
+
+CONFIG = str(Path(__file__).resolve().parent.parent / "config")
+Answer = Callable[[str, str], tuple[int, bytes]]  # (method, path) -> (status, body)
+
+
+@pytest.fixture
+def fake_daemon(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Answer], str]]:
+    """Serve whatever a test says on loopback; VAULT_TOKEN set; --wait polls quickly."""
+    monkeypatch.setenv("VAULT_TOKEN", "hvs.test-token-for-the-fake-daemon")
+    monkeypatch.setattr(remote, "POLL_S", 0.01)
+    servers: list[ThreadingHTTPServer] = []
+
+    def start(answer: Answer) -> str:
+        class Handler(BaseHTTPRequestHandler):
+            def _reply(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                status, body = answer(self.command, self.path)
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = _reply
+
+            def log_message(self, *_args: object) -> None:
+                return None
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_port}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def _one_line_error(err: str) -> str:
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("vault-rotator:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "ftp://127.0.0.1:9", "http://", "127.0.0.1:9"])
+def test_a_malformed_daemon_url_is_a_usage_error(
+    url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--daemon` that is not an http(s) URL exits 2 with one line naming it."""
+    monkeypatch.setenv("VAULT_TOKEN", "hvs.test-token-for-the-fake-daemon")
+    assert cli.main(["status", "--daemon", url, "--config", CONFIG]) == 2
+    assert "--daemon" in _one_line_error(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[1, 2]",
+        b"null",
+        b'"text"',
+        b'{"keys": [1, 2]}',
+        b'{"keys": {"a": 1}}',
+        b'{"keys": [{"key": "dev/demo-app"}]}',
+        b'{"keys": [{"key": "dev/demo-app", "state": "idle", "last_outcomes": [7]}]}',
+        b"[" * 50_000 + b"]" * 50_000,
+        b"not json at all",
+    ],
+)
+def test_status_from_a_daemon_answering_garbage_is_one_line(
+    fake_daemon: Callable[[Answer], str], body: bytes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`status --daemon` given a non-object, a wrong shape or deep nesting exits 1 in one line."""
+    url = fake_daemon(lambda _m, _p: (200, body))
+    assert cli.main(["status", "--daemon", url, "--config", CONFIG]) == 1
+    assert url in _one_line_error(capsys.readouterr().err)
+
+
+def test_rotate_wait_against_a_daemon_answering_an_array_is_one_line(
+    fake_daemon: Callable[[Answer], str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`rotate --wait --daemon` whose daemon answers `[1,2]` exits 1 with one line."""
+    url = fake_daemon(lambda _m, _p: (202, b"[1, 2]"))
+    args = ["rotate", "dev/demo-app", "--wait", "--daemon", url, "--config", CONFIG]
+    assert cli.main(args) == 1
+    assert "JSON list, not an object" in _one_line_error(capsys.readouterr().err)
+
+
+def test_rotate_wait_whose_status_polls_are_refused_says_so(
+    fake_daemon: Callable[[Answer], str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 401 on the status poll is reported as such, not as "not visible in the status"."""
+
+    def answer(method: str, _path: str) -> tuple[int, bytes]:
+        if method == "POST":
+            return 202, b'{"rotation_id": "r1", "state": "creating"}'
+        return 401, b'{"error": "token expired"}'
+
+    url = fake_daemon(answer)
+    args = ["rotate", "dev/demo-app", "--wait", "--daemon", url, "--config", CONFIG]
+    assert cli.main(args) == 1
+    out = capsys.readouterr().out
+    assert "answered 401 to a status poll: token expired" in out
+
+
+def test_a_huge_daemon_answer_is_cut_off(
+    fake_daemon: Callable[[Answer], str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An answer over the size limit is an error, not read into memory whole."""
+    monkeypatch.setattr(remote, "MAX_ANSWER_BYTES", 1000)
+    url = fake_daemon(lambda _m, _p: (200, json.dumps({"keys": [], "pad": "x" * 5000}).encode()))
+    assert cli.main(["status", "--daemon", url, "--config", CONFIG]) == 1
+    assert "larger than 1000 bytes" in _one_line_error(capsys.readouterr().err)
+
+
+def test_control_characters_from_a_daemon_never_reach_the_terminal(
+    fake_daemon: Callable[[Answer], str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A row whose strings hold terminal escapes is printed with them escaped."""
+    row = {
+        "key": "dev/demo-app\x1b[2J",
+        "state": "idle",
+        "in_policy": True,
+        "current_key_id": "key_\x07x",
+        "age_s": None,
+        "next_due_at": None,
+        "last_outcomes": [],
+    }
+    url = fake_daemon(lambda _m, _p: (200, json.dumps({"keys": [row]}).encode()))
+    assert cli.main(["status", "--daemon", url, "--config", CONFIG]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out
+    assert "\x07" not in out
+    assert "dev/demo-app\\x1b[2J" in out
