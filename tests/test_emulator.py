@@ -13,6 +13,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -685,6 +686,22 @@ def test_latency_fault_outlasts_a_client_timeout(
         http.get("/api/v1/keys")
     emu.clear_faults()
     assert http.get("/api/v1/keys").status_code == 200
+
+
+def test_trickle_fault_dribbles_the_headers_past_every_read_timeout(
+    make_emulator: Factory, client: ClientFactory
+) -> None:
+    """trickle sends the head a byte at a time: no read timeout fires, the whole takes long."""
+    emu = make_emulator(dialect="a")
+    emu.set_fault("list", trickle=0.01, count=1)
+    http = client(emu, timeout=0.5)
+    started = time.monotonic()
+    answer = http.get("/api/v1/keys")
+    assert answer.status_code == 200
+    assert answer.json() == {"data": []}
+    assert time.monotonic() - started > 0.5  # some 90 bytes of head, 10 ms apart
+    with pytest.raises(ValueError, match="trickle"):
+        emu.set_fault("list", trickle=-1)
 
 
 def test_error_rate_is_random_but_reproducible_with_a_seed(make_emulator: Factory) -> None:

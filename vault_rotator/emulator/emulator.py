@@ -153,6 +153,7 @@ class Emulator:
         latency: float = 0.0,
         drop_after_commit: bool = False,
         garbage: str | None = None,
+        trickle: float = 0.0,
     ) -> None:
         """Add a fault on ``route`` (see :mod:`vault_rotator.emulator.faults`)."""
         fault = Fault(
@@ -165,6 +166,7 @@ class Emulator:
             latency=latency,
             drop_after_commit=drop_after_commit,
             garbage=garbage,
+            trickle=trickle,
         )
         self._faults.add(fault)
 

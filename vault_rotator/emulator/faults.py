@@ -15,6 +15,9 @@ When a fault fires, ``latency`` seconds pass first. Then:
 - ``garbage``: the request is processed, then its answer is replaced: ``json`` truncates the
   body, ``types`` keeps the JSON but gives every field the wrong type, ``huge`` pads it to
   5 MiB, ``html`` answers 200 ``text/html``.
+- ``trickle`` (seconds): the answer's status line and headers are sent one byte at a time,
+  this long apart (a proxy or server dribbling its headers; a read timeout never fires). It
+  goes with any of the above, or alone (the request is processed normally).
 - none of those (``latency`` only): the request is processed normally, late.
 """
 
@@ -59,6 +62,7 @@ class Fault:
     latency: float = 0.0
     drop_after_commit: bool = False
     garbage: str | None = None
+    trickle: float = 0.0
 
     def __post_init__(self) -> None:
         problem = self._problem()
@@ -76,8 +80,8 @@ class Fault:
             return "error_rate must be between 0 and 1"
         if self.count is not None and not (isinstance(self.count, int) and self.count >= 1):
             return "count must be a positive integer or None"
-        if not all(_number(v) for v in (self.latency, self.retry_after or 0)):
-            return "latency and retry_after must be non-negative numbers"
+        if not all(_number(v) for v in (self.latency, self.retry_after or 0, self.trickle)):
+            return "latency, retry_after and trickle must be non-negative numbers"
         if not _number(self.rate_limit_reset or 0):
             return "rate_limit_reset must be a non-negative number of seconds"
         if self.garbage not in (None, *GARBAGE):
@@ -87,8 +91,8 @@ class Fault:
         effects = (self.status is not None, bool(self.drop_after_commit), self.garbage is not None)
         if sum(effects) > 1:
             return "choose one of status, drop_after_commit and garbage"
-        if sum(effects) == 0 and not self.latency:
-            return "a fault needs a status, latency, drop_after_commit or garbage"
+        if sum(effects) == 0 and not (self.latency or self.trickle):
+            return "a fault needs a status, latency, trickle, drop_after_commit or garbage"
         return None
 
     def answer(self, now: float) -> Response:
@@ -104,14 +108,17 @@ class Fault:
             headers["X-RateLimit-Limit"] = str(RATE_LIMIT_RPM)
             headers["X-RateLimit-Remaining"] = "0"
             headers["X-RateLimit-Reset"] = str(math.ceil(now + reset_in))
-        return error_response(self.status, "injected fault", headers=headers)
+        response = error_response(self.status, "injected fault", headers=headers)
+        response.trickle = self.trickle
+        return response
 
     def distort(self, response: Response) -> Response:
-        """Apply ``drop_after_commit`` or ``garbage`` to the real answer."""
+        """Apply ``drop_after_commit``, ``garbage`` and ``trickle`` to the real answer."""
         if self.drop_after_commit:
             response.drop = True
         if self.garbage is not None:
-            return _GARBLERS[self.garbage](response)
+            response = _GARBLERS[self.garbage](response)
+        response.trickle = self.trickle
         return response
 
 

@@ -5,15 +5,19 @@ never waits on an idle client, and leaves no socket or thread behind.
 
 Decisions: a body over 1 MiB is a 413 (up to 8 MiB is read and discarded first so the client
 sees the answer; beyond that the connection is closed); ``Transfer-Encoding`` bodies are
-refused with 411; an idle connection is closed after 30 s.
+refused with 411; an idle connection is closed after 30 s; the listen backlog is
+:data:`LISTEN_BACKLOG` (the standard library's 5 reset clients in a burst of 200; the kernel
+caps it at ``net.core.somaxconn``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
@@ -26,6 +30,7 @@ App = Callable[[Request], Response]
 MAX_BODY = 1024 * 1024
 _DRAIN_LIMIT = 8 * 1024 * 1024
 _CHUNK = 64 * 1024
+LISTEN_BACKLOG = 1024
 
 log = structlog.get_logger("vault_rotator.emulator")
 
@@ -101,7 +106,14 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Type", response.content_type)
         if response.status not in (204, 304):
             self.send_header("Content-Length", str(len(response.body)))
-        self.end_headers()
+        if response.trickle:
+            real, self.wfile = self.wfile, _Trickle(self.wfile, response.trickle)
+            try:
+                self.end_headers()
+            finally:
+                self.wfile = real
+        else:
+            self.end_headers()
         if response.status not in (204, 304):
             self.wfile.write(response.body)
 
@@ -109,7 +121,28 @@ class _Handler(BaseHTTPRequestHandler):
         """Silent: the recorder counts requests and logs inference answers."""
 
 
+class _Trickle(io.BufferedIOBase):
+    """A writer that sends one byte at a time, ``pause`` seconds apart (the trickle fault)."""
+
+    def __init__(self, inner: io.BufferedIOBase, pause: float) -> None:
+        super().__init__()
+        self._inner = inner
+        self._pause = pause
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any, /) -> int:
+        chunk = bytes(data)
+        for byte in chunk:
+            self._inner.write(bytes((byte,)))
+            time.sleep(self._pause)
+        return len(chunk)
+
+
 class _Server(ThreadingHTTPServer):
+    request_queue_size = LISTEN_BACKLOG
+
     def __init__(self, address: tuple[str, int], app: App) -> None:
         self.app = app
         self._connections: set[socket.socket] = set()

@@ -95,6 +95,7 @@ class Response:
     content_type: str | None = "application/json"
     headers: dict[str, str] = field(default_factory=dict)
     drop: bool = False  # close the connection without answering
+    trickle: float = 0.0  # seconds between the bytes of the status line and headers
 
     def payload(self) -> object:
         """The JSON body (for transforms and direct calls); ``None`` when empty."""
