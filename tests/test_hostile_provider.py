@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import time
 import unicodedata
 from collections.abc import Iterator
 
-from world import assert_clean_end
+import pytest
+from world import MANAGEMENT_KEY, assert_clean_end
 
 from vault_rotator.engine import reasons
 from vault_rotator.engine.driver import drive
 from vault_rotator.engine.engine import Command, Verb
+from vault_rotator.errors import AmbiguousCreateError, ProviderRetryableError
+from vault_rotator.provider.arouter import ARouterClient
+from vault_rotator.provider.port import KeySpec
+from vault_rotator.secret import Secret
 
 FOREIGN_NAME = "someone\u0007elses key"
 
@@ -83,3 +89,36 @@ def test_short_rate_limits_on_create_retry_under_the_same_name(world_for) -> Non
     assert world.emulator.request_counts().get("create") == 11
     assert world.served()["key_name"].endswith(f"{progress.rotation_id}.1")
     assert_clean_end(world, old_id)
+
+
+# -- slow servers ----------------------------------------------------------------------------
+
+
+def test_trickled_headers_end_a_list_call_within_its_bound(make_emulator) -> None:
+    """Headers trickled a byte per 0.2 s (no read timeout fires) end within worst_case_seconds."""
+    emulator = make_emulator(dialect="c")
+    emulator.set_fault("list", trickle=0.2)
+    with ARouterClient(
+        emulator.base_url, Secret(MANAGEMENT_KEY), "c", timeout=1.0, max_attempts=1
+    ) as client:
+        started = time.monotonic()
+        with pytest.raises(ProviderRetryableError, match="no complete answer within 3s"):
+            client.list_keys()
+        elapsed = time.monotonic() - started
+        assert elapsed <= client.worst_case_seconds()
+
+
+def test_trickled_create_answer_is_ambiguous_within_its_bound(make_emulator) -> None:
+    """A create whose answer trickles is cut at the deadline and reported as maybe created."""
+    emulator = make_emulator(dialect="c")
+    emulator.set_fault("create", trickle=0.2)
+    with ARouterClient(
+        emulator.base_url, Secret(MANAGEMENT_KEY), "c", timeout=0.5, max_attempts=2, backoff_max=0.5
+    ) as client:
+        started = time.monotonic()
+        with pytest.raises(AmbiguousCreateError) as info:
+            client.create_key(KeySpec("trickled", allowed_providers=("openai",)))
+        elapsed = time.monotonic() - started
+        assert elapsed <= client.worst_case_seconds()
+    assert info.value.key_name == "trickled"
+    assert emulator.request_counts().get("create") == 1  # sent once, never blindly again

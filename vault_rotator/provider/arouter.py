@@ -35,11 +35,13 @@ Behaviour, including decisions where the spec is silent:
   response error): the key probably exists and its value is lost.
 - **Bounds**: bodies are streamed and cut at ``max_response_bytes`` (an oversized 2xx is a
   ProviderResponseError; an oversized error body is truncated, its status still counts). Each
-  attempt has a deadline of ``3 x timeout`` checked after every chunk, so one attempt lasts at
-  most about ``4 x timeout`` (connect, write, first byte, last chunk), provided headers do not
-  trickle in (httpx has no total timeout for those). :meth:`worst_case_seconds` is that, times
-  ``max_attempts``, plus the waits; it bounds **one HTTP request**: auto-detection adds up to two
-  requests before the first call, and ``list_keys`` pays it once per page.
+  attempt has a hard deadline of ``3 x timeout``: httpx only bounds each socket operation, so
+  a :class:`~vault_rotator.provider.deadline.Watchdog` shuts the connection down then (a
+  server trickling its headers a byte at a time is cut off), and the deadline is also checked
+  after every body chunk. One attempt thus lasts at most ``3 x timeout`` plus name resolution;
+  :meth:`worst_case_seconds` counts ``4 x timeout`` per attempt (the rest is slack for that),
+  times ``max_attempts``, plus the waits. It bounds **one HTTP request**: auto-detection adds
+  up to two requests before the first call, and ``list_keys`` pays it once per page.
 - **404**: ``delete_key`` returns False ("already gone"); after an internally retried delete,
   False may mean an earlier attempt of the same call deleted it. Elsewhere 404 is
   KeyNotFoundError, except on a list, where it means "no key API at this path".
@@ -77,6 +79,7 @@ from vault_rotator.errors import (
 )
 from vault_rotator.provider import dialects as d
 from vault_rotator.provider import paging
+from vault_rotator.provider.deadline import Watchdog
 from vault_rotator.provider.port import CreatedKey, Dialect, KeyRecord, KeySpec
 from vault_rotator.provider.retry import (
     Backoff,
@@ -92,8 +95,8 @@ from vault_rotator.secret import Secret
 log = structlog.get_logger(__name__)
 
 DEFAULT_MAX_RESPONSE_BYTES = 4 * 1024 * 1024
-ATTEMPT_DEADLINE_TIMEOUTS = 3  # an attempt is abandoned 3 x timeout after it started
-ATTEMPT_WORST_TIMEOUTS = 4  # ... and so lasts at most 4 x timeout (one more chunk read)
+ATTEMPT_DEADLINE_TIMEOUTS = 3  # an attempt is cut off 3 x timeout after it started
+ATTEMPT_WORST_TIMEOUTS = 4  # ... and budgeted at 4 x timeout (slack for DNS and wake-ups)
 USER_AGENT = "vault-rotator/0.1"
 
 
@@ -169,18 +172,31 @@ class _Http:
         """Send one request, read at most ``max_bytes`` of the answer before the deadline."""
         endpoint = f"{method} {path}"
         headers = {"Authorization": f"Bearer {auth.reveal()}"}
-        request = self._client.build_request(
-            method, path, params=params, json=body, headers=headers
-        )
-        deadline = self._monotonic() + ATTEMPT_DEADLINE_TIMEOUTS * self.timeout
-        try:
-            response = self._client.send(request, stream=True)
+        limit = ATTEMPT_DEADLINE_TIMEOUTS * self.timeout
+        with Watchdog(limit) as watchdog:
+            request = self._client.build_request(
+                method,
+                path,
+                params=params,
+                json=body,
+                headers=headers,
+                extensions={"trace": watchdog.trace},
+            )
+            deadline = self._monotonic() + limit
             try:
-                payload, complete = self._read(response, deadline, endpoint)
-            finally:
-                response.close()
-        except httpx.HTTPError as exc:
-            raise _translate(exc, endpoint, (auth, *secrets)) from exc
+                response = self._client.send(request, stream=True)
+                try:
+                    payload, complete = self._read(response, deadline, endpoint)
+                finally:
+                    response.close()
+            except httpx.HTTPError as exc:
+                if watchdog.fired:
+                    raise ProviderRetryableError(
+                        f"{endpoint}: no complete answer within {limit:g}s (the server sends "
+                        "too slowly)",
+                        endpoint=endpoint,
+                    ) from exc
+                raise _translate(exc, endpoint, (auth, *secrets)) from exc
         return _Answer(response.status_code, response.headers, payload, complete)
 
     def _read(self, response: httpx.Response, deadline: float, endpoint: str) -> tuple[bytes, bool]:
