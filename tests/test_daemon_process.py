@@ -50,7 +50,7 @@ def token_with(vault: VaultServer, name: str, rules: str) -> str:
 def test_daemon_process_resumes_serves_and_stops_cleanly(
     vault: VaultServer, live_env: LiveEnv
 ) -> None:
-    """Resume on start, /healthz /readyz /metrics, 401/403/202 control, SIGTERM exit 0 < 10 s."""
+    """Resume on start, health, metrics, 401/403/202/400 control, no traceback, SIGTERM < 10 s."""
     env, config, store = live_env.env, str(live_env.config), live_env.store
     started = cli(vault, "rotate", f"{env}/app", "--config", config)
     _out, err = started.communicate(timeout=60)
@@ -105,6 +105,15 @@ def test_daemon_process_resumes_serves_and_stops_cleanly(
             assert accepted.json()["rotation_id"]
             assert reader not in accepted.text
             assert operator not in accepted.text
+            as_operator = {"Authorization": f"Bearer {operator}"}
+            nested = http.post(route, content=b"[" * 30_000, headers=as_operator)
+            assert nested.status_code == 400
+            assert "JSON" in nested.json()["error"]
+            ghost = http.post(
+                f"/v1/rotate/{env}/ghost", headers={"Authorization": f"Bearer {reader}"}
+            )
+            assert ghost.status_code == denied.status_code
+            assert ghost.text.replace("ghost", "app") == denied.text
         remote = cli(vault, "status", "--json", "--daemon", base, token=operator)
         out, err = remote.communicate(timeout=30)
         assert remote.returncode in (0, 1), err  # 1 only if the new rotation stalled
@@ -129,6 +138,7 @@ def test_daemon_process_resumes_serves_and_stops_cleanly(
     assert all(status == 200 for status in live_env.statuses)
     for secret in ("lr_live_", MANAGEMENT_KEY, vault.token):
         assert secret not in out + err
+    assert "Traceback" not in err
 
 
 def _get(http: httpx.Client, path: str) -> int:

@@ -16,13 +16,27 @@ Routes (one per CLI verb)::
     POST /v1/freeze/{env}[/{name}]   {"reason": "..."}                             (optional)
     POST /v1/unfreeze/{env}[/{name}]
     GET  /v1/status
+
+``rotate``, ``resume`` and ``abort`` take ``emergency`` and ``revoke_old_now`` (booleans; the
+CLI sends both); ``finish`` only ``keep_old``; ``freeze`` only ``reason`` (a string);
+``unfreeze`` and ``status`` nothing. An unknown field or a wrong type is a 400 naming it.
+
+Checks run in this order, so that no answer tells a caller more than it may know: no or a
+malformed token 401; a token Vault refuses 401; no such route 404 (a known route with another
+method 405); a bad body 400; no ``update`` on the control path 403; then the target.
+
+**An unknown environment or key answers exactly the 403 a forbidden known key gets**: the
+message names only the requested ref, never a path, the known keys or a file. Only a caller
+holding ``update`` where that ref's control path would be (a root token; for an unknown
+environment, under any mount and state prefix of the policies) learns that it does not
+exist: 404 naming only the requested ref.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import structlog
@@ -39,21 +53,35 @@ from vault_rotator.errors import (
     StorePermissionError,
     VaultRotatorError,
 )
-from vault_rotator.policy import KeyPolicy
+from vault_rotator.policy import KeyPolicy, PolicySet
 from vault_rotator.secret import Secret
 
 log = structlog.get_logger(__name__)
 
 ROUTE = re.compile(
-    r"^/v1/(rotate|resume|finish|abort|freeze|unfreeze)/([a-z0-9-]+)(?:/([a-z0-9-]+))?$"
+    r"/v1/(rotate|resume|finish|abort|freeze|unfreeze)/([a-z0-9-]+)(?:/([a-z0-9-]+))?"
 )
+STATUS_PATH = "/v1/status"
 VERBS = {"rotate": Verb.ROTATE, "resume": Verb.RESUME, "abort": Verb.ABORT}
+_MODES: dict[str, type] = {"emergency": bool, "revoke_old_now": bool}
+FIELDS: dict[str, dict[str, type]] = {
+    "rotate": _MODES,
+    "resume": _MODES,
+    "abort": _MODES,
+    "finish": {"keep_old": bool},
+    "freeze": {"reason": str},
+    "unfreeze": {},
+    "status": {},
+}
+TOKEN = re.compile(r"[\x21-\x7e]{1,1024}")  # printable ASCII, as Vault's tokens are
+_SHOWN = 120  # characters of a caller's text echoed back at most
 
 
 @dataclass(frozen=True)
 class Answer:
     status: int
     body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 class CallerAuth(Protocol):
@@ -69,6 +97,37 @@ def control_path(mount: str, prefix: str, env: str, name: str | None) -> str:
     return f"{mount}/data/{prefix}/control/{tail}"
 
 
+def would_be_paths(policies: PolicySet, env: str, name: str | None) -> list[str]:
+    """Where the control path of ``env[/name]`` is, or would be if it existed.
+
+    A known environment has one (its mount and state prefix, whether or not the key exists);
+    an unknown one, the path under each distinct mount and state prefix of the policies.
+    """
+    environment = policies.environments.get(env)
+    if environment is not None:
+        vault = environment.vault
+        return [control_path(vault.kv_mount, vault.state_prefix, env, name)]
+    places = {(e.vault.kv_mount, e.vault.state_prefix) for e in policies.environments.values()}
+    return sorted(control_path(mount, prefix, env, name) for mount, prefix in places)
+
+
+def bad_body(verb: str, body: Mapping[str, Any]) -> str | None:
+    """What is wrong with a route's JSON object body, or None."""
+    allowed = FIELDS[verb]
+    for name, value in body.items():
+        kind = allowed.get(name)
+        if kind is None:
+            known = ", ".join(sorted(allowed)) or "none"
+            return f"unknown field {_short(name)} for {verb} (fields: {known})"
+        if not isinstance(value, kind):
+            return f"{name!r} must be {'true or false' if kind is bool else 'a string'}"
+    if body.get("revoke_old_now") is True and body.get("emergency") is not True:
+        return "revoke_old_now needs emergency"
+    if verb == "finish" and body.get("keep_old") is not True:
+        return 'finish needs {"keep_old": true}'
+    return None
+
+
 class Control:
     """Authorises and runs control-API requests against a daemon."""
 
@@ -77,37 +136,50 @@ class Control:
         self.auth = auth
 
     def handle(self, method: str, path: str, token: str | None, body: Mapping[str, Any]) -> Answer:
-        if not token:
-            return Answer(401, {"error": "a Vault token is required (Authorization: Bearer ...)"})
+        caller = self._caller(token)
+        if isinstance(caller, Answer):
+            return caller
+        route = _route(method, path)
+        if isinstance(route, Answer):
+            return route
+        problem = bad_body(route[0], body)
+        if problem is not None:
+            return Answer(400, {"error": problem})
+        return self._guarded(route, *caller, body)
+
+    def _caller(self, token: str | None) -> tuple[Secret, str] | Answer:
+        """The caller's token and its accessor, or the 401 (502 if Vault cannot tell)."""
+        if not token or not TOKEN.fullmatch(token):
+            return Answer(401, {"error": "a Vault token is needed in the Authorization header"})
         secret = Secret(token)
         try:
-            accessor = self.auth.accessor_of(secret)
+            return secret, self.auth.accessor_of(secret)
         except StorePermissionError:
             return Answer(401, {"error": "Vault does not accept this token"})
-        if method == "GET" and path == "/v1/status":
-            return self._status(secret)
-        match = ROUTE.match(path)
-        if method != "POST" or match is None:
-            return Answer(404, {"error": f"no route {method} {path}"})
-        return self._guarded(match, secret=secret, accessor=accessor, body=body)
+        except VaultRotatorError as exc:
+            return Answer(502, {"error": f"could not check the token: {exc}"})
 
     def _guarded(
-        self, match: re.Match[str], *, secret: Secret, accessor: str, body: Mapping[str, Any]
+        self,
+        route: tuple[str, str, str | None],
+        token: Secret,
+        accessor: str,
+        body: Mapping[str, Any],
     ) -> Answer:
-        verb, env, name = match.groups()
+        verb, env, name = route
         try:
-            return self._act(verb, env, name, token=secret, accessor=accessor, body=body)
-        except LeaseHeldError as exc:
+            if verb == "status":
+                return self._status(token)
+            return self._act(verb, env, name, token=token, accessor=accessor, body=body)
+        except (LeaseHeldError, EngineError) as exc:
             return Answer(409, {"error": str(exc)})
         except ConfigError as exc:
             return Answer(400, {"error": str(exc)})
-        except EngineError as exc:
-            return Answer(409, {"error": str(exc)})
         except VaultRotatorError as exc:
             return Answer(502, {"error": str(exc)})
 
     def _allowed(self, token: Secret, paths: list[str], capability: str) -> set[str]:
-        held = self.auth.capabilities_of(token, paths)
+        held = self.auth.capabilities_of(token, paths) if paths else {}
         return {p for p in paths if held.get(p, frozenset()) & {capability, "root"}}
 
     def _act(
@@ -120,42 +192,35 @@ class Control:
         accessor: str,
         body: Mapping[str, Any],
     ) -> Answer:
-        policy = self._target(env, name)
-        path = control_path(policy.vault.kv_mount, policy.vault.state_prefix, env, name)
-        if not self._allowed(token, [path], "update"):
+        ref = f"{env}/{name}" if name else env
+        if not self._allowed(token, would_be_paths(self.daemon.policies, env, name), "update"):
             log.warning("control denied", verb=verb, env=env, name=name, accessor=accessor)
-            return Answer(403, {"error": f"this token lacks update on {path}"})
+            return Answer(403, {"error": f"this token lacks update on the control path of {ref}"})
+        policy = self._target(env, name)
+        if policy is None:
+            log.info("control target unknown", verb=verb, env=env, name=name, accessor=accessor)
+            return Answer(404, {"error": f"no key or environment {ref} in the policies"})
         log.info("control action", verb=verb, env=env, name=name, accessor=accessor)
         if verb in ("freeze", "unfreeze"):
-            return self._freeze(verb, policy, f"{env}/{name}" if name else env, accessor, body)
+            return self._freeze(verb, policy, ref, accessor, body)
         if name is None:
             return Answer(404, {"error": f"{verb} needs /v1/{verb}/ENV/NAME"})
-        command = self._command(verb, body, accessor)
+        command = _command(verb, body, accessor)
         start = command.verb == Verb.ROTATE
         progress = self.daemon.engine.advance(policy, start=start, command=command)
         return Answer(202 if not progress.finished else 200, _progress(progress))
 
-    def _command(self, verb: str, body: Mapping[str, Any], accessor: str) -> Command:
-        by = f"token:{accessor}"
-        if verb == "finish":
-            if body.get("keep_old") is not True:
-                raise ConfigError('finish needs {"keep_old": true}')
-            return Command(Verb.FINISH_KEEP_OLD, trigger="api", by=by)
-        emergency = body.get("emergency") is True
-        revoke = body.get("revoke_old_now") is True
-        if revoke and not emergency:
-            raise ConfigError("revoke_old_now needs emergency")
-        return Command(
-            VERBS[verb], emergency=emergency, revoke_old_now=revoke, trigger="api", by=by
-        )
-
-    def _target(self, env: str, name: str | None) -> KeyPolicy:
+    def _target(self, env: str, name: str | None) -> KeyPolicy | None:
+        """The policy acted on, or None for an unknown environment or key."""
         policies = self.daemon.policies
         if name is not None:
-            return in_flight_policy(policies, f"{env}/{name}", self.daemon.runtime.kv)
+            try:
+                return in_flight_policy(policies, f"{env}/{name}", self.daemon.runtime.kv)
+            except ConfigError:  # its message names the known keys and the file: not for callers
+                return None
         environment = policies.environments.get(env)
         if environment is None or not environment.keys:
-            raise ConfigError(f"no environment {env!r} with keys in the policies")
+            return None
         return environment.keys[0]
 
     def _freeze(
@@ -182,6 +247,39 @@ class Control:
         rows = collect(policies, self.daemon.runtime, self.daemon.clock())
         visible = [r for r in rows if paths.get(r["key"]) in readable]
         return Answer(200, {"keys": visible})
+
+
+def _route(method: str, path: str) -> tuple[str, str, str | None] | Answer:
+    """(verb, env, name) of a control route, or the 404 / 405 answer."""
+    if path == STATUS_PATH:
+        if method != "GET":
+            return Answer(405, {"error": f"use GET for {STATUS_PATH}"}, {"Allow": "GET"})
+        return "status", "", None
+    match = ROUTE.fullmatch(path)
+    if match is None:
+        return Answer(404, {"error": f"no route {_short(path)}"})
+    if method != "POST":
+        return Answer(405, {"error": f"use POST for /v1/{match[1]}/..."}, {"Allow": "POST"})
+    verb, env, name = match.groups()
+    return verb, env, name
+
+
+def _command(verb: str, body: Mapping[str, Any], accessor: str) -> Command:
+    by = f"token:{accessor}"
+    if verb == "finish":
+        return Command(Verb.FINISH_KEEP_OLD, trigger="api", by=by)
+    return Command(
+        VERBS[verb],
+        emergency=body.get("emergency") is True,
+        revoke_old_now=body.get("revoke_old_now") is True,
+        trigger="api",
+        by=by,
+    )
+
+
+def _short(text: str) -> str:
+    """A caller's text, quoted and cut, for an error message."""
+    return repr(text if len(text) <= _SHOWN else text[:_SHOWN] + "...")
 
 
 def _progress(progress: Progress) -> dict[str, Any]:

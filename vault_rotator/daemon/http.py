@@ -6,17 +6,37 @@
 * ``GET /metrics``: Prometheus text format (prometheus-client).
 * ``/v1/...``: the control API (:mod:`.control`).
 
-Request bodies are limited to 64 KiB of JSON; answers are JSON (metrics aside).
+Every other answer, and every error, is JSON on one line: ``{"error": "..."}`` for errors.
+One request per connection (HTTP/1.0, ``Connection: close``). Limits, so that no client can
+hold the daemon or make it print a traceback:
+
+* listen backlog :data:`LISTEN_BACKLOG` (the kernel caps it at ``net.core.somaxconn``), and at
+  most :data:`MAX_CONNECTIONS` connections served at once: beyond, an immediate 503;
+* the request line, headers and body must all arrive within ``read_timeout`` (default
+  :data:`READ_TIMEOUT_S`) **in total**, however slowly they trickle in: else 408 and the
+  connection is closed; writing an answer is bounded by the same time;
+* request line and headers together at most :data:`MAX_HEAD` bytes (414 for the line alone,
+  else 431), and at most 100 header lines (the standard library's limit, 431);
+* a body is framed by one plain decimal ``Content-Length`` (``Transfer-Encoding`` 411,
+  anything else 400), at most :data:`MAX_BODY` bytes (413; up to :data:`DRAIN_LIMIT` is read
+  and discarded first so the client sees the answer), and must be a JSON object (400, deep
+  nesting included); a body shorter than announced is a 408 once the time is up.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import re
+import socket
+import socketserver
+import sys
 import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -27,6 +47,15 @@ from vault_rotator.logs import redact_text
 log = structlog.get_logger(__name__)
 
 MAX_BODY = 64 * 1024
+MAX_HEAD = 64 * 1024
+DRAIN_LIMIT = 1024 * 1024
+READ_TIMEOUT_S = 10.0
+LINGER_S = 2.0  # after answering, how long unread input is drained before closing
+LISTEN_BACKLOG = 1024
+MAX_CONNECTIONS = 256
+HEALTH_PATHS = ("/healthz", "/readyz", "/metrics")
+_DIGITS = re.compile(r"[0-9]{1,18}")
+_SHOWN = 200  # characters of a request line in an error message or a log line
 
 
 class Ready:
@@ -69,18 +98,21 @@ class Listener:
         control: Control,
         ready: Ready,
         metrics: Callable[[], bytes],
+        read_timeout: float = READ_TIMEOUT_S,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         handler = _handler(control, ready, metrics)
-        self.server = ThreadingHTTPServer((host, port), handler)
-        self.server.daemon_threads = True
+        self.server = _Server(
+            (host, port), handler, read_timeout=read_timeout, max_connections=max_connections
+        )
         self.thread = threading.Thread(
             target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
         )
 
     @property
     def address(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        host, port = str(self.server.server_address[0]), self.server.server_address[1]
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
     def start(self) -> None:
         self.thread.start()
@@ -91,64 +123,286 @@ class Listener:
         self.thread.join(timeout=5)
 
 
+class _ReadTimeout(Exception):
+    """The request did not arrive whole within the read timeout."""
+
+
+class _HeadTooLarge(Exception):
+    """The request line and headers went over MAX_HEAD bytes."""
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A socket's input bounded by a total deadline and, until ``budget`` is None, a byte count.
+
+    Every ``recv`` waits at most the time left, so a client trickling one byte at a time
+    cannot stretch the request past the deadline.
+    """
+
+    def __init__(self, sock: socket.socket, deadline: float, budget: int) -> None:
+        self._sock = sock
+        self.deadline = deadline
+        self.budget: int | None = budget
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise _ReadTimeout
+        view = memoryview(buffer).cast("B")
+        if self.budget is not None:
+            if self.budget <= 0:
+                raise _HeadTooLarge
+            view = view[: self.budget]
+        self._sock.settimeout(left)
+        try:
+            count = self._sock.recv_into(view)
+        except TimeoutError as exc:
+            raise _ReadTimeout from exc
+        if self.budget is not None:
+            self.budget -= count
+        return count
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = LISTEN_BACKLOG
+    daemon_threads = True
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        *,
+        read_timeout: float,
+        max_connections: int,
+    ) -> None:
+        self.read_timeout = read_timeout
+        self._slots = threading.BoundedSemaphore(max_connections)
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            _refuse_busy(request)
+            socketserver.TCPServer.shutdown_request(self, request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def shutdown_request(self, request: Any) -> None:
+        """Close after a lingering drain: unread input would turn our close into a reset
+        that can destroy the answer before the client reads it."""
+        with contextlib.suppress(OSError):
+            request.shutdown(socket.SHUT_WR)
+            _drain(request, time.monotonic() + min(LINGER_S, self.read_timeout), DRAIN_LIMIT)
+        self.close_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):  # the client went away: nothing to report
+            return
+        log.warning("http connection failed", error=type(error).__name__)
+
+
+def _drain(sock: socket.socket, deadline: float, limit: int) -> None:
+    while limit > 0:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        sock.settimeout(left)
+        chunk = sock.recv(min(limit, 64 * 1024))
+        if not chunk:
+            return
+        limit -= len(chunk)
+
+
+def _refuse_busy(request: socket.socket) -> None:
+    body = b'{"error": "too many connections; retry shortly"}'
+    head = (
+        "HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+    )
+    with contextlib.suppress(OSError):
+        request.settimeout(0.5)
+        request.sendall(head.encode() + body)
+
+
+def _parse_json(raw: bytes) -> dict[str, Any] | Answer:
+    if not raw.strip():
+        return {}
+    try:
+        value = json.loads(raw)
+    except RecursionError:
+        return Answer(400, {"error": "the body is not usable JSON: nested too deeply"})
+    except json.JSONDecodeError as exc:
+        return Answer(400, {"error": f"the body is not JSON: {exc.msg} at byte {exc.pos}"})
+    except ValueError:  # not UTF-8, an integer of thousands of digits
+        return Answer(400, {"error": "the body is not usable JSON (encoding or number size)"})
+    if not isinstance(value, dict):
+        return Answer(400, {"error": "the body must be a JSON object"})
+    return value
+
+
+def _bearer(header: str) -> str | None:
+    return header[7:].strip() if header.lower().startswith("bearer ") else None
+
+
 def _handler(
     control: Control, ready: Ready, metrics: Callable[[], bytes]
 ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "vault-rotator"
+        sys_version = ""
+        default_request_version = "HTTP/1.0"  # a two-word request line still gets headers
 
-        def log_message(self, format: str, *args: Any) -> None:
-            log.debug("http", request=self.requestline, status=args[1] if len(args) > 1 else "")
+        def setup(self) -> None:
+            super().setup()
+            self.rfile.close()  # replaced by a reader with a deadline
+            self._timeout = cast(_Server, self.server).read_timeout
+            self._reader = _DeadlineReader(
+                self.connection, time.monotonic() + self._timeout, MAX_HEAD
+            )
+            self.rfile = io.BufferedReader(self._reader)
+            self.requestline, self.request_version, self.command = "", "HTTP/1.0", ""
+            self._answered = False
 
-        def do_GET(self) -> None:
-            if self.path == "/healthz":
-                self._send(200, b"ok\n", "text/plain")
-            elif self.path == "/readyz":
-                problem = ready.problem()
-                body = b"ready\n" if problem is None else f"not ready: {problem}\n".encode()
-                self._send(200 if problem is None else 503, body, "text/plain")
-            elif self.path == "/metrics":
-                self._send(200, metrics(), CONTENT_TYPE_LATEST)
-            else:
-                self._control("GET", {})
-
-        def do_POST(self) -> None:
+        def handle(self) -> None:
+            self.close_connection = True
+            in_line = True
             try:
-                length = int(self.headers.get("Content-Length") or 0)
-            except ValueError:
-                length = -1
-            if length < 0 or length > MAX_BODY:
-                self._json(Answer(413, {"error": "request body too large or unreadable length"}))
+                self.raw_requestline = self.rfile.readline(MAX_HEAD + 1)
+                in_line = False
+                self._serve()
+            except _ReadTimeout:
+                self._fail(408, f"the request did not arrive within {self._timeout:g} s")
+            except _HeadTooLarge:
+                self._fail(414 if in_line else 431, f"request line and headers over {MAX_HEAD}")
+            except OSError:  # the client hung up or stopped reading: nobody to answer
                 return
-            raw = self.rfile.read(length) if length else b""
-            try:
-                body = json.loads(raw) if raw.strip() else {}
-            except ValueError:
-                body = None
-            if not isinstance(body, dict):
-                self._json(Answer(400, {"error": "the body must be a JSON object"}))
-                return
-            self._control("POST", body)
+            except Exception as exc:
+                log.warning("http request failed", error=redact_text(f"{type(exc).__name__}"))
+                self._fail(500, "internal error")
 
-        def _control(self, method: str, body: dict[str, Any]) -> None:
-            auth = self.headers.get("Authorization", "")
-            token = auth[7:].strip() if auth.lower().startswith("bearer ") else None
+        def _serve(self) -> None:
+            if not self.raw_requestline:
+                return  # connected, sent nothing, hung up
+            if not self.parse_request():
+                self._fail(400, "empty request line")  # unless parse_request answered
+                return
+            self._reader.budget = None
+            body = self._body()
+            if body is None:
+                return
+            if self.path in HEALTH_PATHS:
+                self._health()
+                return
+            parsed = _parse_json(body)
+            if isinstance(parsed, Answer):
+                self._json(parsed)
+                return
+            token = _bearer(str(self.headers.get("Authorization") or ""))
             try:
-                answer = control.handle(method, self.path, token, body)
+                answer = control.handle(self.command, self.path, token, parsed)
             except Exception as exc:
                 log.warning("control request failed", error=redact_text(str(exc)))
                 answer = Answer(500, {"error": "internal error"})
             self._json(answer)
 
+        def _body(self) -> bytes | None:
+            """The request body, or None once a 4xx has answered a bad framing."""
+            if self.headers.get("Transfer-Encoding") is not None:
+                self._fail(411, "send a Content-Length, not Transfer-Encoding")
+                return None
+            lengths = {str(v).strip() for v in self.headers.get_all("Content-Length") or []}
+            if len(lengths) > 1:
+                self._fail(400, "conflicting Content-Length headers")
+                return None
+            text = lengths.pop() if lengths else "0"
+            if not text.isascii() or not text.isdigit():
+                self._fail(400, "Content-Length is not a number of bytes")
+                return None
+            length = int(text) if _DIGITS.fullmatch(text) else DRAIN_LIMIT + 1
+            if length > MAX_BODY:
+                if length <= DRAIN_LIMIT:
+                    self._discard(length)
+                self._fail(413, f"the body is over {MAX_BODY} bytes")
+                return None
+            body = self.rfile.read(length)
+            if len(body) < length:
+                self._fail(400, "the body ended before its Content-Length")
+                return None
+            return body
+
+        def _discard(self, length: int) -> None:
+            while length > 0:
+                chunk = self.rfile.read(min(length, 64 * 1024))
+                if not chunk:
+                    return
+                length -= len(chunk)
+
+        def _health(self) -> None:
+            if self.command not in ("GET", "HEAD"):
+                self._json(Answer(405, {"error": f"use GET for {self.path}"}, {"Allow": "GET"}))
+            elif self.path == "/healthz":
+                self._send(200, b"ok\n", "text/plain")
+            elif self.path == "/readyz":
+                problem = ready.problem()
+                body = b"ready\n" if problem is None else f"not ready: {problem}\n".encode()
+                self._send(200 if problem is None else 503, body, "text/plain")
+            else:
+                self._send(200, metrics(), CONTENT_TYPE_LATEST)
+
+        def send_error(
+            self, code: int, message: str | None = None, explain: str | None = None
+        ) -> None:
+            """The standard library's own refusals (bad request line, too many headers), as JSON."""
+            text = message or self.responses.get(code, ("error",))[0]
+            self._fail(code, text)
+
+        def _fail(self, status: int, message: str) -> None:
+            if self._answered:
+                return
+            if len(message) > _SHOWN:
+                message = message[:_SHOWN] + "..."
+            with contextlib.suppress(OSError):
+                self._json(Answer(status, {"error": message}))
+
         def _json(self, answer: Answer) -> None:
             payload = redact_text(json.dumps(answer.body, sort_keys=True)).encode()
-            self._send(answer.status, payload, "application/json")
+            self._send(answer.status, payload, "application/json", answer.headers)
 
-        def _send(self, status: int, body: bytes, content_type: str) -> None:
+        def _send(
+            self,
+            status: int,
+            body: bytes,
+            content_type: str,
+            headers: dict[str, str] | None = None,
+        ) -> None:
+            self._answered = True
+            self.connection.settimeout(self._timeout)
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
+            self.send_header("Connection", "close")
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.end_headers()
-            self.wfile.write(body)
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            status = args[1] if len(args) > 1 else ""
+            log.debug("http", request=self.requestline[:_SHOWN], status=status)
 
     return Handler
