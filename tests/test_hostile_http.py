@@ -427,3 +427,24 @@ def test_a_token_allowed_on_an_unknown_keys_path_gets_a_404(served: Served) -> N
     assert f"{d1}/ghost" in assert_clean_error(answer, 404)
     other = request(served.address, "POST", f"/v1/rotate/{d1}/app", token=token)
     assert_clean_error(other, 403)
+
+
+def test_connections_beyond_the_limit_get_an_immediate_503(served: Served) -> None:
+    """With every connection slot held by a silent client, the next one gets a JSON 503 at once."""
+    listener = served.listen(read_timeout=3.0, max_connections=2)
+    address = listener_address(listener)
+    idle = [socket.create_connection(address, timeout=5) for _ in range(2)]
+    try:
+        time.sleep(0.3)  # both accepted and holding a slot
+        began = time.monotonic()
+        answer = request(address, "GET", "/healthz", timeout=5)
+        assert time.monotonic() - began < 1.0
+        assert_clean_error(answer, 503)
+        assert answer.headers["Retry-After"] == "1"
+    finally:
+        for sock in idle:
+            sock.close()
+    deadline = time.monotonic() + 5
+    while request(address, "GET", "/healthz").status != 200:  # slots come back
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
