@@ -36,6 +36,10 @@ VERBS: dict[str, tuple[str, str]] = {
     ),
     "freeze": ("vault_rotator.commands.freeze_cmd", "stop new rotations of ENV or ENV/NAME"),
     "unfreeze": ("vault_rotator.commands.freeze_cmd", "allow new rotations of ENV or ENV/NAME"),
+    "vault-policy": (
+        "vault_rotator.commands.vault_policy_cmd",
+        "print the Vault policy (HCL) of the rotator or of one key's consumer",
+    ),
     "emulator": ("vault_rotator.emulator.cli", "run the ARouter emulator (for tests and demos)"),
 }
 
