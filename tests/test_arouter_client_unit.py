@@ -472,41 +472,85 @@ def test_endless_server_hits_page_cap(server: FakeServer, make: Callable[..., AR
 @pytest.mark.parametrize(
     ("record", "needle"),
     [
-        (rec_a(1, name=7), "key a0001: name: expected a string, got number"),
-        (rec_a(1, hash=12), "data[0]: hash: expected a string"),
-        (rec_a(1, hash="../admin"), "hash: not an id"),
+        (rec_a(1, name=7), "name: expected a string, got number"),
         (rec_a(1, limit=-5), "limit: out of range"),
         (rec_a(1, limit=True), "limit: expected a number, got boolean"),
         (rec_a(1, usage={"cost": 1}), "usage: expected a number, got object"),
         (rec_a(1, name="x" * 2000), "name: longer than 1024"),
-        (rec_a(1, name="evil\nINFO forged"), "name: contains control characters"),
+        (rec_a(1, label="evil\nINFO forged"), "label: contains control characters"),
         (rec_a(1, allowed_providers="openai"), "allowed_providers: expected an array"),
         (rec_a(1, allowed_models=[1]), "allowed_models[0]"),
         (rec_a(1, created_at="yesterday"), "created_at: not an ISO-8601"),
         (rec_a(1, disabled="no"), "disabled: expected a boolean"),
         (rec_a(1, limit_reset="every full moon"), "limit_reset"),
-        ("not-an-object", "data[0]: expected an object"),
     ],
 )
-def test_wrong_field_types_are_named(
+def test_a_bad_field_leaves_the_record_incomplete_naming_it(
     server: FakeServer, make: Callable[..., ARouterClient], record: object, needle: str
 ) -> None:
-    """A bad field fails the listing with a message naming endpoint, record and field."""
+    """A bad field never fails the listing: the record is listed by id alone, the field named."""
     server.on("GET", "/api/v1/keys", reply(payload={"data": [rec_a(0), record]}))
-    if needle.startswith("data[0]"):
-        server.on("GET", "/api/v1/keys", reply(payload={"data": [record]}))
-    with pytest.raises(ProviderResponseError) as info:
+    with structlog.testing.capture_logs() as logs:
+        listed = {key.id: key for key in make("a").list_keys()}
+    assert listed["a0000"].problem is None
+    odd = listed["a0001"]
+    assert odd.problem is not None
+    assert needle in odd.problem
+    assert (odd.usage_cost, odd.spending_limit, odd.allowed_providers) == (None, None, None)
+    warned = [line for line in logs if line["event"] == "arouter.record_incomplete"]
+    assert [line["key_id"] for line in warned] == ["a0001"]
+
+
+@pytest.mark.parametrize(
+    ("record", "needle"),
+    [
+        (rec_a(1, hash=12), "data[1]: hash: expected a string"),
+        (rec_a(1, hash="../admin"), "hash: not an id"),
+        ("not-an-object", "data[1]: expected an object"),
+    ],
+)
+def test_an_item_without_a_usable_id_is_skipped(
+    server: FakeServer, make: Callable[..., ARouterClient], record: object, needle: str
+) -> None:
+    """An item that cannot be addressed is left out with a warning; the other keys are listed."""
+    server.on("GET", "/api/v1/keys", reply(payload={"data": [rec_a(0), record]}))
+    with structlog.testing.capture_logs() as logs:
+        assert [key.id for key in make("a").list_keys()] == ["a0000"]
+    warned = [line for line in logs if line["event"] == "arouter.record_skipped"]
+    assert len(warned) == 1
+    assert needle in warned[0]["problem"]
+
+
+def test_a_listing_mostly_without_ids_is_garbage(
+    server: FakeServer, make: Callable[..., ARouterClient]
+) -> None:
+    """Items without a usable id outnumbering the keys fail the listing: nothing is concluded."""
+    junk = [rec_a(1, hash=None, id=None), "x"]
+    server.on("GET", "/api/v1/keys", reply(payload={"data": [rec_a(0), *junk]}))
+    with pytest.raises(ProviderResponseError, match="2 listed items have no usable id"):
         make("a").list_keys()
-    assert str(info.value).startswith("GET /api/v1/keys: ")
-    assert needle in str(info.value)
+
+
+def test_a_name_is_data_kept_exact_and_shown_escaped(
+    server: FakeServer, make: Callable[..., ARouterClient]
+) -> None:
+    """A name with a newline or a bidi override is kept as listed and displayed escaped."""
+    name = "evil\nINFO forged \u202e"
+    server.on("GET", "/api/v1/keys", reply(payload={"data": [rec_a(1, name=name)]}))
+    [key] = make("a").list_keys()
+    assert key.problem is None
+    assert key.name == name
+    assert key.display_name == "evil\\nINFO forged \\u202e"
 
 
 def test_b_usage_tokens_checked(server: FakeServer, make: Callable[..., ARouterClient]) -> None:
-    """Nested usage fields are validated too (a negative token count is refused)."""
+    """Nested usage fields are validated too (a negative token count leaves the record odd)."""
     bad = rec_b(1, usage={"prompt_tokens": -1, "completion_tokens": 2, "cost": 0})
     server.on("GET", "/api/v1/keys", reply(payload={"data": [bad]}))
-    with pytest.raises(ProviderResponseError, match="usage: prompt_tokens: out of range"):
-        make("b").list_keys()
+    [key] = make("b").list_keys()
+    assert key.problem is not None
+    assert key.problem.startswith("usage: prompt_tokens: out of range")
+    assert key.usage_tokens is None
 
 
 @pytest.mark.parametrize(

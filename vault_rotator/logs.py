@@ -8,6 +8,9 @@ of an event, recursively (mapping keys and values, lists, tuples, sets, exceptio
 ``Bearer``. It is the last line of defence: code should log key ids and fingerprints in the
 first place.
 
+:func:`shown` escapes text someone else chose (a provider key's name, a server's message) for a
+log line or a table cell: no raw control or bidi character ever reaches a terminal or a log.
+
 :func:`canonical_rotation_line` emits the one canonical line per finished rotation
 (event ``rotation finished``): env, key, rotation id, trigger, who, outcome, step durations,
 old and new key ids.
@@ -56,6 +59,35 @@ def _mask(match: re.Match[str]) -> str:
 def redact_text(text: str) -> str:
     """Replace every key-shaped token in ``text`` by its fingerprint."""
     return SECRET_PATTERN.sub(_mask, text)
+
+
+DISPLAY_LIMIT = 120
+_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _escaped(char: str) -> str:
+    if char in _ESCAPES:
+        return _ESCAPES[char]
+    if char.isprintable():
+        return char
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def shown(text: str, limit: int = DISPLAY_LIMIT) -> str:
+    """``text`` safe for a log line or a table cell: escaped as ``repr`` would, and capped.
+
+    Every character Python does not print (controls, bidi and other format characters, line
+    and paragraph separators, unassigned code points) becomes ``\\xNN``/``\\uNNNN``/``\\UNNNNNNNN``
+    (tab, newline, carriage return ``\\t``, ``\\n``, ``\\r``), a backslash is doubled, and a
+    result longer than ``limit`` is cut with "…". Provider-chosen names are shown this way.
+    """
+    out = "".join(_escaped(char) for char in text[: limit + 1])
+    return out if len(out) <= limit and len(text) <= limit else out[: limit - 1] + "…"
 
 
 def redact_value(value: Any) -> Any:

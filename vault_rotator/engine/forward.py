@@ -1,4 +1,10 @@
-"""Steps 0-4: preflight and intent, create (value saved at once), verify, baseline, publish."""
+"""Steps 0-4: preflight and intent, create (value saved at once), verify, baseline, publish.
+
+A key the rotation depends on that the provider lists *unreadable* (``KeyRecord.problem``) is
+never taken as absent: an unreadable old key refuses the rotation before any side effect (its
+permissions and use cannot be judged); an unreadable new key at the baseline fails the rotation
+before publishing (the new key is deleted, the old one stays served), never a new create.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ from vault_rotator.errors import (
     StoreError,
     VaultRotatorError,
 )
+from vault_rotator.logs import shown
 from vault_rotator.provider.port import Dialect, KeyRecord, KeySpec
 from vault_rotator.secret import Secret, fingerprint
 
@@ -35,6 +42,12 @@ class ForwardSteps(PassBase):
             self.policy, self.kv, self.store, self.provider, now=self.clock(),
             capabilities_checked=True,
         )  # fmt: skip
+        if plan.old_key is not None and plan.old_key.problem is not None:
+            raise PreflightError(
+                f"{self.policy.ref}: the old key {plan.old_key.id} is listed with an unreadable "
+                f"record ({plan.old_key.problem}): its permissions and use cannot be judged; "
+                "rotate it once the provider lists it whole"
+            )
         old_id, missing = self._settle_old_key(plan)
         if emergency and plan.old.unknown:
             raise PreflightError(
@@ -193,14 +206,16 @@ class ForwardSteps(PassBase):
         try:
             created = self.provider.create_key(spec)
         except AmbiguousCreateError as exc:
-            self.log.warning("create answer lost; will create again", name=name, error=str(exc))
+            self.log.warning(
+                "create answer lost; will create again", name=shown(name), error=str(exc)
+            )
             return None
         except ProviderError:
             # Refused (4xx, 429) or never sent: nothing was created, so this attempt's name is
             # still free; the next try reuses it instead of counting a lost create.
             self.session.save(self.record.evolve(provider_write=None))
             raise
-        self.log.info("new key created", key_id=created.record.id, name=name)
+        self.log.info("new key created", key_id=created.record.id, name=shown(name))
         self.e.fault("create")
         return created.record.id, name, created.value
 
@@ -246,6 +261,8 @@ class ForwardSteps(PassBase):
         new = self.observe().keys.get(pending.new_key_id)
         if new is None:
             return f"the new key {pending.new_key_id} is not listed after usage_lag"
+        if new.problem is not None:
+            return f"the new key {pending.new_key_id} is listed unreadable ({new.problem})"
         if (problem := self._permissions_differ(new)) is not None:
             return problem
         mark = mark_of(new)
@@ -262,9 +279,9 @@ class ForwardSteps(PassBase):
             ("spending_limit", perms.spending_limit),
         )
         for field, wanted in checks:
-            shown = getattr(new, field)
-            if wanted is not None and shown is not None and _norm(shown) != _norm(wanted):
-                return f"the new key is listed with {field} {shown!r}, not {wanted!r}"
+            listed = getattr(new, field)
+            if wanted is not None and listed is not None and _norm(listed) != _norm(wanted):
+                return f"the new key is listed with {field} {listed!r}, not {wanted!r}"
         return None
 
     def _publish(self, pending: Pending, baseline: UseMark) -> Progress:

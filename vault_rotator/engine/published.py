@@ -1,13 +1,27 @@
 """Steps 5-8 of a published rotation (pickup, drain, disable, delete, sweep, done), abort's
-reverse path, and the clean-up of a rotation that ends before publishing."""
+reverse path, and the clean-up of a rotation that ends before publishing.
+
+Evidence of use comes only from records read whole: a key whose use is being judged (the new
+key for pickup and, while aborting, for its drain; the old key for its drain) that a list pass
+shows *unreadable* (``KeyRecord.problem``) is taken as not observed in that pass, the same as
+decide treats a key missing from a pass: neither in use, nor quiet, nor gone. It still counts as
+listed (a 404 for it is "delete unconfirmed"), its name still matches for the sweep, and if a
+deadline passes meanwhile the stall's detail says the record was unreadable.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from vault_rotator.engine import reasons
-from vault_rotator.engine.decide import Decision, Observation, decide_abort, decide_published
+from vault_rotator.engine.decide import (
+    Decision,
+    Observation,
+    decide_abort,
+    decide_published,
+)
 from vault_rotator.engine.passes import PassBase, Progress
 from vault_rotator.errors import CasConflictError, EngineError
 
@@ -23,8 +37,31 @@ class PublishedSteps(PassBase):
             return self._delete_old(obs)  # we may have deleted it already: a 404 is fine
         if (changed := self._secret_changed()) is not None:
             return self.stall(reasons.SECRET_CHANGED, changed)
-        decision = decide_published(rot, obs, self.timing(), self.attempt_names(), now=self.clock())
-        return self._apply(decision, obs)
+        judged = (rot.old_key_id, rot.new_key_id)
+        evidence, unreadable = self._readable(obs, judged)
+        names = self.attempt_names()
+        decision = decide_published(rot, evidence, self.timing(), names, now=self.clock())
+        return self._apply(_noting(decision, unreadable), obs)
+
+    def _readable(
+        self, obs: Observation, judged: Sequence[str | None]
+    ) -> tuple[Observation, dict[str, str]]:
+        """``obs`` without the judged keys it lists unreadable, and those keys' problems."""
+        unreadable = {
+            key_id: record.problem
+            for key_id in judged
+            if key_id and (record := obs.keys.get(key_id)) and record.problem is not None
+        }
+        if not unreadable:
+            return obs, unreadable
+        for key_id, problem in unreadable.items():
+            self.log.warning(
+                "a key this rotation judges is listed unreadable; no evidence from it this pass",
+                key_id=key_id,
+                problem=problem,
+            )
+        kept = {key_id: k for key_id, k in obs.keys.items() if key_id not in unreadable}
+        return Observation(kept, obs.at), unreadable
 
     def _secret_changed(self) -> str | None:
         """Why the consumer secret is no longer ours, or None (a later version = changed)."""
@@ -124,7 +161,11 @@ class PublishedSteps(PassBase):
             self.delete_key(rot.new_key_id or "")
             self.session.stage(self.record.with_rotation(new_deleted=True))
         names = self.attempt_names()
-        decision = decide_abort(self.rotation, obs, self.timing(), names, now=self.clock())
+        rot = self.rotation
+        judged = () if rot.new_deleted else (rot.new_key_id,)
+        evidence, unreadable = self._readable(obs, judged)
+        decision = decide_abort(rot, evidence, self.timing(), names, now=self.clock())
+        decision = _noting(decision, unreadable)
         self.session.stage(self.record.evolve(rotation=decision.rotation))
         match decision.action:
             case "republish":
@@ -197,3 +238,13 @@ class PublishedSteps(PassBase):
         name = reasons.ABORTED if rot.aborted_at is not None else reasons.FAILED_VERIFY
         outcome = self.outcome(name, new_key_id=None, detail=rot.failure or "")
         return self.finish(outcome, current_key_id=self.record.current_key_id)
+
+
+def _noting(decision: Decision, unreadable: Mapping[str, str]) -> Decision:
+    """A stall decided while judged keys were unreadable says so in its detail."""
+    if decision.action != "stall" or not unreadable:
+        return decision
+    notes = "; ".join(
+        f"{key_id} is listed unreadable ({why})" for key_id, why in unreadable.items()
+    )
+    return replace(decision, detail=f"{decision.detail}; note: {notes}")

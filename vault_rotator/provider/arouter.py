@@ -25,6 +25,10 @@ Behaviour, including decisions where the spec is silent:
   create answer of the other shape. Each switch logs one warning (``arouter.dialect_changed``).
 - **Paging** follows :mod:`vault_rotator.provider.paging` (tokens, else offset; de-duplicated;
   bounded); ``page_size`` is clamped to the spec's 1-100; ``include_disabled=true`` always.
+- **Odd records** never fail a listing (see :mod:`vault_rotator.provider.dialects`): an item
+  with no usable id is left out, a record with unreadable fields is listed incomplete
+  (``KeyRecord.problem``); each is logged once per client as a warning
+  (``arouter.record_skipped``, ``arouter.record_incomplete``), escaped.
 - **Retries**: at most ``max_attempts`` per request, for 429, 5xx, timeouts and connection
   errors, never 4xx or garbage; waits and error mapping follow :mod:`vault_rotator.provider.retry`
   (a server delay past ``backoff_max`` raises at once with ``retry_after`` set).
@@ -61,7 +65,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal, Self
@@ -77,11 +81,13 @@ from vault_rotator.errors import (
     ProviderResponseError,
     ProviderRetryableError,
 )
+from vault_rotator.logs import shown
 from vault_rotator.provider import dialects as d
 from vault_rotator.provider import paging
 from vault_rotator.provider.deadline import Watchdog
 from vault_rotator.provider.port import CreatedKey, Dialect, KeyRecord, KeySpec
 from vault_rotator.provider.retry import (
+    MESSAGE_LIMIT,
     Backoff,
     ambiguous_response,
     error_for_status,
@@ -98,6 +104,7 @@ DEFAULT_MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 ATTEMPT_DEADLINE_TIMEOUTS = 3  # an attempt is cut off 3 x timeout after it started
 ATTEMPT_WORST_TIMEOUTS = 4  # ... and budgeted at 4 x timeout (slack for DNS and wake-ups)
 USER_AGENT = "vault-rotator/0.1"
+MAX_REPORTED = 1000  # odd records remembered as logged; past that, the memory starts over
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +286,7 @@ class ARouterClient(_Closing):
         self._backoff = Backoff(max_attempts, backoff_initial, backoff_max)
         self._page_size = d.clamp_page_size(page_size)
         self._sleep, self._rng, self._clock, self._monotonic = sleep, rng, clock, monotonic
+        self._reported: set[str] = set()  # odd records already logged (once each)
         self._http = _Http(
             base_url,
             timeout=timeout,
@@ -358,10 +366,31 @@ class ARouterClient(_Closing):
         ``before_page`` runs before each page's request (the engine renews its lease there, so a
         long listing never outlives it).
         """
-        collection, records = self._fetch_all(before_page or (lambda: None))
-        self._learn(collection, records)
+        collection, listing = self._fetch_all(before_page or (lambda: None))
+        self._learn(collection, listing.records)
         id_field, parse_as = d.id_field_for(collection), self._parse_dialect(collection)
-        return [d.parse_record(record, parse_as, id_field) for record in records]
+        records = [d.parse_record(record, parse_as, id_field) for record in listing.records]
+        self._report_odd(records, listing.skipped)
+        return records
+
+    def _report_odd(self, records: list[KeyRecord], skipped: Iterable[str]) -> None:
+        """One warning per odd record (incomplete, or not addressable) per client, escaped."""
+        if len(self._reported) > MAX_REPORTED:
+            self._reported.clear()
+        for reason in skipped:
+            if reason not in self._reported:
+                self._reported.add(reason)
+                log.warning("arouter.record_skipped", problem=shown(reason, MESSAGE_LIMIT))
+        for record in records:
+            seen = f"{record.id}: {record.problem}"
+            if record.problem is not None and seen not in self._reported:
+                self._reported.add(seen)
+                log.warning(
+                    "arouter.record_incomplete",
+                    key_id=record.id,
+                    name=record.display_name,
+                    problem=shown(record.problem, MESSAGE_LIMIT),
+                )
 
     def create_key(self, spec: KeySpec) -> CreatedKey:
         """Create a key; AmbiguousCreateError when it may exist without our knowing its value."""
@@ -378,8 +407,9 @@ class ARouterClient(_Closing):
         log.info(
             "arouter.key_created",
             key_id=created.record.id,
-            name=spec.name,
+            name=shown(spec.name),
             fingerprint=created.value.fingerprint,
+            problem=created.record.problem,
         )
         return created
 
@@ -394,7 +424,9 @@ class ARouterClient(_Closing):
             except ProviderPermanentError as exc:
                 if exc.status != 400:
                     raise
-                log.info("arouter.create_refused_cap_fields", fields=list(caps), name=spec.name)
+                log.info(
+                    "arouter.create_refused_cap_fields", fields=list(caps), name=shown(spec.name)
+                )
         body = d.create_body(spec, variants[-1])
         return self._call("POST", collection, body=body, creating=spec.name)
 
@@ -468,7 +500,7 @@ class ARouterClient(_Closing):
         endpoint = f"GET {path}"
         return d.parse_page(endpoint, _json(endpoint, self._call("GET", path, params=params)))
 
-    def _fetch_all(self, before_page: Callable[[], None]) -> tuple[str, list[d.Fields]]:
+    def _fetch_all(self, before_page: Callable[[], None]) -> tuple[str, paging.Listing]:
         """All records of all pages, de-duplicated by id, in server order."""
         before_page()
         collection, page = self._first_page()
@@ -484,8 +516,8 @@ class ARouterClient(_Closing):
                 before_page()
                 query = flow.send(self._get_page(collection, query))
         except StopIteration as done:
-            records: list[d.Fields] = done.value
-        return collection, records
+            listing: paging.Listing = done.value
+        return collection, listing
 
     # -- one request, with retries ---------------------------------------------------------
 

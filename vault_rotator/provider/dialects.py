@@ -4,8 +4,27 @@ No I/O and no httpx here: :mod:`vault_rotator.provider.arouter` sends what this 
 and hands back the decoded JSON for it to validate. Every malformed answer raises
 :class:`~vault_rotator.errors.ProviderResponseError` whose one-line message names the endpoint,
 the record and the field, e.g. ``GET /api/v1/keys: key 3f2a…: usage: expected a number, got
-object``. A bad record fails the whole answer: a half-read listing could make the engine believe
-a key is gone, so it is never turned into a partial or wrong result.
+object``.
+
+One odd record never fails a listing (a key someone else created with an odd name or field
+would otherwise take a whole account down), and a listing leaves out only what it cannot name:
+
+- a broken envelope (not an object, ``data`` not an array, a bad ``next_page_token``) fails the
+  answer;
+- an item that cannot be addressed (not an object, no usable id) is skipped and reported in
+  :attr:`Page.skipped` (the client logs each once, escaped, with its name if it has one): with
+  no id it can be neither acted on nor confused with a key the engine knows. Such items
+  outnumbering the keys make the answer garbage (:mod:`vault_rotator.provider.paging`);
+- a record with a usable id whose other fields cannot be read is listed as an *incomplete*
+  :class:`~vault_rotator.provider.port.KeyRecord`: its id, its name (``""`` if that is the
+  unreadable field) and ``problem``, the field and what is wrong with it (e.g. ``usage:
+  expected a number, got object``); nothing else. The engine never takes it as complete: a
+  key it depends on (its new key, the old key it will delete) listed so makes it refuse, fail
+  or wait (see :mod:`vault_rotator.engine.forward` and :mod:`vault_rotator.engine.published`),
+  never think the key absent;
+- a create answer with a usable id and value is a created key even if other fields are odd
+  (incomplete as above, named as sent when its name is unreadable), since the engine only needs
+  those two; without them it stays an ambiguous create.
 
 Decisions where the spec is silent:
 
@@ -24,8 +43,10 @@ Decisions where the spec is silent:
   one when absent. An id must match ``[A-Za-z0-9][A-Za-z0-9_.:-]{0,255}``: ids are put in URL
   paths and log lines.
 - Bounds on hostile records: names, labels 1,024 characters; list entries 256 characters and
-  1,000 entries; no control characters in any string (log injection); money is a finite number
-  in ``[0, 1e12]``; token counts integers in ``[0, 1e15]``; booleans are never numbers.
+  1,000 entries; no control characters in any string (log injection) except the name, which
+  is kept exact (the engine matches keys by the name it sent) and shown escaped
+  (:attr:`~vault_rotator.provider.port.KeyRecord.display_name`); money is a finite number in
+  ``[0, 1e12]``; token counts integers in ``[0, 1e15]``; booleans are never numbers.
 - ``last_used_at`` and ``expires_at`` are parsed whenever a record carries them, whatever the
   dialect (A simply never does); ``disabled`` missing or null means enabled (B and C omit it).
 - Timestamps: ISO-8601 strings (a naive one is read as UTC) or Unix seconds (OpenAI style),
@@ -47,6 +68,7 @@ from typing import NoReturn
 from urllib.parse import quote
 
 from vault_rotator.errors import ProviderPermanentError, ProviderResponseError
+from vault_rotator.logs import shown
 from vault_rotator.provider.port import CreatedKey, Dialect, KeyRecord, KeySpec
 from vault_rotator.secret import Secret
 
@@ -301,21 +323,44 @@ class Fields:
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    """One list page: its raw records (objects, not yet typed) and the next-page token."""
+    """One list page: its records (objects, not yet typed), the next-page token, and why any
+    item could not be a record at all (not an object, no usable id: see :func:`unaddressable`).
+    """
 
     records: tuple[Fields, ...]
     next_page_token: str | None
+    skipped: tuple[str, ...] = ()
 
 
 def parse_page(endpoint: str, payload: object) -> Page:
-    """Check a list answer's envelope: ``{"data": [objects], "next_page_token"?: str|null}``."""
+    """Check a list answer's envelope: ``{"data": [objects], "next_page_token"?: str|null}``.
+
+    A broken envelope fails the answer; an item of ``data`` that is not an object is skipped
+    (noted in :attr:`Page.skipped`), so one odd item never hides the others.
+    """
     envelope = Fields(endpoint, "answer", payload)
     data = envelope.raw.get("data")
     if not isinstance(data, list):
         envelope.fail("data", f"expected an array, got {_kind(data)}")
     token = envelope.text("next_page_token", limit=MAX_TEXT)
-    records = tuple(Fields(endpoint, f"data[{i}]", raw) for i, raw in enumerate(data))
-    return Page(records, token or None)
+    records: list[Fields] = []
+    skipped: list[str] = []
+    for index, raw in enumerate(data):
+        if isinstance(raw, dict):
+            records.append(Fields(endpoint, f"data[{index}]", raw))
+        else:
+            skipped.append(f"{endpoint}: data[{index}]: expected an object, got {_kind(raw)}")
+    return Page(tuple(records), token or None, tuple(skipped))
+
+
+def unaddressable(record: Fields, id_field: str) -> str | None:
+    """Why ``record`` has no usable id (it cannot be named in a URL or a log), or None."""
+    try:
+        record.key_id(id_field)
+    except ProviderResponseError as exc:
+        name = record.raw.get("name")
+        return f"{exc} (named '{shown(name, 80)}')" if isinstance(name, str) else str(exc)
+    return None
 
 
 def record_vote(record: Fields) -> Dialect | None:
@@ -406,13 +451,41 @@ def _limit_reset(record: Fields) -> str | None:
     return value
 
 
+def _name(record: Fields) -> str:
+    """The exact name: any string of at most MAX_TEXT characters (shown escaped, never raw)."""
+    value = record.raw.get("name")
+    if value is None:
+        record.fail("name", "missing")
+    if not isinstance(value, str):
+        record.fail("name", f"expected a string, got {_kind(value)}")
+    if len(value) > MAX_TEXT:
+        record.fail("name", f"longer than {MAX_TEXT} characters ({len(value)})")
+    return value
+
+
 def parse_record(record: Fields, dialect: Dialect | None, id_field: str) -> KeyRecord:
-    """Normalise one listed (or created) key into a :class:`KeyRecord`."""
+    """Normalise one listed (or created) key into a :class:`KeyRecord`.
+
+    The id must be usable (ProviderResponseError otherwise; a listing filters such records out
+    first with :func:`unaddressable`). Any other field that cannot be read makes the record
+    incomplete: only its id and name, with :attr:`KeyRecord.problem` saying which field and why.
+    """
     key_id = record.key_id(id_field)
     record.where = f"key {key_id}"
+    try:
+        return _complete_record(record, key_id, dialect)
+    except ProviderResponseError as exc:
+        problem = shown(str(exc).removeprefix(f"{record.endpoint}: {record.where}: "), 200)
+        try:
+            name = _name(record)
+        except ProviderResponseError:
+            name = ""
+        return KeyRecord(id=key_id, name=name, problem=problem)
+
+
+def _complete_record(record: Fields, key_id: str, dialect: Dialect | None) -> KeyRecord:
+    name = _name(record)
     cost, tokens = _usage(record, dialect)
-    name = record.text("name", required=True)
-    assert name is not None
     return KeyRecord(
         id=key_id,
         name=name,
@@ -486,6 +559,8 @@ def parse_created(
     if not fields.has("name"):
         fields.raw["name"] = spec.name
     record = parse_record(fields, dialect or shape, id_field_for(collection))
+    if record.problem is not None:  # the key exists and its value is here: keep both
+        return CreatedKey(replace(record, name=record.name or spec.name), value), shape
     return CreatedKey(_fill_from_spec(record, fields.raw, spec), value), shape
 
 

@@ -10,23 +10,41 @@ Decisions where the spec is silent:
   size asked for).
 - Records are de-duplicated by id, first sighting wins: with offset paging a key created
   meanwhile shifts the next page by one. (A key deleted meanwhile can make another one skip a
-  page; nothing but tokens can prevent that.)
+  page; nothing but tokens can prevent that.) An item without a usable id is not a record: it
+  is left out and its reason kept (:attr:`Listing.skipped`), once per distinct reason.
 - A server that never ends is cut off at ``10,000 / page_size + 10`` pages. A repeated token,
-  or a full offset page with no new id (a server ignoring ``offset``), is refused at once. All
-  three raise ProviderResponseError: a partial listing is never returned.
+  or a full offset page with no new id (a server ignoring ``offset``), is refused at once. So
+  is a listing where items without a usable id outnumber the keys: that is a garbage answer
+  (the wrong id field, every field mistyped), not an odd record, and nothing can be concluded
+  from it. All four raise ProviderResponseError: a partial listing is never returned.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Generator
+from dataclasses import dataclass, field
 
 from vault_rotator.errors import ProviderResponseError
-from vault_rotator.provider.dialects import Fields, Page, list_params
+from vault_rotator.provider.dialects import Fields, Page, list_params, unaddressable
 
 MAX_LISTED_KEYS = 10_000
 
-Flow = Generator[dict[str, str], Page, list[Fields]]
+
+@dataclass(slots=True)
+class Listing:
+    """What a walk over the pages found: the records by id, and what could not be one."""
+
+    by_id: dict[str, Fields] = field(default_factory=dict)
+    skipped: dict[str, None] = field(default_factory=dict)  # reasons, in order, each once
+    unaddressable: int = 0  # items seen without a usable id (a repeat on a shifted page too)
+
+    @property
+    def records(self) -> list[Fields]:
+        return list(self.by_id.values())
+
+
+Flow = Generator[dict[str, str], Page, Listing]
 
 
 def max_pages(page_size: int) -> int:
@@ -35,21 +53,22 @@ def max_pages(page_size: int) -> int:
 
 
 def listing(first: Page, *, page_size: int, id_field: str, endpoint: str) -> Flow:
-    """Walk the pages after ``first``: yields each next query, returns the unique records."""
-    seen: dict[str, Fields] = {}
+    """Walk the pages after ``first``: yields each next query, returns what it found."""
+    seen = Listing()
     tokens: set[str] = set()
     offset, fetched, page = 0, 1, first
     while True:
         added = _merge(seen, page, id_field)
-        offset += len(page.records)
+        size = len(page.records) + len(page.skipped)
+        offset += size
         token = page.next_page_token
         if token is not None:
             if token in tokens:
                 raise _error(endpoint, "next_page_token repeats an earlier one")
             tokens.add(token)
             query = list_params(page_size, page_token=token)
-        elif tokens or len(page.records) < page_size:
-            return list(seen.values())
+        elif tokens or size < page_size:
+            return _whole(seen, endpoint)
         elif added == 0 and fetched > 1:
             raise _error(endpoint, "a full page had no new keys (is offset ignored?)")
         else:
@@ -60,12 +79,30 @@ def listing(first: Page, *, page_size: int, id_field: str, endpoint: str) -> Flo
         page = yield query
 
 
-def _merge(seen: dict[str, Fields], page: Page, id_field: str) -> int:
+def _merge(seen: Listing, page: Page, id_field: str) -> int:
     """Add a page's records to ``seen`` by id; return how many were new."""
-    before = len(seen)
+    before = len(seen.by_id)
+    seen.skipped.update(dict.fromkeys(page.skipped))
+    seen.unaddressable += len(page.skipped)
     for record in page.records:
-        seen.setdefault(record.key_id(id_field), record)
-    return len(seen) - before
+        if (why := unaddressable(record, id_field)) is not None:
+            seen.skipped[why] = None
+            seen.unaddressable += 1
+        else:
+            seen.by_id.setdefault(record.key_id(id_field), record)
+    return len(seen.by_id) - before
+
+
+def _whole(seen: Listing, endpoint: str) -> Listing:
+    """``seen``, unless items without a usable id outnumber the keys (a garbage answer)."""
+    if seen.unaddressable > len(seen.by_id):
+        first = next(iter(seen.skipped)).removeprefix(f"{endpoint}: ")
+        raise _error(
+            endpoint,
+            f"{seen.unaddressable} listed items have no usable id, more than the "
+            f"{len(seen.by_id)} keys that do ({first})",
+        )
+    return seen
 
 
 def _error(endpoint: str, problem: str) -> ProviderResponseError:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from vault_rotator.logs import shown
 from vault_rotator.secret import Secret
 
 
@@ -28,6 +29,13 @@ class KeyRecord:
     """One provider key as a list pass saw it, normalised across dialects.
 
     ``None`` means "the dialect does not report this" (or the key has none), never zero.
+
+    ``name`` is exactly what the provider lists (the engine matches its keys by the name it
+    sent), so it may hold any character: show it as :attr:`display_name`. ``problem`` says why
+    the record could not be read whole (a field of the wrong type, out of range...); such a
+    record carries only ``id`` and ``name`` (``""`` if the name itself was unreadable): nothing
+    in it is evidence of use, permissions or state, and the engine never acts on it as if it
+    were complete.
     """
 
     id: str
@@ -43,6 +51,12 @@ class KeyRecord:
     spending_limit: float | None = None
     limit_reset: str | None = None
     expires_at: datetime | None = None
+    problem: str | None = None
+
+    @property
+    def display_name(self) -> str:
+        """The name escaped and capped for a log line or a table cell."""
+        return shown(self.name)
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,7 +39,7 @@ from vault_rotator.errors import (
     ProviderRetryableError,
     RateLimitedError,
 )
-from vault_rotator.logs import redact_text
+from vault_rotator.logs import redact_text, shown
 from vault_rotator.provider.dialects import error_details
 from vault_rotator.secret import Secret
 
@@ -122,11 +122,15 @@ _PERMANENT: dict[int, type[ProviderPermanentError]] = {
 
 
 def one_line(text: str, secrets: tuple[Secret, ...] = ()) -> str:
-    """``text`` with known secrets and key-shaped tokens redacted, on one line, truncated."""
+    """``text`` with known secrets and key-shaped tokens redacted, on one line, truncated.
+
+    Whitespace runs become one space; any other character that does not print (a control or
+    bidi character a server put in its message) is escaped (:func:`~vault_rotator.logs.shown`).
+    """
     for secret in secrets:
         text = text.replace(secret.reveal(), f"<redacted {secret.fingerprint}>")
     text = re.sub(r"\s+", " ", redact_text(text)).strip()
-    return text if len(text) <= MESSAGE_LIMIT else text[: MESSAGE_LIMIT - 1] + "…"
+    return shown(text, MESSAGE_LIMIT)
 
 
 def _error_text(endpoint: str, status: int, body: bytes) -> str:
