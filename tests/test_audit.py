@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import hvac
 import pytest
 import structlog
 from conftest import EmulatorFactory
@@ -19,7 +20,7 @@ from vault_rotator.commands import audit_cmd
 from vault_rotator.emulator import Emulator
 from vault_rotator.engine import audit as rules
 from vault_rotator.engine.state import Permissions, ProviderWrite, Rotation, StateRecord
-from vault_rotator.errors import ConfigError
+from vault_rotator.errors import ConfigError, EngineError
 from vault_rotator.logs import configure
 from vault_rotator.policy import Account
 from vault_rotator.provider.port import KeyRecord
@@ -263,6 +264,31 @@ def test_delete_unused_with_yes_deletes_only_unused_unmanaged(
     logs = [json.loads(line) for line in err.splitlines()]
     deleted = [e for e in logs if e["event"] == "unused unmanaged key deleted"]
     assert [e["key_id"] for e in deleted] == [ids["unmanaged"]]
+
+
+def test_delete_unused_refuses_while_a_state_record_is_unreadable(
+    make_setup: MakeSetup,
+    capsys: pytest.CaptureFixture[str],
+    vault: VaultServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A record this token may not read may hold the candidate: nothing is deleted."""
+    s, ids = delete_world(make_setup)
+    hidden = f"secret/data/{s.env}/vault-rotator/state/{s.env}/gone"
+    admin = hvac.Client(url=vault.addr, token=vault.token)
+    admin.sys.create_or_update_policy(
+        "audit-partial", f'path "secret/*" {{ capabilities = ["create", "read", "update", '
+        f'"delete", "list"] }}\npath "{hidden}" {{ capabilities = ["deny"] }}'
+    )  # fmt: skip
+    token = admin.auth.token.create(policies=["audit-partial"], ttl="10m")["auth"]["client_token"]
+    monkeypatch.setenv("VAULT_TOKEN", token)
+    before = s.live()
+
+    with pytest.raises(EngineError, match=r"refusing --delete-unused: 1 state record\(s\)"):
+        run_audit(s, capsys, "--delete-unused", "--yes", "--json")
+
+    assert s.live() == before
+    assert ids["orphan"] in s.live()  # held only by the record it could not read
 
 
 def test_dialect_a_judges_use_by_usage_and_says_so(

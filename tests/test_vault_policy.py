@@ -412,6 +412,28 @@ def test_the_rotator_policy_refuses_all_but_the_configured_paths(deployment: Dep
     assert kv.read(f"{deployment.tag}/p/management") is not None  # read-only, not refused
 
 
+def test_records_the_policy_may_not_read_are_skipped_not_fatal(
+    deployment: Deployment, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A leftover in-flight record of a removed key, and another deployment's folder, under our
+    prefix: status, audit and a daemon tick skip them with a warning instead of failing."""
+    tag, p, root_kv = deployment.tag, deployment.keys["backend"].env, deployment.kv("secret")
+    store = StateStore(root_kv, f"{tag}/vault-rotator")
+    leftover = StateRecord.new(p, "removed").evolve(phase=reasons.PUBLISHED).to_dict()
+    root_kv.write(store.state_path(p, "removed"), leftover, cas=0)
+    root_kv.write(store.state_path("someone-else", "app"), leftover, cas=0)
+    assert deployment.cli("status", "--json") == 0
+    assert deployment.cli("audit", "--json") in (0, 1)  # findings, not a failure
+    err = capsys.readouterr().err
+    assert "state record not readable; skipped" in err
+    assert "state folder not readable; skipped" in err
+    assert "Traceback" not in err
+    runtime = deployment.limited_runtime()
+    daemon = Daemon(load_policies(deployment.config), runtime, metrics=Metrics(), fault=no_fault)
+    for account, keys in daemon.accounts().items():
+        assert daemon.tick(account, keys).errors == []
+
+
 # -- the consumer policy -------------------------------------------------------------------
 
 

@@ -40,7 +40,7 @@ from vault_rotator.engine.audit import (
     still_deletable,
 )
 from vault_rotator.engine.session import StateStore
-from vault_rotator.errors import ConfigError, ProviderError
+from vault_rotator.errors import ConfigError, EngineError, ProviderError, StorePermissionError
 from vault_rotator.logs import redact_text
 from vault_rotator.policy import Account, PolicySet
 from vault_rotator.provider.port import KeyProvider
@@ -97,6 +97,12 @@ def run(args: argparse.Namespace, *, clock: Callable[[], float] | None = None) -
         deletion = None
         if args.delete_unused:
             deletion = Deletion(not args.yes, report.candidates, dict(report.refused))
+            if args.yes and report.candidates and held.unreadable:
+                raise EngineError(
+                    f"refusing --delete-unused: {len(held.unreadable)} state record(s) or "
+                    f"folder(s) are not readable with this token (e.g. "
+                    f"{sorted(held.unreadable)[0]}), so the keys they hold are unknown"
+                )
             if args.yes and report.candidates:
                 delete(deletion, providers, read_vault(policies, runtime))
     finally:
@@ -136,9 +142,15 @@ def read_vault(policies: PolicySet, runtime: Runtime) -> VaultView:
     by_ref = {(policy.env, policy.name): policy for policy in policies}
     held = Held()
     for store in stores.values():
-        for env, name in store.list_records():
-            record, _ = store.read(env, name)
+        skipped: list[str] = []
+        for env, name in store.list_records(skipped):
+            try:
+                record, _ = store.read(env, name)
+            except StorePermissionError:
+                skipped.append(store.state_path(env, name))
+                continue
             held |= held_by(record, by_ref.get((env, name)))
+        held |= Held(unreadable=frozenset(skipped))
     return served, held
 
 

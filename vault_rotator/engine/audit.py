@@ -69,9 +69,12 @@ class Held:
 
     ids: frozenset[str] = frozenset()
     names: frozenset[str] = frozenset()
+    unreadable: frozenset[str] = frozenset()  # records or folders this token may not read
 
     def __or__(self, other: Held) -> Held:
-        return Held(self.ids | other.ids, self.names | other.names)
+        return Held(
+            self.ids | other.ids, self.names | other.names, self.unreadable | other.unreadable
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,9 +16,19 @@ import socket
 import uuid
 from collections.abc import Callable, Collection
 
+import structlog
+
 from vault_rotator.engine.state import Lease, Pending, ProviderWrite, StateRecord
-from vault_rotator.errors import CasConflictError, EngineError, LeaseHeldError, LeaseLostError
+from vault_rotator.errors import (
+    CasConflictError,
+    EngineError,
+    LeaseHeldError,
+    LeaseLostError,
+    StorePermissionError,
+)
 from vault_rotator.store.port import KvStore
+
+log = structlog.get_logger(__name__)
 
 LEASE_MARGIN_S = 2.0  # renew when the lease has less than (call budget + this) left
 
@@ -62,24 +72,44 @@ class StateStore:
     def destroy_pending(self, env: str, name: str) -> None:
         self.kv.destroy(self.pending_path(env, name))
 
-    def list_records(self) -> list[tuple[str, str]]:
-        """(env, name) of every state record under this prefix, idle or not."""
+    def list_records(self, skipped: list[str] | None = None) -> list[tuple[str, str]]:
+        """(env, name) of every state record under this prefix that this token may list.
+
+        A folder the token may not list (an environment no policy of ours names, under a
+        least-privilege Vault policy) is skipped with a warning, not an error, and named in
+        ``skipped`` when given.
+        """
         found: list[tuple[str, str]] = []
         for env in self.kv.list(f"{self.prefix}/state"):
             if env.endswith("/"):
-                found.extend(
-                    (env[:-1], n)
-                    for n in self.kv.list(f"{self.prefix}/state/{env}")
-                    if "/" not in n
-                )
+                try:
+                    names = self.kv.list(f"{self.prefix}/state/{env}")
+                except StorePermissionError:
+                    log.warning(
+                        "state folder not readable; skipped", folder=f"{self.prefix}/state/{env}"
+                    )
+                    continue
+                found.extend((env[:-1], n) for n in names if "/" not in n)
         return found
 
     def in_flight(self, skip: Collection[tuple[str, str]] = ()) -> list[StateRecord]:
-        """Records with a rotation in flight, except those named in ``skip`` (env, name)."""
-        records = (
-            self.read(env, name)[0] for env, name in self.list_records() if (env, name) not in skip
-        )
-        return [record for record in records if record.in_flight]
+        """Records with a rotation in flight, except those named in ``skip`` (env, name).
+
+        A record the token may not read (a key no longer in any policy, under a Vault policy
+        generated for the current ones) is skipped with a warning.
+        """
+        records: list[StateRecord] = []
+        for env, name in self.list_records():
+            if (env, name) in skip:
+                continue
+            try:
+                record = self.read(env, name)[0]
+            except StorePermissionError:
+                log.warning("state record not readable; skipped", key=f"{env}/{name}")
+                continue
+            if record.in_flight:
+                records.append(record)
+        return records
 
 
 class Session:
