@@ -8,12 +8,14 @@ import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
+from prometheus_client.parser import text_string_to_metric_families
 from world import MANAGEMENT_KEY, no_fault
 
 from vault_rotator.daemon.daemon import Daemon, StopFlag
@@ -397,3 +399,60 @@ def test_a_start_that_keeps_failing_backs_off_and_alerts_once(fleet: Fleet) -> N
     assert [(e["event"], e["reason"]) for e in events] == [("failed", reasons.RETRIES_EXHAUSTED)]
     assert "neither allowed_providers nor allowed_models" in events[0]["detail"]
     assert [o.outcome for o in fleet.record("app-0").outcomes] == [reasons.SUCCEEDED]
+
+
+def _samples(daemon: Daemon, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    found: dict[tuple[tuple[str, str], ...], float] = {}
+    for family in text_string_to_metric_families(daemon.metrics.render().decode()):
+        for sample in family.samples:
+            if sample.name == name:
+                found[tuple(sorted(sample.labels.items()))] = sample.value
+    return found
+
+
+def test_key_age_covers_never_rotated_keys_and_overdue_keys_are_counted(fleet: Fleet) -> None:
+    """Before its first rotation a key's age counts from its secret, labelled never rotated;
+    a frozen key past max_age is overdue; after a rotation the age is the record's."""
+    fleet.seed(2)
+    written = datetime.fromtimestamp(fleet.clock() - 100 * DAY, UTC).isoformat()
+    got = fleet.kv.read(f"{fleet.tag}/app-1")
+    fleet.kv.write(f"{fleet.tag}/app-1", {**got.data, "rotated_at": written}, cas=got.version)
+    prefix = f"{fleet.tag}/vault-rotator"
+    freeze(fleet.kv, prefix, f"{fleet.tag}/app-1", "test", at=fleet.clock(), reason="hold")
+    daemon = fleet.daemon()
+    ((account, keys),) = daemon.accounts().items()
+    daemon.tick(account, keys)
+    ages = _samples(daemon, "vault_rotator_key_age_seconds")
+    key = (("env", fleet.tag), ("key", "app-1"), ("never_rotated", "true"))
+    assert ages[key] == pytest.approx(100 * DAY, abs=5)
+    assert _samples(daemon, "vault_rotator_keys_overdue") == {(("env", fleet.tag),): 1.0}
+    fleet.run(daemon, 40)
+    ages = _samples(daemon, "vault_rotator_key_age_seconds")
+    assert (("env", fleet.tag), ("key", "app-0"), ("never_rotated", "false")) in ages
+    assert (("env", fleet.tag), ("key", "app-0"), ("never_rotated", "true")) not in ages
+
+
+def test_metrics_users_alert_on_are_exposed_with_bounded_labels(fleet: Fleet) -> None:
+    """Webhook deliveries, build info, process metrics, last tick; status labels are words."""
+    fleet.seed(1)
+    server, notifier = _webhook_receiver()
+    try:
+        daemon = fleet.daemon(notifier=notifier)
+        notifier.notify("failed", env=fleet.tag, key="x", reason="test")
+        notifier.close(timeout=5)
+    finally:
+        server.shutdown()
+        server.server_close()
+    ((account, keys),) = daemon.accounts().items()
+    fleet.emulator.set_fault("list", status=503, count=1)
+    daemon.tick(account, keys)
+    deliveries = _samples(daemon, "vault_rotator_webhook_deliveries_total")
+    assert deliveries[(("result", "sent"),)] == 1.0
+    assert _samples(daemon, "vault_rotator_build_info")
+    assert _samples(daemon, "process_resident_memory_bytes")
+    assert _samples(daemon, "vault_rotator_last_tick_timestamp_seconds")
+    words = {"ok", "denied", "unavailable", "conflict", "error"}
+    vault = _samples(daemon, "vault_rotator_vault_requests_total")
+    assert {dict(labels)["status"] for labels in vault} <= words
+    provider = _samples(daemon, "vault_rotator_provider_requests_total")
+    assert all(not dict(labels)["status"].endswith("Error") for labels in provider)

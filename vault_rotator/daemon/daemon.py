@@ -20,9 +20,11 @@ restart resumes everything and a schedule missed while down fires once.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import structlog
@@ -46,6 +48,7 @@ from vault_rotator.errors import (
 )
 from vault_rotator.policy import Account, KeyPolicy, PolicySet
 from vault_rotator.runtime import Runtime
+from vault_rotator.store.port import Versioned
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -148,12 +151,14 @@ class Daemon:
         self.clock: Callable[[], float] = runtime.clock
         self.notifier = notifier or Notifier()
         self.metrics = metrics or Metrics()
+        self.metrics.webhooks.source = self._webhook_counts
         if runtime.on_provider_request is None:  # count provider requests by route and status
             runtime.on_provider_request = self.metrics.provider_request
         runtime.conn.on_request = self.metrics.vault_request
         self.engine: Engine = runtime.engine(fault=fault, holder=holder)
         self.engine.listeners.append(self)
         self.failures = FailureBook(self.clock)
+        self._secrets: dict[tuple[str, str], Versioned | None] = {}  # read once per tick
         self.last_tick: dict[Account, float] = {}
         self.should_stop: Callable[[], bool] = lambda: False
 
@@ -208,6 +213,7 @@ class Daemon:
     def tick(self, account: Account, keys: tuple[KeyPolicy, ...]) -> TickReport:
         """One reconcile pass of one account (see the module docstring)."""
         report = TickReport(account)
+        self._secrets.clear()
         tracked = self.tracked(account, keys, report)
         active = [t for t in tracked if t.active]
         if active:
@@ -219,6 +225,7 @@ class Daemon:
         self._gauge(tracked)
         self.last_tick[account] = self.clock()
         self.metrics.ticks.labels(account.base_url, "error" if report.errors else "ok").inc()
+        self.metrics.last_tick.labels(account.base_url).set(self.last_tick[account])
         return report
 
     def _observe(self, policy: KeyPolicy) -> Observation:
@@ -353,28 +360,66 @@ class Daemon:
             )
             in_flight += 1
 
+    def _secret(self, policy: KeyPolicy) -> Versioned | None:
+        """The consumer secret's current version (None if none), read at most once a tick."""
+        where = (policy.vault.kv_mount, policy.secret_path)
+        if where not in self._secrets:
+            got = self.runtime.kv(where[0]).read(where[1])
+            self._secrets[where] = got if got is not None and not got.deleted else None
+        return self._secrets[where]
+
     def _rotated_at(self, item: Tracked) -> str | None:
         if item.record.last_success_at is not None:
             return None  # the record wins; no need to read the secret
-        got = self.runtime.kv(item.policy.vault.kv_mount).read(item.policy.secret_path)
-        stamp = got.data.get("rotated_at") if got and not got.deleted else None
+        got = self._secret(item.policy)
+        stamp = got.data.get("rotated_at") if got else None
         return stamp if isinstance(stamp, str) else None
+
+    def _written_at(self, item: Tracked) -> float | None:
+        """A never-rotated key's age basis: the secret's ``rotated_at``, else its first version."""
+        stamp = self._rotated_at(item)
+        if stamp is None and self._secret(item.policy) is not None:
+            kv = self.runtime.kv(item.policy.vault.kv_mount)
+            first = kv.read(item.policy.secret_path, 1)
+            stamp = first.created_time if first is not None else None
+        try:
+            moment = datetime.fromisoformat(stamp or "")
+        except ValueError:
+            return None
+        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
     def _gauge(self, tracked: list[Tracked]) -> None:
         now = self.clock()
         by_env: dict[str, list[int]] = {}
         for item in tracked:
-            counts = by_env.setdefault(item.policy.env, [0, 0])
+            counts = by_env.setdefault(item.policy.env, [0, 0, 0])
             rot = item.record.rotation
             counts[0] += rot is not None
             counts[1] += rot is not None and rot.stalled is not None
-            if item.record.last_success_at is not None:
-                labels = (item.policy.env, item.policy.name)
-                self.metrics.last_success.labels(*labels).set(item.record.last_success_at)
-                self.metrics.key_age.labels(*labels).set(now - item.record.last_success_at)
-        for env, (flying, stalled) in by_env.items():
+            labels = (item.policy.env, item.policy.name)
+            last = item.record.last_success_at
+            if last is not None:
+                self.metrics.last_success.labels(*labels).set(last)
+                self.metrics.key_age.labels(*labels, "false").set(now - last)
+                with contextlib.suppress(KeyError):  # the never-rotated series, if any
+                    self.metrics.key_age.remove(*labels, "true")
+            elif item.in_policy:
+                try:
+                    last = self._written_at(item)
+                except VaultRotatorError:
+                    last = None
+                if last is not None:
+                    self.metrics.key_age.labels(*labels, "true").set(now - last)
+            if last is not None and item.in_policy and now - last > item.policy.max_age_s:
+                counts[2] += 1
+        for env, (flying, stalled, overdue) in by_env.items():
             self.metrics.in_flight.labels(env).set(flying)
             self.metrics.stalled.labels(env).set(stalled)
+            self.metrics.overdue.labels(env).set(overdue)
+
+    def _webhook_counts(self) -> tuple[int, int, int]:
+        counts = self.notifier.counters
+        return counts.sent, counts.failed, counts.dropped
 
     # -- engine listener: metrics and notifications -------------------------------------
 
