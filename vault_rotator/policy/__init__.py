@@ -32,7 +32,7 @@ from vault_rotator.policy.model import (
 )
 from vault_rotator.policy.naming import DEFAULT_KEY_NAME, render_key_name
 from vault_rotator.policy.problems import PolicyError, PolicyValueError, Problem
-from vault_rotator.policy.schedule import Schedule, cron_trigger, parse_schedule
+from vault_rotator.policy.schedule import Schedule, cron_trigger, next_fire, parse_schedule
 from vault_rotator.policy.window import Window, parse_window
 
 __all__ = [
@@ -52,6 +52,7 @@ __all__ = [
     "cron_trigger",
     "format_duration",
     "load_policies",
+    "next_fire",
     "parse_duration",
     "parse_schedule",
     "parse_window",

@@ -1,5 +1,7 @@
 """One policy file: validate its shape, merge defaults into each key, apply the rules.
 
+A file holds at most 1 000 keys (``MAX_KEYS``): more is one problem, and none is validated.
+
 Each key's effective setting is its own value, else the one under ``defaults``, else the
 built-in default (:mod:`vault_rotator.policy.defaults`). An explicit ``null`` on a key overrides
 ``defaults`` too: for ``window`` and ``key_ttl`` it means none, for the permissions it means
@@ -23,6 +25,8 @@ from vault_rotator.policy.rules import KeyContext, Setting, file_rules, key_rule
 from vault_rotator.policy.schema import SETTINGS, RawFile, RawKey, RawSettings, validate_model
 from vault_rotator.policy.yamlsource import Document, NodePath
 
+MAX_KEYS = 1000
+
 # Settings written as durations in YAML; the model's field names end in "_s".
 _DURATIONS = frozenset(
     {
@@ -41,11 +45,14 @@ def build_environment(doc: Document) -> tuple[EnvironmentPolicy | None, list[Pro
     """Validate one file; the policy is None when the file has errors."""
     if not isinstance(doc.data, dict):
         return None, [doc.problem((), "expected a mapping of policy fields at the top level")]
+    items = doc.data.get("keys")
+    if isinstance(items, list) and len(items) > MAX_KEYS:
+        message = f"keys: {len(items)} keys; a file may hold at most {MAX_KEYS}"
+        return None, [doc.problem(("keys",), message)]
     file = validate_model(RawFile, doc.data, doc)
     problems = list(file.problems)
     broken = set(file.broken)
     keys: list[tuple[int, RawKey]] = []
-    items = doc.data.get("keys")
     for index, item in enumerate(items if isinstance(items, list) else []):
         key = validate_model(RawKey, item, doc, ("keys", index))
         problems += key.problems

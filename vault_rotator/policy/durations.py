@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 
-from vault_rotator.policy.problems import PolicyValueError
+from vault_rotator.policy.problems import PolicyValueError, shown
 
 UNITS: dict[str, float] = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 MAX_SECONDS = 36500 * 86400.0  # 100 years: anything longer is a typo
@@ -27,17 +27,17 @@ def parse_duration(text: str) -> float:
     match = _DURATION.fullmatch(stripped)
     if match is None:
         raise PolicyValueError(
-            f"invalid duration {text!r}: expected a non-negative number and a unit "
+            f"invalid duration {shown(text)}: expected a non-negative number and a unit "
             "(s, m, h or d), such as 90s, 1.5h or 7d"
         )
     unit = match["unit"]
     if unit not in UNITS:
         raise PolicyValueError(
-            f"invalid duration {text!r}: unknown unit {unit!r}, expected s, m, h or d"
+            f"invalid duration {shown(text)}: unknown unit {shown(unit)}, expected s, m, h or d"
         )
     seconds = float(match["number"]) * UNITS[unit]
     if seconds > MAX_SECONDS:
-        raise PolicyValueError(f"invalid duration {text!r}: longer than 100 years")
+        raise PolicyValueError(f"invalid duration {shown(text)}: longer than 100 years")
     return seconds
 
 

@@ -5,6 +5,9 @@ name order. Across files: ``environment`` is unique; a ``secret_path`` belongs t
 never a management key's path; files that share a provider account (base URL, KV mount and
 management-key path) configure it identically; an ``adopt_key_id`` is adopted once per account.
 The later occurrence is the one reported.
+
+A directory holds at most 100 policy files (``MAX_FILES``); with more, none is read. Each file
+has its own limits (:mod:`~vault_rotator.policy.yamlsource`, :mod:`~vault_rotator.policy.build`).
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ from pathlib import Path
 from vault_rotator.policy.build import build_environment
 from vault_rotator.policy.fields import normalize_vault_path
 from vault_rotator.policy.model import Account, EnvironmentPolicy, PolicySet
-from vault_rotator.policy.problems import PolicyError, PolicyValueError, Problem
+from vault_rotator.policy.problems import PolicyError, PolicyValueError, Problem, clipped, shown
 from vault_rotator.policy.yamlsource import Document, NodePath, read_document
 
 CONFIG_ENV = "VAULT_ROTATOR_CONFIG"
 DEFAULT_CONFIG_DIR = "config"
+MAX_FILES = 100
 _ACCOUNT_SETTINGS = (
     "type",
     "dialect",
@@ -70,6 +74,9 @@ def _load_all(config_dir: Path) -> tuple[list[Problem], list[tuple[EnvironmentPo
     files = policy_files(config_dir)
     if not files:
         return [Problem(config_dir, None, "no policy files (*.yaml, *.yml) in this directory")], []
+    if len(files) > MAX_FILES:
+        message = f"{len(files)} policy files; at most {MAX_FILES} are read"
+        return [Problem(config_dir, None, message)], []
     problems: list[Problem] = []
     docs: list[Document] = []
     loaded: list[tuple[EnvironmentPolicy, Document]] = []
@@ -96,7 +103,7 @@ def _unique_environments(docs: list[Document]) -> list[Problem]:
         if not isinstance(env, str):
             continue
         if env in first:
-            message = f"environment '{env}' is already defined at {first[env].where}"
+            message = f"environment {shown(env)} is already defined at {first[env].where}"
             problems.append(doc.problem(("environment",), message))
         else:
             first[env] = _Site(doc, ("environment",))
@@ -110,14 +117,14 @@ def _secret_path_checks(docs: list[Document]) -> list[Problem]:
     for doc in docs:
         for path, site in _secret_paths(doc):
             if path in management:
-                message = (
-                    f"secret_path '{path}' is the management key's path at {management[path].where}"
-                )
+                where = management[path].where
+                message = f"secret_path {shown(path)} is the management key's path at {where}"
                 problems.append(doc.problem(site.path, message))
             elif path in first:
                 other = first[path]
                 message = (
-                    f"secret_path '{path}' is already used by {_key_label(other)} at {other.where}"
+                    f"secret_path {shown(path)} is already used by {_key_label(other)} at "
+                    f"{other.where}"
                 )
                 problems.append(doc.problem(site.path, message))
             else:
@@ -145,7 +152,7 @@ def _key_label(site: _Site) -> str:
     env = _get(site.doc.data, ("environment",))
     name = _get(site.doc.data, (*site.path[:2], "name"))
     if isinstance(env, str) and isinstance(name, str):
-        return f"key {env}/{name}"
+        return f"key {clipped(env)}/{clipped(name)}"
     return f"{site.path[0]}[{site.path[1]}]"
 
 
@@ -179,7 +186,9 @@ def _adoption_checks(loaded: list[tuple[EnvironmentPolicy, Document]]) -> list[P
                 continue
             claimed = first.setdefault((key.account, key.adopt_key_id), key.ref)
             if claimed != key.ref:
-                message = f"adopt_key_id '{key.adopt_key_id}' is already adopted by key {claimed}"
+                message = (
+                    f"adopt_key_id {shown(key.adopt_key_id)} is already adopted by key {claimed}"
+                )
                 problems.append(doc.problem(("keys", index, "adopt_key_id"), message))
     return problems
 

@@ -1,5 +1,11 @@
 """Problems found in policy files, and the errors that carry them.
 
+A problem is one line: ``FILE:LINE: message``. Messages quote values from the file through
+:func:`shown`, which escapes control and bidi characters the way ``repr`` does and cuts long
+values at 80 characters; as a last guard, ``str(problem)`` escapes any non-printable character
+left in a message, so a hostile file can neither break the line nor reorder what a terminal
+shows.
+
 ::
 
     ConfigError                    (vault_rotator.errors)
@@ -17,6 +23,36 @@ from typing import Literal
 from vault_rotator.errors import ConfigError
 
 Severity = Literal["error", "warning"]
+SHOWN_CHARS = 80  # how much of a value a message quotes
+
+
+def shown(value: object, limit: int = SHOWN_CHARS) -> str:
+    """A value as a message quotes it: ``repr``-escaped and cut at ``limit`` characters.
+
+    A cut string keeps its quotes and says how long it was: ``'xxx…' (902 characters)``.
+    """
+    if isinstance(value, str):
+        if len(value) <= limit:
+            return repr(value)
+        quoted = repr(value[:limit])
+        return f"{quoted[:-1]}…{quoted[-1]} ({len(value)} characters)"
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def clipped(text: str, limit: int = SHOWN_CHARS) -> str:
+    """``text`` cut at ``limit`` characters (``…`` marks the cut); for unquoted names."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def escaped(text: str) -> str:
+    """``text`` with every non-printable character (control, bidi, line breaks) escaped."""
+    if text.isprintable():
+        return text
+    return "".join(
+        char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+        for char in text
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +79,7 @@ class Problem:
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line is not None else str(self.file)
         prefix = "warning: " if self.severity == "warning" else ""
-        return f"{where}: {prefix}{self.message}"
+        return escaped(f"{where}: {prefix}{self.message}")
 
 
 class PolicyError(ConfigError):

@@ -15,7 +15,8 @@ from urllib.parse import urlsplit
 
 from vault_rotator.policy import defaults as builtin
 from vault_rotator.policy.durations import format_duration
-from vault_rotator.policy.problems import Problem
+from vault_rotator.policy.naming import MAX_KEY_NAME_CHARS, longest_key_name
+from vault_rotator.policy.problems import Problem, shown
 from vault_rotator.policy.schema import RawFile, RawKey, dotted
 from vault_rotator.policy.yamlsource import Document, NodePath
 
@@ -79,7 +80,7 @@ def _duplicate_names(doc: Document) -> list[Problem]:
             continue
         if name in seen:
             first = doc.line_of(("keys", seen[name], "name"))
-            message = f"duplicate key name '{name}' (first at line {first})"
+            message = f"duplicate key name {shown(name)} (first at line {first})"
             problems.append(doc.problem(("keys", index, "name"), message))
         else:
             seen[name] = index
@@ -107,7 +108,7 @@ def _state_prefix_overlaps(
     return [
         doc.problem(
             path,
-            f"{dotted(path)} '{value}' is inside vault.state_prefix '{prefix}', "
+            f"{dotted(path)} {shown(value)} is inside vault.state_prefix {shown(prefix)}, "
             "where vault-rotator keeps its state",
         )
         for path, value in paths
@@ -117,7 +118,14 @@ def _state_prefix_overlaps(
 
 def key_rules(context: KeyContext, doc: Document) -> list[Problem]:
     """Rules about one key's effective settings."""
-    rules = (_spending_limit_rule, _drain_rule, _ttl_rule, _disable_rule)
+    rules = (
+        _spending_limit_rule,
+        _drain_rule,
+        _ttl_rule,
+        _disable_rule,
+        _jitter_rule,
+        _key_name_length_rule,
+    )
     return [problem for rule in rules if (problem := rule(context, doc)) is not None]
 
 
@@ -133,7 +141,7 @@ def _spending_limit_rule(context: KeyContext, doc: Document) -> Problem | None:
         return None
     return doc.problem(
         setting.origin or ("keys", context.index),
-        f"key '{context.key.name}' has no spending_limit, which environment "
+        f"key {shown(context.key.name)} has no spending_limit, which environment "
         f"'{raw.environment}' requires (require_spending_limit); set one on the key or under "
         "defaults to cap what a leaked key can spend",
     )
@@ -179,4 +187,31 @@ def _disable_rule(context: KeyContext, doc: Document) -> Problem | None:
         f"(default {format_duration(builtin.DIALECT_A_DISABLE_BEFORE_DELETE_S)}) makes such "
         "callers fail while the key can still be re-enabled",
         "warning",
+    )
+
+
+def _jitter_rule(context: KeyContext, doc: Document) -> Problem | None:
+    jitter, max_age = context.settings["jitter"], context.settings["max_age"]
+    if jitter.broken or max_age.broken or jitter.value < max_age.value:
+        return None
+    return doc.problem(
+        jitter.origin or ("keys", context.index),
+        f"{context.label('jitter')} {format_duration(jitter.value)} must be shorter than "
+        f"{context.label('max_age')} {format_duration(max_age.value)}: max_age makes the key "
+        "due anyway, so a longer jitter would only hide the schedule",
+    )
+
+
+def _key_name_length_rule(context: KeyContext, doc: Document) -> Problem | None:
+    setting = context.settings["key_name"]
+    if setting.broken:
+        return None
+    example = longest_key_name(setting.value, env=context.raw.environment, name=context.key.name)
+    if len(example) <= MAX_KEY_NAME_CHARS:
+        return None
+    return doc.problem(
+        setting.origin or ("keys", context.index),
+        f"{context.label('key_name')} renders to {len(example)} characters (at most "
+        f"{MAX_KEY_NAME_CHARS}) for key {shown(context.key.name)} with the longest date and "
+        f"rotation id: {shown(example)}",
     )

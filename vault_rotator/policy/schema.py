@@ -1,7 +1,8 @@
 """The shape of one policy file, as pydantic models, and pydantic errors as problems.
 
 These "raw" models mirror the YAML exactly (``extra="forbid"``, strict types, durations with
-units); :mod:`vault_rotator.policy.build` merges them into the effective model. Keys are
+units, and the stricter ``File*`` value types of :mod:`~vault_rotator.policy.fields`);
+:mod:`vault_rotator.policy.build` merges them into the effective model. Keys are
 validated one by one, so one bad key does not hide the problems of the others.
 """
 
@@ -17,23 +18,23 @@ from pydantic_core import ErrorDetails
 
 from vault_rotator.policy import defaults as builtin
 from vault_rotator.policy.fields import (
-    BaseUrl,
     DialectName,
     Duration,
-    KeyNameTemplate,
+    FileBaseUrl,
+    FileKeyNameTemplate,
+    FileMountName,
+    FileScheduleText,
+    FileSpendingLimit,
     LimitReset,
-    MountName,
     Name,
     NameList,
     PositiveDuration,
     ProviderType,
-    ScheduleText,
-    SpendingLimit,
     Token,
     VaultPath,
     WindowText,
 )
-from vault_rotator.policy.problems import Problem
+from vault_rotator.policy.problems import Problem, shown
 from vault_rotator.policy.yamlsource import Document, NodePath
 
 M = TypeVar("M", bound=BaseModel)
@@ -54,7 +55,7 @@ class RawProvider(_Raw):
     """``provider``: one provider account."""
 
     type: ProviderType
-    base_url: BaseUrl
+    base_url: FileBaseUrl
     dialect: DialectName = "auto"
     management_key: RawManagementKey
     usage_lag: Duration = builtin.USAGE_LAG_S
@@ -65,7 +66,7 @@ class RawProvider(_Raw):
 class RawVault(_Raw):
     """``vault``: where the keys' state records live."""
 
-    kv_mount: MountName = builtin.KV_MOUNT
+    kv_mount: FileMountName = builtin.KV_MOUNT
     state_prefix: VaultPath = builtin.STATE_PREFIX
 
 
@@ -76,7 +77,7 @@ class RawSettings(_Raw):
     ``disable_before_delete``'s built-in default depends on the dialect (see ``defaults``).
     """
 
-    schedule: ScheduleText = builtin.SCHEDULE
+    schedule: FileScheduleText = builtin.SCHEDULE
     jitter: Duration = builtin.JITTER_S
     window: WindowText | None = None
     max_age: PositiveDuration = builtin.MAX_AGE_S
@@ -85,10 +86,10 @@ class RawSettings(_Raw):
     drain_timeout: PositiveDuration = builtin.DRAIN_TIMEOUT_S
     disable_before_delete: Duration = 0.0
     key_ttl: PositiveDuration | None = None
-    key_name: KeyNameTemplate = builtin.KEY_NAME
+    key_name: FileKeyNameTemplate = builtin.KEY_NAME
     allowed_providers: NameList | None = None
     allowed_models: NameList | None = None
-    spending_limit: SpendingLimit | None = None
+    spending_limit: FileSpendingLimit | None = None
     limit_reset: LimitReset | None = None
 
 
@@ -171,10 +172,10 @@ def _problem(
     loc: NodePath = (*prefix, *relative)
     kind = error["type"]
     if kind == "missing":
-        return doc.problem(loc[:-1], f"{_where(loc[:-1])}missing required field '{loc[-1]}'")
+        return doc.problem(loc[:-1], f"{_where(loc[:-1])}missing required field {shown(loc[-1])}")
     if kind == "extra_forbidden":
         hint = _suggest(str(loc[-1]), model, relative)
-        return doc.problem(loc, f"{_where(loc[:-1])}unknown field '{loc[-1]}'{hint}")
+        return doc.problem(loc, f"{_where(loc[:-1])}unknown field {shown(str(loc[-1]))}{hint}")
     return doc.problem(loc, f"{dotted(loc)}: {_message(error)}")
 
 
@@ -208,10 +209,12 @@ def _message(error: ErrorDetails) -> str:
     ctx = error.get("ctx") or {}
     if kind == "value_error":
         return str(ctx.get("error", error["msg"]))
+    if kind == "float_type" and isinstance(error["input"], int):
+        return f"{shown(error['input'])} is too large a number"
     if kind in _EXPECTED:
         return f"expected {_EXPECTED[kind]}, got {_yaml_type(error['input'])}"
     if kind == "literal_error":
-        return f"must be {ctx.get('expected')}, got {error['input']!r}"
+        return f"must be {ctx.get('expected')}, got {shown(error['input'])}"
     return f"{error['msg'][:1].lower()}{error['msg'][1:]}"
 
 

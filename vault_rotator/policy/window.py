@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 
-from vault_rotator.policy.problems import PolicyValueError
+from vault_rotator.policy.problems import PolicyValueError, shown
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # datetime.weekday() order
 _WINDOW = re.compile(r"(?:(?P<days>\S+)\s+)?(?P<start>\d{1,2}:\d{2})-(?P<end>\d{1,2}:\d{2})")
@@ -63,14 +63,14 @@ def parse_window(text: str) -> Window:
     match = _WINDOW.fullmatch(text.strip())
     if match is None:
         raise PolicyValueError(
-            f"invalid window {text!r}: expected [DAYS ]HH:MM-HH:MM, "
+            f"invalid window {shown(text)}: expected [DAYS ]HH:MM-HH:MM, "
             "such as 'Mon-Fri 09:00-17:00' or '22:00-02:00'"
         )
     start, end = _minute(match["start"], text), _minute(match["end"], text)
     if start == _DAY_MINUTES:
-        raise PolicyValueError(f"invalid window {text!r}: a window cannot start at 24:00")
+        raise PolicyValueError(f"invalid window {shown(text)}: a window cannot start at 24:00")
     if start == end:
-        raise PolicyValueError(f"invalid window {text!r}: start and end are equal")
+        raise PolicyValueError(f"invalid window {shown(text)}: start and end are equal")
     days = _days(match["days"], text) if match["days"] else frozenset(range(7))
     return Window(text=text.strip(), days=days, start_minute=start, end_minute=end)
 
@@ -79,7 +79,7 @@ def _minute(clock: str, text: str) -> int:
     hours, minutes = (int(part) for part in clock.split(":"))
     total = hours * 60 + minutes
     if minutes > 59 or total > _DAY_MINUTES:
-        raise PolicyValueError(f"invalid window {text!r}: {clock} is not a time of day")
+        raise PolicyValueError(f"invalid window {shown(text)}: {clock} is not a time of day")
     return total
 
 
@@ -97,7 +97,8 @@ def _weekday(name: str, text: str) -> int:
     lowered = name.strip().lower()
     if lowered not in WEEKDAYS:
         raise PolicyValueError(
-            f"invalid window {text!r}: {name!r} is not a day (Mon, Tue, Wed, Thu, Fri, Sat, Sun)"
+            f"invalid window {shown(text)}: {shown(name)} is not a day "
+            "(Mon, Tue, Wed, Thu, Fri, Sat, Sun)"
         )
     return WEEKDAYS.index(lowered)
 
