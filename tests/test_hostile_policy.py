@@ -15,6 +15,7 @@ import pytest
 import structlog
 
 from vault_rotator import cli
+from vault_rotator.daemon import service as service_module
 from vault_rotator.daemon.daemon import StopFlag
 from vault_rotator.daemon.service import Service
 from vault_rotator.policy import PolicyError, PolicySet, load_policies
@@ -138,6 +139,24 @@ def test_reload_keeps_the_old_policies_on_a_hostile_file(tmp_path: Path) -> None
     assert daemon.policies is before
     problems = [entry["problem"] for entry in logs if "problem" in entry]
     assert any(p.startswith(f"{directory / 'p.yaml'}:1: ") for p in problems), logs
+
+
+def test_reload_keeps_the_old_policies_whatever_the_loader_raises(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defence in depth: any exception out of the loader is logged, and the daemon keeps going."""
+    directory = config(tmp_path, BASE)
+    service, daemon = _service(directory)
+    before = daemon.policies
+
+    def explode(_directory: Path) -> PolicySet:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(service_module, "load_policies", explode)
+    with structlog.testing.capture_logs() as logs:
+        assert service.reload() is False
+    assert daemon.policies is before
+    assert any("maximum recursion depth" in str(entry.get("error")) for entry in logs), logs
 
 
 # ---------------------------------------------------------------- item 5: sizes and counts

@@ -7,7 +7,8 @@ Vault token before it expires.
 * SIGTERM / SIGINT: take no new work, let the provider or Vault call in progress finish, cancel
   backoffs, release leases, exit 0 (well within 10 s).
 * SIGHUP: reload the policies; an invalid new config is logged with its ``FILE:LINE`` problems
-  and the old one kept.
+  and the old one kept. So is a new config the loader fails on in any other way: a reload never
+  stops the daemon.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from vault_rotator.daemon.daemon import Cancelled, Daemon, StopFlag
 from vault_rotator.errors import VaultRotatorError
 from vault_rotator.policy import Account, PolicyError, load_policies
+from vault_rotator.policy.problems import clipped, escaped
 
 log = structlog.get_logger(__name__)
 
@@ -105,12 +107,25 @@ class Service:
         return None
 
     def reload(self) -> bool:
-        """Load the policies again; keep the old ones (and say why) if the new are invalid."""
+        """Load the policies again; keep the old ones (and say why) if the new are invalid.
+
+        Whatever the loader raises, the daemon keeps running on the old policies: a file that
+        finds a bug in the loader must not stop rotations (the loader's own limits are the
+        first line; this is the second).
+        """
         try:
             policies = load_policies(self.config_dir)
         except PolicyError as exc:
             for problem in exc.problems:
                 log.warning("reload refused; keeping the old policies", problem=str(problem))
+            return False
+        except Exception as exc:  # any failure of loading keeps the old config
+            # No traceback: a RecursionError's has a thousand frames; the type and text suffice.
+            log.error(  # noqa: TRY400
+                "reload failed; keeping the old policies",
+                config=str(self.config_dir),
+                error=f"{type(exc).__name__}: {escaped(clipped(str(exc), 200))}",
+            )
             return False
         self.daemon.policies = policies
         self.schedule()
