@@ -402,3 +402,30 @@ def test_bad_target_and_malformed_record_are_clear_errors(kv: VaultKv, prefix: s
     kv.write(frozen_path(prefix), {"schema": 1, "env": "prod"}, cas=0)
     with pytest.raises(StoreError, match=r"freeze record at secret/.*malformed"):
         frozen(kv, prefix)
+
+
+def test_a_cron_that_never_fires_is_due_at_max_age() -> None:
+    """A stored cron with no firing (31 February) neither crashes nor stops max_age rotating."""
+    pol = policy(schedule="0 0 31 2 *", max_age_s=30 * DAY)
+    last = ts("2027-01-01T00:00:00")
+    assert next_slot(parse_schedule(pol.schedule), last) is None
+    assert next_due(pol, last_success_at=last, rotated_at=None, now=last) == last + 30 * DAY
+    early = due(pol, last_success_at=last, rotated_at=None, in_flight=False, frozen=False, now=last)
+    assert early == Due(due=False, at=last + 30 * DAY, reason=d.NOT_YET)
+    late = due(
+        pol,
+        last_success_at=last,
+        rotated_at=None,
+        in_flight=False,
+        frozen=False,
+        now=last + 31 * DAY,
+    )
+    assert late == Due(due=True, at=last + 30 * DAY, reason=d.MAX_AGE)
+
+
+def test_a_cron_firing_after_max_age_is_not_searched_past_it() -> None:
+    """A cron's next firing is searched only up to max_age; past it, max_age decides."""
+    pol = policy(schedule="@yearly", max_age_s=45 * DAY)
+    last = ts("2027-01-02T00:00:00")
+    assert next_due(pol, last_success_at=last, rotated_at=None, now=last) == last + 45 * DAY
+    assert next_slot(parse_schedule("@yearly"), last) == ts("2028-01-01T00:00:00")

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from pathlib import Path
+
+from vault_rotator.commands.status_cmd import collect
 from vault_rotator.engine import reasons
 from vault_rotator.engine.state import Outcome, Permissions, Rotation, Stall, StateRecord
 from vault_rotator.engine.status import derive_state, key_status
+from vault_rotator.policy import (
+    EnvironmentPolicy,
+    KeyPolicy,
+    ManagementKeyRef,
+    PolicySet,
+    ProviderPolicy,
+)
+from vault_rotator.store.port import Versioned
 
 NOW = 1_800_000_000.0
 
@@ -92,3 +104,57 @@ def test_the_disable_wait_is_not_a_drain_stall() -> None:
     """Once the old key is disabled the rotation is committed: no drain-timeout stall."""
     rec = published(pickup_at=NOW - 10, drain_deadline=NOW - 1, old_disabled_at=NOW - 5)
     assert derive_state(rec, NOW)[0] == "draining"
+
+
+class _Kv:
+    """Just enough of a KV store for ``status``: one consumer secret, no state records."""
+
+    mount = "secret"
+
+    def __init__(self, secrets: dict[str, dict[str, object]]) -> None:
+        self.secrets = secrets
+
+    def read(self, path: str, version: int | None = None) -> Versioned | None:
+        data = self.secrets.get(path)
+        return None if data is None else Versioned(data=data, version=1)
+
+    def current_version(self, path: str) -> int:
+        return 1 if path in self.secrets else 0
+
+    def list(self, prefix: str) -> list[str]:
+        return []
+
+
+class _Runtime:
+    def __init__(self, kv: _Kv) -> None:
+        self._kv = kv
+
+    def kv(self, mount: str) -> _Kv:
+        return self._kv
+
+
+def test_status_of_a_key_whose_cron_never_fires() -> None:
+    """A rotated key whose stored cron never fires shows its max_age due time, not a crash."""
+    provider = ProviderPolicy(
+        base_url="http://127.0.0.1:9", management_key=ManagementKeyRef(path="arouter/mgmt")
+    )
+    key = KeyPolicy(
+        env="prod",
+        name="app",
+        secret_path="arouter/prod/app",
+        provider=provider,
+        schedule="0 0 31 2 *",
+        max_age_s=86400.0,
+    )
+    env = EnvironmentPolicy(
+        environment="prod",
+        source=Path("prod.yaml"),
+        provider=provider,
+        require_spending_limit=False,
+        keys=(key,),
+    )
+    rotated = datetime.fromtimestamp(NOW - 3600, UTC).isoformat()
+    kv = _Kv({"arouter/prod/app": {"key_id": "k1", "rotated_at": rotated}})
+    (row,) = collect(PolicySet({"prod": env}), _Runtime(kv), NOW)  # type: ignore[arg-type]
+    assert row["state"] == "never-rotated"
+    assert row["next_due_at"] == NOW - 3600 + 86400.0

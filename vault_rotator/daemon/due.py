@@ -12,7 +12,9 @@ From the last rotation:
   (APScheduler 3, through :func:`~vault_rotator.policy.cron_trigger`, so crontab weekdays hold),
   or last + interval for ``every 30d``. Firings missed while the daemon was down all collapse
   into this one slot: once it rotates, the next slot lies after the rotation, so a restart
-  rotates once, not once per missed firing.
+  rotates once, not once per missed firing. A cron is searched only up to ``last + max_age``;
+  one with no firing by then (or ever: ``0 0 31 2 *``, which a policy file refuses but a stored
+  policy may hold) has no slot, and max_age alone makes the key due.
 * **jitter**: a deterministic offset in ``[0, jitter)`` from a hash of ``env/name`` and the
   slot, so it survives restarts and spreads keys sharing a schedule.
 * **max_age**: the rotation is due at ``last + max_age`` at the latest, jitter or not.
@@ -30,13 +32,12 @@ import functools
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from vault_rotator.policy import (
     KeyPolicy,
     Schedule,
     Window,
-    cron_trigger,
+    next_fire,
     parse_schedule,
     parse_window,
 )
@@ -93,25 +94,24 @@ def jitter_offset(ref: str, slot: float, jitter_s: float) -> float:
     return fraction * jitter_s
 
 
-def next_slot(schedule: Schedule, last: float) -> float:
-    """The schedule's first due time strictly after ``last``."""
+def next_slot(schedule: Schedule, last: float, until: float | None = None) -> float | None:
+    """The schedule's first due time strictly after ``last``.
+
+    None when a cron does not fire by ``until`` (or never, without ``until``).
+    """
     if schedule.interval_s is not None:
         return last + schedule.interval_s
     assert schedule.cron is not None
-    return _next_fire(schedule.cron, last)
+    return _next_fire(schedule.cron, last, until)
 
 
 @functools.lru_cache(maxsize=4096)
-def _next_fire(cron: str, last: float) -> float:
+def _next_fire(cron: str, last: float, until: float | None) -> float | None:
     """The cron's first firing strictly after ``last`` (cached: ``last`` rarely changes)."""
     after = datetime.fromtimestamp(last, UTC) + timedelta(microseconds=1)
-    fire = _trigger(cron).get_next_fire_time(None, after)
-    return float(fire.timestamp())
-
-
-@functools.lru_cache(maxsize=256)
-def _trigger(cron: str) -> Any:
-    return cron_trigger(cron)
+    end = None if until is None else datetime.fromtimestamp(until, UTC)
+    fire = next_fire(cron, after, end)
+    return None if fire is None else fire.timestamp()
 
 
 @functools.lru_cache(maxsize=256)
@@ -154,9 +154,10 @@ def _plan(policy: KeyPolicy, last: float | None, now: float) -> Due:
     if last is None:
         return Due(due=True, at=now, reason=FIRST_RUN)
     deadline = last + policy.max_age_s
-    slot = next_slot(_schedule(policy.schedule), last)
-    target = slot + jitter_offset(policy.ref, slot, policy.jitter_s)
-    reason = SCHEDULE
+    slot = next_slot(_schedule(policy.schedule), last, until=deadline)
+    target, reason = deadline, MAX_AGE  # no slot before the deadline: max_age decides
+    if slot is not None:
+        target, reason = slot + jitter_offset(policy.ref, slot, policy.jitter_s), SCHEDULE
     if target >= deadline:
         target, reason = deadline, MAX_AGE
     window = _window(policy.window)
