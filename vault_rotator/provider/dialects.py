@@ -207,6 +207,11 @@ def _kind(value: object) -> str:
     return next((name for cls, name in _KINDS if isinstance(value, cls)), type(value).__name__)
 
 
+def _finite(value: float) -> bool:
+    """A number is finite; an int of any size is (``math.isfinite`` overflows past 1e308)."""
+    return isinstance(value, int) or math.isfinite(value)
+
+
 class Fields:
     """Typed, bounded reads of one JSON object; every failure names endpoint, record and field."""
 
@@ -252,7 +257,7 @@ class Fields:
             return None
         if isinstance(value, bool) or not isinstance(value, int | float):
             self._expect(field, "a number")
-        if not math.isfinite(value) or not 0 <= value <= MAX_MONEY:
+        if not _finite(value) or not 0 <= value <= MAX_MONEY:
             self.fail(field, f"out of range [0, {MAX_MONEY:g}]: {value!r:.40}")
         return float(value)
 
@@ -281,15 +286,15 @@ class Fields:
         if value is None:
             return None
         if isinstance(value, int | float) and not isinstance(value, bool):
-            if not math.isfinite(value) or not 0 <= value <= MAX_UNIX_SECONDS:
+            if not _finite(value) or not 0 <= value <= MAX_UNIX_SECONDS:
                 self.fail(field, f"Unix time out of range: {value!r:.40}")
             return datetime.fromtimestamp(value, UTC)
         text = self.text(field, limit=64)
         try:
             parsed = datetime.fromisoformat(text or "")
-        except ValueError:
-            self.fail(field, f"not an ISO-8601 timestamp: {text!r}")
-        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+            return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        except (ValueError, OverflowError):  # not ISO-8601, or out of range once in UTC
+            self.fail(field, f"not an ISO-8601 timestamp within years 1-9999 UTC: {text!r}")
 
     def names(self, field: str) -> tuple[str, ...] | None:
         """A list of short strings (providers, models) as a tuple."""
