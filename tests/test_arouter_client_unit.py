@@ -633,6 +633,21 @@ def test_status_mapping(
     assert info.value.status == status
 
 
+def test_server_message_is_one_printable_line(
+    server: FakeServer, make: Callable[..., ARouterClient]
+) -> None:
+    """Control and bidi characters in a server's error message are escaped, never passed on."""
+    message = "no\u0007 such\r\nkey \u202e(Authorization: Bearer lr_live_echoed_0123456789)"
+    server.on("GET", "/api/v1/keys", reply(403, {"error": {"message": message}}))
+    with pytest.raises(ProviderForbiddenError) as info:
+        make("a").list_keys()
+    text = str(info.value)
+    assert text.isprintable()
+    assert "no\\x07 such key \\u202e(Authorization: Bearer <redacted fp:" in text
+    assert text.endswith(">)")
+    assert "lr_live_echoed" not in text
+
+
 def test_flat_error_body(server: FakeServer, make: Callable[..., ARouterClient]) -> None:
     """A flat {code, message} error body is read too, and long messages are truncated."""
     server.on("DELETE", "/v1/keys/key_1", reply(400, {"code": "bad", "message": "m" * 500}))

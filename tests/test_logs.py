@@ -20,6 +20,7 @@ from vault_rotator.logs import (
     redact_secrets,
     redact_text,
     rotation_steps,
+    shown,
 )
 from vault_rotator.secret import Secret, fingerprint
 
@@ -232,3 +233,13 @@ def test_bearer_redaction_keeps_trailing_punctuation(closing: str) -> None:
     assert text == (
         f"HTTP 401: key refused (Authorization: Bearer <redacted {fingerprint(LIVE)}>{closing} next"
     )
+
+
+def test_shown_escapes_what_does_not_print_and_caps_the_length() -> None:
+    """shown() escapes controls, bidi marks and backslashes as repr would, and caps the length."""
+    assert shown("someone\u0007elses\tkey\u202e\\") == "someone\\x07elses\\tkey\\u202e\\\\"
+    assert shown("naïve café 中文") == "naïve café 中文"
+    capped = shown("\u0007" * 500, limit=40)
+    assert len(capped) == 40
+    assert capped.endswith("…")
+    assert capped.isprintable()
