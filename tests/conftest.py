@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 from hypothesis import HealthCheck, settings
 from world import LIVE_CONFIG, MANAGEMENT_KEY, LiveEnv, World, calling_app
 
@@ -37,6 +38,14 @@ _profile = os.environ.get(HYPOTHESIS_PROFILE_ENV, "ci")
 if _profile not in ("ci", "long"):
     raise pytest.UsageError(f"{HYPOTHESIS_PROFILE_ENV}={_profile!r}: use ci or long")
 settings.load_profile(_profile)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> Iterator[None]:
+    """Logging configured by a test (the CLI's main does it) ends with the test: the next one
+    must not write to a stream that capsys has since closed."""
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,11 @@ the daemon checks its capabilities. Exit codes follow the CLI's: 0 done, 1 refus
 change as :mod:`.follow` does locally; ``--timeout`` gives up waiting (exit 1) on the monotonic
 clock while the daemon carries on.
 
+The token never travels in clear over a network: a plain ``http://`` daemon URL must name a
+loopback host (``localhost``, ``127.0.0.0/8``, ``::1``), else it is a usage error; an
+``https://`` daemon's certificate is checked against the system CAs or
+``VAULT_ROTATOR_DAEMON_CACERT``.
+
 The daemon's answers are read as hostile: at most :data:`MAX_ANSWER_BYTES`, within
 :data:`ANSWER_DEADLINE_S`, and they must be a JSON object (status rows objects with string
 ``key`` and ``state``); anything else is a one-line DaemonResponseError (exit 1). A malformed
@@ -17,9 +22,11 @@ The daemon's answers are read as hostile: at most :data:`MAX_ANSWER_BYTES`, with
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import re
+import ssl
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -32,6 +39,7 @@ from vault_rotator.errors import ConfigError, DaemonResponseError, DaemonUnreach
 from vault_rotator.logs import redact_text
 
 DAEMON_ENV = "VAULT_ROTATOR_DAEMON"
+CACERT_ENV = "VAULT_ROTATOR_DAEMON_CACERT"
 SETTLED = ("idle", "never-rotated")
 POLL_S = 2.0  # between status polls of --wait
 MAX_ANSWER_BYTES = 8 * 1024 * 1024
@@ -59,7 +67,33 @@ def daemon_url(args: argparse.Namespace) -> str | None:
         raise ConfigError(f"--daemon {shown!r} is not a URL ({exc})") from exc
     if parsed.scheme not in ("http", "https") or not parsed.host or parsed.query:
         raise ConfigError(f"--daemon {shown!r}: expected http(s)://HOST[:PORT]")
+    if parsed.scheme == "http" and not _loopback(parsed.host):
+        raise ConfigError(
+            f"--daemon {shown!r}: refusing to send VAULT_TOKEN over plain http to a host that "
+            f"is not loopback; use https:// (and {CACERT_ENV} for a private CA)"
+        )
     return url.rstrip("/")
+
+
+def _loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _verify() -> ssl.SSLContext | bool:
+    """How an https daemon's certificate is checked: VAULT_ROTATOR_DAEMON_CACERT, else the
+    system's CAs."""
+    cacert = os.environ.get(CACERT_ENV)
+    if not cacert:
+        return True
+    try:
+        return ssl.create_default_context(cafile=cacert)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"{CACERT_ENV}={cacert[:120]!r}: not a readable CA bundle") from exc
 
 
 def request(
@@ -72,7 +106,7 @@ def request(
     headers = {"Authorization": f"Bearer {token}"}
     try:
         with (
-            httpx.Client(base_url=url, timeout=30) as client,
+            httpx.Client(base_url=url, timeout=30, verify=_verify()) as client,
             client.stream(method, path, json=body, headers=headers) as resp,
         ):
             raw = _read(resp, f"{method} {url}{path}")

@@ -1,4 +1,11 @@
-"""The daemon's HTTP listener: ``/healthz``, ``/readyz``, ``/metrics`` and the control API.
+"""The daemon's HTTP listeners: ``/healthz``, ``/readyz``, ``/metrics`` and the control API.
+
+One :class:`Listener` serves what it is given: the daemon runs one for everything on
+``--listen``, or, with ``--metrics-listen``, one for the probes and metrics (plain HTTP) and one
+for the control API alone; a path the listener does not serve is a 404. A listener given
+:class:`TlsFiles` speaks HTTPS (the handshake happens in the connection's thread, within the
+read deadline), and :meth:`Listener.reload_tls` swaps in the files' current contents for new
+connections (SIGHUP), keeping the old certificate when the new one does not load.
 
 * ``GET /healthz``: 200 while the process serves.
 * ``GET /readyz``: 200 when Vault is reachable and our token accepted (checked at most every
@@ -31,10 +38,12 @@ import json
 import re
 import socket
 import socketserver
+import ssl
 import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
 
@@ -42,6 +51,7 @@ import structlog
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from vault_rotator.daemon.control import Answer, Control
+from vault_rotator.errors import ConfigError
 from vault_rotator.logs import redact_text
 
 log = structlog.get_logger(__name__)
@@ -87,24 +97,54 @@ class Ready:
         return self._checked[1] or self._ticking()
 
 
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """A PEM certificate chain and its private key, read again on each (re)load."""
+
+    cert_file: str
+    key_file: str
+
+    def context(self) -> ssl.SSLContext:
+        """A server context (TLS 1.2 at least) with the files' current contents."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"TLS certificate {self.cert_file} / key {self.key_file} do not load: "
+                f"{type(exc).__name__}: {str(exc)[:120]}"
+            ) from exc
+        return context
+
+
 class Listener:
-    """A threaded HTTP server for health, metrics and control."""
+    """A threaded HTTP(S) server for whichever of health, metrics and control it is given."""
 
     def __init__(
         self,
         host: str,
         port: int,
         *,
-        control: Control,
-        ready: Ready,
-        metrics: Callable[[], bytes],
+        control: Control | None = None,
+        ready: Ready | None = None,
+        metrics: Callable[[], bytes] | None = None,
+        tls: TlsFiles | None = None,
         read_timeout: float = READ_TIMEOUT_S,
         max_connections: int = MAX_CONNECTIONS,
     ) -> None:
+        if (ready is None) != (metrics is None):
+            raise ValueError("a listener serves the probes and metrics together, or neither")
+        self.tls = tls
+        context = tls.context() if tls else None  # before binding: a bad file leaks no socket
         handler = _handler(control, ready, metrics)
-        self.server = _Server(
-            (host, port), handler, read_timeout=read_timeout, max_connections=max_connections
-        )
+        try:
+            self.server = _Server(
+                (host, port), handler, read_timeout=read_timeout, max_connections=max_connections
+            )
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+        self.server.tls_context = context
         self.thread = threading.Thread(
             target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
         )
@@ -112,7 +152,20 @@ class Listener:
     @property
     def address(self) -> str:
         host, port = str(self.server.server_address[0]), self.server.server_address[1]
-        return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+
+    def reload_tls(self) -> bool:
+        """Load the certificate files again for new connections; keep the old ones on failure."""
+        if self.tls is None:
+            return True
+        try:
+            self.server.tls_context = self.tls.context()
+        except ConfigError as exc:
+            log.warning("TLS reload refused; keeping the old certificate", error=str(exc))
+            return False
+        log.info("TLS certificate reloaded", cert_file=self.tls.cert_file)
+        return True
 
     def start(self) -> None:
         self.thread.start()
@@ -168,6 +221,7 @@ class _DeadlineReader(io.RawIOBase):
 class _Server(ThreadingHTTPServer):
     request_queue_size = LISTEN_BACKLOG
     daemon_threads = True
+    tls_context: ssl.SSLContext | None = None
 
     def __init__(
         self,
@@ -182,6 +236,14 @@ class _Server(ThreadingHTTPServer):
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, handler)
+
+    def get_request(self) -> tuple[Any, Any]:
+        """Accept; with TLS, wrap without handshaking (the handler's thread does that)."""
+        sock, address = super().get_request()
+        context = self.tls_context
+        if context is not None:
+            sock = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, address
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
@@ -258,8 +320,22 @@ def _bearer(header: str) -> str | None:
     return header[7:].strip() if header.lower().startswith("bearer ") else None
 
 
+def _handshake(sock: socket.socket, deadline: float) -> None:
+    """Finish a TLS handshake before ``deadline``; _ReadTimeout or OSError otherwise."""
+    if not isinstance(sock, ssl.SSLSocket):
+        return
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise _ReadTimeout
+    sock.settimeout(left)
+    try:
+        sock.do_handshake()
+    except TimeoutError as exc:
+        raise _ReadTimeout from exc
+
+
 def _handler(
-    control: Control, ready: Ready, metrics: Callable[[], bytes]
+    control: Control | None, ready: Ready | None, metrics: Callable[[], bytes] | None
 ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "vault-rotator"
@@ -280,6 +356,10 @@ def _handler(
         def handle(self) -> None:
             self.close_connection = True
             in_line = True
+            try:
+                _handshake(self.connection, self._reader.deadline)
+            except (_ReadTimeout, OSError):  # a plain-HTTP client, a scanner, a slow one
+                return
             try:
                 self.raw_requestline = self.rfile.readline(MAX_HEAD + 1)
                 in_line = False
@@ -306,6 +386,10 @@ def _handler(
                 return
             if self.path in HEALTH_PATHS:
                 self._health()
+                return
+            if control is None:
+                self._fail(404, f"{self.path[:_SHOWN]} is not served here (the control API "
+                           "listens on --listen)")  # fmt: skip
                 return
             parsed = _parse_json(body)
             if isinstance(parsed, Answer):
@@ -352,7 +436,9 @@ def _handler(
                 length -= len(chunk)
 
         def _health(self) -> None:
-            if self.command not in ("GET", "HEAD"):
+            if ready is None or metrics is None:
+                self._fail(404, f"{self.path} is served on the metrics listener")
+            elif self.command not in ("GET", "HEAD"):
                 self._json(Answer(405, {"error": f"use GET for {self.path}"}, {"Allow": "GET"}))
             elif self.path == "/healthz":
                 self._send(200, b"ok\n", "text/plain")

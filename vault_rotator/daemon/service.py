@@ -53,6 +53,7 @@ class Service:
         self.renew = renew
         self.started = time.time()
         self.reload_requested = threading.Event()
+        self.on_reload: list[Callable[[], object]] = []  # run on SIGHUP too (TLS files)
         self.scheduler = BackgroundScheduler(
             timezone=UTC,
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
@@ -85,6 +86,10 @@ class Service:
             return
         except VaultRotatorError as exc:
             log.warning("tick failed", account=account.base_url, error=str(exc))
+            return
+        except Exception as exc:  # a bug: one line, no traceback; the next tick tries again
+            error = f"unexpected {type(exc).__name__}: {str(exc)[:200]}"
+            log.error("tick failed", account=account.base_url, error=error)  # noqa: TRY400
             return
         if report.started or report.errors:
             log.info("tick", account=account.base_url, started=report.started, errors=report.errors)
@@ -153,6 +158,8 @@ class Service:
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
                 self.reload()
+                for hook in self.on_reload:
+                    hook()
         self.shutdown()
 
     def shutdown(self) -> None:

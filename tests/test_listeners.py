@@ -1,0 +1,196 @@
+"""The daemon's listeners as deployed: probes and metrics apart from the control API, TLS on the
+control API with SIGHUP reloads, a CLI that never sends a token in clear, and a daemon that
+waits for Vault instead of exiting."""
+
+from __future__ import annotations
+
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import trustme
+from test_daemon_process import wait_for
+from world import LiveEnv
+
+from vault_rotator import cli
+from vault_rotator.daemon.http import Listener, TlsFiles
+from vault_rotator.errors import ConfigError
+from vault_rotator.testing.vault_server import VaultServer, free_port
+
+
+def _daemon(vault: VaultServer, *args: str, **env: str) -> subprocess.Popen[str]:
+    environment = {**os.environ, **vault.env(), "VAULT_ROTATOR_LEASE_TTL": "6s", **env}
+    return subprocess.Popen(
+        [sys.executable, "-m", "vault_rotator", "run", *args],
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _stop(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0, err[-2000:]
+    assert "Traceback" not in err
+    return err
+
+
+def _write_pair(ca: trustme.CA, where: Path, name: str) -> TlsFiles:
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert_file, key_file = where / f"{name}.crt", where / f"{name}.key"
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    for extra in cert.cert_chain_pems[1:]:
+        extra.write_to_path(str(cert_file), append=True)
+    cert.private_key_pem.write_to_path(str(key_file))
+    return TlsFiles(str(cert_file), str(key_file))
+
+
+def _trusting(ca: trustme.CA) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return context
+
+
+def _status(url: str, ca: trustme.CA | None = None) -> int:
+    verify: ssl.SSLContext | bool = True if ca is None else _trusting(ca)
+    with httpx.Client(timeout=5, verify=verify) as http:
+        return http.get(f"{url}/v1/status").status_code
+
+
+@pytest.mark.slow
+def test_probes_and_metrics_listen_apart_from_a_tls_control_api(
+    vault: VaultServer, live_env: LiveEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With --metrics-listen and TLS: each listener serves only its own routes; SIGHUP reloads."""
+    ca = trustme.CA()
+    files = _write_pair(ca, tmp_path, "control")
+    control, metrics = free_port(), free_port()
+    proc = _daemon(
+        vault,
+        "--config", str(live_env.config),
+        "--listen", f"127.0.0.1:{control}",
+        "--metrics-listen", f"127.0.0.1:{metrics}",
+        VAULT_ROTATOR_TLS_CERT_FILE=files.cert_file,
+        VAULT_ROTATOR_TLS_KEY_FILE=files.key_file,
+    )  # fmt: skip
+    https, plain = f"https://127.0.0.1:{control}", f"http://127.0.0.1:{metrics}"
+    try:
+        with httpx.Client(timeout=5) as http:
+            wait_for(lambda: _get(http, f"{plain}/readyz") == 200, 30, "readyz")
+            assert http.get(f"{plain}/healthz").status_code == 200
+            assert "vault_rotator_ticks_total" in http.get(f"{plain}/metrics").text
+            assert http.get(f"{plain}/v1/status").status_code == 404  # no control API here
+        assert _status(https, ca) == 401  # the control API, over TLS, wants a token
+        with httpx.Client(timeout=5, verify=_trusting(ca)) as http:
+            for path in ("/healthz", "/readyz", "/metrics"):
+                assert http.get(f"{https}{path}").status_code == 404
+        with pytest.raises(httpx.HTTPError):
+            _status(f"http://127.0.0.1:{control}")  # plain HTTP gets no answer
+        # the CLI over TLS, with the daemon's CA
+        monkeypatch.setenv("VAULT_ROTATOR_DAEMON_CACERT", str(tmp_path / "ca.pem"))
+        ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+        monkeypatch.setenv("VAULT_TOKEN", vault.token)
+        args = ["status", "--daemon", https, "--config", str(live_env.config)]
+        assert cli.main(args) == 0
+        # a renewed certificate from another CA is served after SIGHUP
+        other = trustme.CA()
+        renewed = _write_pair(other, tmp_path, "renewed")
+        os.replace(renewed.cert_file, files.cert_file)
+        os.replace(renewed.key_file, files.key_file)
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: _verifies(https, other), 10, "the renewed certificate")
+        with pytest.raises(httpx.HTTPError):
+            _status(https, ca)
+    finally:
+        _stop(proc)
+
+
+def _get(http: httpx.Client, url: str) -> int:
+    try:
+        return http.get(url).status_code
+    except httpx.HTTPError:
+        return 0
+
+
+def _verifies(url: str, ca: trustme.CA) -> bool:
+    try:
+        return _status(url, ca) == 401
+    except httpx.HTTPError:
+        return False
+
+
+def test_a_bad_tls_reload_keeps_the_old_certificate(tmp_path: Path) -> None:
+    """A certificate file replaced by garbage is refused; the listener keeps serving the old one."""
+    ca = trustme.CA()
+    files = _write_pair(ca, tmp_path, "c")
+    listener = Listener("127.0.0.1", 0, control=None, ready=None, metrics=None, tls=files)
+    listener.start()
+    try:
+        Path(files.cert_file).write_text("not a certificate")
+        assert listener.reload_tls() is False
+        assert _status(listener.address, ca) == 404  # still TLS, still our certificate
+    finally:
+        listener.stop()
+    with pytest.raises(ConfigError, match="do not load"):
+        Listener("127.0.0.1", 0, tls=files)
+
+
+def test_a_port_in_use_is_a_one_line_error() -> None:
+    """Listening where another listener already is: ConfigError naming the address."""
+    first = Listener("127.0.0.1", 0)
+    host, port = first.server.server_address[:2]
+    try:
+        with pytest.raises(ConfigError, match=f"cannot listen on {host}:{port}"):
+            Listener(str(host), int(port))
+    finally:
+        first.server.server_close()
+
+
+@pytest.mark.parametrize(
+    "url", ["http://rotator.example:9780", "http://192.0.2.10:9780", "http://[2001:db8::1]:9780"]
+)
+def test_the_cli_never_sends_a_token_over_plain_http_off_loopback(
+    url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A plain-http daemon URL off loopback is refused before any connection is tried."""
+    monkeypatch.setenv("VAULT_TOKEN", "hvs.never-sent-anywhere-0123456789")
+    config = str(Path(__file__).resolve().parent.parent / "config")
+    assert cli.main(["status", "--daemon", url, "--config", config]) == 2
+    err = capsys.readouterr().err
+    assert "refusing to send VAULT_TOKEN over plain http" in err
+    assert "never-sent" not in err
+
+
+@pytest.mark.slow
+def test_the_daemon_waits_for_vault_instead_of_exiting(
+    vault: VaultServer, live_env: LiveEnv
+) -> None:
+    """Vault not up yet: the daemon stays, /healthz 200, /readyz 503 naming Vault, SIGTERM 0."""
+    metrics = free_port()
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    proc = _daemon(
+        vault,
+        "--config", str(live_env.config),
+        "--listen", f"127.0.0.1:{free_port()}",
+        "--metrics-listen", f"127.0.0.1:{metrics}",
+        VAULT_ADDR=nowhere,
+    )  # fmt: skip
+    try:
+        with httpx.Client(timeout=5) as http:
+            wait_for(lambda: _get(http, f"http://127.0.0.1:{metrics}/healthz") == 200, 30, "up")
+            time.sleep(2)
+            assert proc.poll() is None
+            ready = http.get(f"http://127.0.0.1:{metrics}/readyz")
+            assert ready.status_code == 503
+            assert "vault" in ready.text
+    finally:
+        err = _stop(proc)
+    assert "waiting for Vault" in err
