@@ -161,11 +161,11 @@ def host_path(container_path: str, table: dict[str, Path]) -> Path:
     raise AssertionError(f"{container_path} is on no mounted volume")
 
 
-def subcommand(verb: str) -> argparse.ArgumentParser:
-    """The CLI's parser for one verb."""
+def cli_verbs() -> dict[str, argparse.ArgumentParser]:
+    """The CLI's verbs and their parsers."""
     parser = build_parser()
     (subparsers,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    return subparsers.choices[verb]
+    return dict(subparsers.choices)
 
 
 def policy_rules(hcl: str) -> dict[str, list[str]]:
@@ -500,7 +500,7 @@ def test_compose_commands_parse_and_point_at_each_other() -> None:
     dev_listen = SERVICES["vault"]["environment"]["BAO_DEV_LISTEN_ADDRESS"]
     assert (vault.hostname, vault.port) == ("vault", port_of(dev_listen))
     assert SERVICES["seed"]["environment"]["BAO_ADDR"] == f"http://vault:{vault.port}"
-    if "--metrics-listen" not in subcommand("run")._option_string_actions:
+    if "--metrics-listen" not in cli_verbs()["run"]._option_string_actions:
         pytest.skip("run --metrics-listen is decided (issue 12) but not in the CLI yet")
     build_parser().parse_args(SERVICES["rotator"]["command"])
 
@@ -534,7 +534,7 @@ def test_every_environment_variable_named_is_documented() -> None:
 
 def test_the_compose_vault_policies_are_what_vault_policy_prints() -> None:
     """deploy/compose's rotator and consumer policies grant exactly what `vault-policy` prints."""
-    if "vault-policy" not in subcommand_names():
+    if "vault-policy" not in cli_verbs():
         pytest.skip("vault-rotator vault-policy is decided (issue 12) but not in the CLI yet")
     config = str(COMPOSE_DIR / "config")
     for args, file in (
@@ -551,13 +551,6 @@ def test_the_compose_vault_policies_are_what_vault_policy_prints() -> None:
         shipped = policy_rules((COMPOSE_DIR / file).read_text())
         assert shipped, file
         assert shipped == policy_rules(out.stdout), file
-
-
-def subcommand_names() -> set[str]:
-    """The CLI's verbs."""
-    parser = build_parser()
-    (subparsers,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    return set(subparsers.choices)
 
 
 def test_the_compose_agent_renders_the_key_dev_yaml_serves() -> None:
