@@ -378,3 +378,20 @@ def test_create_answer_with_an_odd_name_is_a_created_key() -> None:
     assert created.record.id == "key_new1"
     assert created.record.name == name
     assert raw_controls(logs) == []
+
+
+def test_odd_key_name_of_a_stored_policy_rotates_without_orphans(world_for) -> None:
+    """A stored key_name with bidi and control characters: one create, no orphan, logs escaped."""
+    world = world_for("c", key_name="\u202e{rotation_id} \t\u0007")
+    old_id, _ = world.seed_old_key()
+    world.add_consumer(refresh_s=30.0)
+    with capture_logs() as logs:
+        progress = drive(world.engine(), world.policy, wait=True)
+    assert progress.outcome is not None
+    assert progress.outcome.outcome == reasons.SUCCEEDED
+    new_id = assert_clean_end(world, old_id)
+    assert world.emulator.request_counts().get("create") == 1
+    assert next(k for k in world.emulator.all_keys() if k["id"] == new_id)["name"] == (
+        f"\u202e{progress.rotation_id}.1 \t\u0007"
+    )
+    assert raw_controls(logs) == []
