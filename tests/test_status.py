@@ -19,6 +19,7 @@ from vault_rotator.policy import (
 from vault_rotator.store.port import Versioned
 
 NOW = 1_800_000_000.0
+GRACE = 91.0  # past the 3 polls (30 s by default) a daemon is given to judge a deadline
 
 
 def published(**changes: object) -> StateRecord:
@@ -45,15 +46,24 @@ def test_awaiting_pickup_before_the_deadline() -> None:
 
 def test_pickup_deadline_passed_reads_as_stalled_without_a_process() -> None:
     """Once pickup_deadline is behind us, status says stalled even though no stall was saved."""
-    state, passed = derive_state(published(), NOW + 3601)
+    state, passed = derive_state(published(), NOW + 3600 + GRACE)
     assert state == f"stalled:{reasons.PICKUP_TIMEOUT}"
     assert passed == [reasons.PICKUP_TIMEOUT]
+
+
+def test_a_deadline_just_passed_is_listed_but_not_yet_a_stall() -> None:
+    """A daemon back from a crash judges a passed deadline on its next poll: until then (three
+    polls, at least a minute) the rotation keeps its step, the deadline listed as passed."""
+    assert derive_state(published(), NOW + 3601) == ("awaiting-pickup", [reasons.PICKUP_TIMEOUT])
+    polls = published().with_rotation(policy={"provider": {"poll_interval_s": 120.0}})
+    assert derive_state(polls, NOW + 3600 + 300)[0] == "awaiting-pickup"
+    assert derive_state(polls, NOW + 3600 + 361)[0] == f"stalled:{reasons.PICKUP_TIMEOUT}"
 
 
 def test_drain_deadline_counts_only_while_the_old_key_lives() -> None:
     """drain_deadline passed with the old key alive is stalled; after its deletion it is not."""
     rec = published(pickup_at=NOW - 10, drain_deadline=NOW - 1)
-    assert derive_state(rec, NOW)[0] == f"stalled:{reasons.DRAIN_TIMEOUT}"
+    assert derive_state(rec, NOW + GRACE)[0] == f"stalled:{reasons.DRAIN_TIMEOUT}"
     assert (
         derive_state(published(pickup_at=NOW - 10, drain_deadline=NOW - 1, old_deleted=True), NOW)[
             0
@@ -97,7 +107,7 @@ def test_an_abort_in_progress_is_not_reported_as_a_pickup_stall() -> None:
     rec = published().evolve(phase=reasons.ABORTING)
     assert derive_state(rec, NOW + 3601) == ("aborting", [])
     late = rec.with_rotation(abort_deadline=NOW + 10)
-    assert derive_state(late, NOW + 11)[0] == f"stalled:{reasons.DRAIN_TIMEOUT}"
+    assert derive_state(late, NOW + 10 + GRACE)[0] == f"stalled:{reasons.DRAIN_TIMEOUT}"
 
 
 def test_the_disable_wait_is_not_a_drain_stall() -> None:

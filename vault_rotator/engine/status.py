@@ -1,7 +1,10 @@
 """A key's status, derived purely from its policy, state record, secret and the clock.
 
 "Stalled" is derived from the deadlines saved in the record, so ``status`` shows it even when no
-process is running.
+process is running: a deadline passed more than :func:`judging_grace` ago (the time a running
+daemon needs to judge it: three polls, at least a minute) reads ``stalled:<reason>``. Sooner, the
+rotation keeps its step and the deadline is only listed as passed: a daemon restarting after a
+crash finds pickup evidence and goes on, and must not be reported stalled meanwhile.
 """
 
 from __future__ import annotations
@@ -13,6 +16,16 @@ from typing import Any
 from vault_rotator.engine import reasons
 from vault_rotator.engine.state import StateRecord
 
+MIN_GRACE_S = 60.0
+
+
+def judging_grace(policy: Mapping[str, Any]) -> float:
+    """How long after a deadline a running daemon has judged it: 3 polls, at least a minute."""
+    provider = policy.get("provider")
+    poll = provider.get("poll_interval_s") if isinstance(provider, Mapping) else None
+    poll = float(poll) if isinstance(poll, int | float) and not isinstance(poll, bool) else 30.0
+    return max(MIN_GRACE_S, 3 * poll)
+
 
 def derive_state(record: StateRecord, now: float) -> tuple[str, list[str]]:
     """(state word, deadlines passed) for a record at ``now``."""
@@ -20,21 +33,29 @@ def derive_state(record: StateRecord, now: float) -> tuple[str, list[str]]:
     if rot is None:
         return ("idle" if record.outcomes or record.current_key_id else "never-rotated"), []
     passed: list[str] = []
+    overdue: list[str] = []  # passed longer ago than a daemon needs to judge them
+    grace = judging_grace(rot.policy)
+
+    def check(reason: str, deadline: float) -> None:
+        if now >= deadline:
+            passed.append(reason)
+            if now >= deadline + grace:
+                overdue.append(reason)
+
     if record.phase == reasons.PUBLISHED:
-        waiting_pickup = rot.pickup_at is None and rot.pickup_deadline is not None
-        if waiting_pickup and now >= (rot.pickup_deadline or 0):
-            passed.append(reasons.PICKUP_TIMEOUT)
+        if rot.pickup_at is None and rot.pickup_deadline is not None:
+            check(reasons.PICKUP_TIMEOUT, rot.pickup_deadline)
         drain_open = rot.old_key_id is not None and not rot.old_deleted
         drain_open = drain_open and rot.old_disabled_at is None  # committed to deleting
-        if drain_open and rot.drain_deadline is not None and now >= rot.drain_deadline:
-            passed.append(reasons.DRAIN_TIMEOUT)
+        if drain_open and rot.drain_deadline is not None:
+            check(reasons.DRAIN_TIMEOUT, rot.drain_deadline)
     aborting = record.phase == reasons.ABORTING and not rot.new_deleted
-    if aborting and rot.abort_deadline is not None and now >= rot.abort_deadline:
-        passed.append(reasons.DRAIN_TIMEOUT)
+    if aborting and rot.abort_deadline is not None:
+        check(reasons.DRAIN_TIMEOUT, rot.abort_deadline)
     if rot.stalled is not None:
         return f"stalled:{rot.stalled.reason}", passed
-    if passed:
-        return f"stalled:{passed[0]}", passed
+    if overdue:
+        return f"stalled:{overdue[0]}", passed
     words = {
         reasons.INTENT: "creating",
         reasons.ABORTING: "aborting",
