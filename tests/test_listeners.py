@@ -19,6 +19,7 @@ from test_daemon_process import wait_for
 from world import LiveEnv
 
 from vault_rotator import cli
+from vault_rotator.daemon import http as http_module
 from vault_rotator.daemon.http import Listener, TlsFiles
 from vault_rotator.errors import ConfigError
 from vault_rotator.testing.vault_server import VaultServer, free_port
@@ -194,3 +195,25 @@ def test_the_daemon_waits_for_vault_instead_of_exiting(
     finally:
         err = _stop(proc)
     assert "waiting for Vault" in err
+
+
+def test_a_certificate_renewed_in_place_is_picked_up_without_a_signal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kubernetes rewrites a mounted Secret and sends no SIGHUP: new files are noticed on accept."""
+    monkeypatch.setattr(http_module, "TLS_WATCH_S", 0.0)
+    first, second = trustme.CA(), trustme.CA()
+    files = _write_pair(first, tmp_path, "live")
+    listener = Listener("127.0.0.1", 0, tls=files)
+    listener.start()
+    try:
+        assert _status(listener.address, first) == 404
+        renewed = _write_pair(second, tmp_path, "next")
+        os.replace(renewed.cert_file, files.cert_file)
+        os.replace(renewed.key_file, files.key_file)
+        os.utime(files.cert_file, ns=(1, time.time_ns() + 10**9))  # a new mtime, whatever the fs
+        assert _status(listener.address, second) == 404
+        with pytest.raises(httpx.HTTPError):
+            _status(listener.address, first)
+    finally:
+        listener.stop()

@@ -5,7 +5,9 @@ One :class:`Listener` serves what it is given: the daemon runs one for everythin
 for the control API alone; a path the listener does not serve is a 404. A listener given
 :class:`TlsFiles` speaks HTTPS (the handshake happens in the connection's thread, within the
 read deadline), and :meth:`Listener.reload_tls` swaps in the files' current contents for new
-connections (SIGHUP), keeping the old certificate when the new one does not load.
+connections, keeping the old certificate when the new one does not load: on SIGHUP, and by
+itself when the files' modification times change (checked at most every :data:`TLS_WATCH_S`
+on accept: Kubernetes updates a mounted Secret in place and sends no signal).
 
 * ``GET /healthz``: 200 while the process serves.
 * ``GET /readyz``: 200 when Vault is reachable and our token accepted (checked at most every
@@ -35,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import re
 import socket
 import socketserver
@@ -64,6 +67,7 @@ LINGER_S = 2.0  # after answering, how long unread input is drained before closi
 LISTEN_BACKLOG = 1024
 MAX_CONNECTIONS = 256
 HEALTH_PATHS = ("/healthz", "/readyz", "/metrics")
+TLS_WATCH_S = 30.0
 _DIGITS = re.compile(r"[0-9]{1,18}")
 _SHOWN = 200  # characters of a request line in an error message or a log line
 
@@ -103,6 +107,16 @@ class TlsFiles:
 
     cert_file: str
     key_file: str
+
+    def stamp(self) -> tuple[int, int]:
+        """The files' modification times (0 for one that cannot be read)."""
+        times = []
+        for path in (self.cert_file, self.key_file):
+            try:
+                times.append(os.stat(path).st_mtime_ns)
+            except OSError:
+                times.append(0)
+        return times[0], times[1]
 
     def context(self) -> ssl.SSLContext:
         """A server context (TLS 1.2 at least) with the files' current contents."""
@@ -145,6 +159,9 @@ class Listener:
         except OSError as exc:
             raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
         self.server.tls_context = context
+        self.server.before_accept = self._watch_tls
+        self._tls_stamp = tls.stamp() if tls else (0, 0)
+        self._tls_checked = time.monotonic()
         self.thread = threading.Thread(
             target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
         )
@@ -154,6 +171,16 @@ class Listener:
         host, port = str(self.server.server_address[0]), self.server.server_address[1]
         scheme = "https" if self.tls else "http"
         return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+
+    def _watch_tls(self) -> None:
+        """Reload the certificate when its files changed (at most every TLS_WATCH_S)."""
+        if self.tls is None or time.monotonic() - self._tls_checked < TLS_WATCH_S:
+            return
+        self._tls_checked = time.monotonic()
+        stamp = self.tls.stamp()
+        if stamp != self._tls_stamp:
+            self._tls_stamp = stamp
+            self.reload_tls()
 
     def reload_tls(self) -> bool:
         """Load the certificate files again for new connections; keep the old ones on failure."""
@@ -222,6 +249,7 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = LISTEN_BACKLOG
     daemon_threads = True
     tls_context: ssl.SSLContext | None = None
+    before_accept: Callable[[], None] = staticmethod(lambda: None)
 
     def __init__(
         self,
@@ -239,6 +267,7 @@ class _Server(ThreadingHTTPServer):
 
     def get_request(self) -> tuple[Any, Any]:
         """Accept; with TLS, wrap without handshaking (the handler's thread does that)."""
+        self.before_accept()
         sock, address = super().get_request()
         context = self.tls_context
         if context is not None:

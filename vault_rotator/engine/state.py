@@ -234,10 +234,21 @@ class StateRecord:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str) -> StateRecord:
         """Parse a stored record; a malformed one is a StoreError naming ``where``."""
+        refuse_newer(data, f"state record at {where}")
         try:
             return _record_from(data)
         except (KeyError, TypeError, ValueError) as exc:
             raise StoreError(f"state record at {where} is malformed ({exc})") from exc
+
+
+def refuse_newer(data: Mapping[str, Any], what: str) -> None:
+    """A record of a newer schema is never read (nor so overwritten): StoreError saying so."""
+    schema = data.get("schema")
+    if isinstance(schema, int) and not isinstance(schema, bool) and schema > SCHEMA_VERSION:
+        raise StoreError(
+            f"{what} was written by a newer vault-rotator (schema {schema}; this one reads up "
+            f"to {SCHEMA_VERSION}): upgrade this process; the record is left as it is"
+        )
 
 
 def _plain(value: Any) -> Any:
@@ -277,11 +288,6 @@ def _rotation_from(data: Mapping[str, Any]) -> Rotation:
 def _record_from(data: Mapping[str, Any]) -> StateRecord:
     values = dict(data)
     schema = values.get("schema")
-    if isinstance(schema, int) and not isinstance(schema, bool) and schema > SCHEMA_VERSION:
-        raise ValueError(
-            f"written by a newer vault-rotator (schema {schema}; this one reads up to "
-            f"{SCHEMA_VERSION}): upgrade this process; the record is left as it is"
-        )
     if schema != SCHEMA_VERSION:
         raise ValueError(f"schema {schema!r:.40}, this vault-rotator reads {SCHEMA_VERSION}")
     rotation = values.pop("rotation", None)
@@ -319,6 +325,7 @@ class Pending:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str) -> Pending:
+        refuse_newer(data, f"pending record at {where}")
         values = {k: v for k, v in data.items() if k != "schema"}
         try:
             pending = cls(**values)
