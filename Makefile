@@ -5,16 +5,21 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+TOOLS  := $(VENV)/tools
 
 .PHONY: setup demo test lint fmt bench clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml | $(TOOLS)/promtool
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
+
+# promtool checks deploy/prometheus/alerts.yaml (tests/test_alerts.py); no PyPI package ships it.
+$(TOOLS)/promtool:
+	scripts/get-promtool $(TOOLS)
 
 demo: $(STAMP)
 	$(BIN)/vault-rotator demo
