@@ -38,9 +38,17 @@ class AgentHandle:
 
 
 def _config(
-    addr: str, token_file: Path, *, api_path: str, field: str, dest: Path, every: str
+    addr: str,
+    token_file: Path,
+    *,
+    api_path: str,
+    field: str,
+    dest: Path,
+    every: str,
+    source: Path | None = None,
 ) -> str:
     template = '{{ with secret "%s" }}{{ index .Data.data "%s" }}{{ end }}' % (api_path, field)  # noqa: UP031
+    body = f"source = {json.dumps(str(source))}" if source else f"contents = {json.dumps(template)}"
     return "\n".join(
         [
             f"vault {{ address = {json.dumps(addr)} }}",
@@ -51,7 +59,7 @@ def _config(
             "}",
             f"template_config {{ static_secret_render_interval = {json.dumps(every)} }}",
             "template {",
-            f"  contents = {json.dumps(template)}",
+            f"  {body}",
             f"  destination = {json.dumps(str(dest))}",
             '  perms = "0600"',
             "}",
@@ -68,14 +76,23 @@ def vault_agent(
     path: str,
     field: str = "api_key",
     render_interval: str = "1s",
+    template: str | None = None,
 ) -> Iterator[AgentHandle]:
-    """``bao agent`` rendering ``<mount>/<path>``'s ``field`` to a file; stopped on exit."""
+    """``bao agent`` rendering ``<mount>/<path>``'s ``field`` to a file; stopped on exit.
+
+    ``template``: the text of a template file to render instead (such as the shipped
+    ``deploy/agent/arouter-api-key.ctmpl`` with its path set), given to the agent as ``source``.
+    """
     with tempfile.TemporaryDirectory(prefix="vault-rotator-agent-") as tmp:
         work = Path(tmp)
         token_file = work / "token"
         token_file.write_text(token)
         token_file.chmod(0o600)
         dest = work / "api_key"
+        source = None
+        if template is not None:
+            source = work / "template.ctmpl"
+            source.write_text(template)
         config = work / "agent.hcl"
         config.write_text(
             _config(
@@ -85,6 +102,7 @@ def vault_agent(
                 field=field,
                 dest=dest,
                 every=render_interval,
+                source=source,
             )
         )
         log_path = work / "agent.log"
