@@ -240,6 +240,15 @@ def test_unreadable_old_key_is_refused_before_any_side_effect(world_for, spoiler
     assert world.record().phase == reasons.IDLE
 
 
+def test_dry_run_refuses_an_unreadable_old_key_too(world_for, spoiler: Spoiler) -> None:
+    """`rotate --dry-run`'s plan refuses the unreadable old key as the rotation would."""
+    world = world_for("c")
+    old_id, _ = world.seed_old_key()
+    spoiler.spoiled.add(old_id)
+    with pytest.raises(PreflightError, match="unreadable record"):
+        spoiling_engine(world, spoiler).plan(world.policy)
+
+
 def test_unreadable_new_key_fails_the_rotation_cleanly(world_for, spoiler: Spoiler) -> None:
     """A new key listed unreadable after verify is deleted, never created again; old key kept."""
     world = world_for("c")

@@ -42,12 +42,6 @@ class ForwardSteps(PassBase):
             self.policy, self.kv, self.store, self.provider, now=self.clock(),
             capabilities_checked=True,
         )  # fmt: skip
-        if plan.old_key is not None and plan.old_key.problem is not None:
-            raise PreflightError(
-                f"{self.policy.ref}: the old key {plan.old_key.id} is listed with an unreadable "
-                f"record ({plan.old_key.problem}): its permissions and use cannot be judged; "
-                "rotate it once the provider lists it whole"
-            )
         old_id, missing = self._settle_old_key(plan)
         if emergency and plan.old.unknown:
             raise PreflightError(

@@ -192,6 +192,12 @@ def preflight(
     keys = {k.id: k for k in provider.list_keys()}
     secret = kv.read(policy.secret_path)
     old = find_old_key(policy, secret, keys)
+    if old.record is not None and old.record.problem is not None:
+        raise PreflightError(
+            f"{policy.ref}: the old key {old.record.id} is listed with an unreadable record "
+            f"({old.record.problem}): its permissions and use cannot be judged; rotate it once "
+            "the provider lists it whole"
+        )
     return Plan(
         ref=policy.ref,
         secret_path=f"{kv.mount}/{policy.secret_path}",
