@@ -397,3 +397,16 @@ def test_held_by_names_every_attempt_and_the_pending_create() -> None:
     pattern = rules.NamePattern.of(policy)
     assert all(pattern.regex.fullmatch(n) for n in held.names - {"some-name"})
     assert not pattern.regex.fullmatch(f"test-{policy.name}-original")
+
+
+def test_an_unreadable_key_is_reported_as_such_not_judged() -> None:
+    """A key listed with fields that do not parse: no unused or no-cap finding, never deleted."""
+    policy = make_policy("x", "https://api.example")
+    odd = KeyRecord("k-odd", "someone\u0007elses key", created_at=None, problem="name: bad")
+    listing = rules.Listing(policy.account, "c", (odd,))
+    report = rules.audit([listing], [], rules.Held(), now=NOW, unused_days=30)
+    assert {f.kind for f in report.findings} == {rules.UNMANAGED, rules.UNREADABLE}
+    assert report.candidates == ()
+    text = audit_cmd.table(report.findings)
+    assert "\u0007" not in text
+    assert "someone\\x07elses key" in text

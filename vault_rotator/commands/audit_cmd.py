@@ -41,7 +41,7 @@ from vault_rotator.engine.audit import (
 )
 from vault_rotator.engine.session import StateStore
 from vault_rotator.errors import ConfigError, EngineError, ProviderError, StorePermissionError
-from vault_rotator.logs import redact_text
+from vault_rotator.logs import redact_text, shown
 from vault_rotator.policy import Account, PolicySet
 from vault_rotator.provider.port import KeyProvider
 from vault_rotator.runtime import Runtime
@@ -214,7 +214,8 @@ def show(
 def table(findings: Sequence[Finding]) -> str:
     header = ("ACCOUNT", "KEY ID", "NAME", "FINDING", "DETAIL")
     rows = [header] + [
-        (f.account.base_url, f.key_id or "-", f.name or "-", f.kind, f.detail) for f in findings
+        (f.account.base_url, f.key_id or "-", shown(f.name) if f.name else "-", f.kind, f.detail)
+        for f in findings
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     return "\n".join(
@@ -242,7 +243,7 @@ def _count(n: int, noun: str) -> str:
 
 
 def _key(finding: Finding) -> str:
-    return f"{finding.account.base_url} {finding.key_id} ({finding.name})"
+    return f"{finding.account.base_url} {finding.key_id} ({shown(finding.name or '')})"
 
 
 def document(

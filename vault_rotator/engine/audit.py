@@ -13,6 +13,9 @@ decides. Finding kinds:
     served-twice         one key (same key_id, or same value fingerprint) at two consumer secrets
     served-key-unknown   a consumer secret holds a value but no key_id, and the policy no
                          adopt_key_id: which provider key it is cannot be told
+    unreadable           the provider lists the key with fields that do not parse: nothing is
+                         judged from them (no unused or no-cap finding), and it is never a
+                         deletion candidate
 
 Managed keys (never deletion candidates): the key_id a policy's secret holds (else its
 adopt_key_id); every state record's ``current_key_id``, ``rotation.old_key_id`` and
@@ -46,7 +49,8 @@ UNUSED = "unused"
 NO_CAP = "no-spending-cap"
 SERVED_TWICE = "served-twice"
 SERVED_UNKNOWN = "served-key-unknown"
-KINDS = (UNMANAGED, UNUSED, NO_CAP, SERVED_TWICE, SERVED_UNKNOWN)
+UNREADABLE = "unreadable"
+KINDS = (UNMANAGED, UNUSED, NO_CAP, SERVED_TWICE, SERVED_UNKNOWN, UNREADABLE)
 API_KEY_PREFIX = "lr_live_"
 
 _PLACEHOLDER_PATTERNS = {"date": r"\d{4}-\d{2}-\d{2}", "rotation_id": r"[0-9a-z]+\.[0-9]+"}
@@ -231,6 +235,9 @@ def key_findings(
     found: list[tuple[str, str]] = []
     if not is_managed:
         found.append((UNMANAGED, _unmanaged_detail(key, listing.patterns)))
+    if key.problem is not None:  # its fields prove nothing: no unused, no no-cap
+        found.append((UNREADABLE, f"listed with fields that do not parse: {key.problem}"))
+        return [Finding(listing.account, key.id, key.name, kind, why) for kind, why in found]
     unused = unused_evidence(key, listing.dialect, now, days)
     if unused is not None:
         found.append((UNUSED, unused + ("; managed: never deleted" if is_managed else "")))
