@@ -21,8 +21,8 @@ from vault_rotator.errors import (
     ProviderRetryableError,
     RateLimitedError,
 )
+from vault_rotator.ports.provider import Dialect, KeySpec
 from vault_rotator.provider.arouter import ARouterClient, InferenceClient
-from vault_rotator.provider.port import Dialect, KeySpec
 from vault_rotator.secret import Secret
 
 ClientFactory = Callable[..., ARouterClient]

@@ -25,8 +25,8 @@ from vault_rotator.errors import (
     ProviderRetryableError,
     RateLimitedError,
 )
+from vault_rotator.ports.provider import Dialect, KeyProvider, KeySpec
 from vault_rotator.provider.arouter import ARouterClient, InferenceClient
-from vault_rotator.provider.port import Dialect, KeyProvider, KeySpec
 from vault_rotator.provider.retry import Backoff, server_delay
 from vault_rotator.secret import Secret
 

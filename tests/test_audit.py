@@ -23,7 +23,7 @@ from vault_rotator.engine.state import Permissions, ProviderWrite, Rotation, Sta
 from vault_rotator.errors import ConfigError, EngineError
 from vault_rotator.logs import configure
 from vault_rotator.policy import Account
-from vault_rotator.provider.port import KeyRecord
+from vault_rotator.ports.provider import KeyRecord
 from vault_rotator.store.vault import VaultConnection, VaultKv
 from vault_rotator.testing.clock import FakeClock
 from vault_rotator.testing.vault_server import VaultServer

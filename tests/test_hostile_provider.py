@@ -21,8 +21,8 @@ from vault_rotator.errors import (
     PreflightError,
     ProviderRetryableError,
 )
+from vault_rotator.ports.provider import KeySpec
 from vault_rotator.provider.arouter import ARouterClient
-from vault_rotator.provider.port import KeySpec
 from vault_rotator.runtime import client_budget
 from vault_rotator.secret import Secret
 

@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from vault_rotator.errors import VaultRotatorError
+from vault_rotator.ports.provider import CreatedKey, KeyRecord, KeySpec
 from vault_rotator.provider.arouter import ARouterClient
-from vault_rotator.provider.port import CreatedKey, KeyRecord, KeySpec
 from vault_rotator.secret import Secret
 
 MGMT_TEXT = "lr_mgmt_property_0123456789abcdef"

@@ -16,7 +16,7 @@ from vault_rotator.policy import (
     PolicySet,
     ProviderPolicy,
 )
-from vault_rotator.store.port import Versioned
+from vault_rotator.ports.kv import Versioned
 
 NOW = 1_800_000_000.0
 GRACE = 91.0  # past the 3 polls (30 s by default) a daemon is given to judge a deadline

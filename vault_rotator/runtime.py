@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from vault_rotator.engine.engine import Engine, FaultHook, env_fault_hook
 from vault_rotator.errors import ConfigError, PreflightError
 from vault_rotator.policy import Account, KeyPolicy, parse_duration
+from vault_rotator.ports.kv import KvStore
+from vault_rotator.ports.provider import Dialect, KeyProvider
 from vault_rotator.provider.arouter import ARouterClient
-from vault_rotator.provider.port import Dialect, KeyProvider
 from vault_rotator.secret import Secret
-from vault_rotator.store.port import KvStore
 from vault_rotator.store.vault import VaultConnection, connect_from_env
 
 DEFAULT_LEASE_TTL_S = 30.0

@@ -43,7 +43,7 @@ from vault_rotator.engine.session import StateStore
 from vault_rotator.errors import ConfigError, EngineError, ProviderError, StorePermissionError
 from vault_rotator.logs import redact_text, shown
 from vault_rotator.policy import Account, PolicySet
-from vault_rotator.provider.port import KeyProvider
+from vault_rotator.ports.provider import KeyProvider
 from vault_rotator.runtime import Runtime
 
 log = structlog.get_logger(__name__)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from vault_rotator.engine.session import StateStore
 from vault_rotator.errors import ConfigError
 from vault_rotator.policy import KeyPolicy, PolicySet, load_policies, resolve_config_dir
-from vault_rotator.store.port import KvStore
+from vault_rotator.ports.kv import KvStore
 
 
 def add_config_argument(parser: argparse.ArgumentParser) -> None:

@@ -47,8 +47,8 @@ from vault_rotator.errors import (
     VaultRotatorError,
 )
 from vault_rotator.policy import Account, KeyPolicy, PolicySet
+from vault_rotator.ports.kv import Versioned
 from vault_rotator.runtime import Runtime
-from vault_rotator.store.port import Versioned
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")

@@ -1,7 +1,7 @@
 """Freezes: stop new rotations of an environment or a key. The truth lives in Vault.
 
 One KV v2 secret per state prefix, ``<kv_mount>/<state_prefix>/control/frozen``, written only by
-check-and-set through the :class:`~vault_rotator.store.port.KvStore` port. Stored form::
+check-and-set through the :class:`~vault_rotator.ports.kv.KvStore` port. Stored form::
 
     {
       "schema": 1,
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vault_rotator.errors import CasConflictError, ConfigError, StoreError
-from vault_rotator.store.port import KvStore
+from vault_rotator.ports.kv import KvStore
 
 SCHEMA_VERSION = 1
 MAX_CAS_ATTEMPTS = 5

@@ -40,7 +40,7 @@ from vault_rotator.engine import reasons
 from vault_rotator.engine.state import StateRecord
 from vault_rotator.errors import ConfigError
 from vault_rotator.policy import Account, KeyPolicy, PolicyValueError
-from vault_rotator.provider.port import KeyRecord
+from vault_rotator.ports.provider import KeyRecord
 from vault_rotator.secret import fingerprint
 
 DAY_S = 86_400.0

@@ -22,7 +22,7 @@ from datetime import datetime
 
 from vault_rotator.engine import reasons
 from vault_rotator.engine.state import Rotation, UseMark
-from vault_rotator.provider.port import KeyRecord
+from vault_rotator.ports.provider import KeyRecord
 
 
 @dataclass(frozen=True, slots=True)

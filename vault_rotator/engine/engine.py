@@ -35,8 +35,8 @@ from vault_rotator.engine.session import Session, StateStore, default_holder
 from vault_rotator.engine.state import Outcome, Rotation, Stall, StateRecord
 from vault_rotator.errors import VaultRotatorError
 from vault_rotator.policy import KeyPolicy
-from vault_rotator.provider.port import KeyProvider
-from vault_rotator.store.port import KvStore
+from vault_rotator.ports.kv import KvStore
+from vault_rotator.ports.provider import KeyProvider
 
 __all__ = ["BOUNDARIES", "Command", "Engine", "Progress", "Verb", "env_fault_hook"]
 

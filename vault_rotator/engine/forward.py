@@ -26,7 +26,7 @@ from vault_rotator.errors import (
     VaultRotatorError,
 )
 from vault_rotator.logs import shown
-from vault_rotator.provider.port import Dialect, KeyRecord, KeySpec
+from vault_rotator.ports.provider import Dialect, KeyRecord, KeySpec
 from vault_rotator.secret import Secret, fingerprint
 
 MAX_CREATE_ATTEMPTS = 5

@@ -19,8 +19,8 @@ from vault_rotator.engine.session import Session, StateStore
 from vault_rotator.engine.state import Outcome, Pending, Rotation, Stall, StateRecord
 from vault_rotator.logs import canonical_rotation_line
 from vault_rotator.policy import KeyPolicy, render_key_name
-from vault_rotator.provider.port import Dialect, KeyProvider
-from vault_rotator.store.port import KvStore
+from vault_rotator.ports.kv import KvStore
+from vault_rotator.ports.provider import Dialect, KeyProvider
 
 if TYPE_CHECKING:
     from vault_rotator.engine.engine import Engine

@@ -15,8 +15,8 @@ from vault_rotator.engine.session import StateStore
 from vault_rotator.engine.state import Permissions
 from vault_rotator.errors import PreflightError
 from vault_rotator.policy import KeyPolicy
-from vault_rotator.provider.port import KeyProvider, KeyRecord
-from vault_rotator.store.port import KvStore, Versioned
+from vault_rotator.ports.kv import KvStore, Versioned
+from vault_rotator.ports.provider import KeyProvider, KeyRecord
 
 T = TypeVar("T")
 WRITE = frozenset({"create", "update", "root"})

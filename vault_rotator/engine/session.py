@@ -26,7 +26,7 @@ from vault_rotator.errors import (
     LeaseLostError,
     StorePermissionError,
 )
-from vault_rotator.store.port import KvStore
+from vault_rotator.ports.kv import KvStore
 
 log = structlog.get_logger(__name__)
 

@@ -1,1 +1,1 @@
-"""Provider ports and adapters: the engine sees only :mod:`vault_rotator.provider.port`."""
+"""The ARouter adapter of the :mod:`vault_rotator.ports.provider` port (httpx stays in here)."""

@@ -1,6 +1,6 @@
 """The ARouter client: the only module that speaks HTTP to ARouter (httpx stays in here).
 
-:class:`ARouterClient` implements :class:`~vault_rotator.provider.port.KeyProvider` over any of
+:class:`ARouterClient` implements :class:`~vault_rotator.ports.provider.KeyProvider` over any of
 the spec's three dialects (:mod:`vault_rotator.provider.dialects` builds and parses the bodies);
 :class:`InferenceClient` is a small helper for consumers, demos and tests.
 
@@ -82,10 +82,10 @@ from vault_rotator.errors import (
     ProviderRetryableError,
 )
 from vault_rotator.logs import shown
+from vault_rotator.ports.provider import CreatedKey, Dialect, KeyRecord, KeySpec
 from vault_rotator.provider import dialects as d
 from vault_rotator.provider import paging
 from vault_rotator.provider.deadline import Watchdog
-from vault_rotator.provider.port import CreatedKey, Dialect, KeyRecord, KeySpec
 from vault_rotator.provider.retry import (
     MESSAGE_LIMIT,
     Backoff,

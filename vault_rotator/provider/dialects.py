@@ -16,7 +16,7 @@ would otherwise take a whole account down), and a listing leaves out only what i
   no id it can be neither acted on nor confused with a key the engine knows. Such items
   outnumbering the keys make the answer garbage (:mod:`vault_rotator.provider.paging`);
 - a record with a usable id whose other fields cannot be read is listed as an *incomplete*
-  :class:`~vault_rotator.provider.port.KeyRecord`: its id, its name (``""`` if that is the
+  :class:`~vault_rotator.ports.provider.KeyRecord`: its id, its name (``""`` if that is the
   unreadable field) and ``problem``, the field and what is wrong with it (e.g. ``usage:
   expected a number, got object``); nothing else. The engine never takes it as complete: a
   key it depends on (its new key, the old key it will delete) listed so makes it refuse, fail
@@ -45,7 +45,7 @@ Decisions where the spec is silent:
 - Bounds on hostile records: names, labels 1,024 characters; list entries 256 characters and
   1,000 entries; no control characters in any string (log injection) except the name, which
   is kept exact (the engine matches keys by the name it sent) and shown escaped
-  (:attr:`~vault_rotator.provider.port.KeyRecord.display_name`); money is a finite number in
+  (:attr:`~vault_rotator.ports.provider.KeyRecord.display_name`); money is a finite number in
   ``[0, 1e12]``; token counts integers in ``[0, 1e15]``; booleans are never numbers.
 - ``last_used_at`` and ``expires_at`` are parsed whenever a record carries them, whatever the
   dialect (A simply never does); ``disabled`` missing or null means enabled (B and C omit it).
@@ -69,7 +69,7 @@ from urllib.parse import quote
 
 from vault_rotator.errors import ProviderPermanentError, ProviderResponseError
 from vault_rotator.logs import shown
-from vault_rotator.provider.port import CreatedKey, Dialect, KeyRecord, KeySpec
+from vault_rotator.ports.provider import CreatedKey, Dialect, KeyRecord, KeySpec
 from vault_rotator.secret import Secret
 
 MODERN_COLLECTION = "/api/v1/keys"

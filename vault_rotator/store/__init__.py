@@ -1,1 +1,1 @@
-"""Secret-store ports and the Vault adapter: the engine sees only :mod:`.port`."""
+"""The Vault adapter of the :mod:`vault_rotator.ports.kv` port (the only hvac user)."""

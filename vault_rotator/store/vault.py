@@ -42,9 +42,9 @@ from vault_rotator.errors import (
     StorePermissionError,
     StoreUnavailableError,
 )
+from vault_rotator.ports.kv import Versioned
 from vault_rotator.secret import Secret
 from vault_rotator.store.auth import Authenticator, TokenAuth, auth_from_env
-from vault_rotator.store.port import Versioned
 from vault_rotator.store.session import Step, TokenSession
 
 T = TypeVar("T")
