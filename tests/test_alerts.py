@@ -26,6 +26,7 @@ from vault_rotator.daemon.freeze import freeze
 from vault_rotator.daemon.metrics import VAULT_STATUS, Metrics
 from vault_rotator.emulator import Emulator
 from vault_rotator.engine import reasons
+from vault_rotator.engine.outcomes import OUTCOMES
 from vault_rotator.engine.session import StateStore
 from vault_rotator.policy import load_policies
 from vault_rotator.runtime import Runtime
@@ -49,9 +50,7 @@ GRAFANA_VARIABLES = {"$env": ".*", "$__rate_interval": "5m", "$__range": "1d", "
 # The label values the daemon can emit where a rule or panel selects on them.
 EMITTED = {
     ("vault_rotator_rotations_total", "outcome"): {
-        *reasons.SUCCESSES,
-        reasons.FAILED_VERIFY,
-        reasons.ABORTED,
+        *OUTCOMES,
     },
     ("vault_rotator_vault_requests_total", "status"): {"ok", "error", *VAULT_STATUS.values()},
     ("vault_rotator_webhook_deliveries_total", "result"): {"sent", "failed", "dropped"},

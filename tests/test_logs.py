@@ -201,8 +201,8 @@ def test_canonical_line_of_a_success_has_every_field() -> None:
     }
 
 
-def test_canonical_line_of_a_failure_is_a_warning_with_total_only() -> None:
-    """A rotation that never published logs a warning whose steps hold only the total."""
+def test_canonical_line_of_a_failure_is_an_error_with_total_only() -> None:
+    """A rotation that never published logs an error whose steps hold only the total."""
     with capture_logs() as logs:
         canonical_rotation_line(
             outcome(reasons.FAILED_VERIFY, new_key_id=None, detail="verify: HTTP 401"),
@@ -212,7 +212,7 @@ def test_canonical_line_of_a_failure_is_a_warning_with_total_only() -> None:
             logger=structlog.get_logger().bind(component="engine"),
         )
     assert len(logs) == 1
-    assert logs[0]["log_level"] == "warning"
+    assert logs[0]["log_level"] == "error"  # the outcome table: failed-verify is a failure
     assert logs[0]["component"] == "engine"
     assert logs[0]["steps"] == {"total": 200.0}
     assert logs[0]["detail"] == "verify: HTTP 401"

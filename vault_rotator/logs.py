@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from vault_rotator.engine.outcomes import classify
 from vault_rotator.errors import ConfigError
 from vault_rotator.secret import Secret, fingerprint
 
@@ -182,13 +183,15 @@ def canonical_rotation_line(
     """Log the one canonical line of a finished rotation and return its fields.
 
     Pass the rotation as it was just before it finished (``record.rotation``), for its step
-    times. The line is ``info`` for a success, ``warning`` otherwise; ``logger`` defaults to
+    times. Its level is the outcome's in :mod:`vault_rotator.engine.outcomes` (``info`` for a
+    plain success, ``warning`` when it needs attention, ``error`` for a failure); ``logger``
+    defaults to
     this module's.
     """
     fields = rotation_line_fields(outcome, rotation, env=env, name=name)
     target = logger if logger is not None else structlog.get_logger(__name__)
-    emit = target.info if outcome.outcome.startswith("succeeded") else target.warning
-    emit(ROTATION_FINISHED, **fields)
+    level = classify(outcome.outcome).log_level  # the outcome table (engine.outcomes)
+    getattr(target, level.value)(ROTATION_FINISHED, **fields)
     return fields
 
 

@@ -34,7 +34,7 @@ from typing import Any
 import httpx
 
 from vault_rotator.commands.follow import Follower, gave_up, remote_view
-from vault_rotator.engine import reasons
+from vault_rotator.engine.outcomes import classify
 from vault_rotator.errors import ConfigError, DaemonResponseError, DaemonUnreachableError
 from vault_rotator.logs import redact_text
 
@@ -283,4 +283,4 @@ def _settled(ref: str, row: Mapping[str, Any], rotation_id: object) -> tuple[int
         if isinstance(o, dict) and o.get("rotation_id") == rotation_id
     ]
     outcome = str(outcomes[-1].get("outcome", "unknown")) if outcomes else "unknown"
-    return (0 if outcome in (*reasons.SUCCESSES, reasons.ABORTED) else 1), f"{ref}: {outcome}"
+    return classify(outcome).exit_code, f"{ref}: {outcome}"

@@ -31,6 +31,7 @@ from vault_rotator.commands.remote import act, add_daemon_argument, daemon_url
 from vault_rotator.engine import reasons
 from vault_rotator.engine.driver import drive
 from vault_rotator.engine.engine import Command, Progress, Verb
+from vault_rotator.engine.outcomes import classify
 from vault_rotator.errors import ConfigError
 from vault_rotator.policy import PolicySet
 from vault_rotator.runtime import Runtime
@@ -183,7 +184,7 @@ def conclude(progress: Progress, ref: str, command: Command) -> int:
             f"{ref}: {out.outcome}: new key {out.new_key_id or 'none'}, "
             f"old key {out.old_key_id or 'none'}" + (f" ({out.detail})" if out.detail else "")
         )
-        return 0 if out.outcome in (*reasons.SUCCESSES, reasons.ABORTED) else 1
+        return classify(out.outcome).exit_code
     if progress.rotation_id is None:
         print(f"{ref}: no rotation in flight")
         return 0 if command.verb == Verb.ROTATE else 1

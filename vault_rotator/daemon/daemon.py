@@ -38,6 +38,7 @@ from vault_rotator.daemon.parking import FailureBook
 from vault_rotator.engine import reasons
 from vault_rotator.engine.decide import Observation
 from vault_rotator.engine.engine import Command, Engine, FaultHook, env_fault_hook
+from vault_rotator.engine.outcomes import classify
 from vault_rotator.engine.session import StateStore
 from vault_rotator.engine.state import Outcome, Rotation, Stall, StateRecord
 from vault_rotator.errors import (
@@ -52,15 +53,6 @@ from vault_rotator.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
-
-NEEDS_ATTENTION = frozenset(
-    {
-        reasons.SUCCEEDED_ATTENTION,
-        reasons.SUCCEEDED_OLD_UNKNOWN,
-        reasons.ABORTED,
-        reasons.FINISHED_KEEP_OLD,
-    }
-)
 
 
 FAILURE_BACKOFF_S = 3600.0
@@ -425,12 +417,13 @@ class Daemon:
 
     def finished(self, policy: KeyPolicy, outcome: Outcome, rotation: Rotation) -> None:
         self.metrics.rotation_finished(policy.env, policy.name, outcome, rotation)
-        if outcome.outcome == reasons.FAILED_VERIFY:
-            event = events.FAILED
-        elif outcome.outcome in NEEDS_ATTENTION:
+        kind = classify(outcome.outcome)  # the outcome table (engine.outcomes)
+        if kind.needs_attention:
             event = events.NEEDS_ATTENTION
-        else:
+        elif kind.success:
             event = events.SUCCEEDED
+        else:
+            event = events.FAILED
         self._notify(event, policy, rotation, outcome=outcome.outcome, detail=outcome.detail)
 
     def stalled(self, policy: KeyPolicy, rotation: Rotation, stall: Stall) -> None:

@@ -11,14 +11,7 @@ SUCCEEDED_REVOKED = "succeeded-revoked-old-now"  # emergency: the old key went r
 SUCCEEDED_ATTENTION = "succeeded-needs-attention"  # the old key had been deleted outside
 ABORTED = "aborted"  # rolled back: the old secret republished, the new key deleted
 FINISHED_KEEP_OLD = "finished-keep-old"  # ended by an operator; the old key left alive
-SUCCESSES = (
-    SUCCEEDED,
-    SUCCEEDED_OLD_UNKNOWN,
-    SUCCEEDED_EMERGENCY,
-    SUCCEEDED_REVOKED,
-    SUCCEEDED_ATTENTION,
-    FINISHED_KEEP_OLD,
-)
+# What each outcome means (success, attention, log level, exit code): engine/outcomes.py.
 
 # Why a rotation stalled (both keys stay alive; an operator decides).
 PICKUP_TIMEOUT = "pickup-timeout"  # consumers never used the new key before pickup_timeout

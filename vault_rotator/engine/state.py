@@ -62,6 +62,7 @@ from dataclasses import dataclass, field
 from typing import Any, Self
 
 from vault_rotator.engine import reasons
+from vault_rotator.engine.outcomes import classify
 from vault_rotator.errors import StoreError
 
 SCHEMA_VERSION = 1
@@ -223,7 +224,7 @@ class StateRecord:
         if rot is not None and current_key_id is not None:
             names = {rot.new_key_id: rot.new_key_name, rot.old_key_id: rot.old_key_name}
             changes["current_key_name"] = names.get(current_key_id, self.current_key_name)
-        if outcome.outcome in reasons.SUCCESSES:
+        if classify(outcome.outcome).last_success:
             changes["last_success_at"] = outcome.at
         return self.evolve(**changes)
 
