@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -638,12 +639,45 @@ def test_format_duration_round_trips() -> None:
 
 
 def test_cron_day_of_week_uses_crontab_numbering() -> None:
-    """Day of week 1 is Monday and 0/7 Sunday, as in crontab, despite APScheduler 3's numbering."""
+    """Day of week 1 is Monday and 0/7 Sunday, as in crontab."""
     wednesday = datetime(2025, 1, 1, tzinfo=UTC)
     assert parse_schedule("0 6 * * 1").next_after(wednesday) == datetime(2025, 1, 6, 6, tzinfo=UTC)
     assert parse_schedule("0 0 * * 7").next_after(wednesday) == datetime(2025, 1, 5, tzinfo=UTC)
     assert parse_schedule("@monthly").next_after(wednesday) == datetime(2025, 2, 1, tzinfo=UTC)
     assert parse_schedule("every 30d").interval_s == 30 * 86400
+
+
+@pytest.mark.parametrize(
+    ("cron", "fragment"),
+    [
+        ("0 0 L * *", "the day of month 'L' is not crontab syntax"),
+        ("0 0 * * mon#2", "the day of week 'mon#2' is not crontab syntax"),
+        ("0 0 0 * * *", "expected 5 fields"),
+        ("0 0 * * 1/3", "a step in day of week needs a range or '*'"),
+        ("0 24 * * *", "the hour must be 0-23"),
+        ("0 0 * * 8", "the day of week must be 0-7"),
+    ],
+)
+def test_cron_outside_crontab_syntax_is_refused(cron: str, fragment: str) -> None:
+    """cronsim's extensions, seconds and an ambiguous weekday step are refused, by name."""
+    with pytest.raises(
+        PolicyValueError, match=re.escape(f"invalid cron '{cron}': ") + ".*" + re.escape(fragment)
+    ):
+        parse_schedule(cron)
+
+
+def test_cron_question_mark_means_any_day_of_week() -> None:
+    """A ``?`` day of week (as schedules written for Quartz have) means any day."""
+    schedule = parse_schedule("0 6 1 * ?")
+    assert schedule.cron == "0 6 1 * *"
+    after = datetime(2025, 1, 1, 7, tzinfo=UTC)
+    assert schedule.next_after(after) == datetime(2025, 2, 1, 6, tzinfo=UTC)
+
+
+def test_cron_that_never_fires_parses_and_answers_none_at_once() -> None:
+    """The 31st of February parses (a stored policy stays readable) and has no next firing."""
+    schedule = parse_schedule("0 0 31 2 *")
+    assert schedule.next_after(datetime(2025, 1, 1, tzinfo=UTC)) is None
 
 
 def test_window_wraps_past_midnight() -> None:

@@ -9,10 +9,10 @@ neither has never been rotated and is due at once (``first-run``).
 From the last rotation:
 
 * **slot**: the schedule's first due time strictly after it: the next cron firing
-  (APScheduler 3, through :func:`~vault_rotator.policy.cron_trigger`, so crontab weekdays hold),
-  or last + interval for ``every 30d``. Firings missed while the daemon was down all collapse
-  into this one slot: once it rotates, the next slot lies after the rotation, so a restart
-  rotates once, not once per missed firing. A cron is searched only up to ``last + max_age``;
+  (:func:`~vault_rotator.policy.next_fire`, crontab(5) semantics), or last + interval for
+  ``every 30d``. Firings missed while the daemon was down all collapse into this one slot:
+  once it rotates, the next slot lies after the rotation, so a restart rotates once, not once
+  per missed firing. A cron is searched only up to ``last + max_age``;
   one with no firing by then (or ever: ``0 0 31 2 *``, which a policy file refuses but a stored
   policy may hold) has no slot, and max_age alone makes the key due.
 * **jitter**: a deterministic offset in ``[0, jitter)`` from a hash of ``env/name`` and the

@@ -5,7 +5,7 @@ Modules, from the bottom up::
     problems     Problem, PolicyError, PolicyValueError
     durations    parse_duration / format_duration ("90s", "1.5h", "7d")
     naming       key_name templates: render_key_name
-    schedule     cron (UTC, crontab weekdays), @aliases, "every 30d"; cron_trigger for APScheduler
+    schedule     cron (UTC, crontab(5) through cronsim), @aliases, "every 30d"
     window       "Mon-Fri 09:00-17:00" maintenance windows
     defaults     built-in defaults, documented in one table
     fields       validated value types shared by the file schema and the model
@@ -32,7 +32,7 @@ from vault_rotator.policy.model import (
 )
 from vault_rotator.policy.naming import DEFAULT_KEY_NAME, render_key_name
 from vault_rotator.policy.problems import PolicyError, PolicyValueError, Problem
-from vault_rotator.policy.schedule import Schedule, cron_trigger, next_fire, parse_schedule
+from vault_rotator.policy.schedule import Schedule, next_fire, parse_schedule
 from vault_rotator.policy.window import Window, parse_window
 
 __all__ = [
@@ -49,7 +49,6 @@ __all__ = [
     "Schedule",
     "VaultPolicy",
     "Window",
-    "cron_trigger",
     "format_duration",
     "load_policies",
     "next_fire",

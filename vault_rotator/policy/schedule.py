@@ -1,28 +1,33 @@
 """Rotation schedules: standard 5-field cron in UTC, ``@daily``-style aliases, or ``every 30d``.
 
-Cron fields are minute, hour, day of month, month, day of week, as in crontab(5): day of week
-0 and 7 are Sunday, 1 is Monday, and names (``mon``..``sun``) work too. APScheduler 3 numbers
-weekdays from Monday = 0, so the day-of-week field is translated to names before it reaches
-APScheduler; always build triggers with :func:`cron_trigger`, never with
-``CronTrigger.from_crontab`` directly. A cron that restricts both day of month and day of week is
-refused: crontab fires when either matches, APScheduler only when both do.
+Cron fields are minute, hour, day of month, month, day of week, as in crontab(5): lists,
+ranges and steps; month and weekday names (``jan``, ``mon``); day of week 0 and 7 are Sunday.
+`cronsim <https://pypi.org/project/cronsim/>`_ evaluates them, with Debian cron's semantics.
+Only crontab(5)'s own syntax is accepted, and ``?`` for "any" day of week: cronsim's extensions
+(``L``, ``W``, ``#``, a sixth field for seconds) are refused, and so is a step after a single
+day of week (``1/3``: cron implementations disagree on whether it runs to Saturday or to
+Sunday = 7; write ``1-6/3`` or ``1-7/3``). A cron that restricts both day of month and day of
+week is refused too: crontab fires when *either* matches (``0 0 1 * 1`` runs every Monday and
+on the 1st), which is rarely what was meant.
 
 ``every <duration>`` means "that long after the previous rotation" (not aligned to a clock).
 
 A cron can be valid and still never fire (``0 0 31 2 *``, the 31st of February). The model
 accepts it, so a rotation stored with one stays readable, and :meth:`Schedule.next_after` then
-answers None; a policy file refuses it through :func:`check_fires`: a cron must fire within
-5 years of 2000-01-01 (a 5-field cron that fires at all fires at least once every 8 years,
-and the 29th of February in 2000, so this finds exactly the crons that never fire).
+answers None at once; a policy file refuses it through :func:`check_fires`: a cron must fire
+within 5 years of 2000-01-01 (a 5-field cron that fires at all fires at least once every 8
+years, and the 29th of February in 2000, so this finds exactly the crons that never fire).
+A search for the next firing never runs past what it was asked for, nor 50 years (cronsim's
+own limit): it is bounded and fast.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
-from apscheduler.triggers.cron import CronTrigger
+from cronsim import CronSim, CronSimError
 
 from vault_rotator.policy.durations import parse_duration
 from vault_rotator.policy.problems import PolicyValueError, clipped, shown
@@ -35,9 +40,20 @@ ALIASES: dict[str, str] = {
     "@yearly": "0 0 1 1 *",
     "@annually": "0 0 1 1 *",
 }
-DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")  # crontab numbering: Sunday = 0
 FIRES_WITHIN_YEARS = 5
 _FIRES_FROM = datetime(2000, 1, 1, tzinfo=UTC)
+_FIELD_NAMES = ("minute", "hour", "day of month", "month", "day of week")
+# crontab(5): "*" or a value or a range (numbers or 3-letter names), an optional step; a list.
+_ITEM = r"(?:\*|(?:[0-9]+|[A-Za-z]{3})(?:-(?:[0-9]+|[A-Za-z]{3}))?)(?:/[0-9]+)?"
+_FIELD = re.compile(rf"{_ITEM}(?:,{_ITEM})*")
+_SINGLE_STEP = re.compile(r"(?:[0-9]+|[A-Za-z]{3})/[0-9]+")
+_HINTS = {  # cronsim's message -> what a valid field holds
+    "Bad minute": "the minute must be 0-59",
+    "Bad hour": "the hour must be 0-23",
+    "Bad day-of-month": "the day of month must be 1-31",
+    "Bad month": "the month must be 1-12 or jan-dec",
+    "Bad day-of-week": "the day of week must be 0-7 (0 and 7 are Sunday) or sun-sat",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +90,9 @@ def parse_schedule(text: str) -> Schedule:
         return Schedule(text=stripped, cron=ALIASES[stripped])
     if stripped.startswith("every ") or stripped == "every":
         return Schedule(text=stripped, interval_s=_interval(stripped))
-    cron_trigger(stripped)
-    return Schedule(text=stripped, cron=" ".join(stripped.split()))
+    cron = check_cron(stripped)
+    _firings(cron, _FIRES_FROM, expr=stripped)
+    return Schedule(text=stripped, cron=cron)
 
 
 def check_fires(schedule: Schedule) -> Schedule:
@@ -95,14 +112,76 @@ def check_fires(schedule: Schedule) -> Schedule:
 def next_fire(cron: str, after: datetime, until: datetime | None = None) -> datetime | None:
     """The cron's first firing at or after ``after``; None if none by ``until`` (or ever).
 
-    A cron that never fires is searched up to the year 9999 without ``until`` (about half a
-    second); pass ``until`` whenever a later firing would not matter.
+    A cron that never fires answers None at once; the search otherwise stops at the first
+    firing, at most 50 years on.
     """
-    trigger = cron_trigger(cron)
-    if until is not None:
-        trigger.end_date = until.astimezone(UTC)
-    fire = trigger.get_next_fire_time(None, after)
-    return None if fire is None else datetime.fromtimestamp(fire.timestamp(), UTC)
+    moment = after.astimezone(UTC)
+    floor = moment.replace(microsecond=0)
+    # cronsim answers strictly after its start, to the second: start a second before the
+    # first whole second that is not before ``after``.
+    start = floor if moment.microsecond else floor - timedelta(seconds=1)
+    firings = _firings(check_cron(cron), start, expr=cron)
+    try:
+        fire = None if firings is None else next(firings, None)
+    except OverflowError:  # no firing before the end of year 9999
+        return None
+    if fire is None or (until is not None and fire > until):
+        return None
+    return fire.replace(tzinfo=UTC)
+
+
+def check_cron(expr: str) -> str:
+    """The expression's 5 fields, one space apart (day of week ``?`` as ``*``), if crontab(5)
+    syntax; else PolicyValueError."""
+    fields = expr.split()
+    if len(fields) != 5:
+        raise PolicyValueError(
+            f"invalid cron {shown(expr)}: expected 5 fields (minute hour day month weekday), "
+            f"got {len(fields)}"
+        )
+    if fields[4] == "?":
+        fields[4] = "*"
+    for name, field in zip(_FIELD_NAMES, fields, strict=True):
+        if not _FIELD.fullmatch(field):
+            raise PolicyValueError(
+                f"invalid cron {shown(expr)}: the {name} {shown(field)} is not crontab syntax "
+                "(a number or name, a range a-b, a step /n, '*', or a list of them)"
+            )
+    if any(_SINGLE_STEP.fullmatch(item) for item in fields[4].split(",")):
+        raise PolicyValueError(
+            f"invalid cron {shown(expr)}: a step in day of week needs a range or '*' "
+            "(write 1-6/3 or 1-7/3: cron implementations disagree on where 1/3 ends)"
+        )
+    if fields[2] != "*" and fields[4] != "*":
+        raise PolicyValueError(
+            f"invalid cron {shown(expr)}: it restricts both day of month and day of week, and "
+            "crontab fires when either matches; restrict only one of them"
+        )
+    return " ".join(fields)
+
+
+def _firings(cron: str, start: datetime, *, expr: str) -> CronSim | None:
+    """cronsim's firings strictly after ``start``; None for a valid cron that never fires.
+
+    cronsim refuses a day of month that none of the months has: when the same cron parses
+    with every month, and its months parse with day 1, only that combination was refused.
+    """
+    try:
+        return CronSim(cron, start)
+    except CronSimError as exc:
+        minute, hour, day, month, weekday = cron.split()
+        if _parses(f"{minute} {hour} {day} * {weekday}") and _parses(f"0 0 1 {month} *"):
+            return None
+        hint = _HINTS.get(str(exc), str(exc))
+        raise PolicyValueError(f"invalid cron {shown(expr)}: {clipped(hint)}") from exc
+
+
+def _parses(cron: str) -> bool:
+    try:
+        CronSim(cron, _FIRES_FROM)
+    except CronSimError:
+        return False
+    return True
 
 
 def _interval(text: str) -> float:
@@ -113,66 +192,3 @@ def _interval(text: str) -> float:
     if seconds <= 0:
         raise PolicyValueError(f"schedule {shown(text)}: the interval must be longer than 0s")
     return seconds
-
-
-def cron_trigger(expr: str) -> Any:
-    """An APScheduler CronTrigger (UTC) for a standard crontab expression; raise if invalid."""
-    fields = expr.split()
-    if len(fields) != 5:
-        raise PolicyValueError(
-            f"invalid cron {shown(expr)}: expected 5 fields (minute hour day month weekday), "
-            f"got {len(fields)}"
-        )
-    if fields[2] not in ("*", "?") and fields[4] not in ("*", "?"):
-        raise PolicyValueError(
-            f"invalid cron {shown(expr)}: it restricts both day of month and day of week, which "
-            "crontab ORs and APScheduler ANDs; restrict only one of them"
-        )
-    fields[4] = translate_day_of_week(fields[4], expr)
-    try:
-        return CronTrigger.from_crontab(" ".join(fields), timezone="UTC")
-    except ValueError as exc:
-        raise PolicyValueError(f"invalid cron {shown(expr)}: {clipped(str(exc))}") from exc
-
-
-def translate_day_of_week(field: str, expr: str) -> str:
-    """Turn a crontab day-of-week field (Sunday = 0 or 7) into APScheduler day names."""
-    if field in ("*", "?"):
-        return "*"
-    days: set[int] = set()
-    for part in field.split(","):
-        days |= _day_part(part, expr)
-    if len(days) == 7:
-        return "*"
-    return ",".join(DAY_NAMES[day] for day in (1, 2, 3, 4, 5, 6, 0) if day in days)
-
-
-def _day_part(part: str, expr: str) -> set[int]:
-    body, slash, step_text = part.partition("/")
-    if slash and not (step_text.isdigit() and int(step_text) > 0):
-        raise PolicyValueError(f"invalid cron {shown(expr)}: bad step {shown(part)} in day of week")
-    step = int(step_text) if slash else 1
-    if body == "*":
-        low, high = 0, 6
-    elif "-" in body:
-        first, _, last = body.partition("-")
-        low, high = _day_value(first, expr), _day_value(last, expr)
-    else:
-        low = _day_value(body, expr)
-        high = 6 if slash else low
-    if low > high:
-        raise PolicyValueError(
-            f"invalid cron {shown(expr)}: day-of-week range {shown(body)} runs backwards"
-        )
-    return {day % 7 for day in range(low, high + 1, step)}
-
-
-def _day_value(text: str, expr: str) -> int:
-    lowered = text.lower()
-    if lowered in DAY_NAMES:
-        return DAY_NAMES.index(lowered)
-    if text.isdigit() and int(text) <= 7:
-        return int(text)
-    raise PolicyValueError(
-        f"invalid cron {shown(expr)}: day of week {shown(text)} is not 0-7 or sun, mon, ... sat"
-    )
