@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from vault_rotator.engine.engine import Engine, FaultHook, env_fault_hook
+from vault_rotator.engine.engine import Engine, FaultHook, no_fault
 from vault_rotator.errors import ConfigError, PreflightError
 from vault_rotator.policy import Account, KeyPolicy, parse_duration
 from vault_rotator.ports.kv import KvStore
@@ -26,6 +26,7 @@ from vault_rotator.ports.provider import Dialect, KeyProvider
 from vault_rotator.provider.arouter import ARouterClient
 from vault_rotator.secret import Secret
 from vault_rotator.store.vault import VaultConnection, connect_from_env
+from vault_rotator.testing.faults import fault_hook_from_env
 
 DEFAULT_LEASE_TTL_S = 30.0
 LEASE_TTL_ENV = "VAULT_ROTATOR_LEASE_TTL"
@@ -137,14 +138,16 @@ class Runtime:
         if client is not None:
             client.close()
 
-    def engine(self, *, fault: FaultHook = env_fault_hook, holder: str | None = None) -> Engine:
+    def engine(self, *, fault: FaultHook | None = None, holder: str | None = None) -> Engine:
+        """An engine on this runtime's ports; ``fault`` defaults to ``VAULT_ROTATOR_FAULT_AT``'s
+        hook (tests' crash points in real processes) when that variable is set."""
         return Engine(
             kv_for=self.kv,
             providers=self.provider,
             clock=self.clock,
             sleep=self.sleep,
             lease_ttl=self.lease_ttl,
-            fault=fault,
+            fault=fault or fault_hook_from_env() or no_fault,
             holder=holder,
         )
 

@@ -37,7 +37,7 @@ from vault_rotator.daemon.notify import Notifier
 from vault_rotator.daemon.parking import FailureBook
 from vault_rotator.engine import reasons
 from vault_rotator.engine.decide import Observation
-from vault_rotator.engine.engine import Command, Engine, FaultHook, env_fault_hook
+from vault_rotator.engine.engine import Command, Engine, FaultHook
 from vault_rotator.engine.outcomes import classify
 from vault_rotator.engine.session import StateStore
 from vault_rotator.engine.state import Outcome, Rotation, Stall, StateRecord
@@ -135,7 +135,7 @@ class Daemon:
         *,
         notifier: Notifier | None = None,
         metrics: Metrics | None = None,
-        fault: FaultHook = env_fault_hook,
+        fault: FaultHook | None = None,
         holder: str | None = None,
     ) -> None:
         self.policies = policies

@@ -38,10 +38,9 @@ from vault_rotator.policy import KeyPolicy
 from vault_rotator.ports.kv import KvStore
 from vault_rotator.ports.provider import KeyProvider
 
-__all__ = ["BOUNDARIES", "Command", "Engine", "Progress", "Verb", "env_fault_hook"]
+__all__ = ["BOUNDARIES", "Command", "Engine", "Progress", "Verb", "no_fault"]
 
 log = structlog.get_logger(__name__)
-FAULT_ENV = "VAULT_ROTATOR_FAULT_AT"
 BOUNDARIES = (
     "intent", "create", "pending", "verify", "publish", "published",
     "sweep", "disable", "delete", "done", "destroy",
@@ -60,12 +59,8 @@ ProviderFactory = Callable[[KeyPolicy, str | None], KeyProvider]
 FaultHook = Callable[[str], None]
 
 
-def env_fault_hook(step: str) -> None:
-    """Test-only: die (SIGKILL) at the boundary named by ``VAULT_ROTATOR_FAULT_AT``."""
-    if os.environ.get(FAULT_ENV) == step:
-        import signal  # noqa: PLC0415
-
-        os.kill(os.getpid(), signal.SIGKILL)
+def no_fault(_step: str) -> None:
+    """The default fault hook: nothing happens at a step boundary (tests pass their own)."""
 
 
 def new_rotation_id(clock: Callable[[], float]) -> str:
@@ -89,7 +84,7 @@ class Engine:
         sleep: Callable[[float], None],
         lease_ttl: float = 30.0,
         holder: str | None = None,
-        fault: FaultHook = env_fault_hook,
+        fault: FaultHook = no_fault,
         new_id: Callable[[], str] | None = None,
     ) -> None:
         self.kv_for = kv_for
