@@ -291,6 +291,34 @@ def test_delete_unused_refuses_while_a_state_record_is_unreadable(
     assert ids["orphan"] in s.live()  # held only by the record it could not read
 
 
+def test_delete_unused_refuses_while_a_state_folder_is_unreadable(
+    make_setup: MakeSetup,
+    capsys: pytest.CaptureFixture[str],
+    vault: VaultServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A whole folder of records this token may not list may hold the candidate too."""
+    s, _ids = delete_world(make_setup)
+    other = f"{s.env}-other"
+    s.kv.write(
+        f"{s.env}/vault-rotator/state/{other}/x", in_flight(other, "x", old="k").to_dict(), cas=0
+    )
+    folder = f"secret/metadata/{s.env}/vault-rotator/state/{other}/"
+    admin = hvac.Client(url=vault.addr, token=vault.token)
+    admin.sys.create_or_update_policy(
+        "audit-no-folder", f'path "secret/*" {{ capabilities = ["create", "read", "update", '
+        f'"delete", "list"] }}\npath "{folder}" {{ capabilities = ["deny"] }}'
+    )  # fmt: skip
+    token = admin.auth.token.create(policies=["audit-no-folder"], ttl="10m")["auth"]["client_token"]
+    monkeypatch.setenv("VAULT_TOKEN", token)
+    before = s.live()
+
+    with pytest.raises(EngineError, match=r"not readable with this token \(e\.g\. .*/state/"):
+        run_audit(s, capsys, "--delete-unused", "--yes", "--json")
+
+    assert s.live() == before
+
+
 def test_dialect_a_judges_use_by_usage_and_says_so(
     make_setup: MakeSetup, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -85,9 +85,10 @@ class StateStore:
                 try:
                     names = self.kv.list(f"{self.prefix}/state/{env}")
                 except StorePermissionError:
-                    log.warning(
-                        "state folder not readable; skipped", folder=f"{self.prefix}/state/{env}"
-                    )
+                    folder = f"{self.prefix}/state/{env}"
+                    log.warning("state folder not readable; skipped", folder=folder)
+                    if skipped is not None:
+                        skipped.append(folder)
                     continue
                 found.extend((env[:-1], n) for n in names if "/" not in n)
         return found
