@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vault_rotator.policy import defaults as builtin
+import vault_rotator.policy.defaults as builtin
 from vault_rotator.policy.model import (
     EnvironmentPolicy,
     KeyPolicy,

@@ -17,8 +17,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+import vault_rotator.policy.defaults as builtin
 from vault_rotator.errors import ConfigError
-from vault_rotator.policy import defaults as builtin
 from vault_rotator.policy.fields import (
     BaseUrl,
     DialectName,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from vault_rotator.policy import defaults as builtin
+import vault_rotator.policy.defaults as builtin
 from vault_rotator.policy.durations import format_duration
 from vault_rotator.policy.naming import MAX_KEY_NAME_CHARS, longest_key_name
 from vault_rotator.policy.problems import Problem, shown

@@ -16,7 +16,7 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import ErrorDetails
 
-from vault_rotator.policy import defaults as builtin
+import vault_rotator.policy.defaults as builtin
 from vault_rotator.policy.fields import (
     DialectName,
     Duration,
