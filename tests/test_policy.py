@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from vault_rotator.commands import validate_cmd
 from vault_rotator.errors import ConfigError
 from vault_rotator.policy import (
     KeyPolicy,
@@ -23,7 +24,6 @@ from vault_rotator.policy import (
     parse_window,
     render_key_name,
     resolve_config_dir,
-    validate_cmd,
 )
 
 SHIPPED_CONFIG = Path(__file__).resolve().parents[1] / "config"

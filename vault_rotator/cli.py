@@ -23,7 +23,10 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 # verb -> (module, one-line help)
 VERBS: dict[str, tuple[str, str]] = {
     "run": ("vault_rotator.commands.run_cmd", "run the daemon: schedules, health, metrics, API"),
-    "validate": ("vault_rotator.policy.validate_cmd", "check policy files; print FILE:LINE errors"),
+    "validate": (
+        "vault_rotator.commands.validate_cmd",
+        "check policy files; print FILE:LINE errors",
+    ),
     "rotate": ("vault_rotator.commands.rotate_cmd", "start or resume a key's rotation"),
     "resume": ("vault_rotator.commands.resume_cmd", "continue a rotation from its saved step"),
     "finish": ("vault_rotator.commands.finish_cmd", "end a rotation now, keeping the old key"),

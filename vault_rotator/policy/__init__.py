@@ -14,7 +14,6 @@ Modules, from the bottom up::
     model        KeyPolicy, EnvironmentPolicy, PolicySet: what the engine and daemon use
     build        one file: defaults merged, per-file rules
     loader       a directory: discovery, cross-file rules, load_policies
-    validate_cmd the ``vault-rotator validate`` verb
 """
 
 from __future__ import annotations
