@@ -288,10 +288,15 @@ def test_wrong_saved_hint_parses_and_is_corrected_by_the_create_answer(
     client = make(hint=Dialect.A)
     with structlog.testing.capture_logs() as logs:
         assert client.list_keys()[0].usage_tokens == 7  # one B record does not overturn a hint
-        assert client.detected_dialect is Dialect.A
+        assert client.detected_dialect is None  # the hint is not confirmed, so not saved
+        assert client.dialect is Dialect.A  # ... but still what the client goes by
         created = client.create_key(KeySpec("n", spending_limit=2.0))
     posts = [json.loads(r.read()) for r in server.requests if r.method == "POST"]
-    assert posts == [{"name": "n", "limit": 2.0}, {"name": "n", "limit_usd": 2.0}]
+    assert posts == [
+        {"name": "n", "limit": 2.0, "limit_usd": 2.0},  # a lenient server would keep its own
+        {"name": "n", "limit": 2.0},
+        {"name": "n", "limit_usd": 2.0},
+    ]
     assert created.record.spending_limit == 2.0
     assert client.detected_dialect is Dialect.B
     assert [(e["was"], e["now"]) for e in _dialect_warnings(logs)] == [("a", "b")]
@@ -1005,3 +1010,36 @@ def test_backoff_rejects_nonsense() -> None:
     """Zero attempts is a configuration error, not a silent no-op."""
     with pytest.raises(ConfigError, match="max_attempts"):
         Backoff(max_attempts=0)
+
+
+def test_a_lenient_server_never_loses_the_cap_under_a_learnt_dialect(
+    server: FakeServer, make: Callable[..., ARouterClient]
+) -> None:
+    """A saved 'a' on a B server that ignores unknown fields: both cap names go first, so the
+    server keeps its own and the key is created capped."""
+    kept: list[object] = []
+
+    def lenient_b(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.read())
+        kept.append(body.get("limit_usd"))  # what a B server stores; "limit" it ignores
+        return httpx.Response(201, json={"key": VALUE_TEXT, "hash": "b0009", "name": body["name"]})
+
+    server.on("GET", "/api/v1/keys", reply(payload={"data": [rec_b(1)]}))
+    server.on("POST", "/api/v1/keys", lenient_b)
+    client = make(hint=Dialect.A)
+    client.list_keys()
+    client.create_key(KeySpec("n", spending_limit=7.0))
+    assert kept == [7.0]
+
+
+def test_a_hint_the_listing_agrees_with_becomes_known(
+    server: FakeServer, make: Callable[..., ARouterClient]
+) -> None:
+    """A saved hint is reported as known only once the server's records agree with it."""
+    server.on("GET", "/api/v1/keys", reply(payload={"data": []}))
+    client = make(hint=Dialect.B)
+    client.list_keys()
+    assert client.detected_dialect is None
+    server.on("GET", "/api/v1/keys", reply(payload={"data": [rec_b(1)]}))
+    client.list_keys()
+    assert client.detected_dialect is Dialect.B

@@ -280,8 +280,10 @@ class ARouterClient(_Closing):
             self._configured = None if dialect == "auto" else Dialect(dialect)
         except ValueError as exc:
             raise ConfigError(f"unknown ARouter dialect {dialect!r}: use a, b, c or auto") from exc
-        self._dialect = self._configured or hint
-        self._collection = d.collection_for(self._dialect) if self._dialect else None
+        self._dialect = self._configured  # known: configured, or confirmed by the server
+        self._hint = None if self._configured else hint  # saved earlier; not yet confirmed
+        start = self._dialect or self._hint
+        self._collection = d.collection_for(start) if start else None
         self._key = management_key
         self._backoff = Backoff(max_attempts, backoff_initial, backoff_max)
         self._page_size = d.clamp_page_size(page_size)
@@ -299,14 +301,17 @@ class ARouterClient(_Closing):
 
     @property
     def dialect(self) -> Dialect:
-        """The configured or detected dialect (probes once if unknown; A while A/B is open)."""
+        """The known dialect, else the hint (probes once if neither; A while A/B is open)."""
         if self._collection is None:
             self.detect()
-        return self._dialect or Dialect.A
+        return self._dialect or self._hint or Dialect.A
 
     @property
     def detected_dialect(self) -> Dialect | None:
-        """The dialect known for sure (configured or detected), without I/O; None while open."""
+        """The dialect known for sure (configured, or shown by the server), without I/O.
+
+        None while open, and while a saved hint has not been confirmed: only this is saved.
+        """
         return self._dialect
 
     def detect(self) -> Dialect | None:
@@ -326,26 +331,27 @@ class ARouterClient(_Closing):
             self._switch(by_path, f"GET {collection} answered")
             return
         tally = d.Tally.of(records)
-        if self._dialect is None or self._dialect is Dialect.C:
+        votes = f"{tally.a} listed keys vote a, {tally.b} vote b"
+        current = self._dialect or self._hint
+        if current is None or current is Dialect.C:
             if tally.majority is not None:
-                self._switch(tally.majority, f"{tally.a} listed keys vote a, {tally.b} vote b")
-        elif (other := tally.overturns(self._dialect)) is not None:
-            self._switch(other, f"{tally.a} listed keys vote a, {tally.b} vote b")
+                self._switch(tally.majority, votes)
+        elif (other := tally.overturns(current)) is not None:
+            self._switch(other, votes)  # a clear majority (two or more) against it
+        elif tally.majority is current:
+            self._switch(current, votes)  # a hint the listing agrees with is now known
 
     def _switch(self, dialect: Dialect, why: str) -> None:
-        """Take ``dialect`` as known; a change from another known one is one warning line."""
+        """Take ``dialect`` as known; a change from another known (or hinted) one is one
+        warning line."""
         if dialect is self._dialect:
             return
-        if self._dialect is None:
+        was = self._dialect or self._hint
+        if was is None or was is dialect:
             log.info("arouter.dialect_detected", dialect=str(dialect), evidence=why)
         else:
-            log.warning(
-                "arouter.dialect_changed",
-                was=str(self._dialect),
-                now=str(dialect),
-                evidence=why,
-            )
-        self._dialect = dialect
+            log.warning("arouter.dialect_changed", was=str(was), now=str(dialect), evidence=why)
+        self._dialect, self._hint = dialect, None
         self._collection = d.collection_for(dialect)
 
     def _parse_dialect(self, collection: str) -> Dialect | None:
@@ -415,7 +421,9 @@ class ARouterClient(_Closing):
 
     def _post_create(self, collection: str, spec: KeySpec) -> _Answer:
         """POST the create, trying each cap-field variant in turn after a 400."""
-        variants = d.cap_variants(self._dialect, spec, configured=self._configured is not None)
+        variants = d.cap_variants(
+            self._dialect or self._hint, spec, configured=self._configured is not None
+        )
         for caps in variants[:-1]:
             try:
                 return self._call(
@@ -481,11 +489,11 @@ class ARouterClient(_Closing):
             if self._collection not in (None, path):
                 log.warning(
                     "arouter.dialect_changed",
-                    was=str(self._dialect),
+                    was=str(self._dialect or self._hint),
                     now="probing",
                     evidence=f"GET {self._collection} answered 404, GET {path} did not",
                 )
-                self._dialect = None
+                self._dialect = self._hint = None
             self._collection = path
             return path, page
         tried = " and ".join(f"GET {path}" for path in candidates)

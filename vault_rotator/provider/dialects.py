@@ -146,20 +146,18 @@ def cap_variants(
     """The spending-cap field sets to try in turn, each after a 400 on the one before.
 
     One set when the dialect is configured (or C, known by its path) or no cap is asked for.
-    A or B learnt from the server (records, an earlier create answer, a saved hint): its own
-    name, then the other's (providers change their API; a 400 creates nothing). While A/B is
-    open: both names (a lenient server keeps its own), then A's alone, then B's alone (a strict
-    server refuses the unknown name with a 400).
+    Otherwise (A/B open, or learnt from the server, which may have changed its API): both names
+    first, so that a lenient server, which ignores a name it does not know, keeps its own and
+    the cap is never dropped silently; then, after a 400 (which creates nothing) from a strict
+    server refusing the unknown name, the learnt dialect's name alone, then the other's.
     """
     if spec.spending_limit is None:
         return ((),)
-    a_cap, b_cap = CAP_FIELD[Dialect.A], CAP_FIELD[Dialect.B]
-    if dialect is None:
-        return ((a_cap, b_cap), (a_cap,), (b_cap,))
-    if configured or dialect is Dialect.C:
+    if dialect is not None and (configured or dialect is Dialect.C):
         return ((CAP_FIELD[dialect],),)
-    own, other = (a_cap, b_cap) if dialect is Dialect.A else (b_cap, a_cap)
-    return ((own,), (other,))
+    a_cap, b_cap = CAP_FIELD[Dialect.A], CAP_FIELD[Dialect.B]
+    own, other = (b_cap, a_cap) if dialect is Dialect.B else (a_cap, b_cap)
+    return ((a_cap, b_cap), (own,), (other,))
 
 
 def iso_utc(moment: datetime) -> str:
