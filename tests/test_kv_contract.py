@@ -384,15 +384,6 @@ def test_a_destroyed_version_reads_as_deleted(
     kv: Kv, admin: Admin, path: str, request: pytest.FixtureRequest
 ) -> None:
     """A version destroyed alone (`kv destroy -versions`) reads as deleted, as the port says."""
-    if isinstance(kv, VaultKv):
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                raises=StoreError,
-                reason="VaultKv bug: hvac re-raises the 404 of a destroyed version (its "
-                "deletion_time is empty) and VaultKv takes it for a 404 that is not KV v2's",
-            )
-        )
     kv.write(path, {"v": 1}, cas=0)
     kv.write(path, {"v": 2}, cas=1)
     admin.destroy_versions(path, [1])

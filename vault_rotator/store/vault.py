@@ -80,6 +80,18 @@ def _translate(op: str, where: str) -> Iterator[None]:
         ) from exc
 
 
+def _destroyed_version(exc: StoreError) -> dict[str, Any] | None:
+    """The body of KV v2's 404 for a version destroyed alone (it carries the version's
+    metadata, ``destroyed: true``; hvac re-raises it because its ``deletion_time`` is empty)."""
+    cause = exc.__cause__
+    if not isinstance(cause, hvac.exceptions.InvalidPath) or not isinstance(cause.json, dict):
+        return None
+    body = cause.json.get("data")
+    if isinstance(body, dict) and isinstance(body.get("metadata"), dict):
+        return cause.json
+    return None
+
+
 def _no_such_secret(exc: StoreError, where: str) -> bool:
     """True for KV v2's own "nothing here" 404 (``{"errors": []}``); raise for any other 404.
 
@@ -134,6 +146,8 @@ class VaultKv:
                 self._where(path),
             )
         except StoreError as exc:
+            if (destroyed := _destroyed_version(exc)) is not None:
+                return _parse_version(destroyed, self._where(path))
             if _no_such_secret(exc, self._where(path)):
                 return None
             raise
