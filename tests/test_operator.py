@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from world import Crash, World, assert_clean_end, crash_at
 
-from vault_rotator.commands.common import in_flight_policy
+from vault_rotator.daemon.refs import in_flight_policy
 from vault_rotator.engine import reasons
 from vault_rotator.engine.driver import drive
 from vault_rotator.engine.engine import Command, Verb

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from vault_rotator.commands.status_cmd import collect
+from vault_rotator.daemon.status_rows import collect
 from vault_rotator.engine import reasons
 from vault_rotator.engine.state import Outcome, Permissions, Rotation, Stall, StateRecord
 from vault_rotator.engine.status import derive_state, key_status

@@ -20,7 +20,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from vault_rotator.commands.common import add_config_argument, key_policy, load, operator
+from vault_rotator.commands.common import add_config_argument, load, operator
+from vault_rotator.daemon.refs import key_policy
 from vault_rotator.emulator import Emulator
 from vault_rotator.engine.driver import drive
 from vault_rotator.engine.engine import Command, Progress

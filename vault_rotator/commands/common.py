@@ -1,16 +1,16 @@
-"""What several CLI verbs share: loading policies, naming keys, a runtime from the env."""
+"""What several CLI verbs share: the ``--config`` argument, loading policies, who runs them.
+
+Key refs (``ENV/NAME``) are parsed in :mod:`vault_rotator.daemon.refs`, which the control API
+shares.
+"""
 
 from __future__ import annotations
 
 import argparse
 import getpass
 import socket
-from collections.abc import Callable
 
-from vault_rotator.engine.session import StateStore
-from vault_rotator.errors import ConfigError
-from vault_rotator.policy import KeyPolicy, PolicySet, load_policies, resolve_config_dir
-from vault_rotator.ports.kv import KvStore
+from vault_rotator.policy import PolicySet, load_policies, resolve_config_dir
 
 
 def add_config_argument(parser: argparse.ArgumentParser) -> None:
@@ -24,36 +24,6 @@ def add_config_argument(parser: argparse.ArgumentParser) -> None:
 
 def load(args: argparse.Namespace) -> PolicySet:
     return load_policies(resolve_config_dir(args.config))
-
-
-def parse_ref(ref: str) -> tuple[str, str]:
-    """``ENV/NAME`` -> (env, name); a malformed ref is a usage error."""
-    env, sep, name = ref.partition("/")
-    if not sep or not env or not name or "/" in name:
-        raise ConfigError(f"{ref!r} is not ENV/NAME (for example production/backend)")
-    return env, name
-
-
-def key_policy(policies: PolicySet, ref: str) -> KeyPolicy:
-    """The policy of ``ENV/NAME``; a malformed ref or an unknown key is a usage error."""
-    return policies.key(*parse_ref(ref))
-
-
-def in_flight_policy(policies: PolicySet, ref: str, kv_for: Callable[[str], KvStore]) -> KeyPolicy:
-    """The policy of ``ENV/NAME``; for a key that left the policies while a rotation of it is
-    in flight, the policy that rotation started with (so it can still be resumed or ended)."""
-    try:
-        return key_policy(policies, ref)
-    except ConfigError:
-        env, name = parse_ref(ref)
-        environment = policies.environments.get(env)
-        if environment is None:
-            raise
-        kv = kv_for(environment.vault.kv_mount)
-        record, _ = StateStore(kv, environment.vault.state_prefix).read(env, name)
-        if record.rotation is None:
-            raise
-        return KeyPolicy.from_dict(dict(record.rotation.policy))
 
 
 def operator() -> str:

@@ -18,16 +18,10 @@ import argparse
 import sys
 from datetime import UTC, date, datetime
 
-from vault_rotator.commands.common import (
-    add_config_argument,
-    in_flight_policy,
-    key_policy,
-    load,
-    operator,
-    parse_ref,
-)
+from vault_rotator.commands.common import add_config_argument, load, operator
 from vault_rotator.commands.follow import LocalWatch, add_wait_arguments, gave_up, wait_timeout
 from vault_rotator.commands.remote import act, add_daemon_argument, daemon_url
+from vault_rotator.daemon.refs import in_flight_policy, key_policy, parse_ref
 from vault_rotator.engine import reasons
 from vault_rotator.engine.driver import drive
 from vault_rotator.engine.engine import Command, Progress, Verb

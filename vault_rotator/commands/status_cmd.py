@@ -1,7 +1,8 @@
 """``vault-rotator status [--json]``: every key's state, current key, age, due date, outcomes.
 
-Keys come from the policies plus any rotation still in flight for a key no longer in them.
-A table (or ``--json``, one object per key) on stdout. Exit 1 if any key is stalled.
+Keys come from the policies plus any rotation still in flight for a key no longer in them
+(the rows of :mod:`vault_rotator.daemon.status_rows`, which the daemon serves too). A table
+(or ``--json``, one object per key) on stdout. Exit 1 if any key is stalled.
 """
 
 from __future__ import annotations
@@ -20,10 +21,8 @@ from vault_rotator.commands.remote import (
     said,
     status_rows,
 )
-from vault_rotator.daemon.due import next_due
-from vault_rotator.engine.session import StateStore
-from vault_rotator.engine.status import key_status
-from vault_rotator.policy import PolicySet, format_duration
+from vault_rotator.daemon.status_rows import collect
+from vault_rotator.policy import format_duration
 from vault_rotator.runtime import Runtime
 
 
@@ -31,46 +30,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
     add_config_argument(parser)
     add_daemon_argument(parser)
-
-
-def collect(policies: PolicySet, runtime: Runtime, now: float) -> list[dict[str, Any]]:
-    """Status rows for every policy key and every in-flight record outside the policies."""
-    rows: list[dict[str, Any]] = []
-    seen: set[tuple[str, str]] = set()
-    stores: dict[tuple[str, str], StateStore] = {}
-    for policy in policies:
-        kv = runtime.kv(policy.vault.kv_mount)
-        store = stores.setdefault(
-            (policy.vault.kv_mount, policy.vault.state_prefix),
-            StateStore(kv, policy.vault.state_prefix),
-        )
-        record, _ = store.read(policy.env, policy.name)
-        secret = kv.read(policy.secret_path)
-        data = dict(secret.data) if secret and not secret.deleted else None
-        rotated_at = (data or {}).get("rotated_at")
-        due_at = next_due(
-            policy,
-            last_success_at=record.last_success_at,
-            rotated_at=rotated_at if isinstance(rotated_at, str) else None,
-            now=now,
-        )
-        rows.append(
-            key_status(
-                ref=policy.ref,
-                max_age_s=policy.max_age_s,
-                next_due_at=due_at,
-                record=record,
-                secret=data,
-                now=now,
-            )
-        )
-        seen.add((policy.env, policy.name))
-    for store in stores.values():
-        for record in store.in_flight(skip=seen):
-            rows.append(
-                key_status(ref=record.ref, max_age_s=None, record=record, secret=None, now=now)
-            )
-    return rows
 
 
 def _when(epoch: float | None) -> str:

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import argparse
 
-from vault_rotator.commands.common import add_config_argument, load, parse_ref
+from vault_rotator.commands.common import add_config_argument, load
+from vault_rotator.daemon.refs import parse_ref
 from vault_rotator.errors import ConfigError
 from vault_rotator.policy import KeyPolicy, PolicySet
 from vault_rotator.policy.vaultacl import consumer_rules, render, rotator_rules

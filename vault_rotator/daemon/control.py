@@ -41,10 +41,10 @@ from typing import Any, Protocol
 
 import structlog
 
-from vault_rotator.commands.common import in_flight_policy
-from vault_rotator.commands.status_cmd import collect
 from vault_rotator.daemon import freeze as freezes
 from vault_rotator.daemon.daemon import Daemon
+from vault_rotator.daemon.refs import in_flight_policy
+from vault_rotator.daemon.status_rows import collect
 from vault_rotator.engine.engine import Command, Progress, Verb
 from vault_rotator.errors import (
     ConfigError,
