@@ -12,7 +12,7 @@ import argparse
 from vault_rotator.commands.common import add_config_argument, operator
 from vault_rotator.commands.follow import add_wait_arguments
 from vault_rotator.commands.remote import add_daemon_argument
-from vault_rotator.commands.rotate_cmd import run_command
+from vault_rotator.commands.runner import run_command
 from vault_rotator.engine.engine import Command, Verb
 
 
