@@ -26,6 +26,7 @@ from vault_rotator.daemon.service import Service
 from vault_rotator.emulator import Emulator
 from vault_rotator.engine import reasons
 from vault_rotator.engine.session import StateStore
+from vault_rotator.errors import StoreUnavailableError
 from vault_rotator.policy import load_policies
 from vault_rotator.runtime import Runtime
 from vault_rotator.store.vault import VaultConnection, VaultKv
@@ -456,3 +457,38 @@ def test_metrics_users_alert_on_are_exposed_with_bounded_labels(fleet: Fleet) ->
     assert {dict(labels)["status"] for labels in vault} <= words
     provider = _samples(daemon, "vault_rotator_provider_requests_total")
     assert all(not dict(labels)["status"].endswith("Error") for labels in provider)
+
+
+def test_scattered_failures_with_good_ticks_between_never_park_a_key(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three brief Vault failures hours apart, good ticks between: no key is parked or alerted
+    (an episode is failures in a row, and a tick the key did not fail in ends it)."""
+    fleet.seed(1)
+    server, notifier = _webhook_receiver()
+    try:
+        daemon = fleet.daemon(notifier=notifier)
+        fleet.run(daemon, 40)  # rotated: idle and not due for a month
+        real_read = StateStore.read
+        failing = {"now": False}
+
+        def read(self: StateStore, env: str, name: str) -> Any:
+            if failing["now"]:
+                raise StoreUnavailableError("Vault is sealed or down (read on secret/x)")
+            return real_read(self, env, name)
+
+        monkeypatch.setattr(StateStore, "read", read)
+        ((account, keys),) = daemon.accounts().items()
+        for _ in range(4):
+            failing["now"] = True
+            assert daemon.tick(account, keys).errors
+            failing["now"] = False
+            for _ in range(60):  # half an hour of good ticks
+                assert daemon.tick(account, keys).errors == []
+                fleet.clock.advance(30)
+        notifier.close(timeout=5)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [m["vault_rotator"]["event"] for m in _Receiver.received] == []
+    assert not daemon.failures.waiting(f"{fleet.tag}/app-0")

@@ -123,6 +123,10 @@ class TickReport:
     advanced: list[str] = field(default_factory=list)
     started: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    failed: set[str] = field(default_factory=set)  # keys (ENV/NAME) that failed in this tick
+    # consumer secrets read in this tick (each at most once); per tick, as ticks of different
+    # accounts run in parallel threads
+    secrets: dict[tuple[str, str], Versioned | None] = field(default_factory=dict)
 
 
 class Daemon:
@@ -150,7 +154,6 @@ class Daemon:
         self.engine: Engine = runtime.engine(fault=fault, holder=holder)
         self.engine.listeners.append(self)
         self.failures = FailureBook(self.clock)
-        self._secrets: dict[tuple[str, str], Versioned | None] = {}  # read once per tick
         self.last_tick: dict[Account, float] = {}
         self.should_stop: Callable[[], bool] = lambda: False
 
@@ -205,7 +208,6 @@ class Daemon:
     def tick(self, account: Account, keys: tuple[KeyPolicy, ...]) -> TickReport:
         """One reconcile pass of one account (see the module docstring)."""
         report = TickReport(account)
-        self._secrets.clear()
         tracked = self.tracked(account, keys, report)
         active = [t for t in tracked if t.active]
         if active:
@@ -214,7 +216,10 @@ class Daemon:
                 self._advance(item.policy, report, observation=observation)
         self._drop_stale_pending(tracked, report)
         self._start_due(tracked, report)
-        self._gauge(tracked)
+        self._gauge(tracked, report)
+        for policy in keys:  # a tick this key did not fail in ends its failure episode
+            if policy.ref not in report.failed and not self.failures.waiting(policy.ref):
+                self.failures.succeeded(policy.ref)
         self.last_tick[account] = self.clock()
         self.metrics.ticks.labels(account.base_url, "error" if report.errors else "ok").inc()
         self.metrics.last_tick.labels(account.base_url).set(self.last_tick[account])
@@ -280,6 +285,7 @@ class Daemon:
     ) -> None:
         """Count a failed pass; park a key that keeps failing (a stall if it can) and alert once."""
         report.errors.append(f"{policy.ref}: {error}")
+        report.failed.add(policy.ref)
         episode = self.failures.failed(policy.ref, error, policy.provider.poll_interval_s)
         log.warning("pass failed", key=policy.ref, error=error, failures=episode.count)
         if not self.failures.first_alert(episode):
@@ -334,7 +340,7 @@ class Daemon:
                 verdict = due(
                     policy,
                     last_success_at=last,
-                    rotated_at=self._rotated_at(item),
+                    rotated_at=self._rotated_at(item, report),
                     in_flight=False,
                     frozen=frozen_sets[where].covers(policy.env, policy.name),
                     now=now,
@@ -352,25 +358,25 @@ class Daemon:
             )
             in_flight += 1
 
-    def _secret(self, policy: KeyPolicy) -> Versioned | None:
+    def _secret(self, policy: KeyPolicy, report: TickReport) -> Versioned | None:
         """The consumer secret's current version (None if none), read at most once a tick."""
         where = (policy.vault.kv_mount, policy.secret_path)
-        if where not in self._secrets:
+        if where not in report.secrets:
             got = self.runtime.kv(where[0]).read(where[1])
-            self._secrets[where] = got if got is not None and not got.deleted else None
-        return self._secrets[where]
+            report.secrets[where] = got if got is not None and not got.deleted else None
+        return report.secrets[where]
 
-    def _rotated_at(self, item: Tracked) -> str | None:
+    def _rotated_at(self, item: Tracked, report: TickReport) -> str | None:
         if item.record.last_success_at is not None:
             return None  # the record wins; no need to read the secret
-        got = self._secret(item.policy)
+        got = self._secret(item.policy, report)
         stamp = got.data.get("rotated_at") if got else None
         return stamp if isinstance(stamp, str) else None
 
-    def _written_at(self, item: Tracked) -> float | None:
+    def _written_at(self, item: Tracked, report: TickReport) -> float | None:
         """A never-rotated key's age basis: the secret's ``rotated_at``, else its first version."""
-        stamp = self._rotated_at(item)
-        if stamp is None and self._secret(item.policy) is not None:
+        stamp = self._rotated_at(item, report)
+        if stamp is None and self._secret(item.policy, report) is not None:
             kv = self.runtime.kv(item.policy.vault.kv_mount)
             first = kv.read(item.policy.secret_path, 1)
             stamp = first.created_time if first is not None else None
@@ -380,7 +386,7 @@ class Daemon:
             return None
         return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
-    def _gauge(self, tracked: list[Tracked]) -> None:
+    def _gauge(self, tracked: list[Tracked], report: TickReport) -> None:
         now = self.clock()
         by_env: dict[str, list[int]] = {}
         for item in tracked:
@@ -397,7 +403,7 @@ class Daemon:
                     self.metrics.key_age.remove(*labels, "true")
             elif item.in_policy:
                 try:
-                    last = self._written_at(item)
+                    last = self._written_at(item, report)
                 except VaultRotatorError:
                     last = None
                 if last is not None:
