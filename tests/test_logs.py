@@ -11,6 +11,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
+from vault_rotator.display import redact_text, shown
 from vault_rotator.engine import reasons
 from vault_rotator.engine.state import Outcome, Permissions, Rotation
 from vault_rotator.logs import (
@@ -18,9 +19,7 @@ from vault_rotator.logs import (
     canonical_rotation_line,
     configure,
     redact_secrets,
-    redact_text,
     rotation_steps,
-    shown,
 )
 from vault_rotator.secret import Secret, fingerprint
 

@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from typing import NoReturn, Protocol, cast
 
 from vault_rotator import __version__
+from vault_rotator.display import redact_text
 from vault_rotator.errors import ConfigError, VaultRotatorError
-from vault_rotator.logs import LOG_LEVEL_ENV, LOG_LEVELS, configure, log_settings, redact_text
+from vault_rotator.logs import LOG_LEVEL_ENV, LOG_LEVELS, configure, log_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 

@@ -2,14 +2,10 @@
 
 :func:`redact_secrets` is a structlog processor that masks anything key-shaped in every string
 of an event, recursively (mapping keys and values, lists, tuples, sets, exceptions, and the
-``repr`` of any other object), replacing it by its HMAC fingerprint: ARouter keys
-(``lr_live_…``, ``lr_mgmt_…``, ``lr_admin_…``, even a bare prefix), Vault tokens
-(``hvs.…``/``hvb.…``/``hvr.…`` and the older ``s.…``/``b.…``) and the credential after
-``Bearer``. It is the last line of defence: code should log key ids and fingerprints in the
-first place.
-
-:func:`shown` escapes text someone else chose (a provider key's name, a server's message) for a
-log line or a table cell: no raw control or bidi character ever reaches a terminal or a log.
+``repr`` of any other object), replacing it by its HMAC fingerprint (what counts as
+key-shaped: :mod:`vault_rotator.display`). It is the last line of defence: code should log key
+ids and fingerprints in the first place, and escape text someone else chose with
+:func:`vault_rotator.display.shown`.
 
 :func:`canonical_rotation_line` emits the one canonical line per finished rotation
 (event ``rotation finished``): env, key, rotation id, trigger, who, outcome, step durations,
@@ -25,98 +21,23 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 from collections.abc import Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from vault_rotator.display import redact_text, redact_value
+
+# engine/forward.py still imports shown from here; the engine rework imports it from display.
+from vault_rotator.display import shown as shown  # noqa: PLC0414
 from vault_rotator.engine.outcomes import classify
 from vault_rotator.errors import ConfigError
-from vault_rotator.secret import Secret, fingerprint
 
 if TYPE_CHECKING:
     from vault_rotator.engine.state import Outcome, Rotation
 
-SECRET_PATTERN = re.compile(
-    # The credential runs to whitespace, a quote, <>,; and never ends in closing punctuation
-    # (")", "]", "}", ".", ":", "!", "?"): "(Authorization: Bearer X)." keeps its ")."
-    r"(?P<bearer>\b(?i:bearer)\s+)(?P<credential>[^\s\"'<>,;]*[^\s\"'<>,;.:!?)\]}])"
-    r"|lr_(?:live|mgmt|admin)_[A-Za-z0-9_\-]*"
-    r"|\bhv[sbr]\.[A-Za-z0-9_\-]{8,}"
-    r"|\b[sb]\.[A-Za-z0-9]{20,}(?:\.[A-Za-z0-9]+)?"
-)
 ROTATION_FINISHED = "rotation finished"
-_PLAIN = (int, float, bool, type(None))
-
-
-def _mask(match: re.Match[str]) -> str:
-    if match["bearer"]:
-        return f"{match['bearer']}<redacted {fingerprint(match['credential'])}>"
-    return f"<redacted {fingerprint(match.group(0))}>"
-
-
-def redact_text(text: str) -> str:
-    """Replace every key-shaped token in ``text`` by its fingerprint."""
-    return SECRET_PATTERN.sub(_mask, text)
-
-
-DISPLAY_LIMIT = 120
-_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
-
-
-def _escaped(char: str) -> str:
-    if char in _ESCAPES:
-        return _ESCAPES[char]
-    if char.isprintable():
-        return char
-    code = ord(char)
-    if code < 0x100:
-        return f"\\x{code:02x}"
-    if code < 0x10000:
-        return f"\\u{code:04x}"
-    return f"\\U{code:08x}"
-
-
-def shown(text: str, limit: int = DISPLAY_LIMIT) -> str:
-    """``text`` safe for a log line or a table cell: escaped as ``repr`` would, and capped.
-
-    Every character Python does not print (controls, bidi and other format characters, line
-    and paragraph separators, unassigned code points) becomes ``\\xNN``/``\\uNNNN``/``\\UNNNNNNNN``
-    (tab, newline, carriage return ``\\t``, ``\\n``, ``\\r``), a backslash is doubled, and a
-    result longer than ``limit`` is cut with "…". Provider-chosen names are shown this way.
-    """
-    out = "".join(_escaped(char) for char in text[: limit + 1])
-    return out if len(out) <= limit and len(text) <= limit else out[: limit - 1] + "…"
-
-
-def redact_value(value: Any) -> Any:
-    """``value`` with every key-shaped string inside it masked (containers become dicts/lists).
-
-    Numbers, booleans and None pass unchanged; a :class:`Secret` becomes its fingerprint; an
-    exception becomes ``"Type: message"``; any other object is kept unless its ``repr`` holds
-    something key-shaped, in which case the redacted ``repr`` replaces it.
-    """
-    if isinstance(value, str):
-        return redact_text(value)
-    if isinstance(value, _PLAIN):
-        return value
-    if isinstance(value, Secret):
-        return value.fingerprint
-    if isinstance(value, Mapping | list | tuple | set | frozenset):
-        return _redact_container(value)
-    if isinstance(value, BaseException):
-        return redact_text(f"{type(value).__name__}: {value}")
-    text = repr(value)
-    masked = redact_text(text)
-    return value if masked == text else masked
-
-
-def _redact_container(value: Any) -> dict[Any, Any] | list[Any]:
-    if isinstance(value, Mapping):
-        return {redact_value(k): redact_value(v) for k, v in value.items()}
-    return [redact_value(v) for v in value]
 
 
 def redact_secrets(

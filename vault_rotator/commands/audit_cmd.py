@@ -26,6 +26,7 @@ from typing import Any
 import structlog
 
 from vault_rotator.commands.common import add_config_argument, load
+from vault_rotator.display import redact_text, shown
 from vault_rotator.engine.audit import (
     API_KEY_PREFIX,
     Finding,
@@ -41,7 +42,6 @@ from vault_rotator.engine.audit import (
 )
 from vault_rotator.engine.session import StateStore
 from vault_rotator.errors import ConfigError, EngineError, ProviderError, StorePermissionError
-from vault_rotator.logs import redact_text, shown
 from vault_rotator.policy import Account, PolicySet
 from vault_rotator.ports.provider import KeyProvider
 from vault_rotator.runtime import Runtime

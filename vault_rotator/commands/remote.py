@@ -34,9 +34,9 @@ from typing import Any
 import httpx
 
 from vault_rotator.commands.follow import Follower, gave_up, remote_view
+from vault_rotator.display import redact_text
 from vault_rotator.engine.outcomes import classify
 from vault_rotator.errors import ConfigError, DaemonResponseError, DaemonUnreachableError
-from vault_rotator.logs import redact_text
 
 DAEMON_ENV = "VAULT_ROTATOR_DAEMON"
 CACERT_ENV = "VAULT_ROTATOR_DAEMON_CACERT"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from vault_rotator.logs import redact_text
+from vault_rotator.display import redact_text
 from vault_rotator.policy.loader import (
     CONFIG_ENV,
     DEFAULT_CONFIG_DIR,

@@ -54,8 +54,8 @@ import structlog
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from vault_rotator.daemon.control import Answer, Control
+from vault_rotator.display import redact_text
 from vault_rotator.errors import ConfigError
-from vault_rotator.logs import redact_text
 
 log = structlog.get_logger(__name__)
 

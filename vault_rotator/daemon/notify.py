@@ -17,7 +17,7 @@ Payload, one POST per event and URL::
 Slack shows ``text``; other receivers read the structured fields under ``vault_rotator`` (kept
 apart from Slack's own top-level fields). Never a key value: fields whose names hold values
 (``api_key``, ``value``, ``token`` ...) are dropped, every string is redacted, and the serialized
-body goes through :func:`~vault_rotator.logs.redact_text` once more.
+body goes through :func:`~vault_rotator.display.redact_text` once more.
 
 :meth:`Notifier.notify` never blocks and never raises on delivery problems: messages wait in a
 bounded queue (a full queue drops the message and counts it), a worker thread posts them with a
@@ -43,8 +43,8 @@ from urllib.parse import urlsplit
 import httpx
 import structlog
 
+from vault_rotator.display import redact_text, redact_value
 from vault_rotator.errors import ConfigError
-from vault_rotator.logs import redact_text, redact_value
 
 log = structlog.get_logger(__name__)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from vault_rotator.logs import shown
+from vault_rotator.display import shown
 from vault_rotator.secret import Secret
 
 

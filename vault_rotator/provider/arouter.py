@@ -73,6 +73,7 @@ from typing import Literal, Self
 import httpx
 import structlog
 
+from vault_rotator.display import shown
 from vault_rotator.errors import (
     ConfigError,
     KeyNotFoundError,
@@ -81,7 +82,6 @@ from vault_rotator.errors import (
     ProviderResponseError,
     ProviderRetryableError,
 )
-from vault_rotator.logs import shown
 from vault_rotator.ports.provider import CreatedKey, Dialect, KeyRecord, KeySpec
 from vault_rotator.provider import dialects as d
 from vault_rotator.provider import paging

@@ -67,8 +67,8 @@ from datetime import UTC, datetime
 from typing import NoReturn
 from urllib.parse import quote
 
+from vault_rotator.display import shown
 from vault_rotator.errors import ProviderPermanentError, ProviderResponseError
-from vault_rotator.logs import shown
 from vault_rotator.ports.provider import CreatedKey, Dialect, KeyRecord, KeySpec
 from vault_rotator.secret import Secret
 

@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
+from vault_rotator.display import redact_text, shown
 from vault_rotator.errors import (
     AmbiguousCreateError,
     AmbiguousCreateResponseError,
@@ -39,7 +40,6 @@ from vault_rotator.errors import (
     ProviderRetryableError,
     RateLimitedError,
 )
-from vault_rotator.logs import redact_text, shown
 from vault_rotator.provider.dialects import error_details
 from vault_rotator.secret import Secret
 
@@ -125,7 +125,7 @@ def one_line(text: str, secrets: tuple[Secret, ...] = ()) -> str:
     """``text`` with known secrets and key-shaped tokens redacted, on one line, truncated.
 
     Whitespace runs become one space; any other character that does not print (a control or
-    bidi character a server put in its message) is escaped (:func:`~vault_rotator.logs.shown`).
+    bidi character a server put in its message) is escaped (:func:`~vault_rotator.display.shown`).
     """
     for secret in secrets:
         text = text.replace(secret.reveal(), f"<redacted {secret.fingerprint}>")
