@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from world import LiveEnv
 
-from vault_rotator.demo import run_demo
+from vault_rotator.commands.demo_cmd import run_demo
 from vault_rotator.engine import reasons
 from vault_rotator.policy import load_policies
 from vault_rotator.testing.vault_server import VaultServer

@@ -1,9 +1,11 @@
 """The ``vault-rotator`` command line.
 
 Exit codes: 0 ok, 1 failed or stalled, 2 usage or config error; every error is one line, a
-usage error from argparse too. Each verb lives in its own module exposing
-``add_arguments(parser)`` and ``run(args) -> int``; this module only wires them and turns
-project errors into one-line messages.
+usage error from argparse too. Each verb lives in its own module of
+:mod:`vault_rotator.commands` exposing ``add_arguments(parser)`` and ``run(args) -> int``; this
+module only wires them and turns project errors into one-line messages. The one exception is
+``emulator``, whose module is the emulator's own CLI (:mod:`vault_rotator.emulator.cli`): the
+emulator is a test helper that imports nothing of the product it fakes.
 """
 
 from __future__ import annotations
@@ -33,7 +35,10 @@ VERBS: dict[str, tuple[str, str]] = {
     "finish": ("vault_rotator.commands.finish_cmd", "end a rotation now, keeping the old key"),
     "abort": ("vault_rotator.commands.abort_cmd", "roll a rotation back to the old key"),
     "status": ("vault_rotator.commands.status_cmd", "show every key's rotation state"),
-    "demo": ("vault_rotator.demo", "run a full rotation on an embedded OpenBao + emulator"),
+    "demo": (
+        "vault_rotator.commands.demo_cmd",
+        "run a full rotation on an embedded OpenBao + emulator",
+    ),
     "audit": (
         "vault_rotator.commands.audit_cmd",
         "list unmanaged, unused, uncapped and twice-served keys; delete unused ones",
