@@ -170,6 +170,7 @@ class Spoiler(httpx.BaseTransport):
     def __init__(self) -> None:
         self.inner = httpx.HTTPTransport(limits=httpx.Limits(max_keepalive_connections=0))
         self.spoiled: set[str] = set()
+        self.renamed: set[str] = set()  # listed with a name that is not a string
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         response = self.inner.handle_request(request)
@@ -182,6 +183,8 @@ class Spoiler(httpx.BaseTransport):
             for record in payload.get("data", []):
                 if record.get("id") in self.spoiled:
                     record["last_used_at"] = "sometime\u0007yesterday"
+                if record.get("id") in self.renamed:
+                    record["name"] = 7
             body = json.dumps(payload).encode()
         return httpx.Response(
             response.status_code, headers={"content-type": "application/json"}, content=body
@@ -267,6 +270,26 @@ def test_unreadable_new_key_fails_the_rotation_cleanly(world_for, spoiler: Spoil
     assert world.served()["api_key"] == old_value
     assert world.emulator.request_counts().get("create") == 1
     assert not world.pending_exists()
+
+
+def test_a_new_key_listed_without_its_name_is_still_cleaned_up(world_for, spoiler: Spoiler) -> None:
+    """A failed rotation deletes the key it created even when the listing garbles its name (it
+    is found by the id the create answered, not only by name)."""
+    world = world_for("c")
+    old_id, old_value = world.seed_old_key()
+
+    def spoil_new(step: str) -> None:
+        if step == "verify":
+            new = world.live_ids() - {old_id}
+            spoiler.spoiled.update(new)
+            spoiler.renamed.update(new)
+
+    progress = drive(spoiling_engine(world, spoiler, spoil_new), world.policy, wait=True)
+
+    assert progress.outcome is not None
+    assert progress.outcome.outcome == reasons.FAILED_VERIFY
+    assert world.live_ids() == {old_id}
+    assert world.served()["api_key"] == old_value
 
 
 def test_unreadable_old_key_is_never_taken_as_quiet(world_for, spoiler: Spoiler) -> None:

@@ -229,7 +229,11 @@ class PublishedSteps(PassBase):
 
     def cleanup(self, obs: Observation) -> Progress:
         names = self.attempt_names()
-        ours = sorted(k.id for k in obs.keys.values() if k.name in names)
+        pending, _ = self.store.read_pending(self.policy.env, self.policy.name)
+        created = pending.new_key_id if pending and pending.rotation_id == self.rotation.id else ""
+        # By name, and by the id the create answered (a key listed with an unreadable or
+        # changed name is still ours to delete).
+        ours = sorted(k.id for k in obs.keys.values() if k.name in names or k.id == created)
         if ours:
             if (stalled := self._delete_all(ours)) is not None:
                 return stalled
