@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -150,3 +153,59 @@ def test_control_characters_from_a_daemon_never_reach_the_terminal(
     assert "\x1b" not in out
     assert "\x07" not in out
     assert "dev/demo-app\\x1b[2J" in out
+
+
+def test_a_daemon_trickling_its_headers_is_cut_off_at_the_deadline(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Headers sent a byte at a time never trip a read timeout: the total deadline ends it."""
+    monkeypatch.setenv("VAULT_TOKEN", "hvs.test-token-for-the-fake-daemon")
+    monkeypatch.setattr(remote, "ANSWER_DEADLINE_S", 1.0)
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" * 50:
+                if stop.wait(0.05):
+                    return
+                with contextlib.suppress(OSError):
+                    conn.sendall(bytes([byte]))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    began = time.monotonic()
+    try:
+        assert cli.main(["status", "--daemon", url, "--config", CONFIG]) == 1
+    finally:
+        stop.set()
+        listener.close()
+    assert time.monotonic() - began < 10
+    assert "no complete answer within 1s" in _one_line_error(capsys.readouterr().err)
+
+
+def test_a_daemon_error_text_cannot_drive_the_terminal(
+    fake_daemon: Callable[[Answer], str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Escape, bell, carriage return and bidi characters in a daemon's error are escaped."""
+    hostile = json.dumps({"error": "x\x1b]0;owned\x07\r\u202eevil"}).encode()
+    url = fake_daemon(lambda _m, _p: (401, hostile))
+    assert cli.main(["status", "--daemon", url, "--config", CONFIG]) == 1
+    out = capsys.readouterr().out
+    for raw in ("\x1b", "\x07", "\r", "\u202e"):
+        assert raw not in out
+
+
+def test_credentials_in_the_daemon_url_are_refused_unshown(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A URL with user:password is a usage error that does not echo the password."""
+    monkeypatch.setenv("VAULT_TOKEN", "hvs.test-token-for-the-fake-daemon")
+    url = "https://admin:hunter2secret@127.0.0.1:9780"
+    assert cli.main(["status", "--daemon", url, "--config", CONFIG]) == 2
+    err = capsys.readouterr().err
+    assert "no credentials in the URL" in _one_line_error(err)
+    assert "hunter2secret" not in err

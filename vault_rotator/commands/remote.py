@@ -25,7 +25,6 @@ import argparse
 import ipaddress
 import json
 import os
-import re
 import ssl
 import time
 from collections.abc import Mapping
@@ -34,9 +33,10 @@ from typing import Any
 import httpx
 
 from vault_rotator.commands.follow import Follower, gave_up, remote_view
-from vault_rotator.display import redact_text
+from vault_rotator.display import redact_text, shown
 from vault_rotator.engine.outcomes import classify
 from vault_rotator.errors import ConfigError, DaemonResponseError, DaemonUnreachableError
+from vault_rotator.provider.deadline import Watchdog
 
 DAEMON_ENV = "VAULT_ROTATOR_DAEMON"
 CACERT_ENV = "VAULT_ROTATOR_DAEMON_CACERT"
@@ -60,16 +60,18 @@ def daemon_url(args: argparse.Namespace) -> str | None:
     url = getattr(args, "daemon", None) or os.environ.get(DAEMON_ENV)
     if not url:
         return None
-    shown = redact_text(url[:80]).encode("unicode_escape").decode("ascii")
+    text = redact_text(url[:80]).encode("unicode_escape").decode("ascii")
     try:
         parsed = httpx.URL(url)
     except httpx.InvalidURL as exc:
-        raise ConfigError(f"--daemon {shown!r} is not a URL ({exc})") from exc
+        raise ConfigError(f"--daemon {text!r} is not a URL ({exc})") from exc
     if parsed.scheme not in ("http", "https") or not parsed.host or parsed.query:
-        raise ConfigError(f"--daemon {shown!r}: expected http(s)://HOST[:PORT]")
+        raise ConfigError(f"--daemon {text!r}: expected http(s)://HOST[:PORT]")
+    if parsed.userinfo:
+        raise ConfigError("--daemon: no credentials in the URL (the token is VAULT_TOKEN)")
     if parsed.scheme == "http" and not _loopback(parsed.host):
         raise ConfigError(
-            f"--daemon {shown!r}: refusing to send VAULT_TOKEN over plain http to a host that "
+            f"--daemon {text!r}: refusing to send VAULT_TOKEN over plain http to a host that "
             f"is not loopback; use https:// (and {CACERT_ENV} for a private CA)"
         )
     return url.rstrip("/")
@@ -104,15 +106,25 @@ def request(
     if not token:
         raise ConfigError("VAULT_TOKEN is not set: the daemon authorises callers by Vault token")
     headers = {"Authorization": f"Bearer {token}"}
-    try:
-        with (
-            httpx.Client(base_url=url, timeout=30, verify=_verify()) as client,
-            client.stream(method, path, json=body, headers=headers) as resp,
-        ):
-            raw = _read(resp, f"{method} {url}{path}")
-    except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        raise DaemonUnreachableError(f"daemon at {url} unreachable: {type(exc).__name__}") from exc
-    return resp.status_code, _object(raw, resp.status_code, f"{method} {url}{path}")
+    where = f"{method} {url}{path}"
+    with Watchdog(ANSWER_DEADLINE_S) as watchdog:  # headers trickling in count too
+        try:
+            with (
+                httpx.Client(base_url=url, timeout=30, verify=_verify()) as client,
+                client.stream(
+                    method, path, json=body, headers=headers, extensions={"trace": watchdog.trace}
+                ) as resp,
+            ):
+                raw = _read(resp, where)
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            if watchdog.fired:
+                raise DaemonResponseError(
+                    f"{where}: no complete answer within {ANSWER_DEADLINE_S:g}s"
+                ) from exc
+            raise DaemonUnreachableError(
+                f"daemon at {url} unreachable: {type(exc).__name__}"
+            ) from exc
+    return resp.status_code, _object(raw, resp.status_code, where)
 
 
 def _read(resp: httpx.Response, where: str) -> bytes:
@@ -159,13 +171,14 @@ _OUTCOME_FIELDS: dict[str, tuple[type, ...]] = {
     "by": (str, type(None)),
     "trigger": (str, type(None)),
 }
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+MAX_SHOWN = 4096  # characters of one string of a status row
 
 
 def _printable(value: Any) -> Any:
-    """Strings with control characters escaped (a hostile daemon must not drive the terminal)."""
+    """Strings with control and bidi characters escaped (a hostile daemon must not drive the
+    terminal)."""
     if isinstance(value, str):
-        return _CONTROL.sub(lambda m: m.group(0).encode("unicode_escape").decode(), value)
+        return shown(value, MAX_SHOWN)
     if isinstance(value, dict):
         return {_printable(k): _printable(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -271,7 +284,7 @@ def _pause(seconds: float, give_up: float | None) -> bool:
 
 def said(answer: Mapping[str, Any]) -> str:
     """The ``error`` text of an answer, one line, cut short."""
-    return redact_text(str(answer.get("error", ""))[:200]).replace("\n", " ")
+    return shown(redact_text(str(answer.get("error", ""))), 200)
 
 
 def _settled(ref: str, row: Mapping[str, Any], rotation_id: object) -> tuple[int, str]:
