@@ -276,7 +276,8 @@ class _Server(ThreadingHTTPServer):
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
-            _refuse_busy(request)
+            if not isinstance(request, ssl.SSLSocket):  # a TLS answer needs a handshake, which
+                _refuse_busy(request)  # would hold the accept loop: TLS clients are just closed
             socketserver.TCPServer.shutdown_request(self, request)
             return
         try:
