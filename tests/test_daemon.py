@@ -492,3 +492,18 @@ def test_scattered_failures_with_good_ticks_between_never_park_a_key(
         server.server_close()
     assert [m["vault_rotator"]["event"] for m in _Receiver.received] == []
     assert not daemon.failures.waiting(f"{fleet.tag}/app-0")
+
+
+def test_a_reload_that_drops_a_key_drops_its_gauges(fleet: Fleet) -> None:
+    """After SIGHUP's reload removes a key, its age series is gone (no alert on a ghost)."""
+    fleet.seed(2)
+    daemon = fleet.daemon()
+    service = Service(daemon, StopFlag(), fleet.config)
+    fleet.run(daemon, 40)
+    assert any(dict(k)["key"] == "app-1" for k in _samples(daemon, "vault_rotator_key_age_seconds"))
+    fleet.write_config(["app-0"])
+    assert service.reload() is True
+    ((account, keys),) = daemon.accounts().items()
+    daemon.tick(account, keys)
+    ages = _samples(daemon, "vault_rotator_key_age_seconds")
+    assert [dict(k)["key"] for k in ages] == ["app-0"]

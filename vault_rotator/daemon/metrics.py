@@ -144,6 +144,19 @@ class Metrics:
             "vault_rotator_ticks", "Reconcile ticks", ["account", "result"], registry=r
         )
 
+    def forget_per_key_series(self) -> None:
+        """Drop the gauges' series (per key, environment, account) after a reload: a key or an
+        account no longer configured must not keep its last value (and alerts on it) forever."""
+        for gauge in (
+            self.key_age,
+            self.overdue,
+            self.in_flight,
+            self.stalled,
+            self.last_success,
+            self.last_tick,
+        ):
+            gauge.clear()
+
     def rotation_finished(self, env: str, name: str, outcome: Outcome, rotation: Rotation) -> None:
         self.rotations.labels(env, name, outcome.outcome).inc()
         for step, seconds in rotation_steps(outcome, rotation).items():

@@ -133,6 +133,7 @@ class Service:
             )
             return False
         self.daemon.policies = policies
+        self.daemon.metrics.forget_per_key_series()  # the next ticks set what still exists
         self.schedule()
         log.info("policies reloaded", keys=sum(1 for _ in policies))
         return True
