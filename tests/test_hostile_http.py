@@ -448,3 +448,25 @@ def test_connections_beyond_the_limit_get_an_immediate_503(served: Served) -> No
     while request(address, "GET", "/healthz").status != 200:  # slots come back
         assert time.monotonic() < deadline
         time.sleep(0.1)
+
+
+def test_a_freeze_answer_shows_only_what_the_caller_targeted(served: Served) -> None:
+    """Freezing one key does not disclose other environments' freezes, who made them or why."""
+    d1 = served.envs[0]
+    root = served.token(
+        f'path "secret/data/{d1}/vault-rotator/control/*" {{ capabilities = ["update", "read"] }}'
+    )
+    request(
+        served.address, "POST", f"/v1/freeze/{d1}/worker", b'{"reason": "incident-42"}', token=root
+    )
+    mine = served.token(
+        f'path "{served.control_path(d1, "app")}" {{ capabilities = ["update", "read"] }}'
+    )
+    answer = request(
+        served.address, "POST", f"/v1/freeze/{d1}/app", b'{"reason": "mine"}', token=mine
+    )
+    assert answer.status == 200
+    assert json.loads(answer.body) == {"target": f"{d1}/app", "frozen": True}
+    answer = request(served.address, "POST", f"/v1/unfreeze/{d1}/app", b"{}", token=mine)
+    assert json.loads(answer.body) == {"target": f"{d1}/app", "frozen": False}
+    request(served.address, "POST", f"/v1/unfreeze/{d1}/worker", b"{}", token=root)

@@ -235,7 +235,10 @@ class Control:
             )
         else:
             result = freezes.unfreeze(kv, prefix, target)
-        return Answer(200, {"target": target, "frozen": result.to_dict()})
+        # Only what the caller targeted: the record also holds other environments' and keys'
+        # freezes, who made them (token accessors) and why, which this caller may not see.
+        frozen = target in result.envs or target in result.keys
+        return Answer(200, {"target": target, "frozen": frozen})
 
     def _status(self, token: Secret) -> Answer:
         policies = self.daemon.policies
