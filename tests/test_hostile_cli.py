@@ -209,3 +209,26 @@ def test_credentials_in_the_daemon_url_are_refused_unshown(
     err = capsys.readouterr().err
     assert "no credentials in the URL" in _one_line_error(err)
     assert "hunter2secret" not in err
+
+
+@pytest.mark.parametrize("ref", ["dev/demo-app#x", "dev/demo-app?x=1", "dev/..", "DEV/demo-app"])
+def test_a_ref_that_would_change_the_route_is_refused_before_any_request(
+    fake_daemon: Callable[[Answer], str], ref: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`#`, `?`, `..` or capitals in ENV/NAME are a usage error; nothing reaches the daemon."""
+    seen: list[str] = []
+    url = fake_daemon(lambda method, path: (seen.append(path), (202, b"{}"))[1])
+    for verb in (["rotate"], ["finish", "--keep-old"], ["abort"]):
+        assert cli.main([verb[0], ref, *verb[1:], "--daemon", url, "--config", CONFIG]) == 2
+    assert seen == []
+    assert "is not ENV/NAME" in _one_line_error(capsys.readouterr().err.splitlines()[-1])
+
+
+def test_an_argument_with_terminal_escapes_is_shown_escaped(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A usage error quoting a hostile argument prints it escaped, on one capped line."""
+    assert cli.main(["rotate", "dev/demo\x1b[31m-app" + "x" * 5000, "--config", CONFIG]) == 2
+    err = capsys.readouterr().err
+    assert "\x1b" not in err
+    assert len(_one_line_error(err)) < 1100

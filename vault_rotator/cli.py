@@ -22,6 +22,15 @@ from vault_rotator.errors import ConfigError, VaultRotatorError
 from vault_rotator.logs import LOG_LEVEL_ENV, LOG_LEVELS, configure, log_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+MAX_ERROR = 1000  # characters of an error line
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line: every character that does not print (controls, bidi and other
+    format characters, newlines) as its escape, and at most MAX_ERROR characters."""
+    out = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+    return out if len(out) <= MAX_ERROR else out[: MAX_ERROR - 1] + "…"
+
 
 # verb -> (module, one-line help)
 VERBS: dict[str, tuple[str, str]] = {
@@ -108,7 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _fail(exc: VaultRotatorError, code: int) -> int:
-    print(f"vault-rotator: {redact_text(str(exc))}", file=sys.stderr)
+    # One line, whatever the message quotes (a hostile argument, a server's text): escaped so
+    # it cannot drive the terminal, and capped.
+    print(f"vault-rotator: {one_line(redact_text(str(exc)))}", file=sys.stderr)
     return code
 
 

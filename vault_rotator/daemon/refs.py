@@ -5,20 +5,28 @@ Shared by the control API (:mod:`.control`) and the CLI verbs, which sit above t
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
+from vault_rotator.display import shown
 from vault_rotator.engine.session import StateStore
 from vault_rotator.errors import ConfigError
 from vault_rotator.policy import KeyPolicy, PolicySet
 from vault_rotator.ports.kv import KvStore
 
+_REF = re.compile(r"([a-z0-9-]+)/([a-z0-9-]+)")  # the policy files' names (policy/fields.py)
+
 
 def parse_ref(ref: str) -> tuple[str, str]:
-    """``ENV/NAME`` -> (env, name); a malformed ref is a usage error."""
-    env, sep, name = ref.partition("/")
-    if not sep or not env or not name or "/" in name:
-        raise ConfigError(f"{ref!r} is not ENV/NAME (for example production/backend)")
-    return env, name
+    """``ENV/NAME`` -> (env, name), each ``[a-z0-9-]+`` as in the policy files; a malformed ref
+    is a usage error. Checked before it goes anywhere: a ``#``, ``?`` or ``..`` in it would
+    change the control API route it becomes."""
+    match = _REF.fullmatch(ref)
+    if match is None:
+        raise ConfigError(
+            f"{shown(ref, 80)!r} is not ENV/NAME ([a-z0-9-]+ each, for example production/backend)"
+        )
+    return match.group(1), match.group(2)
 
 
 def key_policy(policies: PolicySet, ref: str) -> KeyPolicy:
