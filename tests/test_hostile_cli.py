@@ -112,7 +112,7 @@ def test_rotate_wait_whose_status_polls_are_refused_says_so(
 
     def answer(method: str, _path: str) -> tuple[int, bytes]:
         if method == "POST":
-            return 202, b'{"rotation_id": "r1", "state": "creating"}'
+            return 202, b'{"rotation_id": "r1", "key": "dev/demo-app", "phase": "intent"}'
         return 401, b'{"error": "token expired"}'
 
     url = fake_daemon(answer)
@@ -232,3 +232,14 @@ def test_an_argument_with_terminal_escapes_is_shown_escaped(
     err = capsys.readouterr().err
     assert "\x1b" not in err
     assert len(_one_line_error(err)) < 1100
+
+
+@pytest.mark.parametrize("verb", [["rotate"], ["abort"], ["finish", "--keep-old"], ["freeze"]])
+def test_a_2xx_that_is_not_the_daemons_answer_is_a_failure(
+    fake_daemon: Callable[[Answer], str], verb: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Something answering `202 {}` to an action is not the daemon: exit 1, not success."""
+    url = fake_daemon(lambda _m, _p: (202, b"{}"))
+    argv = [verb[0], "dev/demo-app", *verb[1:], "--daemon", url, "--config", CONFIG]
+    assert cli.main(argv) == 1
+    assert "not the daemon's" in _one_line_error(capsys.readouterr().err)

@@ -216,6 +216,16 @@ def exit_code(status: int) -> int:
     return 2 if status in (400, 404) else 1
 
 
+def _check_action(verb: str, ref: str, answer: Mapping[str, Any], where: str) -> None:
+    """A 2xx answer to an action must be the daemon's: it names our key (or freeze target)."""
+    if verb in ("freeze", "unfreeze"):
+        ok = answer.get("target") == ref and isinstance(answer.get("frozen"), bool)
+    else:
+        ok = answer.get("key") == ref
+    if not ok:
+        raise DaemonResponseError(f"{where}: the answer is not the daemon's (it names no {ref})")
+
+
 def act(
     url: str,
     verb: str,
@@ -228,6 +238,8 @@ def act(
 ) -> int:
     """POST a control action; with ``wait``, poll status until the key settles (or timeout)."""
     status, answer = request(url, "POST", f"/v1/{verb}/{ref}", body)
+    if 200 <= status < 300:
+        _check_action(verb, ref, answer, f"POST {url}/v1/{verb}/{ref}")
     print(redact_text(json.dumps(answer, sort_keys=True)))
     if not wait or exit_code(status) != 0:
         return exit_code(status)
