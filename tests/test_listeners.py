@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trustme
+from cryptography.hazmat.primitives import serialization
 from test_daemon_process import wait_for
 from world import LiveEnv
 
@@ -217,3 +218,19 @@ def test_a_certificate_renewed_in_place_is_picked_up_without_a_signal(
             _status(listener.address, first)
     finally:
         listener.stop()
+
+
+def test_a_pass_phrase_protected_key_fails_in_one_line_without_prompting(tmp_path: Path) -> None:
+    """An encrypted TLS key would make OpenSSL prompt on the terminal: it is refused instead."""
+    ca = trustme.CA()
+    files = _write_pair(ca, tmp_path, "enc")
+    key = serialization.load_pem_private_key(Path(files.key_file).read_bytes(), password=None)
+    Path(files.key_file).write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
+    with pytest.raises(ConfigError, match="pass phrase"):
+        files.context()

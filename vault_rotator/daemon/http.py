@@ -123,13 +123,18 @@ class TlsFiles:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         try:
-            context.load_cert_chain(self.cert_file, self.key_file)
+            # A pass-phrase-protected key must fail, not prompt on a terminal (and hang).
+            context.load_cert_chain(self.cert_file, self.key_file, password=_no_pass_phrase)
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(
                 f"TLS certificate {self.cert_file} / key {self.key_file} do not load: "
                 f"{type(exc).__name__}: {str(exc)[:120]}"
             ) from exc
         return context
+
+
+def _no_pass_phrase() -> str:
+    raise ConfigError("the TLS key is protected by a pass phrase: give an unencrypted key")
 
 
 class Listener:
