@@ -14,7 +14,10 @@ from pathlib import Path
 import pytest
 
 from vault_rotator import cli
-from vault_rotator.commands import remote
+from vault_rotator.commands import remote, runner
+from vault_rotator.engine import reasons
+from vault_rotator.engine.engine import Command, Progress
+from vault_rotator.engine.state import Stall
 
 CONFIG = str(Path(__file__).resolve().parent.parent / "config")
 Answer = Callable[[str, str], tuple[int, bytes]]  # (method, path) -> (status, body)
@@ -243,3 +246,21 @@ def test_a_2xx_that_is_not_the_daemons_answer_is_a_failure(
     argv = [verb[0], "dev/demo-app", *verb[1:], "--daemon", url, "--config", CONFIG]
     assert cli.main(argv) == 1
     assert "not the daemon's" in _one_line_error(capsys.readouterr().err)
+
+
+def test_stall_advice_offers_finish_keep_old_only_once_published(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A stall before publish (rate-limited create) does not suggest keeping a new key."""
+    before = Progress(
+        "dev/demo-app", reasons.INTENT, "r1", stalled=Stall(reasons.RATE_LIMITED, "429", 1.0)
+    )
+    after = Progress(
+        "dev/demo-app", reasons.PUBLISHED, "r1", stalled=Stall(reasons.PICKUP_TIMEOUT, "x", 1.0)
+    )
+    assert runner.conclude(before, "dev/demo-app", Command()) == 1
+    early = capsys.readouterr().out
+    assert "finish" not in early
+    assert "old key stays served" in early
+    assert runner.conclude(after, "dev/demo-app", Command()) == 1
+    assert "finish dev/demo-app --keep-old" in capsys.readouterr().out

@@ -100,12 +100,17 @@ def conclude(progress: Progress, ref: str, command: Command) -> int:
     if progress.stalled is not None:
         stall = progress.stalled
         print(f"{ref}: STALLED ({stall.reason}): {stall.detail}")
-        print("  both keys stay alive. Next, one of:")
+        if progress.published:
+            print("  both keys stay alive. Next, one of:")
+        else:  # nothing published yet: there is no new key to keep
+            print("  the old key stays served, untouched. Next, one of:")
         print(f"    vault-rotator resume {ref} --wait        # try again (deadline renewed)")
         print(f"    vault-rotator abort {ref} --wait         # go back to the old key")
-        print(
-            f"    vault-rotator finish {ref} --keep-old    # keep the new key, leave the old alive"
-        )
+        if progress.published:
+            print(
+                f"    vault-rotator finish {ref} --keep-old    # keep the new key, leave the "
+                "old alive"
+            )
         return 1
     if progress.outcome is not None:
         out = progress.outcome
