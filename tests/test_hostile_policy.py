@@ -7,6 +7,7 @@ provider or Vault would refuse what it asks for.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -389,3 +390,21 @@ def test_an_unknown_field_with_a_hostile_name_is_escaped(
     text = variant("vault:", f'"{name}": 1\nvault:')
     line = only_problem(capsys, config(tmp_path, text))
     assert "unknown field '\\u202e\\x07yyy" in line
+
+
+@pytest.mark.parametrize("kind", ["dangling", "fifo", "device"])
+def test_a_policy_file_that_is_not_a_regular_file_is_a_problem_not_skipped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    """A dangling link (a half-updated ConfigMap), a FIFO or a device is reported, never read."""
+    directory = config(tmp_path, BASE)
+    odd = directory / "prod.yaml"
+    if kind == "dangling":
+        odd.symlink_to(directory / "..data" / "prod.yaml")
+    elif kind == "fifo":
+        os.mkfifo(odd)
+    else:
+        odd.symlink_to("/dev/zero")
+    line = only_problem(capsys, directory)
+    assert line.startswith(f"{odd}: ")
+    assert "not read" in line

@@ -54,9 +54,11 @@ def resolve_config_dir(arg: str | None) -> Path:
 
 
 def policy_files(config_dir: Path) -> list[Path]:
-    """The policy files of a directory, in name order."""
+    """The policy files of a directory, in name order (hidden names skipped: Kubernetes keeps
+    a ConfigMap's real files under ``..data``). Whether each is a readable file is checked when
+    it is loaded: a dangling link or a FIFO is a problem, never silently skipped."""
     found = [*config_dir.glob("*.yaml"), *config_dir.glob("*.yml")]
-    return sorted(path for path in found if path.is_file() and not path.name.startswith("."))
+    return sorted(path for path in found if not path.name.startswith("."))
 
 
 def load_policies(config_dir: Path) -> PolicySet:
@@ -81,6 +83,9 @@ def _load_all(config_dir: Path) -> tuple[list[Problem], list[tuple[EnvironmentPo
     docs: list[Document] = []
     loaded: list[tuple[EnvironmentPolicy, Document]] = []
     for file in files:
+        if not file.is_file():  # never opened: a FIFO would block, /dev/zero never end
+            problems.append(Problem(file, None, _not_a_file(file)))
+            continue
         doc, read_problems = read_document(file)
         problems += read_problems
         if doc is None:
@@ -93,6 +98,12 @@ def _load_all(config_dir: Path) -> tuple[list[Problem], list[tuple[EnvironmentPo
     problems += _unique_environments(docs) + _secret_path_checks(docs)
     problems += _account_checks(loaded) + _adoption_checks(loaded)
     return problems, loaded
+
+
+def _not_a_file(path: Path) -> str:
+    if path.is_symlink() and not path.exists():
+        return "a link to nothing (dangling symlink): not read"
+    return "not a regular file (a directory, FIFO or device): not read"
 
 
 def _unique_environments(docs: list[Document]) -> list[Problem]:
