@@ -408,3 +408,21 @@ def test_a_policy_file_that_is_not_a_regular_file_is_a_problem_not_skipped(
     line = only_problem(capsys, directory)
     assert line.startswith(f"{odd}: ")
     assert "not read" in line
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("http://127.0.0.1:0", "invalid port"),
+        ("http://127.0.0.1:", "invalid port"),
+        ("http://127.0.0.1%2f:8787", "the host is not a name or an IP address"),
+        ("file:///etc/passwd", "expected http(s)://host[:port]"),
+    ],
+)
+def test_base_urls_that_fail_only_at_run_time_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], url: str, why: str
+) -> None:
+    """Port 0, an empty port, a percent-encoded host and a non-HTTP scheme fail validate."""
+    text = BASE.replace("https://api.arouter.ai", f'"{url}"')
+    line = only_problem(capsys, config(tmp_path, text))
+    assert why in line

@@ -87,6 +87,9 @@ def _mount(value: str) -> str:
     return normalize_vault_path(value)
 
 
+_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
+
+
 def _base_url(value: str) -> str:
     parts = urlsplit(value.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -106,15 +109,23 @@ def _root_url(value: str) -> str:
             "(write an international host name in punycode)"
         )
     parts = urlsplit(text)
+    if parts.scheme not in ("http", "https"):
+        raise PolicyValueError(f"invalid base_url {shown(value)}: expected http(s)://host[:port]")
     if parts.username is not None or parts.password is not None:
         raise PolicyValueError(
             f"invalid base_url {shown(value)}: no credentials allowed (the management key "
             "comes from Vault)"
         )
     try:
-        parts.port  # noqa: B018 - urlsplit checks the port only when asked
+        port = parts.port  # urlsplit checks the port only when asked
     except ValueError as exc:
         raise PolicyValueError(f"invalid base_url {shown(value)}: invalid port") from exc
+    if port == 0 or parts.netloc.endswith(":"):
+        raise PolicyValueError(f"invalid base_url {shown(value)}: invalid port")
+    if not _HOST.fullmatch(parts.netloc.rsplit(":", 1)[0] if port else parts.netloc):
+        raise PolicyValueError(
+            f"invalid base_url {shown(value)}: the host is not a name or an IP address"
+        )
     if parts.path not in ("", "/") or "?" in text or "#" in text:
         raise PolicyValueError(
             f"invalid base_url {shown(value)}: no path, query or fragment; write the "
