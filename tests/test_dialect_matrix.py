@@ -294,3 +294,23 @@ def test_real_processes_rotate_an_account_that_started_empty(
     finally:
         emulator.stop()
         conn.close()
+
+
+def test_dry_run_during_a_rotation_in_flight_says_so_and_plans_nothing(
+    account_for, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:  # type: ignore[no-untyped-def]
+    """`rotate --dry-run` (even --emergency) while a rotation is in flight describes that one,
+    instead of planning a fresh rotation from the just-published key."""
+    account: Account = account_for("c")
+    monkeypatch.setattr(Runtime, "from_env", classmethod(lambda _cls: account.runtime()))
+    config = ["--config", str(account.config)]
+    assert cli.main(["rotate", account.ref, *config]) == 0
+    rotation_id = account.record().rotation.id
+    keys_before = len(account.emulator.all_keys())
+    capsys.readouterr()
+    assert cli.main(["rotate", account.ref, "--dry-run", "--emergency", *config]) == 0
+    out = capsys.readouterr().out
+    assert f"rotation {rotation_id} is in flight" in out
+    assert "--emergency would upgrade it" in out
+    assert "plan for" not in out
+    assert len(account.emulator.all_keys()) == keys_before

@@ -24,6 +24,7 @@ from vault_rotator.commands.remote import add_daemon_argument
 from vault_rotator.commands.runner import run_command
 from vault_rotator.daemon.refs import key_policy, parse_ref
 from vault_rotator.engine.engine import Command, Verb
+from vault_rotator.engine.status import derive_state
 from vault_rotator.errors import ConfigError
 from vault_rotator.runtime import Runtime
 
@@ -67,7 +68,16 @@ def _dry_run(args: argparse.Namespace) -> int:
     policy = key_policy(load(args), args.ref)
     runtime = Runtime.from_env()
     try:
-        plan = runtime.engine().plan(policy)
+        engine = runtime.engine()
+        record = engine.read(policy)
+        if record.rotation is not None:  # nothing new would be planned: say what would happen
+            state = derive_state(record, runtime.clock())[0]
+            print(f"{policy.ref}: rotation {record.rotation.id} is in flight ({state}):")
+            print("  rotate would resume it, not start another; nothing is planned")
+            if args.emergency:
+                print("  --emergency would upgrade it: no drain (saved, survives restarts)")
+            return 0
+        plan = engine.plan(policy)
         example = policy.render_name(date=_today(runtime.clock()), rotation_id="<id>.1")
     finally:
         runtime.close()
