@@ -507,3 +507,34 @@ def test_a_reload_that_drops_a_key_drops_its_gauges(fleet: Fleet) -> None:
     daemon.tick(account, keys)
     ages = _samples(daemon, "vault_rotator_key_age_seconds")
     assert [dict(k)["key"] for k in ages] == ["app-0"]
+
+
+def test_a_rotation_whose_account_left_the_config_is_still_finished(
+    fleet: Fleet, make_emulator, vault: VaultServer
+) -> None:  # type: ignore[no-untyped-def]
+    """The account of a rotation in flight leaves the policies (its file removed, the daemon
+    restarted): the daemon still ticks that account and finishes the rotation it began."""
+    fleet.seed(1)
+    daemon = fleet.daemon()
+    ((account, keys),) = daemon.accounts().items()
+    for _ in range(10):
+        daemon.tick(account, keys)
+        fleet.clock.advance(30)
+        if fleet.record("app-0").phase == reasons.PUBLISHED:
+            break
+    assert fleet.record("app-0").phase == reasons.PUBLISHED
+    other = make_emulator(dialect="c", clock=fleet.clock)  # the config now names another account
+    key = f"  - name: elsewhere\n    secret_path: {fleet.tag}/elsewhere\n"
+    key += "    allowed_providers: [openai]"
+    body = CONFIG.format(env=fleet.tag, base_url=other.base_url, tag=fleet.tag, keys=key)
+    (fleet.config / "fleet.yaml").write_text(body)
+    restarted = fleet.daemon()
+    orphans = restarted.discover_orphans()
+    assert list(orphans) == [account]
+    for _ in range(60):
+        restarted.tick(account, restarted.accounts().get(account, ()))
+        fleet.clock.advance(30)
+        fleet.consume(["app-0"])
+        if fleet.record("app-0").rotation is None:
+            break
+    assert [o.outcome for o in fleet.record("app-0").outcomes] == [reasons.SUCCEEDED]

@@ -154,6 +154,7 @@ class Daemon:
         self.engine: Engine = runtime.engine(fault=fault, holder=holder)
         self.engine.listeners.append(self)
         self.failures = FailureBook(self.clock)
+        self.orphans: dict[Account, tuple[KeyPolicy, ...]] = {}  # see discover_orphans
         self.last_tick: dict[Account, float] = {}
         self.should_stop: Callable[[], bool] = lambda: False
 
@@ -172,6 +173,10 @@ class Daemon:
         report = report or TickReport(account)
         found: list[Tracked] = []
         stores: dict[tuple[str, str], StateStore] = {}
+        for policy in self.orphans.get(account, ()):  # where the left account's records live
+            stores.setdefault(
+                (policy.vault.kv_mount, policy.vault.state_prefix), self.engine.store(policy)
+            )
         for policy in keys:
             store = stores.setdefault(
                 (policy.vault.kv_mount, policy.vault.state_prefix), self.engine.store(policy)
@@ -193,6 +198,35 @@ class Daemon:
                 if orphan is not None and orphan.policy.account == account:
                     found.append(orphan)
         return found
+
+    def discover_orphans(self) -> dict[Account, tuple[KeyPolicy, ...]]:
+        """Accounts no policy names any more that still have rotations in flight under the
+        configured state prefixes, with the policies those rotations started with.
+
+        Their rotations are finished as they began (on start and after a reload the service
+        ticks these accounts too): a provider account removed from the config must not leave
+        a rotation with both keys alive and nobody watching.
+        """
+        configured = self.policies.accounts()
+        known = {(p.env, p.name) for p in self.policies}
+        found: dict[Account, list[KeyPolicy]] = {}
+        for mount, prefix in sorted(
+            {(p.vault.kv_mount, p.vault.state_prefix) for p in self.policies}
+        ):
+            try:
+                records = StateStore(self.runtime.kv(mount), prefix).in_flight(skip=known)
+            except VaultRotatorError as exc:
+                log.warning("cannot list rotations outside the policies", error=str(exc))
+                continue
+            for record in records:
+                orphan = self._orphan(record)
+                if orphan is not None and orphan.policy.account not in configured:
+                    found.setdefault(orphan.policy.account, []).append(orphan.policy)
+        self.orphans = {account: tuple(policies) for account, policies in found.items()}
+        for account in self.orphans:
+            log.warning("ticking an account that left the policies, for its rotations in flight",
+                        account=account.base_url)  # fmt: skip
+        return self.orphans
 
     def _orphan(self, record: StateRecord) -> Tracked | None:
         assert record.rotation is not None

@@ -66,7 +66,8 @@ class Service:
             if job.id.startswith("tick:"):
                 job.remove()
         now = datetime.now(UTC)
-        for account, keys in self.daemon.accounts().items():
+        accounts = {**self.daemon.discover_orphans(), **self.daemon.accounts()}
+        for account, keys in accounts.items():
             every = min(k.provider.poll_interval_s for k in keys)
             self.scheduler.add_job(
                 self._tick,
