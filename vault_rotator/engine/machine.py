@@ -11,8 +11,10 @@ A pass holds the key's lease (:mod:`.session`). An operator's command is applied
     apply     the effects of that action, each saving its intent before its side effect;
               they stop the pass (a Progress) or go round again
 
-The table (phases are the record's stored strings; transitions are named methods on
-:class:`.state.StateRecord`, the only code that changes a phase)::
+The table (``Phase`` is :class:`.reasons.Phase`, the record's stored strings; each decide
+function sits in :mod:`.decide_create`, :mod:`.decide` or :mod:`.decide_end` with its Action
+enum; transitions are named methods on :class:`.state.StateRecord`, the only code that changes
+a phase, along ``state.NEXT_PHASES``)::
 
     phase      observe              decide                  actions -> effect
     ---------  -------------------  ----------------------  ---------------------------------
@@ -41,7 +43,9 @@ The table (phases are the record's stored strings; transitions are named methods
                       |                     +--begin_abort (operator)--> aborting --finished--> idle
                       +--begin_cleanup (fail, or abort before publish)--> cleanup --finished--> idle
 
-The steps of one forward rotation, through that table:
+    (``finish --keep-old`` ends a published rotation, or an abort not yet restored: -> idle)
+
+The steps of one forward rotation, through that table::
 
     0 preflight (no side effect)          5 pickup: the new key's use > the baseline
     1 intent (state write)                6 drain: old key quiet for drain_period + usage_lag
