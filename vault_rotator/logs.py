@@ -28,14 +28,12 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from vault_rotator.display import redact_text, redact_value
-
-# engine/forward.py still imports shown from here; the engine rework imports it from display.
-from vault_rotator.display import shown as shown  # noqa: PLC0414
 from vault_rotator.engine.outcomes import classify
 from vault_rotator.errors import ConfigError
 
 if TYPE_CHECKING:
-    from vault_rotator.engine.state import Outcome, Rotation
+    from vault_rotator.engine.state import Outcome, Rotation, Stall
+    from vault_rotator.policy import KeyPolicy
 
 ROTATION_FINISHED = "rotation finished"
 
@@ -114,6 +112,21 @@ def canonical_rotation_line(
     level = classify(outcome.outcome).log_level  # the outcome table (engine.outcomes)
     getattr(target, level.value)(ROTATION_FINISHED, **fields)
     return fields
+
+
+class CanonicalLine:
+    """A rotation listener that logs the canonical line of each finished rotation.
+
+    The composition root (:meth:`vault_rotator.runtime.Runtime.engine`) installs it, so the CLI
+    and the daemon log exactly one such line per finished rotation; the engine imports no logs.
+    """
+
+    def finished(self, policy: KeyPolicy, outcome: Outcome, rotation: Rotation) -> None:
+        logger = structlog.get_logger("vault_rotator.engine").bind(key=policy.ref)
+        canonical_rotation_line(outcome, rotation, env=policy.env, name=policy.name, logger=logger)
+
+    def stalled(self, policy: KeyPolicy, rotation: Rotation, stall: Stall) -> None:
+        """A stall is logged by the engine itself ("rotation stalled"); nothing more here."""
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from vault_rotator.engine.engine import Engine, FaultHook, no_fault
 from vault_rotator.errors import ConfigError, PreflightError
+from vault_rotator.logs import CanonicalLine
 from vault_rotator.policy import Account, KeyPolicy, parse_duration
 from vault_rotator.ports.kv import KvStore
 from vault_rotator.ports.provider import Dialect, KeyProvider
@@ -140,8 +141,9 @@ class Runtime:
 
     def engine(self, *, fault: FaultHook | None = None, holder: str | None = None) -> Engine:
         """An engine on this runtime's ports; ``fault`` defaults to ``VAULT_ROTATOR_FAULT_AT``'s
-        hook (tests' crash points in real processes) when that variable is set."""
-        return Engine(
+        hook (tests' crash points in real processes) when that variable is set. The engine
+        logs the canonical line of each finished rotation through the listener added here."""
+        engine = Engine(
             kv_for=self.kv,
             providers=self.provider,
             clock=self.clock,
@@ -150,6 +152,8 @@ class Runtime:
             fault=fault or fault_hook_from_env() or no_fault,
             holder=holder,
         )
+        engine.listeners.append(CanonicalLine())
+        return engine
 
     def close_clients(self) -> None:
         """Close the provider clients (the Vault connection stays open)."""

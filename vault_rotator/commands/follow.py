@@ -43,8 +43,8 @@ from vault_rotator.errors import ConfigError, StoreError
 from vault_rotator.policy import format_duration, parse_duration
 
 if TYPE_CHECKING:
+    from vault_rotator.engine.context import Progress
     from vault_rotator.engine.engine import Engine
-    from vault_rotator.engine.passes import Progress
     from vault_rotator.engine.state import StateRecord
     from vault_rotator.policy import KeyPolicy
 

@@ -1,4 +1,6 @@
-"""Pure decisions of a published rotation: is the new key in use, is the old one quiet, what next.
+"""Pure decisions of a published or aborting rotation: is the new key in use, is the old one
+quiet, what next. (The creation phase decides in :mod:`.decide_create`; clean-up and the
+outcome in :mod:`.decide_end`; the table that runs them all is :mod:`.machine`.)
 
 Everything here is a function of data gathered first (the state record, one list pass, the
 local clock's "now"); nothing does I/O, so hours of schedule are tested in microseconds.
@@ -16,12 +18,15 @@ Evidence rules:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Generic, TypeVar
 
 from vault_rotator.engine import reasons
-from vault_rotator.engine.state import Rotation, UseMark
+from vault_rotator.engine.state import ProviderWrite, Rotation, UseMark
+from vault_rotator.ports.kv import Versioned
 from vault_rotator.ports.provider import KeyRecord
 
 
@@ -48,17 +53,42 @@ class Timing:
     disable_before_delete: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """What to do next, and the rotation's updated observations."""
+class PublishedAction(enum.StrEnum):
+    """What a published rotation does next."""
 
-    # "wait" | "disable-old" | "delete-old" | "sweep" | "finish" | "stall"
-    # abort: "republish" | "delete-new"
-    action: str
-    rotation: Rotation
+    WAIT = "wait"  # for pickup, for the old key to go quiet, or out disable_before_delete
+    SWEEP = "sweep"  # delete keys this rotation created but did not publish
+    DISABLE_OLD = "disable-old"
+    DELETE_OLD = "delete-old"  # the secret re-read first
+    FINISH = "finish"  # done: the outcome is chosen by decide_end.success_outcome
+    STALL = "stall"  # both keys stay alive; an operator decides
+
+
+class AbortAction(enum.StrEnum):
+    """What an aborting rotation does next."""
+
+    WAIT = "wait"  # for the new key to go quiet
+    REPUBLISH = "republish"  # the old secret's whole data map, back by CAS
+    REDO_DELETE_NEW = "redo-delete-new"  # a delete of the new key was recorded: make it again
+    DELETE_NEW = "delete-new"
+    SWEEP = "sweep"
+    FINISH = "finish"  # outcome aborted
+    STALL = "stall"
+
+
+A = TypeVar("A", bound=enum.StrEnum)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision(Generic[A]):
+    """What to do next, why, and the rotation's updated observations (saved with it)."""
+
+    action: A
+    rotation: Rotation | None  # None: nothing in flight (an idle record)
     reason: str = ""
     detail: str = ""
     sweep_ids: tuple[str, ...] = field(default_factory=tuple)
+    mark: UseMark | None = None  # the baseline a publish records
 
 
 def mark_of(key: KeyRecord) -> UseMark:
@@ -136,60 +166,163 @@ def old_is_quiet(rotation: Rotation, now: float, timing: Timing) -> bool:
 
 def decide_published(
     rotation: Rotation, obs: Observation, timing: Timing, names: frozenset[str], *, now: float
-) -> Decision:
+) -> Decision[PublishedAction]:
     """Next step of a published rotation, given one list pass."""
     strays = stray_keys(rotation, obs, names)
     if strays:
-        return Decision("sweep", rotation, sweep_ids=strays)
+        return Decision(PublishedAction.SWEEP, rotation, sweep_ids=strays)
     if rotation.old_key_id is None or rotation.old_deleted:
-        return Decision("finish", rotation)
+        return Decision(PublishedAction.FINISH, rotation)
     if rotation.revoke_old_now:
-        return Decision("delete-old", rotation, "revoke-old-now")
+        return Decision(PublishedAction.DELETE_OLD, rotation, "revoke-old-now")
     rotation = _observe_pickup(_observe_old(rotation, obs), obs, timing)
     return _decide_pickup(rotation, obs, timing, now)
 
 
-def _decide_pickup(rotation: Rotation, obs: Observation, timing: Timing, now: float) -> Decision:
+def _decide_pickup(
+    rotation: Rotation, obs: Observation, timing: Timing, now: float
+) -> Decision[PublishedAction]:
     if rotation.pickup_at is None:
         if rotation.pickup_deadline is not None and now >= rotation.pickup_deadline:
             detail = "consumers never used the new key (no use beyond the baseline)"
-            return Decision("stall", rotation, reasons.PICKUP_TIMEOUT, detail)
-        return Decision("wait", rotation, "waiting for consumers to use the new key")
+            return Decision(PublishedAction.STALL, rotation, reasons.PICKUP_TIMEOUT, detail)
+        return Decision(PublishedAction.WAIT, rotation, "waiting for consumers to use the new key")
     if rotation.mode == reasons.EMERGENCY:
-        return Decision("delete-old", rotation, "emergency: the new key is in use")
+        return Decision(PublishedAction.DELETE_OLD, rotation, "emergency: the new key is in use")
     return _decide_drain(rotation, timing, now, seen=rotation.old_key_id in obs.keys)
 
 
-def _decide_drain(rotation: Rotation, timing: Timing, now: float, *, seen: bool) -> Decision:
+def _decide_drain(
+    rotation: Rotation, timing: Timing, now: float, *, seen: bool
+) -> Decision[PublishedAction]:
     if rotation.old_disabled_at is not None:  # committed: disabled, now waiting to delete
         if now >= rotation.old_disabled_at + timing.disable_before_delete:
-            return Decision("delete-old", rotation)
-        return Decision("wait", rotation, "old key disabled; deleting after disable_before_delete")
+            return Decision(PublishedAction.DELETE_OLD, rotation)
+        return Decision(
+            PublishedAction.WAIT, rotation, "old key disabled; deleting after disable_before_delete"
+        )
     if seen and old_is_quiet(rotation, now, timing):  # quiet needs a sighting in this pass
-        action = "disable-old" if timing.disable_before_delete > 0 else "delete-old"
+        action = (
+            PublishedAction.DISABLE_OLD
+            if timing.disable_before_delete > 0
+            else PublishedAction.DELETE_OLD
+        )
         return Decision(action, rotation)
     if rotation.drain_deadline is not None and now >= rotation.drain_deadline:
         detail = "the old key still carries traffic"
-        return Decision("stall", rotation, reasons.DRAIN_TIMEOUT, detail)
-    return Decision("wait", rotation, "waiting for the old key to go quiet")
+        return Decision(PublishedAction.STALL, rotation, reasons.DRAIN_TIMEOUT, detail)
+    return Decision(PublishedAction.WAIT, rotation, "waiting for the old key to go quiet")
 
 
 def decide_abort(
     rotation: Rotation, obs: Observation, timing: Timing, names: frozenset[str], *, now: float
-) -> Decision:
+) -> Decision[AbortAction]:
     """Next step of an abort: old secret back, the new key drained and deleted, strays swept."""
     if rotation.republished_version is None:
-        return Decision("republish", rotation)
+        return Decision(AbortAction.REPUBLISH, rotation)
     if not rotation.new_deleted:
         mark, since = _observe(rotation.new_key_id, rotation.new_mark, rotation.new_mark_since, obs)
         rotation = rotation.evolve(new_mark=mark, new_mark_since=since)
         if rotation.new_key_id in obs.keys and quiet_since(since, now, timing):
-            return Decision("delete-new", rotation)
+            return Decision(AbortAction.DELETE_NEW, rotation)
         if rotation.abort_deadline is not None and now >= rotation.abort_deadline:
             detail = "the new key still carries traffic after the old secret was restored"
-            return Decision("stall", rotation, reasons.DRAIN_TIMEOUT, detail)
-        return Decision("wait", rotation, "aborting: waiting for the new key to go quiet")
+            return Decision(AbortAction.STALL, rotation, reasons.DRAIN_TIMEOUT, detail)
+        return Decision(AbortAction.WAIT, rotation, "aborting: waiting for the new key to go quiet")
     ours = tuple(sorted(k.id for k in obs.keys.values() if k.name in names))
     if ours:
-        return Decision("sweep", rotation, sweep_ids=ours)
-    return Decision("finish", rotation)
+        return Decision(AbortAction.SWEEP, rotation, sweep_ids=ours)
+    return Decision(AbortAction.FINISH, rotation)
+
+
+# -- a whole pass of the published and aborting phases -------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedFacts:
+    """What a published rotation's pass gathered before deciding."""
+
+    rotation: Rotation
+    write: ProviderWrite | None  # the provider write recorded last (a crash may have cut it)
+    secret: Versioned | None  # the consumer secret as it is now
+    obs: Observation  # the list pass, without the judged keys it lists unreadable
+    unreadable: Mapping[str, str]  # judged key id -> why its record does not parse
+    names: frozenset[str]  # the names of every attempt's key
+    timing: Timing
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class AbortingFacts:
+    """What an aborting rotation's pass gathered before deciding."""
+
+    rotation: Rotation
+    write: ProviderWrite | None
+    obs: Observation
+    unreadable: Mapping[str, str]
+    names: frozenset[str]
+    timing: Timing
+    now: float
+
+
+def readable(obs: Observation, judged: Sequence[str | None]) -> tuple[Observation, dict[str, str]]:
+    """``obs`` without the judged keys it lists unreadable, and those keys' problems.
+
+    A judged key listed unreadable is not observed in this pass: neither in use, nor quiet,
+    nor gone (the same as a key missing from the pass).
+    """
+    unreadable = {
+        key_id: record.problem
+        for key_id in judged
+        if key_id and (record := obs.keys.get(key_id)) and record.problem is not None
+    }
+    if not unreadable:
+        return obs, unreadable
+    kept = {key_id: k for key_id, k in obs.keys.items() if key_id not in unreadable}
+    return Observation(kept, obs.at), unreadable
+
+
+def noting(decision: Decision[A], unreadable: Mapping[str, str]) -> Decision[A]:
+    """A stall decided while judged keys were unreadable says so in its detail."""
+    if decision.action != "stall" or not unreadable:
+        return decision
+    notes = "; ".join(
+        f"{key_id} is listed unreadable ({why})" for key_id, why in unreadable.items()
+    )
+    return replace(decision, detail=f"{decision.detail}; note: {notes}")
+
+
+def secret_changed(rotation: Rotation, current: Versioned | None) -> str | None:
+    """Why the consumer secret is no longer ours, or None (a later version = changed)."""
+    if current is None or current.version != rotation.published_version:
+        version = current.version if current else 0
+        ours = rotation.published_version
+        return f"version {version} of the consumer secret was written after ours ({ours})"
+    if current.data.get("key_id") != rotation.new_key_id:
+        return "the consumer secret no longer serves our key"
+    return None
+
+
+def _redo(write: ProviderWrite | None, target: str | None) -> bool:
+    return write is not None and write.action == reasons.DELETE and write.target == target
+
+
+def decide_published_pass(facts: PublishedFacts) -> Decision[PublishedAction]:
+    """A published rotation's pass: the secret still ours, a cut delete redone, then the rest."""
+    rot = facts.rotation
+    if (changed := secret_changed(rot, facts.secret)) is not None:
+        return Decision(PublishedAction.STALL, rot, reasons.SECRET_CHANGED, changed)
+    if _redo(facts.write, rot.old_key_id) and not rot.old_deleted:
+        # We may have deleted it already: a 404 is fine.
+        return Decision(PublishedAction.DELETE_OLD, rot, "a delete of the old key was cut short")
+    decision = decide_published(rot, facts.obs, facts.timing, facts.names, now=facts.now)
+    return noting(decision, facts.unreadable)
+
+
+def decide_aborting_pass(facts: AbortingFacts) -> Decision[AbortAction]:
+    """An aborting rotation's pass: a cut delete of the new key redone, then decide_abort."""
+    rot = facts.rotation
+    if _redo(facts.write, rot.new_key_id) and not rot.new_deleted:
+        return Decision(AbortAction.REDO_DELETE_NEW, rot, "a delete of the new key was cut short")
+    decision = decide_abort(rot, facts.obs, facts.timing, facts.names, now=facts.now)
+    return noting(decision, facts.unreadable)

@@ -61,12 +61,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Self
 
-from vault_rotator.engine import reasons
 from vault_rotator.engine.outcomes import classify
-from vault_rotator.errors import StoreError
+from vault_rotator.engine.reasons import Phase
+from vault_rotator.errors import EngineError, StoreError
 
 SCHEMA_VERSION = 1
 MAX_OUTCOMES = 20
+
+# The phases each phase may move to (``finished`` ends any of them: back to IDLE).
+NEXT_PHASES: Mapping[Phase, frozenset[Phase]] = {
+    Phase.IDLE: frozenset({Phase.INTENT}),
+    Phase.INTENT: frozenset({Phase.PUBLISHED, Phase.CLEANUP}),
+    Phase.PUBLISHED: frozenset({Phase.ABORTING, Phase.IDLE}),
+    Phase.ABORTING: frozenset({Phase.IDLE}),
+    Phase.CLEANUP: frozenset({Phase.IDLE}),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +188,7 @@ class StateRecord:
 
     env: str
     name: str
-    phase: str = reasons.IDLE
+    phase: Phase = Phase.IDLE
     fence: int = 0
     lease: Lease | None = None
     provider_write: ProviderWrite | None = None
@@ -210,12 +219,38 @@ class StateRecord:
         assert self.rotation is not None
         return self.evolve(rotation=self.rotation.evolve(**changes))
 
+    # -- transitions: the only code that changes a phase (drawn in .machine) -------------
+
+    def start(self, rotation: Rotation, *, dialect: str | None) -> StateRecord:
+        """IDLE -> INTENT: a rotation begins; nothing is created yet."""
+        return self._to(Phase.INTENT, rotation=rotation, dialect=dialect, provider_write=None)
+
+    def publish(self, **published: Any) -> StateRecord:
+        """INTENT -> PUBLISHED: the consumer secret serves the new key (id, version, baseline)."""
+        return self._to(Phase.PUBLISHED, provider_write=None).with_rotation(**published)
+
+    def begin_cleanup(self, why: str, *, aborted_at: float | None = None) -> StateRecord:
+        """INTENT -> CLEANUP: the rotation ends unpublished (failed, or aborted before publish)."""
+        changes: dict[str, Any] = {"failure": why}
+        if aborted_at is not None:
+            changes |= {"aborted_at": aborted_at, "stalled": None}
+        return self._to(Phase.CLEANUP).with_rotation(**changes)
+
+    def begin_abort(self, at: float) -> StateRecord:
+        """PUBLISHED -> ABORTING: the rotation in reverse (old secret back, new key drained)."""
+        return self._to(Phase.ABORTING).with_rotation(aborted_at=at, stalled=None)
+
+    def _to(self, phase: Phase, **changes: Any) -> StateRecord:
+        if phase not in NEXT_PHASES[self.phase]:
+            raise EngineError(f"{self.ref}: no transition from {self.phase} to {phase}")
+        return self.evolve(phase=phase, **changes)
+
     def finished(self, outcome: Outcome, *, current_key_id: str | None) -> StateRecord:
-        """The record after a rotation ends: idle, the outcome appended, the served key noted."""
+        """Any -> IDLE: the rotation ends; the outcome appended, the served key noted."""
         rot = self.rotation
         history = (*self.outcomes, outcome)[-MAX_OUTCOMES:]
         changes: dict[str, Any] = {
-            "phase": reasons.IDLE,
+            "phase": Phase.IDLE,
             "rotation": None,
             "provider_write": None,
             "outcomes": history,
@@ -295,6 +330,7 @@ def _record_from(data: Mapping[str, Any]) -> StateRecord:
     return StateRecord(
         **{
             **values,
+            "phase": Phase(values.get("phase", Phase.IDLE)),
             "lease": _opt(Lease, values.get("lease")),
             "provider_write": _opt(ProviderWrite, values.get("provider_write")),
             "rotation": None if rotation is None else _rotation_from(rotation),

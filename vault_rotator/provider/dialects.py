@@ -20,7 +20,7 @@ would otherwise take a whole account down), and a listing leaves out only what i
   unreadable field) and ``problem``, the field and what is wrong with it (e.g. ``usage:
   expected a number, got object``); nothing else. The engine never takes it as complete: a
   key it depends on (its new key, the old key it will delete) listed so makes it refuse, fail
-  or wait (see :mod:`vault_rotator.engine.forward` and :mod:`vault_rotator.engine.published`),
+  or wait (see :mod:`vault_rotator.engine.decide_create` and :mod:`vault_rotator.engine.decide`),
   never think the key absent;
 - a create answer with a usable id and value is a created key even if other fields are odd
   (incomplete as above, named as sent when its name is unreadable), since the engine only needs

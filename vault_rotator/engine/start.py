@@ -1,0 +1,100 @@
+"""The IDLE phase's effects: tidy a stale pending record; start a rotation (preflight, intent).
+
+Starting has no side effect but the intent: the preflight (:mod:`.preflight`) checks everything
+first, and an old key the secret names but the provider does not list is looked for again
+``usage_lag`` later before the rotation runs as a first run.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import assert_never
+
+from vault_rotator.engine import reasons
+from vault_rotator.engine.context import Carry, Pass, Progress, Verb
+from vault_rotator.engine.decide import Decision
+from vault_rotator.engine.decide_create import IdleAction, IdleFacts
+from vault_rotator.engine.preflight import Plan, preflight
+from vault_rotator.engine.state import Rotation
+from vault_rotator.errors import PreflightError
+
+
+def observe_idle(p: Pass, carry: Carry) -> IdleFacts:
+    if carry.pending_version is None:
+        carry.pending, carry.pending_version = p.store.read_pending(p.policy.env, p.policy.name)
+    start = p.start and p.command.verb == Verb.ROTATE
+    return IdleFacts(stale_pending=carry.pending_version > 0, start=start)
+
+
+def apply_idle(p: Pass, decision: Decision[IdleAction], carry: Carry) -> Progress | None:
+    match decision.action:
+        case IdleAction.REST:
+            return p.progress()
+        case IdleAction.DROP_STALE_PENDING:
+            p.log.warning("destroying a stale pending record", had_value=carry.pending is not None)
+            p.store.destroy_pending(p.policy.env, p.policy.name)
+            carry.pending, carry.pending_version = None, 0
+            return None
+        case IdleAction.START:
+            start(p)
+            carry.pending, carry.pending_version = None, None  # INTENT reads it afresh
+            return None
+        case _:
+            assert_never(decision.action)
+
+
+def start(p: Pass) -> None:
+    """Preflight, then save the intent: IDLE -> INTENT."""
+    command = p.command
+    plan = preflight(p.policy, p.kv, p.store, p.provider, now=p.clock(), capabilities_checked=True)
+    old_id, missing = _settle_old_key(p, plan)
+    if command.emergency and plan.old.unknown:
+        raise PreflightError(
+            f"{p.policy.ref}: emergency rotation refused: the old key is unknown (the "
+            "secret has no key_id); set adopt_key_id in the policy so it can be deleted"
+        )
+    now = p.clock()
+    old = plan.old_key if plan.old_key and plan.old_key.id == old_id else None
+    rotation = Rotation(
+        id=p.new_id(),
+        attempt=1,
+        date=datetime.fromtimestamp(now, UTC).date().isoformat(),
+        policy=p.policy.to_dict(),
+        permissions=plan.permissions,
+        started_at=now,
+        start_version=plan.start_version,
+        mode=reasons.EMERGENCY if command.emergency else reasons.NORMAL,
+        revoke_old_now=command.emergency and command.revoke_old_now,
+        trigger=command.trigger,
+        by=command.by,
+        old_key_id=old_id,
+        old_key_name=old.name if old else None,
+        old_missing=missing,
+    )
+    p.save(p.record.start(rotation, dialect=plan.dialect or p.record.dialect))
+    p.log.info(
+        "rotation started",
+        rotation_id=rotation.id,
+        mode=rotation.mode,
+        old_key_id=old_id,
+        old_key_unknown=plan.old.unknown,
+        old_key_missing=missing,
+        trigger=command.trigger,
+        by=command.by,
+    )
+    p.fault("intent")
+
+
+def _settle_old_key(p: Pass, plan: Plan) -> tuple[str | None, bool]:
+    """(old key id, deleted outside?): a key missing from two passes usage_lag apart is gone."""
+    if plan.old.missing_id is None:
+        return (plan.old_key.id if plan.old_key else None), False
+    lag = p.policy.provider.usage_lag_s
+    p.session.sleep_until(p.clock() + lag, p.sleep)
+    if plan.old.missing_id in p.observe().keys:
+        return plan.old.missing_id, False
+    p.log.warning(
+        "the served key was deleted outside vault-rotator; rotating as a first run",
+        key_id=plan.old.missing_id,
+    )
+    return None, True
