@@ -9,13 +9,23 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, Unpack
 
 import pytest
 import structlog
 from hypothesis import HealthCheck, settings
-from world import LIVE_CONFIG, MANAGEMENT_KEY, LiveEnv, World, calling_app
+from world import (
+    LIVE_CONFIG,
+    MANAGEMENT_KEY,
+    EmulatorFactory,
+    EmulatorOptions,
+    LiveEnv,
+    World,
+    WorldFactory,
+    calling_app,
+)
 
 from vault_rotator.emulator import Emulator
 from vault_rotator.engine.session import StateStore
@@ -55,17 +65,14 @@ def vault() -> Iterator[VaultServer]:
         yield server
 
 
-EmulatorFactory = Callable[..., Emulator]
-
-
 @pytest.fixture
 def make_emulator() -> Iterator[EmulatorFactory]:
     """Start in-process emulators with the given options; all are stopped after the test."""
     started: list[Emulator] = []
 
-    def factory(**options: object) -> Emulator:
+    def factory(**options: Unpack[EmulatorOptions]) -> Emulator:
         options.setdefault("management_keys", [MANAGEMENT_KEY])
-        emulator = Emulator(**options)  # type: ignore[arg-type]
+        emulator = Emulator(**options)
         emulator.start()
         started.append(emulator)
         return emulator
@@ -88,14 +95,20 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def world_for(vault: VaultServer, make_emulator, clock: FakeClock) -> Iterator:  # type: ignore[no-untyped-def, type-arg]
+def world_for(
+    vault: VaultServer, make_emulator: EmulatorFactory, clock: FakeClock
+) -> Iterator[WorldFactory]:
     """Build a World for a dialect (and emulator/policy options); closed after the test."""
     worlds: list[World] = []
 
     def build(
-        dialect: str = "c", emulator_options: dict | None = None, emulator=None, **policy
-    ) -> World:  # type: ignore[type-arg, no-untyped-def]
-        emu = emulator or make_emulator(dialect=dialect, clock=clock, **(emulator_options or {}))
+        dialect: str = "c",
+        emulator_options: EmulatorOptions | None = None,
+        emulator: Emulator | None = None,
+        **policy: Any,
+    ) -> World:
+        options: EmulatorOptions = {"dialect": dialect, "clock": clock, **(emulator_options or {})}
+        emu = emulator or make_emulator(**options)
         world = World(vault, emu, clock, **policy)
         worlds.append(world)
         return world

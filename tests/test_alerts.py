@@ -108,7 +108,8 @@ def alert_rules() -> list[dict[str, Any]]:
 
 
 def dashboard() -> dict[str, Any]:
-    return json.loads(DASHBOARD.read_text())
+    board: dict[str, Any] = json.loads(DASHBOARD.read_text())
+    return board
 
 
 def panels(board: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -236,7 +237,8 @@ def test_every_alert_has_a_firing_case_and_a_quiet_one() -> None:
     alerts = {rule["alert"] for rule in alert_rules()}
     cases = yaml.safe_load(RULE_CASES.read_text())
     assert cases["rule_files"] == [RULES.name]
-    fired, quiet = set(), set()
+    fired: set[str] = set()
+    quiet: set[str] = set()
     for test in cases["tests"]:
         for check in test["alert_rule_test"]:
             (fired if check.get("exp_alerts") else quiet).add(check["alertname"])

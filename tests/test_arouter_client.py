@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import structlog
-from conftest import MANAGEMENT_KEY, EmulatorFactory
+from world import MANAGEMENT_KEY, EmulatorFactory
 
 from vault_rotator.emulator import Emulator
 from vault_rotator.errors import (
@@ -106,7 +106,7 @@ def test_round_trip(emulator: Emulator, connect: ClientFactory, dialect: str) ->
         client.verify_key(created.value)
 
 
-def test_traffic_shows_in_listing(emulator: Emulator, connect: ClientFactory, dialect: str):
+def test_traffic_shows_in_listing(emulator: Emulator, connect: ClientFactory, dialect: str) -> None:
     """A consumer's chat call moves last_used_at (B, C) or usage (A, B) in the next listing."""
     key_id, value = emulator.seed_key("used")
     assert emulator.call(value, route="chat") == 200
@@ -184,7 +184,9 @@ def test_gives_up_after_the_bound(
     assert len(sleeps) == 2
 
 
-def test_long_rate_limit_is_not_waited(emulator: Emulator, connect: ClientFactory, sleeps):
+def test_long_rate_limit_is_not_waited(
+    emulator: Emulator, connect: ClientFactory, sleeps: list[float]
+) -> None:
     """A 429 asking for longer than backoff_max raises at once, carrying the server's delay."""
     client = connect(emulator, backoff_max=5.0)
     client.detect()
@@ -195,7 +197,7 @@ def test_long_rate_limit_is_not_waited(emulator: Emulator, connect: ClientFactor
     assert sleeps == []
 
 
-def test_no_retry_on_401(emulator: Emulator, connect: ClientFactory, sleeps: list[float]):
+def test_no_retry_on_401(emulator: Emulator, connect: ClientFactory, sleeps: list[float]) -> None:
     """An unknown management key is refused after exactly one request, without sleeping."""
     client = connect(emulator, key="lr_mgmt_wrong_0123456789abcdef")
     with pytest.raises(ProviderAuthError) as info:
@@ -205,7 +207,7 @@ def test_no_retry_on_401(emulator: Emulator, connect: ClientFactory, sleeps: lis
     assert "lr_mgmt_wrong_0123456789abcdef" not in str(info.value)
 
 
-def test_no_retry_on_403(emulator: Emulator, connect: ClientFactory, sleeps: list[float]):
+def test_no_retry_on_403(emulator: Emulator, connect: ClientFactory, sleeps: list[float]) -> None:
     """An API key used as a management key gets 403 once, and the client does not insist."""
     _, value = emulator.seed_key("live")
     with pytest.raises(ProviderForbiddenError) as info:
@@ -306,7 +308,7 @@ def test_read_timeout_is_retried_for_list(
     assert len(sleeps) == 1
 
 
-def test_read_timeout_on_create_is_ambiguous(emulator: Emulator, connect: ClientFactory):
+def test_read_timeout_on_create_is_ambiguous(emulator: Emulator, connect: ClientFactory) -> None:
     """A create answer slower than the client's timeout is ambiguous and not retried."""
     client = connect(emulator, timeout=0.1)
     client.detect()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 
 import httpx
@@ -175,7 +175,9 @@ def test_implements_the_port(make: Callable[..., ARouterClient]) -> None:
     assert client.dialect is Dialect.A
 
 
-def test_detects_dialect_a_from_records(server: FakeServer, make: Callable[..., ARouterClient]):
+def test_detects_dialect_a_from_records(
+    server: FakeServer, make: Callable[..., ARouterClient]
+) -> None:
     """Numeric usage and `limit` on /api/v1/keys mean dialect A."""
     server.on("GET", "/api/v1/keys", reply(payload={"data": [rec_a(1)]}))
     client = make()
@@ -184,7 +186,9 @@ def test_detects_dialect_a_from_records(server: FakeServer, make: Callable[..., 
     assert client.detected_dialect is Dialect.A
 
 
-def test_detects_dialect_b_from_records(server: FakeServer, make: Callable[..., ARouterClient]):
+def test_detects_dialect_b_from_records(
+    server: FakeServer, make: Callable[..., ARouterClient]
+) -> None:
     """A usage object, `limit_usd` and `last_used_at` mean dialect B."""
     server.on("GET", "/api/v1/keys", reply(payload={"data": [rec_b(1)]}))
     client = make()
@@ -192,7 +196,9 @@ def test_detects_dialect_b_from_records(server: FakeServer, make: Callable[..., 
     assert client.detected_dialect is Dialect.B
 
 
-def test_detects_dialect_c_from_path(server: FakeServer, make: Callable[..., ARouterClient]):
+def test_detects_dialect_c_from_path(
+    server: FakeServer, make: Callable[..., ARouterClient]
+) -> None:
     """A 404 on /api/v1/keys and an answer on /v1/keys mean dialect C."""
     server.on("GET", "/v1/keys", reply(payload={"data": []}))
     client = make()
@@ -250,7 +256,9 @@ def test_bad_create_fails_after_every_cap_variant(
     assert server.count("POST", "/api/v1/keys") == 3
 
 
-def test_nested_create_answer_detects_a(server: FakeServer, make: Callable[..., ARouterClient]):
+def test_nested_create_answer_detects_a(
+    server: FakeServer, make: Callable[..., ARouterClient]
+) -> None:
     """A create answer with nested `data` settles an open A/B question as A."""
     server.on("GET", "/api/v1/keys", reply(payload={"data": []}))
     server.on("POST", "/api/v1/keys", reply(201, {"data": rec_a(9, name="n"), "key": VALUE_TEXT}))
@@ -268,7 +276,7 @@ def test_no_key_api_anywhere(server: FakeServer, make: Callable[..., ARouterClie
     assert not isinstance(info.value, KeyNotFoundError)
 
 
-def _dialect_warnings(logs: list[dict[str, object]]) -> list[dict[str, object]]:
+def _dialect_warnings(logs: Sequence[Mapping[str, object]]) -> list[Mapping[str, object]]:
     return [e for e in logs if e["event"] == "arouter.dialect_changed"]
 
 
@@ -458,7 +466,9 @@ def test_offset_ignored_is_refused(server: FakeServer, make: Callable[..., ARout
         make("a", page_size=2).list_keys()
 
 
-def test_endless_server_hits_page_cap(server: FakeServer, make: Callable[..., ARouterClient]):
+def test_endless_server_hits_page_cap(
+    server: FakeServer, make: Callable[..., ARouterClient]
+) -> None:
     """A server that keeps inventing full pages is cut off at 10,000/page_size + 10 pages."""
     counter = itertools.count()
 
@@ -595,7 +605,9 @@ def test_declared_length_over_cap(server: FakeServer, make: Callable[..., ARoute
         make("a", max_response_bytes=100).list_keys()
 
 
-def test_slow_body_hits_attempt_deadline(server: FakeServer, make: Callable[..., ARouterClient]):
+def test_slow_body_hits_attempt_deadline(
+    server: FakeServer, make: Callable[..., ARouterClient]
+) -> None:
     """A body still trickling in 3 x timeout after the start is abandoned as a retryable error."""
     ticks = itertools.count(step=5.0)
     server.on("GET", "/api/v1/keys", lambda r: httpx.Response(200, content=iter([b"{"] * 10)))
@@ -719,7 +731,7 @@ def test_gives_up_after_max_attempts(
 
 def test_backoff_is_capped(
     server: FakeServer, make: Callable[..., ARouterClient], sleeps: list[float]
-):
+) -> None:
     """Exponential waits stop growing at backoff_max."""
     server.on("GET", "/api/v1/keys", fail(httpx.ReadTimeout))
     with pytest.raises(ProviderRetryableError, match="timed out"):
@@ -847,14 +859,18 @@ def test_unreadable_create_answer_is_ambiguous(
     assert "lr_mgmt_0123456789abc" not in str(info.value)
 
 
-def test_create_non_json_is_ambiguous(server: FakeServer, make: Callable[..., ARouterClient]):
+def test_create_non_json_is_ambiguous(
+    server: FakeServer, make: Callable[..., ARouterClient]
+) -> None:
     """A 201 with an HTML body leaves the key probably created: AmbiguousCreateResponseError."""
     server.on("POST", "/v1/keys", lambda r: httpx.Response(201, content=b"<html>"))
     with pytest.raises(AmbiguousCreateResponseError, match="not valid JSON"):
         make("c").create_key(KeySpec("n"))
 
 
-def test_create_rejected_is_permanent(server: FakeServer, make: Callable[..., ARouterClient]):
+def test_create_rejected_is_permanent(
+    server: FakeServer, make: Callable[..., ARouterClient]
+) -> None:
     """A 400 on create means nothing was created: a plain permanent error, not ambiguous."""
     server.on("POST", "/api/v1/keys", reply(400, {"error": {"message": "bad name"}}))
     with pytest.raises(ProviderPermanentError, match="bad name") as info:

@@ -13,8 +13,7 @@ from pathlib import Path
 import hvac
 import pytest
 import structlog
-from conftest import EmulatorFactory
-from world import make_policy
+from world import EmulatorFactory, make_policy
 
 from vault_rotator.commands import audit_cmd
 from vault_rotator.emulator import Emulator

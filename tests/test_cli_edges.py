@@ -15,10 +15,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 import structlog
-from world import MANAGEMENT_KEY
+from world import MANAGEMENT_KEY, EmulatorFactory
 
 from vault_rotator import cli
 from vault_rotator.commands import remote
@@ -290,10 +291,21 @@ class LocalKey:
         return self.store.read(env, name)[0]
 
 
+class LocalKeyFactory(Protocol):
+    """The ``local_key`` fixture: a LocalKey, with or without an app calling on every sleep."""
+
+    def __call__(self, *, consumer: bool) -> LocalKey: ...
+
+
 @pytest.fixture
 def local_key(
-    vault: VaultServer, make_emulator, clock: FakeClock, tmp_path: Path, monkeypatch, capsys
-) -> Iterator[Callable[..., LocalKey]]:  # type: ignore[no-untyped-def]
+    vault: VaultServer,
+    make_emulator: EmulatorFactory,
+    clock: FakeClock,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> Iterator[LocalKeyFactory]:
     """Build a LocalKey; ``consumer=True`` adds an app that reads Vault and calls on every sleep."""
     conns: list[VaultConnection] = []
 
@@ -308,7 +320,13 @@ def local_key(
         kv.write(f"{env}/app", {"api_key": value, "key_id": old_id}, cas=0)
         (tmp_path / "w.yaml").write_text(LOCAL_CONFIG.format(env=env, base_url=emulator.base_url))
         if consumer:
-            clock.on_sleep(lambda: emulator.call(str(kv.read(f"{env}/app").data["api_key"])))
+
+            def call_with_served_key() -> None:
+                served = kv.read(f"{env}/app")
+                assert served is not None
+                emulator.call(str(served.data["api_key"]))
+
+            clock.on_sleep(call_with_served_key)
 
         def cli_runtime() -> Runtime:  # what the CLI builds from VAULT_* env, on the fake clock
             return Runtime(VaultConnection(vault.addr, vault.token), clock=clock, sleep=clock.sleep)
@@ -324,8 +342,8 @@ def local_key(
 
 
 def test_wait_prints_a_line_only_when_the_situation_changes(
-    capsys: pytest.CaptureFixture[str], local_key
-) -> None:  # type: ignore[no-untyped-def]
+    capsys: pytest.CaptureFixture[str], local_key: LocalKeyFactory
+) -> None:
     """Off a terminal, `rotate --wait` prints one line per change, not one per 1 s poll."""
     key = local_key(consumer=True)
     code, out, err = run_cli(capsys, "rotate", key.ref, "--wait", "--config", key.config)
@@ -342,8 +360,8 @@ def test_wait_prints_a_line_only_when_the_situation_changes(
 
 
 def test_wait_on_a_terminal_rewrites_one_live_line(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, local_key
-) -> None:  # type: ignore[no-untyped-def]
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, local_key: LocalKeyFactory
+) -> None:
     """On a terminal the status line is rewritten in place with \\r and ended with a newline."""
     key = local_key(consumer=True)
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
@@ -359,8 +377,8 @@ def test_wait_on_a_terminal_rewrites_one_live_line(
 
 
 def test_wait_timeout_gives_up_waiting_and_leaves_the_rotation_in_flight(
-    capsys: pytest.CaptureFixture[str], local_key
-) -> None:  # type: ignore[no-untyped-def]
+    capsys: pytest.CaptureFixture[str], local_key: LocalKeyFactory
+) -> None:
     """`rotate|resume|abort --wait --timeout` exit 1 on the engine's clock, say how to follow,
     and leave the rotation in flight (neither stalled nor aborted by the timeout)."""
     key = local_key(consumer=False)  # nobody picks the new key up: it would wait 60 s
@@ -465,8 +483,11 @@ def fake_daemon(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[list[str]
 
 @pytest.mark.parametrize("tty", [False, True], ids=["pipe", "terminal"])
 def test_daemon_wait_shows_each_change_once(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, fake_daemon, tty: bool
-) -> None:  # type: ignore[no-untyped-def]
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    fake_daemon: Callable[[list[str]], FakeDaemon],
+    tty: bool,
+) -> None:
     """`rotate --wait --daemon` shows each state it polls once (a live line on a terminal)."""
     monkeypatch.setattr(sys.stdout, "isatty", lambda: tty)
     daemon = fake_daemon(["awaiting-pickup"] * 5 + ["draining"] * 5 + ["idle"])
@@ -486,8 +507,8 @@ def test_daemon_wait_shows_each_change_once(
 
 
 def test_daemon_wait_timeout_exits_1_and_says_how_to_follow(
-    capsys: pytest.CaptureFixture[str], fake_daemon
-) -> None:  # type: ignore[no-untyped-def]
+    capsys: pytest.CaptureFixture[str], fake_daemon: Callable[[list[str]], FakeDaemon]
+) -> None:
     """`abort --wait --timeout` through a daemon gives up on time, exit 1, naming how to follow."""
     daemon = fake_daemon(["aborting"])
     started = time.monotonic()

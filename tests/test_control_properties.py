@@ -63,7 +63,7 @@ class Raw:
         return head.encode("utf-8", "surrogatepass") + self.body
 
 
-no_crlf = st.text(st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)))
+no_crlf = st.text(st.characters(blacklist_characters="\r\n", blacklist_categories=["Cs"]))
 segment = st.one_of(
     st.sampled_from(["{D1}", "{D2}", "app", "worker", "ghost", "..", ".", "%2F", "%2e%2e", ""]),
     st.from_regex(r"[a-z0-9-]{1,12}", fullmatch=True),

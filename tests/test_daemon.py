@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import structlog
 from prometheus_client.parser import text_string_to_metric_families
-from world import MANAGEMENT_KEY, no_fault
+from world import MANAGEMENT_KEY, EmulatorFactory, no_fault
 
 from vault_rotator.daemon.daemon import Daemon, StopFlag
 from vault_rotator.daemon.freeze import freeze
@@ -132,7 +132,7 @@ class Fleet:
 
 
 @pytest.fixture
-def fleet(vault: VaultServer, make_emulator, tmp_path: Path) -> Iterator[Fleet]:  # type: ignore[no-untyped-def]
+def fleet(vault: VaultServer, make_emulator: EmulatorFactory, tmp_path: Path) -> Iterator[Fleet]:
     """An account with an emulator (dialect c) sharing a fake clock with the daemon."""
     clock = FakeClock()
     emulator = make_emulator(dialect="c", clock=clock)
@@ -314,7 +314,9 @@ def test_one_unreadable_record_does_not_block_the_other_keys(fleet: Fleet) -> No
     assert "newer vault-rotator" in error
     fleet.run(daemon, 40)
     assert [o.outcome for o in fleet.record("app-1").outcomes] == [reasons.SUCCEEDED]
-    assert fleet.kv.read(store.state_path(fleet.tag, "app-0")).data == newer  # left as it is
+    left = fleet.kv.read(store.state_path(fleet.tag, "app-0"))
+    assert left is not None
+    assert left.data == newer  # left as it is
 
 
 def test_a_bug_in_one_keys_pass_does_not_stop_the_tick(
@@ -417,6 +419,7 @@ def test_key_age_covers_never_rotated_keys_and_overdue_keys_are_counted(fleet: F
     fleet.seed(2)
     written = datetime.fromtimestamp(fleet.clock() - 100 * DAY, UTC).isoformat()
     got = fleet.kv.read(f"{fleet.tag}/app-1")
+    assert got is not None
     fleet.kv.write(f"{fleet.tag}/app-1", {**got.data, "rotated_at": written}, cas=got.version)
     prefix = f"{fleet.tag}/vault-rotator"
     freeze(fleet.kv, prefix, f"{fleet.tag}/app-1", "test", at=fleet.clock(), reason="hold")
@@ -510,8 +513,8 @@ def test_a_reload_that_drops_a_key_drops_its_gauges(fleet: Fleet) -> None:
 
 
 def test_a_rotation_whose_account_left_the_config_is_still_finished(
-    fleet: Fleet, make_emulator, vault: VaultServer
-) -> None:  # type: ignore[no-untyped-def]
+    fleet: Fleet, make_emulator: EmulatorFactory, vault: VaultServer
+) -> None:
     """The account of a rotation in flight leaves the policies (its file removed, the daemon
     restarted): the daemon still ticks that account and finishes the rotation it began."""
     fleet.seed(1)

@@ -123,6 +123,7 @@ def one(kind: str, name: str | None = None) -> dict[str, Any]:
 
 def rotator_container() -> dict[str, Any]:
     """The daemon's container in deploy/kubernetes/deployment.yaml."""
+    container: dict[str, Any]
     (container,) = one("Deployment", "vault-rotator")["spec"]["template"]["spec"]["containers"]
     return container
 
@@ -302,7 +303,8 @@ def test_the_daemon_logs_in_with_kubernetes_auth_and_serves_tls() -> None:
     mounted = {m["mountPath"]: volumes[m["name"]] for m in container["volumeMounts"]}
 
     def volume_of(path: str) -> dict[str, Any]:
-        return mounted[str(Path(path).parent)]
+        volume: dict[str, Any] = mounted[str(Path(path).parent)]
+        return volume
 
     projected = volume_of(env["VAULT_K8S_JWT_FILE"])["projected"]["sources"][0]
     assert projected["serviceAccountToken"]["path"] == Path(env["VAULT_K8S_JWT_FILE"]).name

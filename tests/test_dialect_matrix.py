@@ -17,13 +17,13 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from world import MANAGEMENT_KEY, calling_app, no_fault
+from world import MANAGEMENT_KEY, EmulatorFactory, calling_app, no_fault
 
 from vault_rotator import cli
 from vault_rotator.daemon.daemon import Daemon
@@ -148,7 +148,9 @@ class Account:
 
 
 @pytest.fixture
-def account_for(vault: VaultServer, make_emulator, tmp_path: Path) -> Iterator:  # type: ignore[no-untyped-def, type-arg]
+def account_for(
+    vault: VaultServer, make_emulator: EmulatorFactory, tmp_path: Path
+) -> Iterator[Callable[[str], Account]]:
     """Build an Account for a dialect (the emulator shares the account's fake clock)."""
     built: list[Account] = []
 
@@ -193,8 +195,12 @@ def rotate_by_daemon(account: Account, *, max_ticks: int = 80) -> None:
 @pytest.mark.parametrize("populated", [False, True], ids=["empty", "populated"])
 @pytest.mark.parametrize("via", ["cli", "daemon"])
 def test_bootstrap_then_two_rotations_each_from_a_fresh_process(
-    account_for, dialect: str, populated: bool, via: str, monkeypatch: pytest.MonkeyPatch
-) -> None:  # type: ignore[no-untyped-def]
+    account_for: Callable[[str], Account],
+    dialect: str,
+    populated: bool,
+    via: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Bootstrap plus two rotations, each from a new process, end with one live key of ours."""
     account: Account = account_for(dialect)
     if populated:
@@ -219,8 +225,8 @@ def test_bootstrap_then_two_rotations_each_from_a_fresh_process(
 
 
 def test_a_wrongly_saved_dialect_is_corrected_by_the_server(
-    account_for, monkeypatch: pytest.MonkeyPatch
-) -> None:  # type: ignore[no-untyped-def]
+    account_for: Callable[[str], Account], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A record saved with "a" on a B account (as 0.1.0 did) rotates and is saved as "b"."""
     account: Account = account_for("b")
     rotate_by_cli(account, monkeypatch)
@@ -297,15 +303,19 @@ def test_real_processes_rotate_an_account_that_started_empty(
 
 
 def test_dry_run_during_a_rotation_in_flight_says_so_and_plans_nothing(
-    account_for, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:  # type: ignore[no-untyped-def]
+    account_for: Callable[[str], Account],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """`rotate --dry-run` (even --emergency) while a rotation is in flight describes that one,
     instead of planning a fresh rotation from the just-published key."""
     account: Account = account_for("c")
     monkeypatch.setattr(Runtime, "from_env", classmethod(lambda _cls: account.runtime()))
     config = ["--config", str(account.config)]
     assert cli.main(["rotate", account.ref, *config]) == 0
-    rotation_id = account.record().rotation.id
+    rotation = account.record().rotation
+    assert rotation is not None
+    rotation_id = rotation.id
     keys_before = len(account.emulator.all_keys())
     capsys.readouterr()
     assert cli.main(["rotate", account.ref, "--dry-run", "--emergency", *config]) == 0

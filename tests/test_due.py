@@ -108,6 +108,7 @@ def test_every_30d_counts_from_the_last_rotation() -> None:
 def test_cron_weekdays_follow_crontab(cron: str, weekday: int) -> None:
     """Crontab weekday numbers (1 = Monday, 0 and 7 = Sunday) land on the right day at 06:00."""
     slot = next_slot(parse_schedule(cron), ts("2027-01-06T12:00"))  # a Wednesday
+    assert slot is not None
     assert utc(slot).weekday() == weekday
     assert utc(slot).hour == 6
     assert ts("2027-01-06T12:00") < slot <= ts("2027-01-13T12:00")

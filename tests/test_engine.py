@@ -7,7 +7,7 @@ import threading
 
 import hvac
 import pytest
-from world import Crash, assert_clean_end, crash_at
+from world import Crash, EmulatorOptions, WorldFactory, assert_clean_end, crash_at
 
 from vault_rotator.engine import reasons
 from vault_rotator.engine.driver import drive
@@ -20,7 +20,7 @@ from vault_rotator.testing.vault_server import VaultServer
 
 
 def test_rotation_under_consumers_moves_traffic_and_deletes_old_key(
-    world_for, dialect: str
+    world_for: WorldFactory, dialect: str
 ) -> None:
     """In every dialect: v N+1 holds the new key, fields kept, old key deleted, zero 401s."""
     world = world_for(dialect)
@@ -55,7 +55,7 @@ def test_rotation_under_consumers_moves_traffic_and_deletes_old_key(
     assert 2 * len(passes) + 5 <= state_writes <= 2 * len(passes) + 5 + 4
 
 
-def test_first_run_publishes_without_deleting(world_for) -> None:
+def test_first_run_publishes_without_deleting(world_for: WorldFactory) -> None:
     """With nothing at the secret path: create, verify, publish; nothing to drain or delete."""
     world = world_for("c")
     progress = drive(world.engine(), world.policy, wait=True)
@@ -65,7 +65,7 @@ def test_first_run_publishes_without_deleting(world_for) -> None:
     assert_clean_end(world, None)
 
 
-def test_rotate_without_wait_returns_once_published(world_for) -> None:
+def test_rotate_without_wait_returns_once_published(world_for: WorldFactory) -> None:
     """drive(wait=False) stops at published; a second drive finishes the same rotation."""
     world = world_for("c")
     old_id, _ = world.seed_old_key()
@@ -81,7 +81,7 @@ def test_rotate_without_wait_returns_once_published(world_for) -> None:
 
 
 @pytest.mark.parametrize("step", BOUNDARIES)
-def test_crash_at_every_boundary_then_resume(world_for, step: str) -> None:
+def test_crash_at_every_boundary_then_resume(world_for: WorldFactory, step: str) -> None:
     """A crash at any step boundary, then a new process: one live key, served, nothing lost."""
     world = world_for("c", disable_before_delete_s=300.0 if step == "disable" else 0.0)
     old_id, _ = world.seed_old_key()
@@ -103,7 +103,7 @@ def test_crash_at_every_boundary_then_resume(world_for, step: str) -> None:
     assert [o.outcome for o in outcomes] == [reasons.SUCCEEDED]
 
 
-def test_lease_keeps_a_second_process_out(world_for) -> None:
+def test_lease_keeps_a_second_process_out(world_for: WorldFactory) -> None:
     """While one process holds the lease, another cannot act; after expiry it takes over."""
     world = world_for("c")
     world.seed_old_key()
@@ -119,7 +119,7 @@ def test_lease_keeps_a_second_process_out(world_for) -> None:
     assert world.record().fence == fence + 1
 
 
-def test_two_engines_starting_at_once_create_one_key(world_for) -> None:
+def test_two_engines_starting_at_once_create_one_key(world_for: WorldFactory) -> None:
     """Two engines racing to start the same rotation: one acts, exactly one key is created."""
     world = world_for("c")
     world.seed_old_key()
@@ -144,7 +144,7 @@ def test_two_engines_starting_at_once_create_one_key(world_for) -> None:
     assert len(created) == 1
 
 
-def test_dropped_create_response_leaves_no_duplicate(world_for) -> None:
+def test_dropped_create_response_leaves_no_duplicate(world_for: WorldFactory) -> None:
     """A create committed but unanswered: the engine creates again and sweeps the lost key."""
     world = world_for("c")
     old_id, _ = world.seed_old_key()
@@ -160,7 +160,7 @@ def test_dropped_create_response_leaves_no_duplicate(world_for) -> None:
     assert_clean_end(world, old_id)
 
 
-def test_create_timeout_leaves_no_duplicate(world_for) -> None:
+def test_create_timeout_leaves_no_duplicate(world_for: WorldFactory) -> None:
     """A create that times out (the server commits late) never leaves a second live key."""
     world = world_for("c", lease_ttl=10.0)
     old_id, _ = world.seed_old_key()
@@ -172,7 +172,7 @@ def test_create_timeout_leaves_no_duplicate(world_for) -> None:
     assert_clean_end(world, old_id)
 
 
-def test_verify_failure_deletes_new_key_and_keeps_old(world_for) -> None:
+def test_verify_failure_deletes_new_key_and_keeps_old(world_for: WorldFactory) -> None:
     """A new key that fails verification is deleted; the old key stays served and alive."""
     world = world_for("c")
     old_id, old_value = world.seed_old_key()
@@ -185,7 +185,7 @@ def test_verify_failure_deletes_new_key_and_keeps_old(world_for) -> None:
     assert not world.pending_exists()
 
 
-def test_busy_old_key_is_never_taken_as_quiet(world_for) -> None:
+def test_busy_old_key_is_never_taken_as_quiet(world_for: WorldFactory) -> None:
     """A consumer stuck on the old key keeps it busy: the engine stalls, deleting nothing."""
     world = world_for("c")
     old_id, _ = world.seed_old_key()
@@ -198,7 +198,7 @@ def test_busy_old_key_is_never_taken_as_quiet(world_for) -> None:
     assert world.served()["key_id"] in world.live_ids()
 
 
-def test_no_consumer_pickup_stalls_and_keeps_both_keys(world_for) -> None:
+def test_no_consumer_pickup_stalls_and_keeps_both_keys(world_for: WorldFactory) -> None:
     """Without any consumer, the engine's own verify is not pickup: it stalls at pickup_timeout."""
     world = world_for("c")
     old_id, _ = world.seed_old_key()
@@ -219,7 +219,9 @@ def test_no_consumer_pickup_stalls_and_keeps_both_keys(world_for) -> None:
         ("a", {"usage_lag": 45.0}),
     ],
 )
-def test_lag_granularity_and_skew_never_fool_the_engine(world_for, dialect, knobs) -> None:  # type: ignore[no-untyped-def]
+def test_lag_granularity_and_skew_never_fool_the_engine(
+    world_for: WorldFactory, dialect: str, knobs: EmulatorOptions
+) -> None:
     """With lag, coarse stamps or a skewed provider clock: own verify is no pickup, busy is busy."""
     world = world_for(dialect, emulator_options=knobs, usage_lag_s=90.0)
     world.seed_old_key()
@@ -237,7 +239,7 @@ def test_lag_granularity_and_skew_never_fool_the_engine(world_for, dialect, knob
     assert old_id in busy.live_ids()
 
 
-def test_dialect_a_confirms_pickup_by_billable_usage_only(world_for) -> None:
+def test_dialect_a_confirms_pickup_by_billable_usage_only(world_for: WorldFactory) -> None:
     """In dialect A free /v1/models calls never count as pickup; chat calls do."""
     world = world_for("a")
     world.seed_old_key()
@@ -247,7 +249,9 @@ def test_dialect_a_confirms_pickup_by_billable_usage_only(world_for) -> None:
     assert progress.stalled.reason == reasons.PICKUP_TIMEOUT
 
 
-def test_preflight_names_every_missing_capability(world_for, vault: VaultServer) -> None:
+def test_preflight_names_every_missing_capability(
+    world_for: WorldFactory, vault: VaultServer
+) -> None:
     """A token that can only read the secret is refused, naming each path it lacks."""
     world = world_for("c")
     world.seed_old_key()
@@ -273,7 +277,7 @@ def test_preflight_names_every_missing_capability(world_for, vault: VaultServer)
     assert len(world.emulator.all_keys()) == 1
 
 
-def test_wrong_management_key_is_a_clear_auth_error(world_for) -> None:
+def test_wrong_management_key_is_a_clear_auth_error(world_for: WorldFactory) -> None:
     """A management key the provider rejects stops preflight with a 401 error, no side effect."""
     world = world_for("c")
     world.seed_old_key()

@@ -220,7 +220,12 @@ def test_a_ref_that_would_change_the_route_is_refused_before_any_request(
 ) -> None:
     """`#`, `?`, `..` or capitals in ENV/NAME are a usage error; nothing reaches the daemon."""
     seen: list[str] = []
-    url = fake_daemon(lambda method, path: (seen.append(path), (202, b"{}"))[1])
+
+    def answer(method: str, path: str) -> tuple[int, bytes]:
+        seen.append(path)
+        return 202, b"{}"
+
+    url = fake_daemon(answer)
     for verb in (["rotate"], ["finish", "--keep-old"], ["abort"]):
         assert cli.main([verb[0], ref, *verb[1:], "--daemon", url, "--config", CONFIG]) == 2
     assert seen == []

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import structlog
+import yaml
 
 from vault_rotator import cli
 from vault_rotator.daemon import service as service_module
@@ -173,7 +174,7 @@ def test_file_over_the_size_limit_is_refused_before_parsing(
     def refuse(*_args: object, **_kwargs: object) -> object:
         raise AssertionError("a file over the size limit was opened or parsed")
 
-    monkeypatch.setattr(ys.yaml, "compose", refuse)
+    monkeypatch.setattr(yaml, "compose", refuse)  # the module yamlsource parses with
     monkeypatch.setattr(ys, "_Loader", refuse)
     monkeypatch.setattr(Path, "open", refuse)
     line = only_problem(capsys, directory)

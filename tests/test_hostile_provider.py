@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import time
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import httpx
 import pytest
 import structlog
 from structlog.testing import capture_logs
-from world import MANAGEMENT_KEY, World, assert_clean_end, no_fault
+from world import MANAGEMENT_KEY, EmulatorFactory, World, WorldFactory, assert_clean_end, no_fault
 
 from vault_rotator.engine import reasons
 from vault_rotator.engine.driver import drive
@@ -21,7 +21,7 @@ from vault_rotator.errors import (
     PreflightError,
     ProviderRetryableError,
 )
-from vault_rotator.ports.provider import KeySpec
+from vault_rotator.ports.provider import Dialect, KeySpec
 from vault_rotator.provider.arouter import ARouterClient
 from vault_rotator.runtime import client_budget
 from vault_rotator.secret import Secret
@@ -44,7 +44,7 @@ def strings_in(value: object) -> Iterator[str]:
         yield str(value)
 
 
-def raw_controls(logs: list[dict[str, object]]) -> list[str]:
+def raw_controls(logs: Sequence[Mapping[str, object]]) -> list[str]:
     """The log strings holding a raw control or format (bidi) character."""
     return [
         text
@@ -57,7 +57,7 @@ def raw_controls(logs: list[dict[str, object]]) -> list[str]:
 # -- rate limits -----------------------------------------------------------------------------
 
 
-def test_long_rate_limit_on_create_stalls_without_creating_again(world_for) -> None:
+def test_long_rate_limit_on_create_stalls_without_creating_again(world_for: WorldFactory) -> None:
     """A 429 asking for a day on create stalls as rate-limited: one request, no key, same name."""
     world = world_for("c")
     old_id, _ = world.seed_old_key()
@@ -84,7 +84,7 @@ def test_long_rate_limit_on_create_stalls_without_creating_again(world_for) -> N
     assert_clean_end(world, old_id)
 
 
-def test_short_rate_limits_on_create_retry_under_the_same_name(world_for) -> None:
+def test_short_rate_limits_on_create_retry_under_the_same_name(world_for: WorldFactory) -> None:
     """Repeated short 429s on create are waited out pass after pass with the same attempt name."""
     world = world_for("c")
     old_id, _ = world.seed_old_key()
@@ -103,12 +103,12 @@ def test_short_rate_limits_on_create_retry_under_the_same_name(world_for) -> Non
 # -- slow servers ----------------------------------------------------------------------------
 
 
-def test_trickled_headers_end_a_list_call_within_its_bound(make_emulator) -> None:
+def test_trickled_headers_end_a_list_call_within_its_bound(make_emulator: EmulatorFactory) -> None:
     """Headers trickled a byte per 0.2 s (no read timeout fires) end within worst_case_seconds."""
     emulator = make_emulator(dialect="c")
     emulator.set_fault("list", trickle=0.2)
     with ARouterClient(
-        emulator.base_url, Secret(MANAGEMENT_KEY), "c", timeout=1.0, max_attempts=1
+        emulator.base_url, Secret(MANAGEMENT_KEY), Dialect.C, timeout=1.0, max_attempts=1
     ) as client:
         started = time.monotonic()
         with pytest.raises(ProviderRetryableError, match="no complete answer within 3s"):
@@ -117,12 +117,19 @@ def test_trickled_headers_end_a_list_call_within_its_bound(make_emulator) -> Non
         assert elapsed <= client.worst_case_seconds()
 
 
-def test_trickled_create_answer_is_ambiguous_within_its_bound(make_emulator) -> None:
+def test_trickled_create_answer_is_ambiguous_within_its_bound(
+    make_emulator: EmulatorFactory,
+) -> None:
     """A create whose answer trickles is cut at the deadline and reported as maybe created."""
     emulator = make_emulator(dialect="c")
     emulator.set_fault("create", trickle=0.2)
     with ARouterClient(
-        emulator.base_url, Secret(MANAGEMENT_KEY), "c", timeout=0.5, max_attempts=2, backoff_max=0.5
+        emulator.base_url,
+        Secret(MANAGEMENT_KEY),
+        Dialect.C,
+        timeout=0.5,
+        max_attempts=2,
+        backoff_max=0.5,
     ) as client:
         started = time.monotonic()
         with pytest.raises(AmbiguousCreateError) as info:
@@ -136,7 +143,9 @@ def test_trickled_create_answer_is_ambiguous_within_its_bound(make_emulator) -> 
 # -- odd records -----------------------------------------------------------------------------
 
 
-def test_foreign_key_with_a_control_character_does_not_block_a_rotation(world_for) -> None:
+def test_foreign_key_with_a_control_character_does_not_block_a_rotation(
+    world_for: WorldFactory,
+) -> None:
     """A foreign key named with a control character: rotation done, key untouched, logs escaped."""
     world = world_for("c")
     old_id, _ = world.seed_old_key()
@@ -210,7 +219,7 @@ def spoiling_engine(
     client = ARouterClient(
         world.emulator.base_url,
         Secret(MANAGEMENT_KEY),
-        "c",
+        Dialect.C,
         sleep=world.clock.sleep,
         clock=world.clock,
         timeout=budget.timeout,
@@ -229,7 +238,9 @@ def spoiling_engine(
     )
 
 
-def test_unreadable_old_key_is_refused_before_any_side_effect(world_for, spoiler: Spoiler) -> None:
+def test_unreadable_old_key_is_refused_before_any_side_effect(
+    world_for: WorldFactory, spoiler: Spoiler
+) -> None:
     """An old key whose record is unreadable stops the rotation at preflight: nothing created."""
     world = world_for("c")
     old_id, _ = world.seed_old_key()
@@ -243,7 +254,9 @@ def test_unreadable_old_key_is_refused_before_any_side_effect(world_for, spoiler
     assert world.record().phase == reasons.IDLE
 
 
-def test_dry_run_refuses_an_unreadable_old_key_too(world_for, spoiler: Spoiler) -> None:
+def test_dry_run_refuses_an_unreadable_old_key_too(
+    world_for: WorldFactory, spoiler: Spoiler
+) -> None:
     """`rotate --dry-run`'s plan refuses the unreadable old key as the rotation would."""
     world = world_for("c")
     old_id, _ = world.seed_old_key()
@@ -252,7 +265,9 @@ def test_dry_run_refuses_an_unreadable_old_key_too(world_for, spoiler: Spoiler) 
         spoiling_engine(world, spoiler).plan(world.policy)
 
 
-def test_unreadable_new_key_fails_the_rotation_cleanly(world_for, spoiler: Spoiler) -> None:
+def test_unreadable_new_key_fails_the_rotation_cleanly(
+    world_for: WorldFactory, spoiler: Spoiler
+) -> None:
     """A new key listed unreadable after verify is deleted, never created again; old key kept."""
     world = world_for("c")
     old_id, old_value = world.seed_old_key()
@@ -272,7 +287,9 @@ def test_unreadable_new_key_fails_the_rotation_cleanly(world_for, spoiler: Spoil
     assert not world.pending_exists()
 
 
-def test_a_new_key_listed_without_its_name_is_still_cleaned_up(world_for, spoiler: Spoiler) -> None:
+def test_a_new_key_listed_without_its_name_is_still_cleaned_up(
+    world_for: WorldFactory, spoiler: Spoiler
+) -> None:
     """A failed rotation deletes the key it created even when the listing garbles its name (it
     is found by the id the create answered, not only by name)."""
     world = world_for("c")
@@ -292,7 +309,9 @@ def test_a_new_key_listed_without_its_name_is_still_cleaned_up(world_for, spoile
     assert world.served()["api_key"] == old_value
 
 
-def test_unreadable_old_key_is_never_taken_as_quiet(world_for, spoiler: Spoiler) -> None:
+def test_unreadable_old_key_is_never_taken_as_quiet(
+    world_for: WorldFactory, spoiler: Spoiler
+) -> None:
     """An old key listed unreadable after publish is no evidence: it stalls, both keys alive."""
     world = world_for("c")
     old_id, _ = world.seed_old_key()
@@ -402,7 +421,10 @@ def test_create_answer_with_an_odd_name_is_a_created_key() -> None:
 
     with (
         ARouterClient(
-            "http://arouter.test", Secret(MANAGEMENT_KEY), "c", transport=httpx.MockTransport(serve)
+            "http://arouter.test",
+            Secret(MANAGEMENT_KEY),
+            Dialect.C,
+            transport=httpx.MockTransport(serve),
         ) as client,
         capture_logs() as logs,
     ):
@@ -412,7 +434,7 @@ def test_create_answer_with_an_odd_name_is_a_created_key() -> None:
     assert raw_controls(logs) == []
 
 
-def test_odd_key_name_of_a_stored_policy_rotates_without_orphans(world_for) -> None:
+def test_odd_key_name_of_a_stored_policy_rotates_without_orphans(world_for: WorldFactory) -> None:
     """A stored key_name with bidi and control characters: one create, no orphan, logs escaped."""
     world = world_for("c", key_name="\u202e{rotation_id} \t\u0007")
     old_id, _ = world.seed_old_key()

@@ -148,10 +148,11 @@ def test_a_bad_tls_reload_keeps_the_old_certificate(tmp_path: Path) -> None:
 def test_a_port_in_use_is_a_one_line_error() -> None:
     """Listening where another listener already is: ConfigError naming the address."""
     first = Listener("127.0.0.1", 0)
-    host, port = first.server.server_address[:2]
+    address = first.server.server_address
+    host, port = str(address[0]), int(address[1])
     try:
         with pytest.raises(ConfigError, match=f"cannot listen on {host}:{port}"):
-            Listener(str(host), int(port))
+            Listener(host, port)
     finally:
         first.server.server_close()
 

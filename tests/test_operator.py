@@ -3,8 +3,10 @@ emergency, adoption, keys deleted outside, disable-before-delete."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
-from world import Crash, World, assert_clean_end, crash_at
+from world import Crash, World, WorldFactory, assert_clean_end, crash_at
 
 from vault_rotator.daemon.refs import in_flight_policy
 from vault_rotator.engine import reasons
@@ -33,7 +35,7 @@ def stall_on_pickup(world: World) -> str:
     return str(progress.rotation_id)
 
 
-def test_stall_is_saved_and_resume_finishes_once_consumers_arrive(world_for) -> None:
+def test_stall_is_saved_and_resume_finishes_once_consumers_arrive(world_for: WorldFactory) -> None:
     """After a pickup stall, resume renews the deadline and the rotation completes."""
     world = world_for("c")
     old_id, _ = world.seed_old_key()
@@ -50,7 +52,9 @@ def test_stall_is_saved_and_resume_finishes_once_consumers_arrive(world_for) -> 
     assert_clean_end(world, old_id)
 
 
-def test_secret_written_after_our_publish_stalls_and_never_deletes_our_key(world_for) -> None:
+def test_secret_written_after_our_publish_stalls_and_never_deletes_our_key(
+    world_for: WorldFactory,
+) -> None:
     """A later version by someone else stalls as secret-changed; resume goes on if it is ours."""
     world = world_for("c")
     old_id, _ = world.seed_old_key()
@@ -71,7 +75,7 @@ def test_secret_written_after_our_publish_stalls_and_never_deletes_our_key(world
     assert_clean_end(world, old_id)
 
 
-def test_secret_replaced_by_another_key_cannot_be_resumed(world_for) -> None:
+def test_secret_replaced_by_another_key_cannot_be_resumed(world_for: WorldFactory) -> None:
     """When the secret serves someone else's key, resume refuses and says what to run."""
     world = world_for("c")
     world.seed_old_key()
@@ -88,7 +92,7 @@ def test_secret_replaced_by_another_key_cannot_be_resumed(world_for) -> None:
         drive(world.engine(), world.policy, wait=True, start=False, command=RESUME)
 
 
-def test_retries_exhausted_stalls_the_rotation(world_for) -> None:
+def test_retries_exhausted_stalls_the_rotation(world_for: WorldFactory) -> None:
     """A provider that keeps failing is a stall with its own reason, both keys alive."""
     world = world_for("c")
     old_id, _ = world.seed_old_key()
@@ -105,7 +109,7 @@ def test_retries_exhausted_stalls_the_rotation(world_for) -> None:
     assert_clean_end(world, old_id)
 
 
-def test_finish_keep_old_ends_with_both_keys_and_says_so(world_for) -> None:
+def test_finish_keep_old_ends_with_both_keys_and_says_so(world_for: WorldFactory) -> None:
     """finish --keep-old after a drain stall: new key served, old key alive, outcome recorded."""
     world = world_for("c")
     old_id, _ = world.seed_old_key()
@@ -124,7 +128,7 @@ def test_finish_keep_old_ends_with_both_keys_and_says_so(world_for) -> None:
     assert not world.pending_exists()
 
 
-def test_abort_restores_the_old_secret_and_deletes_the_new_key(world_for) -> None:
+def test_abort_restores_the_old_secret_and_deletes_the_new_key(world_for: WorldFactory) -> None:
     """abort after publish: whole old data map back (marked), new key drained and deleted."""
     world = world_for("c")
     old_id, old_value = world.seed_old_key()
@@ -147,7 +151,7 @@ def test_abort_restores_the_old_secret_and_deletes_the_new_key(world_for) -> Non
     assert world.record().current_key_id == old_id
 
 
-def test_abort_survives_a_crash_in_the_middle(world_for) -> None:
+def test_abort_survives_a_crash_in_the_middle(world_for: WorldFactory) -> None:
     """A crash right after the old secret is republished; the next process finishes the abort."""
     world = world_for("c")
     old_id, _ = world.seed_old_key()
@@ -167,7 +171,7 @@ def test_abort_survives_a_crash_in_the_middle(world_for) -> None:
     assert versions == 3
 
 
-def test_abort_before_publish_deletes_the_new_key(world_for) -> None:
+def test_abort_before_publish_deletes_the_new_key(world_for: WorldFactory) -> None:
     """An abort while the new key is not yet published removes it; Vault still serves the old."""
     world = world_for("c")
     old_id, old_value = world.seed_old_key()
@@ -182,7 +186,7 @@ def test_abort_before_publish_deletes_the_new_key(world_for) -> None:
     assert not world.pending_exists()
 
 
-def test_emergency_skips_the_drain_even_with_a_busy_old_key(world_for) -> None:
+def test_emergency_skips_the_drain_even_with_a_busy_old_key(world_for: WorldFactory) -> None:
     """--emergency deletes the old key as soon as the new one is used, stale users or not."""
     world = world_for("c")
     old_id, _ = world.seed_old_key()
@@ -198,7 +202,7 @@ def test_emergency_skips_the_drain_even_with_a_busy_old_key(world_for) -> None:
     assert stale.statuses[-1] == 401  # the stale consumer is cut off, as an emergency must
 
 
-def test_emergency_survives_a_restart(world_for) -> None:
+def test_emergency_survives_a_restart(world_for: WorldFactory) -> None:
     """The emergency mode is saved: a successor without --emergency still skips the drain."""
     world = world_for("c")
     old_id, _ = world.seed_old_key()
@@ -212,7 +216,7 @@ def test_emergency_survives_a_restart(world_for) -> None:
     assert_clean_end(world, old_id)
 
 
-def test_emergency_upgrades_a_rotation_in_flight(world_for) -> None:
+def test_emergency_upgrades_a_rotation_in_flight(world_for: WorldFactory) -> None:
     """rotate --emergency on a draining rotation deletes the old key without waiting more."""
     world = world_for("c")
     old_id, _ = world.seed_old_key()
@@ -226,7 +230,7 @@ def test_emergency_upgrades_a_rotation_in_flight(world_for) -> None:
     assert_clean_end(world, old_id)
 
 
-def test_revoke_old_now_deletes_at_publish_and_refuses_abort(world_for) -> None:
+def test_revoke_old_now_deletes_at_publish_and_refuses_abort(world_for: WorldFactory) -> None:
     """--revoke-old-now deletes the old key right after publish; abort is refused after it."""
     world = world_for("c")
     old_id, _ = world.seed_old_key()
@@ -249,7 +253,7 @@ def seed_unlabelled_secret(world: World) -> tuple[str, str]:
     return key_id, value
 
 
-def test_adoption_with_the_right_id_deletes_the_adopted_key(world_for) -> None:
+def test_adoption_with_the_right_id_deletes_the_adopted_key(world_for: WorldFactory) -> None:
     """adopt_key_id naming the served key (label matches) is drained and deleted as usual."""
     probe = world_for("b")
     key_id, _ = seed_unlabelled_secret(probe)
@@ -264,7 +268,7 @@ def test_adoption_with_the_right_id_deletes_the_adopted_key(world_for) -> None:
     assert key_id not in probe.live_ids()
 
 
-def test_adoption_with_a_wrong_id_is_refused(world_for) -> None:
+def test_adoption_with_a_wrong_id_is_refused(world_for: WorldFactory) -> None:
     """adopt_key_id naming another key (its label does not fit the served value) is refused."""
     probe = world_for("b")
     seed_unlabelled_secret(probe)
@@ -279,7 +283,7 @@ def test_adoption_with_a_wrong_id_is_refused(world_for) -> None:
     assert len(probe.emulator.all_keys()) == 2  # nothing created
 
 
-def test_unknown_old_key_is_rotated_but_never_deleted(world_for) -> None:
+def test_unknown_old_key_is_rotated_but_never_deleted(world_for: WorldFactory) -> None:
     """Without key_id or adopt_key_id the rotation publishes, keeps the old key and says so."""
     world = world_for("c")
     legacy_id, _ = seed_unlabelled_secret(world)
@@ -293,7 +297,9 @@ def test_unknown_old_key_is_rotated_but_never_deleted(world_for) -> None:
 
 
 @pytest.mark.parametrize("command", [Command(), EMERGENCY])
-def test_key_deleted_outside_rotates_as_first_run_and_flags_it(world_for, command) -> None:  # type: ignore[no-untyped-def]
+def test_key_deleted_outside_rotates_as_first_run_and_flags_it(
+    world_for: WorldFactory, command: Command
+) -> None:
     """The served key vanished at the provider: rotate anyway (even in emergency), flagged."""
     world = world_for("c")
     old_id, _ = world.seed_old_key()
@@ -305,7 +311,7 @@ def test_key_deleted_outside_rotates_as_first_run_and_flags_it(world_for, comman
     assert_clean_end(world, None)
 
 
-def test_disable_before_delete_disables_then_deletes(world_for) -> None:
+def test_disable_before_delete_disables_then_deletes(world_for: WorldFactory) -> None:
     """With disable_before_delete the old key is disabled first, then deleted after the wait."""
     world = world_for("c", disable_before_delete_s=300.0)
     old_id, _ = world.seed_old_key()
@@ -323,7 +329,7 @@ def test_disable_before_delete_disables_then_deletes(world_for) -> None:
     assert_clean_end(world, old_id)
 
 
-def test_abort_while_the_old_key_is_disabled_reenables_it(world_for) -> None:
+def test_abort_while_the_old_key_is_disabled_reenables_it(world_for: WorldFactory) -> None:
     """An abort during disable_before_delete re-enables the old key before going back to it."""
     world = world_for("c", disable_before_delete_s=3600.0)
     old_id, _ = world.seed_old_key()
@@ -348,7 +354,7 @@ def test_abort_while_the_old_key_is_disabled_reenables_it(world_for) -> None:
     assert consumer.statuses[-1] == 200
 
 
-def test_stalled_key_blocks_neither_others_nor_its_next_rotation(world_for) -> None:
+def test_stalled_key_blocks_neither_others_nor_its_next_rotation(world_for: WorldFactory) -> None:
     """One stalled key: another key rotates meanwhile; after finish it rotates again itself."""
     stuck = world_for("c")
     old_id, _ = stuck.seed_old_key()
@@ -374,7 +380,9 @@ def test_stalled_key_blocks_neither_others_nor_its_next_rotation(world_for) -> N
     assert old_id in stuck.live_ids()  # kept by the operator's finish --keep-old
 
 
-def test_abort_after_a_crash_right_after_publishing_restores_the_old_key(world_for) -> None:
+def test_abort_after_a_crash_right_after_publishing_restores_the_old_key(
+    world_for: WorldFactory,
+) -> None:
     """Published but not yet recorded (crash): abort must not delete the served key blindly."""
     world = world_for("c")
     old_id, old_value = world.seed_old_key()
@@ -391,7 +399,9 @@ def test_abort_after_a_crash_right_after_publishing_restores_the_old_key(world_f
     assert consumer.unauthorized == 0
 
 
-def test_abort_after_a_crash_right_after_deleting_the_old_key_is_refused(world_for) -> None:
+def test_abort_after_a_crash_right_after_deleting_the_old_key_is_refused(
+    world_for: WorldFactory,
+) -> None:
     """The old key's delete happened but was not recorded: abort finds out and refuses."""
     world = world_for("c")
     old_id, _ = world.seed_old_key()
@@ -406,7 +416,7 @@ def test_abort_after_a_crash_right_after_deleting_the_old_key_is_refused(world_f
     assert_clean_end(world, old_id)
 
 
-def test_crash_right_after_disabling_still_reenables_on_abort(world_for) -> None:
+def test_crash_right_after_disabling_still_reenables_on_abort(world_for: WorldFactory) -> None:
     """Disabled, then a crash before anything else: an abort re-enables the old key first."""
     world = world_for("c", disable_before_delete_s=600.0)
     old_id, _ = world.seed_old_key()
@@ -423,7 +433,7 @@ def test_crash_right_after_disabling_still_reenables_on_abort(world_for) -> None
     assert consumer.statuses[-1] == 200
 
 
-def test_one_engine_cannot_run_two_passes_on_a_key_at_once(world_for) -> None:
+def test_one_engine_cannot_run_two_passes_on_a_key_at_once(world_for: WorldFactory) -> None:
     """A live lease is not re-entered even by its own holder (a tick and an API call)."""
     world = world_for("c")
     world.seed_old_key()
@@ -438,7 +448,7 @@ def test_one_engine_cannot_run_two_passes_on_a_key_at_once(world_for) -> None:
     assert engine.advance(world.policy, start=True).rotation_id is not None
 
 
-def test_abort_stalled_on_a_changed_secret_can_be_resumed(world_for) -> None:
+def test_abort_stalled_on_a_changed_secret_can_be_resumed(world_for: WorldFactory) -> None:
     """The secret is edited, abort stalls on it; resume accepts it as it still serves the key."""
     world = world_for("c")
     old_id, _ = world.seed_old_key()
@@ -455,7 +465,7 @@ def test_abort_stalled_on_a_changed_secret_can_be_resumed(world_for) -> None:
     assert world.live_ids() == {old_id}
 
 
-def test_a_404_for_a_key_still_listed_stalls_the_sweep(world_for) -> None:
+def test_a_404_for_a_key_still_listed_stalls_the_sweep(world_for: WorldFactory) -> None:
     """The provider says 404 yet lists the key: the sweep stalls instead of looping forever."""
     world = world_for("c")
     world.seed_old_key()
@@ -467,14 +477,14 @@ def test_a_404_for_a_key_still_listed_stalls_the_sweep(world_for) -> None:
     assert progress.stalled.reason == reasons.DELETE_UNCONFIRMED
 
 
-def test_a_key_removed_from_the_policies_can_still_be_addressed(world_for) -> None:
+def test_a_key_removed_from_the_policies_can_still_be_addressed(world_for: WorldFactory) -> None:
     """A rotation in flight of a key no longer in the config is found by its stored policy."""
     world = world_for("c")
     world.seed_old_key()
     drive(world.engine(), world.policy, wait=False)
     environment = EnvironmentPolicy(
         environment=world.policy.env,
-        source=world.policy.secret_path,
+        source=Path(world.policy.secret_path),
         provider=world.policy.provider,
         vault=world.policy.vault,
         require_spending_limit=False,

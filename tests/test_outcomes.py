@@ -10,6 +10,7 @@ from structlog.testing import capture_logs
 
 from vault_rotator.engine import reasons
 from vault_rotator.engine.outcomes import OUTCOMES, LogLevel, classify
+from vault_rotator.engine.reasons import OutcomeName
 from vault_rotator.engine.state import Outcome, StateRecord
 from vault_rotator.logs import canonical_rotation_line
 
@@ -46,7 +47,7 @@ def test_an_unknown_outcome_is_a_failure() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(TABLE))
-def test_the_record_and_the_canonical_line_follow_the_table(name: str) -> None:
+def test_the_record_and_the_canonical_line_follow_the_table(name: OutcomeName) -> None:
     """last_success_at moves only where the table says; the line's level is the table's."""
     outcome = Outcome("r1", name, 500.0, "cli", "me", "old", "new")
     record = StateRecord.new("prod", "app").finished(outcome, current_key_id="new")

@@ -111,7 +111,7 @@ ODD_STRINGS = [
     "a" * 300,
 ]
 
-texts = st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=30) | st.sampled_from(
+texts = st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=30) | st.sampled_from(
     ODD_STRINGS
 )
 numbers = (
@@ -245,8 +245,10 @@ def budget(share: float) -> settings:
     No example may take 10 s (a hang fails the test); ``tmp_path`` and ``capsys`` are shared
     by a test's examples, which overwrite the file and read the output each time.
     """
+    default = settings.default
+    assert default is not None  # conftest loads a profile
     return settings(
-        max_examples=max(10, round(settings.default.max_examples * share)),
+        max_examples=max(10, round(default.max_examples * share)),
         deadline=timedelta(seconds=10),
         suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     )

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import hvac
 import hvac.exceptions
@@ -478,7 +479,10 @@ def test_token_review_server_answers_like_an_api_server(k8s: K8s, tmp_path: Path
     jwt = k8s.server.issue("apps", "vault-rotator", uid="uid-1")
 
     def review(token: str, bearer: str) -> requests.Response:
-        body = {"kind": "TokenReview", "spec": {"token": token, "audiences": ["vault"]}}
+        body: dict[str, Any] = {
+            "kind": "TokenReview",
+            "spec": {"token": token, "audiences": ["vault"]},
+        }
         headers = {"Authorization": f"Bearer {bearer}"}
         return requests.post(url, json=body, headers=headers, verify=str(ca), timeout=5)
 

@@ -303,7 +303,7 @@ def test_freeze_and_unfreeze_run_on_the_rotator_policy_alone(
         assert deployment.cli(verb, target) == 0, capsys.readouterr().err
     frozen_p = freeze.frozen(deployment.kv("secret"), deployment.keys["backend"].prefix)
     frozen_s = freeze.frozen(deployment.kv(web.mount), web.prefix)
-    assert (frozen_p.envs, frozen_s.keys) == (frozenset(), {web.ref})
+    assert (frozen_p.envs, frozen_s.keys) == (frozenset(), frozenset({web.ref}))
     assert deployment.cli("unfreeze", web.ref) == 0
 
 

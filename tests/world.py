@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypedDict, Unpack
 
 from vault_rotator.emulator import Emulator
+from vault_rotator.emulator.clock import Clock
 from vault_rotator.engine import reasons
 from vault_rotator.engine.engine import Engine, FaultHook
 from vault_rotator.engine.session import StateStore
@@ -23,6 +25,41 @@ from vault_rotator.testing.vault_server import VaultServer
 
 MANAGEMENT_KEY = "lr_mgmt_test_0123456789abcdef"
 LEASE_TTL = 30.0
+
+
+class EmulatorOptions(TypedDict, total=False):
+    """The keyword arguments of :class:`Emulator` (the ``make_emulator`` fixture's options)."""
+
+    dialect: str
+    management_keys: Iterable[str]
+    paging: str
+    host: str
+    port: int
+    clock: Clock | None
+    clock_offset: float
+    last_used_granularity: float
+    usage_lag: float
+    persist_path: str | os.PathLike[str] | None
+    allow_live_management: bool
+    seed: int
+
+
+class EmulatorFactory(Protocol):
+    """The ``make_emulator`` fixture: start an emulator (stopped after the test)."""
+
+    def __call__(self, **options: Unpack[EmulatorOptions]) -> Emulator: ...
+
+
+class WorldFactory(Protocol):
+    """The ``world_for`` fixture: a World for a dialect, emulator and policy options."""
+
+    def __call__(
+        self,
+        dialect: str = ...,
+        emulator_options: EmulatorOptions | None = ...,
+        emulator: Emulator | None = ...,
+        **policy: Any,
+    ) -> World: ...
 
 
 class Crash(BaseException):
