@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Protocol, Unpack
 
 import pytest
 import structlog
-from world import MANAGEMENT_KEY, EmulatorFactory
+from world import MANAGEMENT_KEY, ClientOptions, EmulatorFactory, as_dialect
 
 from vault_rotator.emulator import Emulator
 from vault_rotator.errors import (
@@ -21,11 +22,21 @@ from vault_rotator.errors import (
     ProviderRetryableError,
     RateLimitedError,
 )
-from vault_rotator.ports.provider import Dialect, KeySpec
+from vault_rotator.ports.provider import Dialect, KeyRecord, KeySpec
 from vault_rotator.provider.arouter import ARouterClient, InferenceClient
 from vault_rotator.secret import Secret
 
-ClientFactory = Callable[..., ARouterClient]
+
+class ClientFactory(Protocol):
+    """The ``connect`` fixture: an auto-detecting (or given ``dialect``) client on an emulator."""
+
+    def __call__(
+        self,
+        server: Emulator,
+        key: str = ...,
+        dialect: str = ...,
+        **options: Unpack[ClientOptions],
+    ) -> ARouterClient: ...
 
 
 @pytest.fixture
@@ -45,10 +56,15 @@ def connect(sleeps: list[float]) -> Iterator[ClientFactory]:
     """Open auto-detecting clients on an emulator; all are closed after the test."""
     clients: list[ARouterClient] = []
 
-    def factory(server: Emulator, key: str = MANAGEMENT_KEY, **options: object) -> ARouterClient:
+    def factory(
+        server: Emulator,
+        key: str = MANAGEMENT_KEY,
+        dialect: str = "auto",
+        **options: Unpack[ClientOptions],
+    ) -> ARouterClient:
         options.setdefault("sleep", sleeps.append)
         options.setdefault("rng", lambda: 0.0)
-        client = ARouterClient(server.base_url, Secret(key), **options)  # type: ignore[arg-type]
+        client = ARouterClient(server.base_url, Secret(key), as_dialect(dialect), **options)
         clients.append(client)
         return client
 
@@ -57,8 +73,8 @@ def connect(sleeps: list[float]) -> Iterator[ClientFactory]:
         client.close()
 
 
-def names(records: object) -> set[str]:
-    return {record.name for record in records}  # type: ignore[attr-defined]
+def names(records: Iterable[KeyRecord]) -> set[str]:
+    return {record.name for record in records}
 
 
 def test_detects_dialect_from_listed_keys(

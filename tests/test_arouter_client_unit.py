@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import json
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Protocol, TypedDict, Unpack
 
 import httpx
 import pytest
 import structlog
+from world import ClientOptions, as_dialect
 
 from vault_rotator.errors import (
     AmbiguousCreateError,
@@ -39,13 +42,32 @@ NOW = 1_700_000_000.0
 Item = Callable[[httpx.Request], httpx.Response]
 
 
-def reply(status: int = 200, payload: object = None, **kwargs: object) -> Item:
+class ReplyOptions(TypedDict, total=False):
+    """What a test sets of a fake answer besides its status and JSON payload."""
+
+    content: bytes
+    headers: dict[str, str]
+
+
+class ResponseOptions(ReplyOptions, total=False):
+    """The keyword arguments of ``httpx.Response`` that the tests use."""
+
+    json: object
+
+
+class MakeClient(Protocol):
+    """The ``make`` fixture: a client on the fake server (``dialect`` as in a policy file)."""
+
+    def __call__(self, dialect: str = ..., **options: Unpack[ClientOptions]) -> ARouterClient: ...
+
+
+def reply(status: int = 200, payload: object = None, **kwargs: Unpack[ReplyOptions]) -> Item:
     """A response factory (httpx mutates responses, so each request gets a fresh one)."""
 
     def build(request: httpx.Request) -> httpx.Response:
         if payload is not None:
-            return httpx.Response(status, json=payload, **kwargs)  # type: ignore[arg-type]
-        return httpx.Response(status, **kwargs)  # type: ignore[arg-type]
+            return httpx.Response(status, json=payload, **kwargs)
+        return httpx.Response(status, **kwargs)
 
     return build
 
@@ -143,21 +165,16 @@ def sleeps() -> list[float]:
 
 
 @pytest.fixture
-def make(server: FakeServer, sleeps: list[float]) -> Iterator[Callable[..., ARouterClient]]:
+def make(server: FakeServer, sleeps: list[float]) -> Iterator[MakeClient]:
     """Build clients on the fake server with injected sleep/rng/clock; all closed afterwards."""
     clients: list[ARouterClient] = []
 
-    def factory(dialect: str = "auto", **options: object) -> ARouterClient:
+    def factory(dialect: str = "auto", **options: Unpack[ClientOptions]) -> ARouterClient:
         options.setdefault("sleep", sleeps.append)
         options.setdefault("rng", lambda: 1.0)
         options.setdefault("clock", lambda: NOW)
-        client = ARouterClient(
-            BASE,
-            MGMT,
-            dialect,  # type: ignore[arg-type]
-            transport=httpx.MockTransport(server),
-            **options,  # type: ignore[arg-type]
-        )
+        options.setdefault("transport", httpx.MockTransport(server))
+        client = ARouterClient(BASE, MGMT, as_dialect(dialect), **options)
         clients.append(client)
         return client
 
@@ -169,15 +186,30 @@ def make(server: FakeServer, sleeps: list[float]) -> Iterator[Callable[..., ARou
 # -- detection -----------------------------------------------------------------------------
 
 
-def test_implements_the_port(make: Callable[..., ARouterClient]) -> None:
+def _port_members() -> dict[str, object]:
+    """KeyProvider's own members (properties and methods), by name."""
+    return {n: m for n, m in vars(KeyProvider).items() if not n.startswith("_")}
+
+
+def test_implements_the_port(make: MakeClient) -> None:
     """ARouterClient structurally satisfies the KeyProvider port."""
-    client: KeyProvider = make("a")
-    assert client.dialect is Dialect.A
+    client = make("a")
+    provider: KeyProvider = client  # the static half: mypy (make lint) checks every member
+    members = _port_members()
+    assert set(members) >= {"dialect", "list_keys", "create_key", "delete_key", "verify_key"}
+    for name, member in members.items():  # the run-time half: same kinds, same parameters
+        implemented = inspect.getattr_static(ARouterClient, name)
+        if isinstance(member, property):
+            assert isinstance(implemented, property), name
+        else:
+            assert callable(member), name
+            assert callable(implemented), name
+            parameters = inspect.signature(implemented).parameters
+            assert list(parameters) == list(inspect.signature(member).parameters), name
+    assert provider.dialect is Dialect.A
 
 
-def test_detects_dialect_a_from_records(
-    server: FakeServer, make: Callable[..., ARouterClient]
-) -> None:
+def test_detects_dialect_a_from_records(server: FakeServer, make: MakeClient) -> None:
     """Numeric usage and `limit` on /api/v1/keys mean dialect A."""
     server.on("GET", "/api/v1/keys", reply(payload={"data": [rec_a(1)]}))
     client = make()
@@ -186,9 +218,7 @@ def test_detects_dialect_a_from_records(
     assert client.detected_dialect is Dialect.A
 
 
-def test_detects_dialect_b_from_records(
-    server: FakeServer, make: Callable[..., ARouterClient]
-) -> None:
+def test_detects_dialect_b_from_records(server: FakeServer, make: MakeClient) -> None:
     """A usage object, `limit_usd` and `last_used_at` mean dialect B."""
     server.on("GET", "/api/v1/keys", reply(payload={"data": [rec_b(1)]}))
     client = make()
@@ -196,9 +226,7 @@ def test_detects_dialect_b_from_records(
     assert client.detected_dialect is Dialect.B
 
 
-def test_detects_dialect_c_from_path(
-    server: FakeServer, make: Callable[..., ARouterClient]
-) -> None:
+def test_detects_dialect_c_from_path(server: FakeServer, make: MakeClient) -> None:
     """A 404 on /api/v1/keys and an answer on /v1/keys mean dialect C."""
     server.on("GET", "/v1/keys", reply(payload={"data": []}))
     client = make()
@@ -206,9 +234,7 @@ def test_detects_dialect_c_from_path(
     assert [r.url.path for r in server.requests] == ["/api/v1/keys", "/v1/keys"]
 
 
-def test_empty_account_stays_ambiguous_until_create(
-    server: FakeServer, make: Callable[..., ARouterClient]
-) -> None:
+def test_empty_account_stays_ambiguous_until_create(server: FakeServer, make: MakeClient) -> None:
     """With no keys A/B stays open (cap sent under both names) until a flat create answer says B."""
     server.on("GET", "/api/v1/keys", reply(payload={"data": []}))
     server.on("POST", "/api/v1/keys", reply(201, {"key": VALUE_TEXT, "hash": "b1", "name": "n"}))
@@ -225,7 +251,7 @@ def test_empty_account_stays_ambiguous_until_create(
 
 @pytest.mark.parametrize(("accepted", "requests"), [("limit", 2), ("limit_usd", 3)])
 def test_strict_server_gets_its_cap_field(
-    server: FakeServer, make: Callable[..., ARouterClient], accepted: str, requests: int
+    server: FakeServer, make: MakeClient, accepted: str, requests: int
 ) -> None:
     """While A/B is open, a server that 400s unknown fields still gets the cap under its name."""
 
@@ -245,9 +271,7 @@ def test_strict_server_gets_its_cap_field(
     assert created.record.spending_limit == 2.0
 
 
-def test_bad_create_fails_after_every_cap_variant(
-    server: FakeServer, make: Callable[..., ARouterClient]
-) -> None:
+def test_bad_create_fails_after_every_cap_variant(server: FakeServer, make: MakeClient) -> None:
     """A 400 for another reason is raised after the three cap variants, nothing else retried."""
     server.on("GET", "/api/v1/keys", reply(payload={"data": []}))
     server.on("POST", "/api/v1/keys", reply(400, {"error": {"message": "name taken"}}))
@@ -256,9 +280,7 @@ def test_bad_create_fails_after_every_cap_variant(
     assert server.count("POST", "/api/v1/keys") == 3
 
 
-def test_nested_create_answer_detects_a(
-    server: FakeServer, make: Callable[..., ARouterClient]
-) -> None:
+def test_nested_create_answer_detects_a(server: FakeServer, make: MakeClient) -> None:
     """A create answer with nested `data` settles an open A/B question as A."""
     server.on("GET", "/api/v1/keys", reply(payload={"data": []}))
     server.on("POST", "/api/v1/keys", reply(201, {"data": rec_a(9, name="n"), "key": VALUE_TEXT}))
@@ -269,7 +291,7 @@ def test_nested_create_answer_detects_a(
     assert created.value.reveal() == VALUE_TEXT
 
 
-def test_no_key_api_anywhere(server: FakeServer, make: Callable[..., ARouterClient]) -> None:
+def test_no_key_api_anywhere(server: FakeServer, make: MakeClient) -> None:
     """Both collection paths answering 404 is a clear permanent error, not KeyNotFoundError."""
     with pytest.raises(ProviderPermanentError, match="no ARouter key-management API") as info:
         make().list_keys()
@@ -281,7 +303,7 @@ def _dialect_warnings(logs: Sequence[Mapping[str, object]]) -> list[Mapping[str,
 
 
 def test_wrong_saved_hint_parses_and_is_corrected_by_the_create_answer(
-    server: FakeServer, make: Callable[..., ARouterClient]
+    server: FakeServer, make: MakeClient
 ) -> None:
     """A saved "a" on a B account lists fine, creates with B's cap after a 400, then knows B."""
 
@@ -311,7 +333,7 @@ def test_wrong_saved_hint_parses_and_is_corrected_by_the_create_answer(
 
 
 def test_clear_majority_of_records_overturns_a_known_dialect(
-    server: FakeServer, make: Callable[..., ARouterClient]
+    server: FakeServer, make: MakeClient
 ) -> None:
     """Two or more records voting B, and more than vote A, switch a hinted A to B (one warning)."""
     server.on("GET", "/api/v1/keys", reply(payload={"data": [rec_b(1), rec_b(2), rec_a(3)]}))
@@ -325,7 +347,7 @@ def test_clear_majority_of_records_overturns_a_known_dialect(
 
 @pytest.mark.parametrize(("odd", "cost"), [(rec_a(7), 1.5), (rec_a(7, usage=3, limit=None), 3.0)])
 def test_one_foreign_record_neither_flips_nor_breaks_an_account(
-    server: FakeServer, make: Callable[..., ARouterClient], odd: dict[str, object], cost: float
+    server: FakeServer, make: MakeClient, odd: dict[str, object], cost: float
 ) -> None:
     """A known B account with one A-shaped key someone else made stays B and lists every key."""
     server.on("GET", "/api/v1/keys", reply(payload={"data": [rec_b(1)]}))
@@ -350,7 +372,7 @@ def test_one_foreign_record_neither_flips_nor_breaks_an_account(
 )
 def test_saved_collection_answering_404_is_probed_again(
     server: FakeServer,
-    make: Callable[..., ARouterClient],
+    make: MakeClient,
     hint: Dialect,
     gone: str,
     answers: str,
@@ -367,9 +389,7 @@ def test_saved_collection_answering_404_is_probed_again(
     assert len(_dialect_warnings(logs)) == 1
 
 
-def test_configured_dialect_is_never_probed_again(
-    server: FakeServer, make: Callable[..., ARouterClient]
-) -> None:
+def test_configured_dialect_is_never_probed_again(server: FakeServer, make: MakeClient) -> None:
     """A dialect set in the policy is trusted: a 404 on its path is an error, not a re-probe."""
     server.on("GET", "/v1/keys", reply(payload={"data": [rec_c(1)]}))
     with pytest.raises(ProviderPermanentError, match="no ARouter key-management API"):
@@ -380,7 +400,7 @@ def test_configured_dialect_is_never_probed_again(
 # -- normalisation -------------------------------------------------------------------------
 
 
-def test_normalises_dialect_a(server: FakeServer, make: Callable[..., ARouterClient]) -> None:
+def test_normalises_dialect_a(server: FakeServer, make: MakeClient) -> None:
     """Dialect A: usage number → cost, no tokens, `limit` → cap, no last use, aware UTC times."""
     server.on("GET", "/api/v1/keys", reply(payload={"data": [rec_a(1)]}))
     record = make("a").list_keys()[0]
@@ -394,7 +414,7 @@ def test_normalises_dialect_a(server: FakeServer, make: Callable[..., ARouterCli
     assert record.created_at == datetime(2025, 1, 1, tzinfo=UTC)
 
 
-def test_normalises_dialect_b(server: FakeServer, make: Callable[..., ARouterClient]) -> None:
+def test_normalises_dialect_b(server: FakeServer, make: MakeClient) -> None:
     """Dialect B: usage object → cost and prompt+completion tokens, `limit_usd` → cap."""
     server.on("GET", "/api/v1/keys", reply(payload={"data": [rec_b(1)]}))
     record = make("b").list_keys()[0]
@@ -405,7 +425,7 @@ def test_normalises_dialect_b(server: FakeServer, make: Callable[..., ARouterCli
     assert record.allowed_models == ("openai/gpt-4o",)
 
 
-def test_normalises_dialect_c(server: FakeServer, make: Callable[..., ARouterClient]) -> None:
+def test_normalises_dialect_c(server: FakeServer, make: MakeClient) -> None:
     """Dialect C: `id`, `spending_limit`, no usage; a naive timestamp is read as UTC."""
     server.on("GET", "/v1/keys", reply(payload={"data": [rec_c(1)]}))
     record = make("c").list_keys()[0]
@@ -418,7 +438,7 @@ def test_normalises_dialect_c(server: FakeServer, make: Callable[..., ARouterCli
 # -- paging --------------------------------------------------------------------------------
 
 
-def test_follows_page_tokens(server: FakeServer, make: Callable[..., ARouterClient]) -> None:
+def test_follows_page_tokens(server: FakeServer, make: MakeClient) -> None:
     """Tokens are followed to the end; page_size and include_disabled go with every request."""
     server.on(
         "GET",
@@ -434,9 +454,7 @@ def test_follows_page_tokens(server: FakeServer, make: Callable[..., ARouterClie
     assert all(p["include_disabled"] == "true" and p["page_size"] == "3" for p in params)
 
 
-def test_offset_paging_dedupes_shifted_pages(
-    server: FakeServer, make: Callable[..., ARouterClient]
-) -> None:
+def test_offset_paging_dedupes_shifted_pages(server: FakeServer, make: MakeClient) -> None:
     """Offset paging continues while pages are full; a key shifted by a create counts once."""
     server.on(
         "GET",
@@ -450,7 +468,7 @@ def test_offset_paging_dedupes_shifted_pages(
     assert [r.url.params.get("offset") for r in server.requests] == [None, "2", "4"]
 
 
-def test_repeated_token_is_refused(server: FakeServer, make: Callable[..., ARouterClient]) -> None:
+def test_repeated_token_is_refused(server: FakeServer, make: MakeClient) -> None:
     """A server that hands back the same token forever is an error, not an endless loop."""
     page = {"data": [rec_a(1)], "next_page_token": "same"}
     server.on("GET", "/api/v1/keys", reply(payload=page))
@@ -459,16 +477,14 @@ def test_repeated_token_is_refused(server: FakeServer, make: Callable[..., ARout
     assert len(server.requests) == 2
 
 
-def test_offset_ignored_is_refused(server: FakeServer, make: Callable[..., ARouterClient]) -> None:
+def test_offset_ignored_is_refused(server: FakeServer, make: MakeClient) -> None:
     """A full offset page with no new key (the server ignores offset) is an error."""
     server.on("GET", "/api/v1/keys", reply(payload={"data": [rec_a(0), rec_a(1)]}))
     with pytest.raises(ProviderResponseError, match="offset"):
         make("a", page_size=2).list_keys()
 
 
-def test_endless_server_hits_page_cap(
-    server: FakeServer, make: Callable[..., ARouterClient]
-) -> None:
+def test_endless_server_hits_page_cap(server: FakeServer, make: MakeClient) -> None:
     """A server that keeps inventing full pages is cut off at 10,000/page_size + 10 pages."""
     counter = itertools.count()
 
@@ -501,7 +517,7 @@ def test_endless_server_hits_page_cap(
     ],
 )
 def test_a_bad_field_leaves_the_record_incomplete_naming_it(
-    server: FakeServer, make: Callable[..., ARouterClient], record: object, needle: str
+    server: FakeServer, make: MakeClient, record: object, needle: str
 ) -> None:
     """A bad field never fails the listing: the record is listed by id alone, the field named."""
     server.on("GET", "/api/v1/keys", reply(payload={"data": [rec_a(0), record]}))
@@ -525,7 +541,7 @@ def test_a_bad_field_leaves_the_record_incomplete_naming_it(
     ],
 )
 def test_an_item_without_a_usable_id_is_skipped(
-    server: FakeServer, make: Callable[..., ARouterClient], record: object, needle: str
+    server: FakeServer, make: MakeClient, record: object, needle: str
 ) -> None:
     """An item that cannot be addressed is left out with a warning; the other keys are listed."""
     server.on("GET", "/api/v1/keys", reply(payload={"data": [rec_a(0), record]}))
@@ -536,9 +552,7 @@ def test_an_item_without_a_usable_id_is_skipped(
     assert needle in warned[0]["problem"]
 
 
-def test_a_listing_mostly_without_ids_is_garbage(
-    server: FakeServer, make: Callable[..., ARouterClient]
-) -> None:
+def test_a_listing_mostly_without_ids_is_garbage(server: FakeServer, make: MakeClient) -> None:
     """Items without a usable id outnumbering the keys fail the listing: nothing is concluded."""
     junk = [rec_a(1, hash=None, id=None), "x"]
     server.on("GET", "/api/v1/keys", reply(payload={"data": [rec_a(0), *junk]}))
@@ -546,9 +560,7 @@ def test_a_listing_mostly_without_ids_is_garbage(
         make("a").list_keys()
 
 
-def test_a_name_is_data_kept_exact_and_shown_escaped(
-    server: FakeServer, make: Callable[..., ARouterClient]
-) -> None:
+def test_a_name_is_data_kept_exact_and_shown_escaped(server: FakeServer, make: MakeClient) -> None:
     """A name with a newline or a bidi override is kept as listed and displayed escaped."""
     name = "evil\nINFO forged \u202e"
     server.on("GET", "/api/v1/keys", reply(payload={"data": [rec_a(1, name=name)]}))
@@ -558,7 +570,7 @@ def test_a_name_is_data_kept_exact_and_shown_escaped(
     assert key.display_name == "evil\\nINFO forged \\u202e"
 
 
-def test_b_usage_tokens_checked(server: FakeServer, make: Callable[..., ARouterClient]) -> None:
+def test_b_usage_tokens_checked(server: FakeServer, make: MakeClient) -> None:
     """Nested usage fields are validated too (a negative token count leaves the record odd)."""
     bad = rec_b(1, usage={"prompt_tokens": -1, "completion_tokens": 2, "cost": 0})
     server.on("GET", "/api/v1/keys", reply(payload={"data": [bad]}))
@@ -580,16 +592,16 @@ def test_b_usage_tokens_checked(server: FakeServer, make: Callable[..., ARouterC
     ],
 )
 def test_garbage_answers(
-    server: FakeServer, make: Callable[..., ARouterClient], kwargs: dict[str, object], needle: str
+    server: FakeServer, make: MakeClient, kwargs: ResponseOptions, needle: str
 ) -> None:
     """Non-JSON, HTML, deeply nested or mistyped envelopes are ProviderResponseErrors."""
-    server.on("GET", "/api/v1/keys", lambda r: httpx.Response(200, **kwargs))  # type: ignore[arg-type]
+    server.on("GET", "/api/v1/keys", lambda r: httpx.Response(200, **kwargs))
     with pytest.raises(ProviderResponseError, match=needle):
         make("a").list_keys()
     assert len(server.requests) == 1  # garbage is not retried
 
 
-def test_oversized_body_is_cut(server: FakeServer, make: Callable[..., ARouterClient]) -> None:
+def test_oversized_body_is_cut(server: FakeServer, make: MakeClient) -> None:
     """A body past max_response_bytes, streamed without Content-Length, is refused unread."""
     chunks = (b" " * 1024 for _ in range(10_000))  # 10 MB if read to the end
     server.on("GET", "/api/v1/keys", lambda r: httpx.Response(200, content=chunks))
@@ -598,16 +610,14 @@ def test_oversized_body_is_cut(server: FakeServer, make: Callable[..., ARouterCl
     assert next(chunks, None) is not None  # the rest was never read
 
 
-def test_declared_length_over_cap(server: FakeServer, make: Callable[..., ARouterClient]) -> None:
+def test_declared_length_over_cap(server: FakeServer, make: MakeClient) -> None:
     """A Content-Length over the cap is refused without reading the body."""
     server.on("GET", "/api/v1/keys", reply(payload={"data": [rec_a(i) for i in range(50)]}))
     with pytest.raises(ProviderResponseError, match="larger than"):
         make("a", max_response_bytes=100).list_keys()
 
 
-def test_slow_body_hits_attempt_deadline(
-    server: FakeServer, make: Callable[..., ARouterClient]
-) -> None:
+def test_slow_body_hits_attempt_deadline(server: FakeServer, make: MakeClient) -> None:
     """A body still trickling in 3 x timeout after the start is abandoned as a retryable error."""
     ticks = itertools.count(step=5.0)
     server.on("GET", "/api/v1/keys", lambda r: httpx.Response(200, content=iter([b"{"] * 10)))
@@ -635,7 +645,7 @@ def test_slow_body_hits_attempt_deadline(
     ],
 )
 def test_status_mapping(
-    server: FakeServer, make: Callable[..., ARouterClient], status: int, kind: type[Exception]
+    server: FakeServer, make: MakeClient, status: int, kind: type[Exception]
 ) -> None:
     """Each status maps to its error class, with method, path, status and server message."""
     body = {"error": {"message": f"echo {MGMT_TEXT} went wrong", "type": "some_type"}}
@@ -650,9 +660,7 @@ def test_status_mapping(
     assert info.value.status == status
 
 
-def test_server_message_is_one_printable_line(
-    server: FakeServer, make: Callable[..., ARouterClient]
-) -> None:
+def test_server_message_is_one_printable_line(server: FakeServer, make: MakeClient) -> None:
     """Control and bidi characters in a server's error message are escaped, never passed on."""
     message = "no\u0007 such\r\nkey \u202e(Authorization: Bearer lr_live_echoed_0123456789)"
     server.on("GET", "/api/v1/keys", reply(403, {"error": {"message": message}}))
@@ -665,7 +673,7 @@ def test_server_message_is_one_printable_line(
     assert "lr_live_echoed" not in text
 
 
-def test_flat_error_body(server: FakeServer, make: Callable[..., ARouterClient]) -> None:
+def test_flat_error_body(server: FakeServer, make: MakeClient) -> None:
     """A flat {code, message} error body is read too, and long messages are truncated."""
     server.on("DELETE", "/v1/keys/key_1", reply(400, {"code": "bad", "message": "m" * 500}))
     with pytest.raises(ProviderPermanentError, match="HTTP 400 bad: mmm") as info:
@@ -673,9 +681,7 @@ def test_flat_error_body(server: FakeServer, make: Callable[..., ARouterClient])
     assert len(str(info.value)) <= 200
 
 
-def test_retry_after_is_honoured(
-    server: FakeServer, make: Callable[..., ARouterClient], sleeps: list[float]
-) -> None:
+def test_retry_after_is_honoured(server: FakeServer, make: MakeClient, sleeps: list[float]) -> None:
     """A 429 with Retry-After: 2 makes the client sleep exactly 2 s, then succeed."""
     server.on(
         "GET",
@@ -692,7 +698,7 @@ def test_retry_after_is_honoured(
 
 
 def test_ratelimit_reset_is_honoured(
-    server: FakeServer, make: Callable[..., ARouterClient], sleeps: list[float]
+    server: FakeServer, make: MakeClient, sleeps: list[float]
 ) -> None:
     """A 503 with X-RateLimit-Reset three seconds after the injected clock waits 3 s."""
     server.on(
@@ -706,7 +712,7 @@ def test_ratelimit_reset_is_honoured(
 
 
 def test_long_retry_after_gives_up_at_once(
-    server: FakeServer, make: Callable[..., ARouterClient], sleeps: list[float]
+    server: FakeServer, make: MakeClient, sleeps: list[float]
 ) -> None:
     """A server asking for more than backoff_max is not waited for: RateLimitedError at once."""
     server.on("GET", "/api/v1/keys", reply(429, headers={"Retry-After": "600"}))
@@ -718,7 +724,7 @@ def test_long_retry_after_gives_up_at_once(
 
 
 def test_gives_up_after_max_attempts(
-    server: FakeServer, make: Callable[..., ARouterClient], sleeps: list[float]
+    server: FakeServer, make: MakeClient, sleeps: list[float]
 ) -> None:
     """Four 503s: three jittered waits (0.5, 1, 2 with rng=1), then 'gave up after 4 attempts'."""
     server.on("GET", "/api/v1/keys", reply(503, {"error": {"message": "down"}}))
@@ -729,9 +735,7 @@ def test_gives_up_after_max_attempts(
     assert len(server.requests) == 4
 
 
-def test_backoff_is_capped(
-    server: FakeServer, make: Callable[..., ARouterClient], sleeps: list[float]
-) -> None:
+def test_backoff_is_capped(server: FakeServer, make: MakeClient, sleeps: list[float]) -> None:
     """Exponential waits stop growing at backoff_max."""
     server.on("GET", "/api/v1/keys", fail(httpx.ReadTimeout))
     with pytest.raises(ProviderRetryableError, match="timed out"):
@@ -741,7 +745,7 @@ def test_backoff_is_capped(
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404])
 def test_no_retry_on_client_errors(
-    server: FakeServer, make: Callable[..., ARouterClient], sleeps: list[float], status: int
+    server: FakeServer, make: MakeClient, sleeps: list[float], status: int
 ) -> None:
     """4xx answers are raised after one request and no sleep."""
     server.on("PATCH", "/api/v1/keys/a1", reply(status, {"error": {"message": "no"}}))
@@ -763,7 +767,7 @@ def test_no_retry_on_client_errors(
     ],
 )
 def test_create_body_per_dialect(
-    server: FakeServer, make: Callable[..., ARouterClient], dialect: str, path: str, cap: str
+    server: FakeServer, make: MakeClient, dialect: str, path: str, cap: str
 ) -> None:
     """Create sends the dialect's cap field, ISO-8601 Z expiry, and never `disabled`."""
     server.on(
@@ -788,9 +792,7 @@ def test_create_body_per_dialect(
     assert server.requests[-1].headers["authorization"] == f"Bearer {MGMT_TEXT}"
 
 
-def test_flat_create_answer_filled_from_spec(
-    server: FakeServer, make: Callable[..., ARouterClient]
-) -> None:
+def test_flat_create_answer_filled_from_spec(server: FakeServer, make: MakeClient) -> None:
     """B's flat {key, hash, name} answer gives a record whose missing fields come from the spec."""
     server.on("POST", "/api/v1/keys", reply(200, {"key": VALUE_TEXT, "hash": "h1", "name": "n"}))
     created = make("b").create_key(KeySpec("n", allowed_models=("m",), spending_limit=1.0))
@@ -813,7 +815,7 @@ def test_flat_create_answer_filled_from_spec(
     ],
 )
 def test_create_is_never_retried_once_sent(
-    server: FakeServer, make: Callable[..., ARouterClient], item: Item
+    server: FakeServer, make: MakeClient, item: Item
 ) -> None:
     """A create that may have reached the server is sent once and raises AmbiguousCreateError."""
     server.on("POST", "/api/v1/keys", item)
@@ -825,7 +827,7 @@ def test_create_is_never_retried_once_sent(
 
 @pytest.mark.parametrize("item", [fail(httpx.ConnectError), fail(httpx.ConnectTimeout), reply(429)])
 def test_create_retried_when_never_processed(
-    server: FakeServer, make: Callable[..., ARouterClient], sleeps: list[float], item: Item
+    server: FakeServer, make: MakeClient, sleeps: list[float], item: Item
 ) -> None:
     """A refused connection or a 429 is retried: the server did not create anything."""
     answer = reply(201, {"data": rec_a(1, name="rot-1"), "key": VALUE_TEXT})
@@ -848,7 +850,7 @@ def test_create_retried_when_never_processed(
     ],
 )
 def test_unreadable_create_answer_is_ambiguous(
-    server: FakeServer, make: Callable[..., ARouterClient], payload: object, needle: str
+    server: FakeServer, make: MakeClient, payload: object, needle: str
 ) -> None:
     """A 2xx create answer without a usable value or id is both a response error and ambiguous."""
     server.on("POST", "/api/v1/keys", reply(201, payload))
@@ -859,18 +861,14 @@ def test_unreadable_create_answer_is_ambiguous(
     assert "lr_mgmt_0123456789abc" not in str(info.value)
 
 
-def test_create_non_json_is_ambiguous(
-    server: FakeServer, make: Callable[..., ARouterClient]
-) -> None:
+def test_create_non_json_is_ambiguous(server: FakeServer, make: MakeClient) -> None:
     """A 201 with an HTML body leaves the key probably created: AmbiguousCreateResponseError."""
     server.on("POST", "/v1/keys", lambda r: httpx.Response(201, content=b"<html>"))
     with pytest.raises(AmbiguousCreateResponseError, match="not valid JSON"):
         make("c").create_key(KeySpec("n"))
 
 
-def test_create_rejected_is_permanent(
-    server: FakeServer, make: Callable[..., ARouterClient]
-) -> None:
+def test_create_rejected_is_permanent(server: FakeServer, make: MakeClient) -> None:
     """A 400 on create means nothing was created: a plain permanent error, not ambiguous."""
     server.on("POST", "/api/v1/keys", reply(400, {"error": {"message": "bad name"}}))
     with pytest.raises(ProviderPermanentError, match="bad name") as info:
@@ -881,7 +879,7 @@ def test_create_rejected_is_permanent(
 # -- update, delete, verify ----------------------------------------------------------------
 
 
-def test_update_sends_patch(server: FakeServer, make: Callable[..., ARouterClient]) -> None:
+def test_update_sends_patch(server: FakeServer, make: MakeClient) -> None:
     """update_key PATCHes the item path with only {"disabled": ...}."""
     server.on("PATCH", "/v1/keys/key_7", reply(200, {"id": "key_7"}))
     make("c").update_key("key_7", disabled=True)
@@ -892,22 +890,20 @@ def test_update_sends_patch(server: FakeServer, make: Callable[..., ARouterClien
     ("item", "expected"),
     [(reply(204), True), (reply(200, {"data": {"deleted": True}}), True), (reply(404), False)],
 )
-def test_delete_outcomes(
-    server: FakeServer, make: Callable[..., ARouterClient], item: Item, expected: bool
-) -> None:
+def test_delete_outcomes(server: FakeServer, make: MakeClient, item: Item, expected: bool) -> None:
     """delete_key is True on 200/204 and False on 404 (already gone)."""
     server.on("DELETE", "/api/v1/keys/a1", item)
     assert make("a").delete_key("a1") is expected
 
 
-def test_refuses_non_id(make: Callable[..., ARouterClient], server: FakeServer) -> None:
+def test_refuses_non_id(make: MakeClient, server: FakeServer) -> None:
     """An id that is not id-shaped is refused before any request."""
     with pytest.raises(ProviderPermanentError, match="not an id"):
         make("a").delete_key("../../admin")
     assert server.requests == []
 
 
-def test_verify_key(server: FakeServer, make: Callable[..., ARouterClient]) -> None:
+def test_verify_key(server: FakeServer, make: MakeClient) -> None:
     """verify_key calls /v1/models with the key's own bearer value and accepts a data list."""
     server.on("GET", "/v1/models", reply(200, {"object": "list", "data": [{"id": "m"}]}))
     make("a").verify_key(Secret(VALUE_TEXT))
@@ -923,7 +919,7 @@ def test_verify_key(server: FakeServer, make: Callable[..., ARouterClient]) -> N
     ],
 )
 def test_verify_key_failures(
-    server: FakeServer, make: Callable[..., ARouterClient], item: Item, kind: type[Exception]
+    server: FakeServer, make: MakeClient, item: Item, kind: type[Exception]
 ) -> None:
     """A dead key or a models answer without a data list raises, never showing the value."""
     server.on("GET", "/v1/models", item)
@@ -933,7 +929,7 @@ def test_verify_key_failures(
     assert len(server.requests) == 1
 
 
-def test_worst_case_seconds(make: Callable[..., ARouterClient]) -> None:
+def test_worst_case_seconds(make: MakeClient) -> None:
     """The lease budget is attempts x 4 timeouts plus every capped wait."""
     client = make("a", timeout=2.0, max_attempts=3, backoff_max=5.0)
     assert client.worst_case_seconds() == 3 * 4 * 2.0 + 2 * 5.0
@@ -945,15 +941,13 @@ def test_bad_configuration(server: FakeServer) -> None:
         ARouterClient("ftp://user:hunter2@x", MGMT)
     assert "hunter2" not in str(info.value)
     with pytest.raises(ConfigError, match="dialect"):
-        ARouterClient(BASE, MGMT, "z")  # type: ignore[arg-type]
+        ARouterClient(BASE, MGMT, "z")  # type: ignore[arg-type]  # an unknown dialect on purpose
 
 
 # -- secrecy -------------------------------------------------------------------------------
 
 
-def test_no_secret_in_logs_or_errors(
-    server: FakeServer, make: Callable[..., ARouterClient]
-) -> None:
+def test_no_secret_in_logs_or_errors(server: FakeServer, make: MakeClient) -> None:
     """Debug logs and exception texts of a session hold neither key value nor management key."""
     server.on("GET", "/api/v1/keys", reply(503), reply(payload={"data": [rec_a(1)]}))
     server.on("POST", "/api/v1/keys", reply(201, {"data": rec_a(2), "key": VALUE_TEXT}))
@@ -1029,7 +1023,7 @@ def test_backoff_rejects_nonsense() -> None:
 
 
 def test_a_lenient_server_never_loses_the_cap_under_a_learnt_dialect(
-    server: FakeServer, make: Callable[..., ARouterClient]
+    server: FakeServer, make: MakeClient
 ) -> None:
     """A saved 'a' on a B server that ignores unknown fields: both cap names go first, so the
     server keeps its own and the key is created capped."""
@@ -1048,9 +1042,7 @@ def test_a_lenient_server_never_loses_the_cap_under_a_learnt_dialect(
     assert kept == [7.0]
 
 
-def test_a_hint_the_listing_agrees_with_becomes_known(
-    server: FakeServer, make: Callable[..., ARouterClient]
-) -> None:
+def test_a_hint_the_listing_agrees_with_becomes_known(server: FakeServer, make: MakeClient) -> None:
     """A saved hint is reported as known only once the server's records agree with it."""
     server.on("GET", "/api/v1/keys", reply(payload={"data": []}))
     client = make(hint=Dialect.B)

@@ -6,10 +6,12 @@ import contextlib
 import os
 import threading
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypedDict, Unpack
+from typing import Any, Literal, Protocol, TypedDict, Unpack
+
+import httpx
 
 from vault_rotator.emulator import Emulator
 from vault_rotator.emulator.clock import Clock
@@ -18,6 +20,7 @@ from vault_rotator.engine.engine import Engine, FaultHook
 from vault_rotator.engine.session import StateStore
 from vault_rotator.engine.state import StateRecord
 from vault_rotator.policy import KeyPolicy, ManagementKeyRef, ProviderPolicy, VaultPolicy
+from vault_rotator.ports.provider import Dialect
 from vault_rotator.runtime import Runtime
 from vault_rotator.store.vault import VaultConnection, VaultKv
 from vault_rotator.testing.clock import FakeClock
@@ -25,6 +28,29 @@ from vault_rotator.testing.vault_server import VaultServer
 
 MANAGEMENT_KEY = "lr_mgmt_test_0123456789abcdef"
 LEASE_TTL = 30.0
+
+
+class ClientOptions(TypedDict, total=False):
+    """The keyword-only arguments of :class:`ARouterClient` (for the tests' client factories)."""
+
+    hint: Dialect | None
+    timeout: float
+    max_attempts: int
+    backoff_initial: float
+    backoff_max: float
+    max_response_bytes: int
+    page_size: int
+    sleep: Callable[[float], None]
+    rng: Callable[[], float]
+    clock: Callable[[], float]
+    monotonic: Callable[[], float]
+    transport: httpx.BaseTransport | None
+    on_request: Callable[[str, str, int | str], None]
+
+
+def as_dialect(name: str) -> Dialect | Literal["auto"]:
+    """A dialect named as in the policy files (``a``, ``b``, ``c`` or ``auto``)."""
+    return "auto" if name == "auto" else Dialect(name)
 
 
 class EmulatorOptions(TypedDict, total=False):
