@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import hvac
 import pytest
@@ -66,7 +67,7 @@ class Served:
     control: Control
     config: Path
     envs: tuple[str, str]
-    listener: Listener
+    listener: Listener = field(init=False)  # started by served_daemon, with listen()
     extra: list[Listener] = field(default_factory=list)
 
     @property
@@ -87,7 +88,7 @@ class Served:
         created = admin.auth.token.create(policies=policies, ttl="30m", no_default_policy=False)
         return str(created["auth"]["client_token"])
 
-    def listen(self, **options: float) -> Listener:
+    def listen(self, **options: Unpack[ListenerOptions]) -> Listener:
         """Another listener on the same daemon with other options (stopped with the fixture)."""
         listener = Listener(
             "127.0.0.1",
@@ -95,11 +96,18 @@ class Served:
             control=self.control,
             ready=Ready(lambda: None, lambda: None),
             metrics=lambda: b"# none\n",
-            **options,  # type: ignore[arg-type]
+            **options,
         )
         listener.start()
         self.extra.append(listener)
         return listener
+
+
+class ListenerOptions(TypedDict, total=False):
+    """The limits of a :class:`Listener` that these tests tighten."""
+
+    read_timeout: float
+    max_connections: int
 
 
 def listener_address(listener: Listener) -> tuple[str, int]:
@@ -108,7 +116,9 @@ def listener_address(listener: Listener) -> tuple[str, int]:
 
 
 @contextlib.contextmanager
-def served_daemon(vault: VaultServer, config: Path, **options: float) -> Iterator[Served]:
+def served_daemon(
+    vault: VaultServer, config: Path, **options: Unpack[ListenerOptions]
+) -> Iterator[Served]:
     """Two environments of two keys each on one emulator, a real daemon, a started listener."""
     tag = f"h{uuid.uuid4().hex[:8]}"
     envs = (f"{tag}-d1", f"{tag}-d2")
@@ -125,7 +135,7 @@ def served_daemon(vault: VaultServer, config: Path, **options: float) -> Iterato
         load_policies(config), Runtime(conn), notifier=None, metrics=Metrics(), fault=no_fault
     )
     control = Control(daemon, VaultCallerAuth(conn))
-    served = Served(vault, control, config, envs, listener=None)  # type: ignore[arg-type]
+    served = Served(vault, control, config, envs)
     served.listener = served.listen(**options)
     try:
         yield served

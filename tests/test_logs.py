@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TypedDict, Unpack
 
 import pytest
 import structlog
@@ -164,18 +166,29 @@ def rotation(**changes: object) -> Rotation:
     ).evolve(**changes)
 
 
-def outcome(kind: str = reasons.SUCCEEDED, **changes: object) -> Outcome:
-    values: dict[str, object] = {
-        "rotation_id": "r1",
-        "outcome": kind,
-        "at": 1200.0,
-        "trigger": "schedule",
-        "by": "daemon@host",
-        "old_key_id": "key_old",
-        "new_key_id": "key_new",
-        **changes,
-    }
-    return Outcome(**values)  # type: ignore[arg-type]
+class OutcomeChanges(TypedDict, total=False):
+    """Fields of :class:`Outcome` a test sets differently from :func:`outcome`'s defaults."""
+
+    rotation_id: str
+    at: float
+    trigger: str
+    by: str
+    old_key_id: str | None
+    new_key_id: str | None
+    detail: str
+
+
+def outcome(kind: str = reasons.SUCCEEDED, **changes: Unpack[OutcomeChanges]) -> Outcome:
+    base = Outcome(
+        rotation_id="r1",
+        outcome=kind,
+        at=1200.0,
+        trigger="schedule",
+        by="daemon@host",
+        old_key_id="key_old",
+        new_key_id="key_new",
+    )
+    return dataclasses.replace(base, **changes)
 
 
 def test_canonical_line_of_a_success_has_every_field() -> None:

@@ -22,6 +22,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
+from world import as_dialect
 
 from vault_rotator.errors import VaultRotatorError
 from vault_rotator.ports.provider import CreatedKey, KeyRecord, KeySpec
@@ -251,7 +252,7 @@ def client_for(dialect: str, conversation: list[Answer]) -> ARouterClient:
     return ARouterClient(
         "http://arouter.test",
         Secret(MGMT_TEXT),
-        dialect,  # type: ignore[arg-type]
+        as_dialect(dialect),
         transport=serving(conversation),
         max_attempts=2,
         backoff_max=1.0,

@@ -45,6 +45,7 @@ from vault_rotator.policy import (
     vaultacl,
 )
 from vault_rotator.runtime import Runtime
+from vault_rotator.store.memory import MemoryKv
 from vault_rotator.store.vault import VaultConnection, VaultKv, connect_from_env
 from vault_rotator.testing.clock import FakeClock
 from vault_rotator.testing.vault_agent import vault_agent
@@ -484,14 +485,14 @@ def test_every_capability_the_preflight_asks_for_is_granted() -> None:
     policies = load_policies(Path(EXAMPLES))
     rules = {rule.path: set(rule.capabilities) for rule in vaultacl.rotator_rules(policies)}
     for policy in policies:
-        store = StateStore(None, policy.vault.state_prefix)  # type: ignore[arg-type]
+        store = StateStore(MemoryKv(), policy.vault.state_prefix)
         for path, caps in required_capabilities(policy, store):
             assert caps & rules.get(path, set()), (policy.ref, path)
 
 
 def test_the_layout_agrees_with_the_state_store_and_the_freezes() -> None:
     """State, pending and freeze paths are the ones StateStore and freeze.frozen_path use."""
-    store = StateStore(None, "some/prefix")  # type: ignore[arg-type]
+    store = StateStore(MemoryKv(), "some/prefix")
     assert vaultacl.state_path("some/prefix", "e", "n") == store.state_path("e", "n")
     assert vaultacl.pending_path("some/prefix", "e", "n") == store.pending_path("e", "n")
     assert vaultacl.frozen_path("some/prefix") == freeze.frozen_path("some/prefix")
