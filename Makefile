@@ -28,6 +28,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check vault_rotator tests benchmarks
 	$(BIN)/ruff check vault_rotator tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/mypy tests
 	$(BIN)/lint-imports --no-cache --no-logo
 
 test: lint
