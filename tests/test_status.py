@@ -7,7 +7,7 @@ from pathlib import Path
 
 from vault_rotator.daemon.status_rows import collect
 from vault_rotator.engine import reasons
-from vault_rotator.engine.state import Outcome, Permissions, Rotation, Stall, StateRecord
+from vault_rotator.engine.state import Outcome, Rotation, Stall, StateRecord
 from vault_rotator.engine.status import derive_state, key_status
 from vault_rotator.policy import (
     EnvironmentPolicy,
@@ -17,6 +17,7 @@ from vault_rotator.policy import (
     ProviderPolicy,
 )
 from vault_rotator.ports.kv import Versioned
+from vault_rotator.ports.provider import Permissions
 
 NOW = 1_800_000_000.0
 GRACE = 91.0  # past the 3 polls (30 s by default) a daemon is given to judge a deadline
