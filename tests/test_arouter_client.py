@@ -22,7 +22,7 @@ from vault_rotator.errors import (
     ProviderRetryableError,
     RateLimitedError,
 )
-from vault_rotator.ports.provider import Dialect, KeyRecord, KeySpec
+from vault_rotator.ports.provider import Dialect, KeyRecord, KeySpec, Permissions
 from vault_rotator.provider.arouter import ARouterClient, InferenceClient
 from vault_rotator.secret import Secret
 
@@ -94,7 +94,7 @@ def test_detects_dialect_on_empty_account(
     client = connect(emulator)
     assert client.list_keys() == []
     assert client.detected_dialect is (Dialect.C if dialect == "c" else None)
-    created = client.create_key(KeySpec("first", spending_limit=3.0))
+    created = client.create_key(KeySpec("first", Permissions(spending_limit=3.0)))
     assert client.detected_dialect is Dialect(dialect)
     listed = {record.id: record for record in client.list_keys()}
     assert listed[created.record.id].spending_limit == 3.0
@@ -103,7 +103,7 @@ def test_detects_dialect_on_empty_account(
 def test_round_trip(emulator: Emulator, connect: ClientFactory, dialect: str) -> None:
     """Create, list, verify, disable, delete and delete again behave as the port promises."""
     client = connect(emulator)
-    spec = KeySpec("rot-1", allowed_providers=("openai",), spending_limit=5.0)
+    spec = KeySpec("rot-1", Permissions(allowed_providers=("openai",), spending_limit=5.0))
     created = client.create_key(spec)
     assert created.value.reveal().startswith("lr_live_")
     assert (created.record.name, created.record.spending_limit) == ("rot-1", 5.0)

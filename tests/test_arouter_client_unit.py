@@ -28,7 +28,7 @@ from vault_rotator.errors import (
     ProviderRetryableError,
     RateLimitedError,
 )
-from vault_rotator.ports.provider import Dialect, KeyProvider, KeySpec
+from vault_rotator.ports.provider import Dialect, KeyProvider, KeySpec, Permissions
 from vault_rotator.provider.arouter import ARouterClient, InferenceClient
 from vault_rotator.provider.retry import Backoff, server_delay
 from vault_rotator.secret import Secret
@@ -242,7 +242,7 @@ def test_empty_account_stays_ambiguous_until_create(server: FakeServer, make: Ma
     assert client.list_keys() == []
     assert client.detected_dialect is None
     assert client.dialect is Dialect.A  # provisional
-    created = client.create_key(KeySpec("n", spending_limit=4.0))
+    created = client.create_key(KeySpec("n", Permissions(spending_limit=4.0)))
     body = json.loads(server.requests[-1].read())
     assert (body["limit"], body["limit_usd"]) == (4.0, 4.0)
     assert client.detected_dialect is Dialect.B
@@ -264,7 +264,7 @@ def test_strict_server_gets_its_cap_field(
 
     server.on("GET", "/api/v1/keys", reply(payload={"data": []}))
     server.on("POST", "/api/v1/keys", strict)
-    created = make().create_key(KeySpec("n", spending_limit=2.0))
+    created = make().create_key(KeySpec("n", Permissions(spending_limit=2.0)))
     posts = [json.loads(r.read()) for r in server.requests if r.method == "POST"]
     assert len(posts) == requests
     assert posts[-1] == {"name": "n", accepted: 2.0}
@@ -276,7 +276,7 @@ def test_bad_create_fails_after_every_cap_variant(server: FakeServer, make: Make
     server.on("GET", "/api/v1/keys", reply(payload={"data": []}))
     server.on("POST", "/api/v1/keys", reply(400, {"error": {"message": "name taken"}}))
     with pytest.raises(ProviderPermanentError, match="name taken"):
-        make().create_key(KeySpec("n", spending_limit=1.0))
+        make().create_key(KeySpec("n", Permissions(spending_limit=1.0)))
     assert server.count("POST", "/api/v1/keys") == 3
 
 
@@ -320,7 +320,7 @@ def test_wrong_saved_hint_parses_and_is_corrected_by_the_create_answer(
         assert client.list_keys()[0].usage_tokens == 7  # one B record does not overturn a hint
         assert client.detected_dialect is None  # the hint is not confirmed, so not saved
         assert client.dialect is Dialect.A  # ... but still what the client goes by
-        created = client.create_key(KeySpec("n", spending_limit=2.0))
+        created = client.create_key(KeySpec("n", Permissions(spending_limit=2.0)))
     posts = [json.loads(r.read()) for r in server.requests if r.method == "POST"]
     assert posts == [
         {"name": "n", "limit": 2.0, "limit_usd": 2.0},  # a lenient server would keep its own
@@ -775,10 +775,12 @@ def test_create_body_per_dialect(
     )
     spec = KeySpec(
         "n",
-        allowed_providers=("openai",),
-        spending_limit=2.5,
-        limit_reset="daily",
-        expires_at=datetime(2030, 1, 1, tzinfo=UTC),
+        Permissions(
+            allowed_providers=("openai",),
+            spending_limit=2.5,
+            limit_reset="daily",
+            expires_at=datetime(2030, 1, 1, tzinfo=UTC),
+        ),
     )
     make(dialect).create_key(spec)
     body = json.loads(server.requests[-1].read())
@@ -795,7 +797,9 @@ def test_create_body_per_dialect(
 def test_flat_create_answer_filled_from_spec(server: FakeServer, make: MakeClient) -> None:
     """B's flat {key, hash, name} answer gives a record whose missing fields come from the spec."""
     server.on("POST", "/api/v1/keys", reply(200, {"key": VALUE_TEXT, "hash": "h1", "name": "n"}))
-    created = make("b").create_key(KeySpec("n", allowed_models=("m",), spending_limit=1.0))
+    created = make("b").create_key(
+        KeySpec("n", Permissions(allowed_models=("m",), spending_limit=1.0))
+    )
     assert created.record.id == "h1"
     assert created.record.allowed_models == ("m",)
     assert created.record.spending_limit == 1.0
@@ -1038,7 +1042,7 @@ def test_a_lenient_server_never_loses_the_cap_under_a_learnt_dialect(
     server.on("POST", "/api/v1/keys", lenient_b)
     client = make(hint=Dialect.A)
     client.list_keys()
-    client.create_key(KeySpec("n", spending_limit=7.0))
+    client.create_key(KeySpec("n", Permissions(spending_limit=7.0)))
     assert kept == [7.0]
 
 

@@ -18,11 +18,11 @@ from world import EmulatorFactory, make_policy
 from vault_rotator.commands import audit_cmd
 from vault_rotator.emulator import Emulator
 from vault_rotator.engine import audit as rules
-from vault_rotator.engine.state import Permissions, ProviderWrite, Rotation, StateRecord
+from vault_rotator.engine.state import ProviderWrite, Rotation, StateRecord
 from vault_rotator.errors import ConfigError, EngineError
 from vault_rotator.logs import configure
 from vault_rotator.policy import Account
-from vault_rotator.ports.provider import KeyRecord
+from vault_rotator.ports.provider import KeyRecord, Permissions
 from vault_rotator.store.vault import VaultConnection, VaultKv
 from vault_rotator.testing.clock import FakeClock
 from vault_rotator.testing.vault_server import VaultServer

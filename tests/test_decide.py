@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 from vault_rotator.daemon.daemon import FAILURE_BACKOFF_S, schedule_basis
 from vault_rotator.engine import reasons
 from vault_rotator.engine.decide import Observation, Timing, decide_published, use_advanced
-from vault_rotator.engine.state import Outcome, Permissions, Rotation, StateRecord, UseMark
-from vault_rotator.ports.provider import KeyRecord
+from vault_rotator.engine.state import Outcome, Rotation, StateRecord, UseMark
+from vault_rotator.ports.provider import KeyRecord, Permissions
 
 T0 = 1_800_000_000.0
 TIMING = Timing(usage_lag=60, pickup_timeout=3600, drain_period=600, drain_timeout=7200)

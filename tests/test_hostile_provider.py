@@ -21,7 +21,7 @@ from vault_rotator.errors import (
     PreflightError,
     ProviderRetryableError,
 )
-from vault_rotator.ports.provider import Dialect, KeySpec
+from vault_rotator.ports.provider import Dialect, KeySpec, Permissions
 from vault_rotator.provider.arouter import ARouterClient
 from vault_rotator.runtime import client_budget
 from vault_rotator.secret import Secret
@@ -133,7 +133,7 @@ def test_trickled_create_answer_is_ambiguous_within_its_bound(
     ) as client:
         started = time.monotonic()
         with pytest.raises(AmbiguousCreateError) as info:
-            client.create_key(KeySpec("trickled", allowed_providers=("openai",)))
+            client.create_key(KeySpec("trickled", Permissions(allowed_providers=("openai",))))
         elapsed = time.monotonic() - started
         assert elapsed <= client.worst_case_seconds()
     assert info.value.key_name == "trickled"
@@ -428,7 +428,7 @@ def test_create_answer_with_an_odd_name_is_a_created_key() -> None:
         ) as client,
         capture_logs() as logs,
     ):
-        created = client.create_key(KeySpec(name, allowed_providers=("openai",)))
+        created = client.create_key(KeySpec(name, Permissions(allowed_providers=("openai",))))
     assert created.record.id == "key_new1"
     assert created.record.name == name
     assert raw_controls(logs) == []

@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 
 from vault_rotator.display import redact_text, shown
 from vault_rotator.engine import reasons
-from vault_rotator.engine.state import Outcome, Permissions, Rotation
+from vault_rotator.engine.state import Outcome, Rotation
 from vault_rotator.logs import (
     ROTATION_FINISHED,
     canonical_rotation_line,
@@ -23,6 +23,7 @@ from vault_rotator.logs import (
     redact_secrets,
     rotation_steps,
 )
+from vault_rotator.ports.provider import Permissions
 from vault_rotator.secret import Secret, fingerprint
 
 LIVE = "lr_live_planted0123456789abcdef"

@@ -46,7 +46,6 @@ from vault_rotator.engine.reasons import OutcomeName, Phase
 from vault_rotator.engine.state import (
     NEXT_PHASES,
     Pending,
-    Permissions,
     ProviderWrite,
     Rotation,
     StateRecord,
@@ -54,7 +53,7 @@ from vault_rotator.engine.state import (
 )
 from vault_rotator.errors import EngineError, RateLimitedError
 from vault_rotator.ports.kv import Versioned
-from vault_rotator.ports.provider import KeyRecord
+from vault_rotator.ports.provider import KeyRecord, Permissions
 
 T0 = 1_800_000_000.0
 LAG = 60.0
@@ -103,7 +102,8 @@ VERIFIED = {"verified_at": T0, "verified_attempt": 1}
 
 
 def new_key(**fields: Any) -> KeyRecord:
-    values: dict[str, Any] = {"id": "new", "name": NAME, "allowed_providers": ("openai",)}
+    perms = Permissions(allowed_providers=fields.pop("allowed_providers", ("openai",)))
+    values: dict[str, Any] = {"id": "new", "name": NAME, "permissions": perms}
     return KeyRecord(**(values | fields))
 
 

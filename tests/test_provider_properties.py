@@ -25,7 +25,7 @@ from structlog.testing import capture_logs
 from world import as_dialect
 
 from vault_rotator.errors import VaultRotatorError
-from vault_rotator.ports.provider import CreatedKey, KeyRecord, KeySpec
+from vault_rotator.ports.provider import CreatedKey, KeyRecord, KeySpec, Permissions
 from vault_rotator.provider.arouter import ARouterClient
 from vault_rotator.secret import Secret
 
@@ -284,7 +284,7 @@ def check_list(client: ARouterClient) -> None:
 
 
 def check_create(client: ARouterClient) -> None:
-    spec = KeySpec("new-key", allowed_providers=("openai",), spending_limit=5.0)
+    spec = KeySpec("new-key", Permissions(allowed_providers=("openai",), spending_limit=5.0))
     result = client.create_key(spec)
     assert isinstance(result, CreatedKey)
     assert isinstance(result.value, Secret)

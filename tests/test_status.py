@@ -8,7 +8,7 @@ from typing import cast
 
 from vault_rotator.daemon.status_rows import collect
 from vault_rotator.engine import reasons
-from vault_rotator.engine.state import Outcome, Permissions, Rotation, Stall, StateRecord
+from vault_rotator.engine.state import Outcome, Rotation, Stall, StateRecord
 from vault_rotator.engine.status import derive_state, key_status
 from vault_rotator.policy import (
     EnvironmentPolicy,
@@ -18,6 +18,7 @@ from vault_rotator.policy import (
     ProviderPolicy,
 )
 from vault_rotator.ports.kv import Versioned
+from vault_rotator.ports.provider import Permissions
 from vault_rotator.runtime import Runtime
 
 NOW = 1_800_000_000.0

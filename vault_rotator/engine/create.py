@@ -113,15 +113,7 @@ def create(p: Pass, carry: Carry) -> None:
     """
     rot = p.rotation
     name = p.key_name(rot.attempt)
-    perms = rot.permissions
-    spec = KeySpec(
-        name=name,
-        allowed_providers=perms.allowed_providers,
-        allowed_models=perms.allowed_models,
-        spending_limit=perms.spending_limit,
-        limit_reset=perms.limit_reset,
-        expires_at=datetime.fromisoformat(perms.expires_at) if perms.expires_at else None,
-    )
+    spec = KeySpec(name, rot.permissions)
     p.session.before_provider_write(reasons.CREATE, name, p.provider.worst_case_seconds())
     try:
         created = p.provider.create_key(spec)

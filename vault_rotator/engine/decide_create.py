@@ -21,9 +21,9 @@ from datetime import UTC, datetime
 
 from vault_rotator.engine import reasons
 from vault_rotator.engine.decide import Decision, Observation, mark_of
-from vault_rotator.engine.state import Pending, Permissions, ProviderWrite, Rotation
+from vault_rotator.engine.state import Pending, ProviderWrite, Rotation
 from vault_rotator.errors import RateLimitedError
-from vault_rotator.ports.provider import KeyRecord
+from vault_rotator.ports.provider import KeyRecord, Permissions
 
 MAX_CREATE_ATTEMPTS = 5
 WAITING_USAGE_LAG = "waiting usage_lag after verifying the new key"
@@ -159,26 +159,5 @@ def baseline_problem(key_id: str, new: KeyRecord | None, perms: Permissions) -> 
         return f"the new key {key_id} is not listed after usage_lag"
     if new.problem is not None:
         return f"the new key {key_id} is listed unreadable ({new.problem})"
-    return permissions_differ(new, perms)
-
-
-def permissions_differ(new: KeyRecord, perms: Permissions) -> str | None:
-    """The first permission the provider lists differently from what was asked, or None."""
-    checks = (
-        ("allowed_providers", perms.allowed_providers),
-        ("allowed_models", perms.allowed_models),
-        ("spending_limit", perms.spending_limit),
-    )
-    for field, wanted in checks:
-        listed = getattr(new, field)
-        if wanted is not None and listed is not None and _norm(listed) != _norm(wanted):
-            return f"the new key is listed with {field} {listed!r}, not {wanted!r}"
-    return None
-
-
-def _norm(value: object) -> object:
-    if isinstance(value, list | tuple):
-        return tuple(sorted(str(v) for v in value))
-    if isinstance(value, int | float):
-        return round(float(value), 6)
-    return value
+    difference = perms.differs_from(new.permissions)
+    return None if difference is None else f"the new key is {difference}"

@@ -7,18 +7,15 @@ list, the old key's presence at the provider, and the permissions the new key wi
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
 
 from vault_rotator.engine.session import StateStore
-from vault_rotator.engine.state import Permissions
 from vault_rotator.errors import PreflightError
 from vault_rotator.policy import KeyPolicy
 from vault_rotator.ports.kv import KvStore, Versioned
-from vault_rotator.ports.provider import KeyProvider, KeyRecord
+from vault_rotator.ports.provider import NO_PERMISSIONS, KeyProvider, KeyRecord, Permissions
 
-T = TypeVar("T")
 WRITE = frozenset({"create", "update", "root"})
 
 
@@ -58,7 +55,7 @@ class Plan:
             f"  allowed_providers: {_show(perms.allowed_providers)}",
             f"  allowed_models: {_show(perms.allowed_models)}",
             f"  spending_limit: {perms.spending_limit}  limit_reset: {perms.limit_reset}",
-            f"  expires_at: {perms.expires_at}",
+            f"  expires_at: {perms.expires_at.isoformat() if perms.expires_at else None}",
             "  steps: intent, create, verify, baseline, publish, confirm pickup, drain, "
             + ("delete old, clean up" if self.old_key else "clean up (nothing to delete)"),
         ]
@@ -98,29 +95,17 @@ def check_capabilities(policy: KeyPolicy, kv: KvStore, store: StateStore) -> Non
 
 def effective_permissions(policy: KeyPolicy, old: KeyRecord | None, now: float) -> Permissions:
     """The new key's permissions: the policy's, else inherited from the old key."""
-
     expires = None
     if policy.key_ttl_s is not None:
-        expires = (
-            datetime.fromtimestamp(now, UTC) + timedelta(seconds=policy.key_ttl_s)
-        ).isoformat()
-    perms = Permissions(
-        allowed_providers=_pick(policy.allowed_providers, old.allowed_providers if old else None),
-        allowed_models=_pick(policy.allowed_models, old.allowed_models if old else None),
-        spending_limit=_pick(policy.spending_limit, old.spending_limit if old else None),
-        limit_reset=_pick(policy.limit_reset, old.limit_reset if old else None),
-        expires_at=expires,
-    )
-    if perms.allowed_providers is None and perms.allowed_models is None:
+        expires = datetime.fromtimestamp(now, UTC) + timedelta(seconds=policy.key_ttl_s)
+    own = replace(policy.permissions, expires_at=expires)
+    perms = own.inherit(old.permissions if old else NO_PERMISSIONS)
+    if not perms.restricts_use:
         raise PreflightError(
             f"{policy.ref}: the policy sets neither allowed_providers nor allowed_models and "
             "there is no old key to inherit them from; set one in the policy"
         )
     return perms
-
-
-def _pick(own: T | None, inherited: T | None) -> T | None:
-    return own if own is not None else inherited
 
 
 @dataclass(frozen=True, slots=True)

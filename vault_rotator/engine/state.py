@@ -59,11 +59,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Self
 
 from vault_rotator.engine.outcomes import classify
 from vault_rotator.engine.reasons import Phase
 from vault_rotator.errors import EngineError, StoreError
+from vault_rotator.ports.provider import Permissions
 
 SCHEMA_VERSION = 1
 MAX_OUTCOMES = 20
@@ -102,15 +104,6 @@ class UseMark:
     last_used_at: str | None = None
     usage_cost: float | None = None
     usage_tokens: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Permissions:
-    allowed_providers: tuple[str, ...] | None = None
-    allowed_models: tuple[str, ...] | None = None
-    spending_limit: float | None = None
-    limit_reset: str | None = None
-    expires_at: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,11 +281,13 @@ def refuse_newer(data: Mapping[str, Any], what: str) -> None:
 
 
 def _plain(value: Any) -> Any:
-    """Tuples to lists, recursively, for JSON."""
+    """Tuples to lists and datetimes (an expiry) to ISO 8601, recursively, for JSON."""
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
     return value
 
 
@@ -304,15 +299,21 @@ def _tuple_or_none(value: Any) -> tuple[str, ...] | None:
     return None if value is None else tuple(str(v) for v in value)
 
 
+def _permissions_from(data: Mapping[str, Any]) -> Permissions:
+    values = dict(data)
+    values["allowed_providers"] = _tuple_or_none(values.get("allowed_providers"))
+    values["allowed_models"] = _tuple_or_none(values.get("allowed_models"))
+    expires = values.get("expires_at")
+    values["expires_at"] = None if expires is None else datetime.fromisoformat(expires)
+    return Permissions(**values)
+
+
 def _rotation_from(data: Mapping[str, Any]) -> Rotation:
     values = dict(data)
-    perms = dict(values.pop("permissions"))
-    perms["allowed_providers"] = _tuple_or_none(perms.get("allowed_providers"))
-    perms["allowed_models"] = _tuple_or_none(perms.get("allowed_models"))
     return Rotation(
         **{
             **values,
-            "permissions": Permissions(**perms),
+            "permissions": _permissions_from(values["permissions"]),
             "baseline": _opt(UseMark, values.get("baseline")),
             "old_mark": _opt(UseMark, values.get("old_mark")),
             "new_mark": _opt(UseMark, values.get("new_mark")),

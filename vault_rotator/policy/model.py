@@ -40,6 +40,7 @@ from vault_rotator.policy.naming import render_key_name
 from vault_rotator.policy.problems import Problem
 from vault_rotator.policy.schedule import Schedule, parse_schedule
 from vault_rotator.policy.window import Window, parse_window
+from vault_rotator.ports.provider import Permissions
 
 POLICY_VERSION = 1
 
@@ -128,6 +129,16 @@ class KeyPolicy(_Frozen):
     def ref(self) -> str:
         """``ENV/NAME``, how commands and logs name the key."""
         return f"{self.env}/{self.name}"
+
+    @property
+    def permissions(self) -> Permissions:
+        """The policy's own permissions (``None``: inherited); the expiry comes from key_ttl."""
+        return Permissions(
+            allowed_providers=self.allowed_providers,
+            allowed_models=self.allowed_models,
+            spending_limit=self.spending_limit,
+            limit_reset=self.limit_reset,
+        )
 
     @property
     def account(self) -> Account:

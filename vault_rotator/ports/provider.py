@@ -7,10 +7,10 @@ receives normalised :class:`KeyRecord` values, whatever dialect the provider ser
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from vault_rotator.display import shown
 from vault_rotator.secret import Secret
@@ -22,6 +22,71 @@ class Dialect(enum.StrEnum):
     A = "a"  # SDK dialect: /api/v1/keys, hash, limit, usage number, no last_used_at
     B = "b"  # management-keys page: /api/v1/keys, hash, limit_usd, usage object, last_used_at
     C = "c"  # rotation guide: /v1/keys, id, spending_limit, last_used_at, no usage
+
+
+@dataclass(frozen=True, slots=True)
+class Permissions:
+    """What a key may do: the one value type for the permission fields, wherever they appear.
+
+    A listed key's (:attr:`KeyRecord.permissions`), a new key's (:attr:`KeySpec.permissions`),
+    the ones a rotation asks for (saved in its state record) and a policy's own
+    (``KeyPolicy.permissions``). ``None`` means "not set": not limited on a listed key, not
+    sent on a create, inherited from the old key in a policy.
+    """
+
+    allowed_providers: tuple[str, ...] | None = None
+    allowed_models: tuple[str, ...] | None = None
+    spending_limit: float | None = None  # USD
+    limit_reset: str | None = None  # the cap's period ("daily", "weekly", "monthly")
+    expires_at: datetime | None = None  # timezone-aware
+
+    @property
+    def restricts_use(self) -> bool:
+        """True if the key is limited to some providers or models."""
+        return self.allowed_providers is not None or self.allowed_models is not None
+
+    def set_fields(self) -> Mapping[str, object]:
+        """Each field that is set, by name, in declaration order."""
+        values = ((name, getattr(self, name)) for name in PERMISSION_FIELDS)
+        return {name: value for name, value in values if value is not None}
+
+    def inherit(self, old: Permissions) -> Permissions:
+        """These permissions, each unset one but the expiry taken from ``old``.
+
+        A new key's expiry is its own (``key_ttl`` from its creation), never the old key's.
+        """
+        own = self.set_fields()
+        taken: dict[str, Any] = {
+            name: value
+            for name, value in old.set_fields().items()
+            if name not in own and name != "expires_at"
+        }
+        return replace(self, **taken)
+
+    def differs_from(self, listed: Permissions) -> str | None:
+        """How ``listed`` first shows providers, models or cap other than these, or None.
+
+        E.g. ``listed with spending_limit 5.0, not 25.0``. A field unset on either side is not
+        compared (a dialect may not list it); lists compare as sets, amounts to the micro-dollar.
+        """
+        for field in COMPARED_FIELDS:
+            wanted, shown_as = getattr(self, field), getattr(listed, field)
+            if wanted is not None and shown_as is not None and _norm(shown_as) != _norm(wanted):
+                return f"listed with {field} {shown_as!r}, not {wanted!r}"
+        return None
+
+
+PERMISSION_FIELDS = tuple(f.name for f in fields(Permissions))
+COMPARED_FIELDS = ("allowed_providers", "allowed_models", "spending_limit")
+NO_PERMISSIONS = Permissions()
+
+
+def _norm(value: object) -> object:
+    if isinstance(value, list | tuple):
+        return tuple(sorted(str(v) for v in value))
+    if isinstance(value, int | float):
+        return round(float(value), 6)
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,11 +111,7 @@ class KeyRecord:
     usage_cost: float | None = None
     usage_tokens: int | None = None
     disabled: bool = False
-    allowed_providers: tuple[str, ...] | None = None
-    allowed_models: tuple[str, ...] | None = None
-    spending_limit: float | None = None
-    limit_reset: str | None = None
-    expires_at: datetime | None = None
+    permissions: Permissions = NO_PERMISSIONS
     problem: str | None = None
 
     @property
@@ -58,17 +119,35 @@ class KeyRecord:
         """The name escaped and capped for a log line or a table cell."""
         return shown(self.name)
 
+    # Read-only shorthands for the listed permissions.
+
+    @property
+    def allowed_providers(self) -> tuple[str, ...] | None:
+        return self.permissions.allowed_providers
+
+    @property
+    def allowed_models(self) -> tuple[str, ...] | None:
+        return self.permissions.allowed_models
+
+    @property
+    def spending_limit(self) -> float | None:
+        return self.permissions.spending_limit
+
+    @property
+    def limit_reset(self) -> str | None:
+        return self.permissions.limit_reset
+
+    @property
+    def expires_at(self) -> datetime | None:
+        return self.permissions.expires_at
+
 
 @dataclass(frozen=True, slots=True)
 class KeySpec:
-    """What to create: the permissions of a new key. ``None`` fields are not sent."""
+    """What to create: a new key's name and permissions (fields left ``None`` are not sent)."""
 
     name: str
-    allowed_providers: tuple[str, ...] | None = None
-    allowed_models: tuple[str, ...] | None = None
-    spending_limit: float | None = None
-    limit_reset: str | None = None
-    expires_at: datetime | None = None
+    permissions: Permissions = NO_PERMISSIONS
 
 
 @dataclass(frozen=True, slots=True)

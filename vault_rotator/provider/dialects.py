@@ -69,7 +69,14 @@ from urllib.parse import quote
 
 from vault_rotator.display import shown
 from vault_rotator.errors import ProviderPermanentError, ProviderResponseError
-from vault_rotator.ports.provider import CreatedKey, Dialect, KeyRecord, KeySpec
+from vault_rotator.ports.provider import (
+    PERMISSION_FIELDS,
+    CreatedKey,
+    Dialect,
+    KeyRecord,
+    KeySpec,
+    Permissions,
+)
 from vault_rotator.secret import Secret
 
 MODERN_COLLECTION = "/api/v1/keys"
@@ -151,7 +158,7 @@ def cap_variants(
     the cap is never dropped silently; then, after a 400 (which creates nothing) from a strict
     server refusing the unknown name, the learnt dialect's name alone, then the other's.
     """
-    if spec.spending_limit is None:
+    if spec.permissions.spending_limit is None:
         return ((),)
     if dialect is not None and (configured or dialect is Dialect.C):
         return ((CAP_FIELD[dialect],),)
@@ -168,18 +175,19 @@ def iso_utc(moment: datetime) -> str:
 
 
 def create_body(spec: KeySpec, caps: Sequence[str]) -> dict[str, object]:
-    """The JSON body of a create: ``name`` plus every set field; never ``disabled``."""
+    """The JSON body of a create: ``name`` plus every set permission; never ``disabled``.
+
+    Each permission goes under its own name, but the cap under each of ``caps`` (the
+    dialect's name for it); lists as arrays, the expiry as ISO 8601 UTC.
+    """
     body: dict[str, object] = {"name": spec.name}
-    if spec.allowed_providers is not None:
-        body["allowed_providers"] = list(spec.allowed_providers)
-    if spec.allowed_models is not None:
-        body["allowed_models"] = list(spec.allowed_models)
-    if spec.spending_limit is not None:
-        body.update(dict.fromkeys(caps, spec.spending_limit))
-    if spec.limit_reset is not None:
-        body["limit_reset"] = spec.limit_reset
-    if spec.expires_at is not None:
-        body["expires_at"] = iso_utc(spec.expires_at)
+    for field, value in spec.permissions.set_fields().items():
+        if field == "spending_limit":
+            body.update(dict.fromkeys(caps, value))
+        elif isinstance(value, datetime):
+            body[field] = iso_utc(value)
+        else:
+            body[field] = list(value) if isinstance(value, tuple) else value
     return body
 
 
@@ -498,11 +506,13 @@ def _complete_record(record: Fields, key_id: str, dialect: Dialect | None) -> Ke
         usage_cost=cost,
         usage_tokens=tokens,
         disabled=bool(record.flag("disabled")),
-        allowed_providers=record.names("allowed_providers"),
-        allowed_models=record.names("allowed_models"),
-        spending_limit=_cap(record, dialect),
-        limit_reset=_limit_reset(record),
-        expires_at=record.moment("expires_at"),
+        permissions=Permissions(
+            allowed_providers=record.names("allowed_providers"),
+            allowed_models=record.names("allowed_models"),
+            spending_limit=_cap(record, dialect),
+            limit_reset=_limit_reset(record),
+            expires_at=record.moment("expires_at"),
+        ),
     )
 
 
@@ -529,23 +539,18 @@ def parse_key_value(answer: Fields) -> Secret:
     return Secret(value)
 
 
-_SPEC_FIELDS = {
-    "allowed_providers": ("allowed_providers",),
-    "allowed_models": ("allowed_models",),
-    "spending_limit": ("limit", "limit_usd", "spending_limit"),
-    "limit_reset": ("limit_reset",),
-    "expires_at": ("expires_at",),
-}
+# Where a create answer may show each permission (the cap under any dialect's name).
+_ANSWER_FIELDS = {"spending_limit": tuple(CAP_FIELD.values())}
 
 
 def _fill_from_spec(record: KeyRecord, raw: Mapping[str, object], spec: KeySpec) -> KeyRecord:
-    """Take what the answer left out from the spec we sent."""
+    """Take the permissions the answer left out from the spec we sent."""
     missing = {
-        field: getattr(spec, field)
-        for field, sources in _SPEC_FIELDS.items()
-        if not any(raw.get(source) is not None for source in sources)
+        field: getattr(spec.permissions, field)
+        for field in PERMISSION_FIELDS
+        if all(raw.get(source) is None for source in _ANSWER_FIELDS.get(field, (field,)))
     }
-    return replace(record, **missing)
+    return replace(record, permissions=replace(record.permissions, **missing))
 
 
 def parse_created(
