@@ -500,6 +500,17 @@ def test_cleanup(keys: tuple[KeyRecord, ...], created: str, action: CleanupActio
     assert decide_cleanup(facts).action == action
 
 
+def test_cleanup_never_deletes_the_key_the_consumer_secret_serves() -> None:
+    """CLEANUP whose key is served after all (a publish no record caught) stalls, deleting none."""
+    facts = CleanupFacts(
+        rotation(), Observation.of([new_key()], T0), frozenset({NAME}), "new", served="new"
+    )
+    decision = decide_cleanup(facts)
+    assert decision.action == CleanupAction.STALL
+    assert decision.sweep_ids == ()
+    assert decision.reason == reasons.SECRET_CHANGED
+
+
 @pytest.mark.parametrize(
     ("changes", "outcome"),
     [

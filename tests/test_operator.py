@@ -493,3 +493,32 @@ def test_a_key_removed_from_the_policies_can_still_be_addressed(world_for: World
     empty = PolicySet(environments={world.policy.env: environment}, warnings=[])
     found = in_flight_policy(empty, world.policy.ref, world.runtime.kv)
     assert found == world.policy
+
+
+def test_a_publish_after_an_earlier_abort_is_recognised_after_a_crash(
+    world_for: WorldFactory,
+) -> None:
+    """After an aborted rotation the secret carries `aborted: true`; the next rotation's publish
+    must not inherit it, so a crash right after that publish is recovered, and an abort then
+    never deletes the key consumers are served."""
+    world = world_for("c")
+    world.seed_old_key()
+    consumer = world.add_consumer(refresh_s=30.0)
+    drive(world.engine(), world.policy, wait=False)
+    aborted = drive(world.engine(), world.policy, wait=True, start=False, command=ABORT)
+    assert aborted.outcome is not None
+    assert aborted.outcome.outcome == reasons.ABORTED
+    assert world.served()["aborted"] is True
+    with pytest.raises(Crash):
+        drive(world.engine(fault=crash_at("publish")), world.policy, wait=True)
+    served = world.served()
+    assert served.get("aborted") is None  # a publish is not an abort (no dict in the message)
+    world.expire_lease()
+    engine = world.fresh_runtime().engine(holder="successor")
+    progress = drive(engine, world.policy, wait=False, start=False)
+    assert world.record().phase in (reasons.PUBLISHED, reasons.IDLE), progress
+    progress = drive(engine, world.policy, wait=True, start=False, command=ABORT)
+    assert progress.outcome is not None
+    assert progress.outcome.outcome == reasons.ABORTED
+    assert world.served()["key_id"] in world.live_ids()
+    assert consumer.unauthorized == 0

@@ -237,6 +237,7 @@ def _write_consumer(p: Pass, pending: Pending) -> int | None:
     current = p.kv.read(path)
     if (current.version if current else 0) == rot.start_version:
         base = dict(current.data) if current and not current.deleted else {}
+        base.pop("aborted", None)  # left by an earlier abort's republish: this is no abort
         data = base | {
             "api_key": pending.new_key_value,
             "key_id": pending.new_key_id,

@@ -7,7 +7,7 @@ import enum
 from dataclasses import dataclass
 
 from vault_rotator.engine.decide import Decision, Observation
-from vault_rotator.engine.reasons import EMERGENCY, OutcomeName
+from vault_rotator.engine.reasons import EMERGENCY, SECRET_CHANGED, OutcomeName
 from vault_rotator.engine.state import Rotation
 
 
@@ -60,6 +60,7 @@ class CleanupAction(enum.StrEnum):
 
     DELETE_KEYS = "delete-keys"  # every key of this rotation, confirmed gone
     FINISH = "finish"  # none left: the outcome is unpublished_ending's
+    STALL = "stall"  # the consumer secret serves one of them: never deleted
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +69,7 @@ class CleanupFacts:
     obs: Observation
     names: frozenset[str]  # the names of every attempt's key
     created: str  # the id the last create answered ("" if none): ours even if renamed
+    served: str | None = None  # the key_id the consumer secret serves now
 
 
 def decide_cleanup(facts: CleanupFacts) -> Decision[CleanupAction]:
@@ -75,6 +77,12 @@ def decide_cleanup(facts: CleanupFacts) -> Decision[CleanupAction]:
     ours = sorted(
         k.id for k in facts.obs.keys.values() if k.name in facts.names or k.id == facts.created
     )
+    if facts.served is not None and facts.served in ours:  # a publish no record caught
+        detail = (
+            f"the consumer secret serves {facts.served}, a key of this rotation: it is not "
+            "deleted; restore the secret, or rotate again once it is settled"
+        )
+        return Decision(CleanupAction.STALL, facts.rotation, SECRET_CHANGED, detail)
     if ours:
         why = "removing the keys of a rotation that ends unpublished"
         return Decision(CleanupAction.DELETE_KEYS, facts.rotation, why, sweep_ids=tuple(ours))

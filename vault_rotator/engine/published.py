@@ -135,7 +135,15 @@ def observe_cleanup(p: Pass, carry: Carry) -> CleanupFacts:
     rot = p.rotation
     pending, _ = p.store.read_pending(p.policy.env, p.policy.name)
     created = pending.new_key_id if pending and pending.rotation_id == rot.id else ""
-    return CleanupFacts(rotation=rot, obs=obs, names=p.attempt_names(), created=created)
+    current = p.kv.read(p.policy.secret_path)
+    served = current.data.get("key_id") if current and not current.deleted else None
+    return CleanupFacts(
+        rotation=rot,
+        obs=obs,
+        names=p.attempt_names(),
+        created=created,
+        served=served if isinstance(served, str) else None,
+    )
 
 
 def apply_cleanup(p: Pass, decision: Decision[CleanupAction], _carry: Carry) -> Progress | None:
@@ -147,5 +155,7 @@ def apply_cleanup(p: Pass, decision: Decision[CleanupAction], _carry: Carry) -> 
         case CleanupAction.FINISH:
             ending = unpublished_ending(p.rotation)
             return finish(p, ending, new_key_id=None, current=p.record.current_key_id)
+        case CleanupAction.STALL:
+            return stall(p, decision.reason, decision.detail)
         case _:
             assert_never(decision.action)
