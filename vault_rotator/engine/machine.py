@@ -92,6 +92,7 @@ from vault_rotator.engine.published import (
 )
 from vault_rotator.engine.reasons import Phase
 from vault_rotator.engine.start import apply_idle, observe_idle
+from vault_rotator.errors import EngineError
 
 __all__ = ["ACTIONS", "TABLE", "Phase", "Row", "run_pass"]
 
@@ -122,6 +123,9 @@ TABLE: Mapping[Phase, Row[Any, Any]] = {
 ACTIONS = (IdleAction, CreateAction, PublishedAction, AbortAction, CleanupAction)
 
 
+MAX_TURNS = 64  # observe-decide-apply turns in one pass; a real pass takes a handful
+
+
 def run_pass(p: Pass, observation: Observation | None = None) -> Progress:
     """One pass under the lease: the operator's command, then the machine until it waits.
 
@@ -131,7 +135,7 @@ def run_pass(p: Pass, observation: Observation | None = None) -> Progress:
     if p.record.phase != Phase.IDLE and (early := apply_command(p, p.command)) is not None:
         return early
     carry = Carry(obs=observation)
-    while True:
+    for _turn in range(MAX_TURNS):  # each turn makes one-way progress; the cap is a backstop
         rotation = p.record.rotation
         if rotation is not None and rotation.stalled is not None:
             return p.progress(f"stalled: {rotation.stalled.reason}")
@@ -141,3 +145,7 @@ def run_pass(p: Pass, observation: Observation | None = None) -> Progress:
         p.stage(p.record.evolve(rotation=decision.rotation))  # its observations ride along
         if (progress := row.apply(p, decision, carry)) is not None:
             return progress
+    raise EngineError(
+        f"{p.policy.ref}: no step ended the pass after {MAX_TURNS} turns (phase "
+        f"{p.record.phase}); the lease is released and the next pass starts over"
+    )

@@ -6,6 +6,8 @@ Every exit leaves exactly one served key, no orphan, and an outcome saying what 
 
 from __future__ import annotations
 
+from typing import assert_never
+
 from vault_rotator.engine import reasons
 from vault_rotator.engine.context import Command, Pass, Progress, Verb
 from vault_rotator.engine.create import recover_publish
@@ -28,6 +30,10 @@ def apply_command(p: Pass, command: Command) -> Progress | None:
             abort(p)
         case Verb.FINISH_KEEP_OLD:
             return finish_keep_old(p)
+        case Verb.ROTATE:
+            pass  # a rotation in flight just goes on
+        case _:
+            assert_never(command.verb)
     return None
 
 
