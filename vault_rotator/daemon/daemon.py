@@ -435,7 +435,8 @@ class Daemon:
                 self.metrics.key_age.labels(*labels, "false").set(now - last)
                 with contextlib.suppress(KeyError):  # the never-rotated series, if any
                     self.metrics.key_age.remove(*labels, "true")
-            elif item.in_policy:
+            elif item.in_policy and item.record.rotation is None:  # one in flight: stalls
+                # and the pass itself say more; its age is set again once it ends
                 try:
                     last = self._written_at(item, report)
                 except VaultRotatorError:
