@@ -269,3 +269,24 @@ def test_stall_advice_offers_finish_keep_old_only_once_published(
     assert "old key stays served" in early
     assert runner.conclude(after, "dev/demo-app", Command()) == 1
     assert "finish dev/demo-app --keep-old" in capsys.readouterr().out
+
+
+def test_a_redirecting_daemon_url_says_so(
+    fake_daemon: Callable[[Answer], str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 307 is never followed (the token would go along) and the message says why."""
+    url = fake_daemon(lambda _m, _p: (307, b""))
+    assert cli.main(["status", "--daemon", url, "--config", CONFIG]) == 1
+    assert "a redirect (307), not followed" in capsys.readouterr().out
+
+
+def test_a_vault_addr_without_a_scheme_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """VAULT_ADDR=127.0.0.1:8200 is a configuration error naming the variable (exit 2)."""
+    monkeypatch.setenv("VAULT_ADDR", "127.0.0.1:8200")
+    monkeypatch.setenv("VAULT_TOKEN", "hvs.test-token-for-the-fake-daemon")
+    assert cli.main(["status", "--config", CONFIG]) == 2
+    assert "VAULT_ADDR '127.0.0.1:8200' is not an http://" in _one_line_error(
+        capsys.readouterr().err
+    )

@@ -144,6 +144,8 @@ def _read(resp: httpx.Response, where: str) -> bytes:
 
 def _object(raw: bytes, status: int, where: str) -> dict[str, Any]:
     """The answer as a JSON object; a non-JSON error answer becomes ``{"error": text}``."""
+    if 300 <= status < 400:  # never followed: the token must not travel to where it points
+        return {"error": f"a redirect ({status}), not followed: give --daemon the daemon's URL"}
     try:
         answer = json.loads(raw)
     except (ValueError, RecursionError):

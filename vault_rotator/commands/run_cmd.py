@@ -121,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
     host, port = parse_listen(args.listen or os.environ.get(LISTEN_ENV, DEFAULT_LISTEN))
     metrics_text = args.metrics_listen or os.environ.get(METRICS_LISTEN_ENV)
     metrics_at = parse_listen(metrics_text, "--metrics-listen") if metrics_text else None
+    if metrics_at == (host, port):
+        raise ConfigError("--listen and --metrics-listen name the same address: give two")
     tls = tls_files(args)
     stop = StopFlag()
     metrics = Metrics()

@@ -35,6 +35,7 @@ import hvac.exceptions
 import requests
 import structlog
 
+from vault_rotator.display import shown
 from vault_rotator.errors import (
     CasConflictError,
     ConfigError,
@@ -298,6 +299,11 @@ class VaultConnection:
     ) -> None:
         if not addr:
             raise ConfigError("VAULT_ADDR is not set: say where Vault is")
+        if not addr.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"VAULT_ADDR {shown(addr, 80)!r} is not an http:// or https:// URL "
+                "(for example https://vault.example:8200)"
+            )
         if auth is not None and token is not None:
             raise ConfigError("give VaultConnection a token or an authenticator, not both")
         self.addr = addr
