@@ -220,8 +220,24 @@ def _ready(http: httpx.Client, proc: subprocess.Popen[bytes], metrics: int) -> b
 
 def one_life(bench: Bench, http: httpx.Client, step: tuple[str, float], f: figs.Figures) -> str:
     """Start the daemon, kill it (or let it kill itself) as ``step`` says; the boundary hit."""
+    proc, control, metrics = bench.daemon(step[0])
+    try:
+        return _drive(bench, http, (proc, control, metrics), step, f)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+def _drive(
+    bench: Bench,
+    http: httpx.Client,
+    daemon: tuple[subprocess.Popen[bytes], int, int],
+    step: tuple[str, float],
+    f: figs.Figures,
+) -> str:
     fault, seconds = step
-    proc, control, metrics = bench.daemon(fault)
+    proc, control, metrics = daemon
     if _ready(http, proc, metrics):
         bench.visit(http, control, metrics, rotate=True)
     last = [time.monotonic()]
@@ -244,9 +260,6 @@ def one_life(bench: Bench, http: httpx.Client, step: tuple[str, float], f: figs.
         f.random_kills += 1
         if _until(proc, time.monotonic() + seconds, tick):
             f.unexpected_exits += 1
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=10)
     f.kills += 1
     return hit
 
@@ -254,6 +267,21 @@ def one_life(bench: Bench, http: httpx.Client, step: tuple[str, float], f: figs.
 def settle(bench: Bench, http: httpx.Client, f: figs.Figures) -> None:
     """A last daemon, unharmed, until no rotation is in flight; then SIGTERM."""
     proc, control, metrics = bench.daemon("")
+    try:
+        _settle(bench, http, (proc, control, metrics), f)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def _settle(
+    bench: Bench,
+    http: httpx.Client,
+    daemon: tuple[subprocess.Popen[bytes], int, int],
+    f: figs.Figures,
+) -> None:
+    proc, control, metrics = daemon
     _ready(http, proc, metrics)
     deadline = time.monotonic() + SETTLE_S
     while time.monotonic() < deadline and len(bench.observe()) < len(bench.names):
@@ -393,14 +421,14 @@ def _setup(vault: VaultServer, emulator: Emulator, work: Path, keys: int) -> tup
     return (admin, config), bench
 
 
-def run(kills: int, seed: int, keys: int = 3) -> figs.Figures:
-    """One chaos run; its figures."""
+def run(kills: int, seed: int, keys: int = 3, vault: VaultServer | None = None) -> figs.Figures:
+    """One chaos run (on ``vault``, else on one of its own); its figures."""
     f = figs.Figures(seed=seed)
     started = time.monotonic()
     hit: set[str] = set()
     with contextlib.ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vault-rotator-chaos-")))
-        vault = stack.enter_context(vault_server())
+        vault = vault or stack.enter_context(vault_server())
         emulator = stack.enter_context(Emulator(dialect="b", seed=seed))
         (admin, config), bench = _setup(vault, emulator, work, keys)
         bench.webhook = stack.enter_context(webhook_receiver(bench.outputs))
