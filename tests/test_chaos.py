@@ -88,3 +88,4 @@ def test_fast_chaos_run_through_the_daemon_loses_nothing(vault: VaultServer) -> 
     assert figures.kills == len(BOUNDARIES) + 1
     assert figures.rotations >= 2
     assert figures.consumer_ok > 100
+    assert figures.searched_texts > 20  # the debug logs, answers and consumer output were read

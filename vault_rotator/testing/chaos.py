@@ -379,6 +379,7 @@ def gather(bench: Bench, kv: Any, f: figs.Figures) -> None:
         texts, [*values, *bench.tokens], lambda v: bench.emulator.key_id_for_value(v) is not None
     )
     f.secret_hits = len(hits)
+    f.searched_texts, f.searched_bytes = len(texts), sum(len(t.encode()) for t in texts)
     f.notes += hits[:5]
 
 

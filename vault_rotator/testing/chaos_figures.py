@@ -64,6 +64,8 @@ class Figures:
     unsettled: int = 0
     unexpected_exits: int = 0
     boundaries_missed: int = 0
+    searched_texts: int = 0
+    searched_bytes: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -80,7 +82,9 @@ class Figures:
             f"orphans={self.orphans} lost={self.lost} repeated={self.repeated} "
             f"false_stalls={self.false_stalls} secret_hits={self.secret_hits} "
             f"unsettled={self.unsettled} unexpected_exits={self.unexpected_exits} "
-            f"boundaries_missed={self.boundaries_missed} seconds={self.seconds:.0f} "
+            f"boundaries_missed={self.boundaries_missed} "
+            f"searched={self.searched_texts} texts/{self.searched_bytes / 2**20:.1f} MiB "
+            f"seconds={self.seconds:.0f} "
             f"result={'FAIL:' + ','.join(self.failures()) if self.failures() else 'ok'}"
         )
 
