@@ -11,8 +11,10 @@ Then a last daemon settles every rotation, and the figures are computed
 (:mod:`vault_rotator.testing.chaos_figures`). Every output is kept and searched for every key
 value, the management key and every Vault token; the harness never prints one.
 
-``python -m vault_rotator.testing.chaos [--kills N] [--seed S] [--keys K]``: one line of
-figures; exit 1 when a must-be-zero figure is not 0.
+``python -m vault_rotator.testing.chaos [--kills N] [--seed S] [--keys K] [--provider-faults]``:
+one line of figures; exit 1 when a must-be-zero figure is not 0. ``--provider-faults``: every
+third life the emulator first gets the next of :data:`PROVIDER_FAULTS` (5xx bursts, a 429, a
+lost create answer, slow and malformed list pages).
 """
 
 from __future__ import annotations
@@ -77,6 +79,17 @@ keys:
 """
 
 
+PROVIDER_FAULTS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("list", {"status": 503, "count": 3}),
+    ("create", {"status": 429, "retry_after": 0.2, "count": 1}),
+    ("create", {"drop_after_commit": True, "count": 1}),
+    ("list", {"latency": 0.5, "count": 2}),
+    ("list", {"garbage": "json", "count": 1}),
+    ("delete", {"status": 502, "count": 2}),
+    ("update", {"status": 500, "count": 1}),
+)  # each spent after a few requests; a 429's Retry-After stays under a poll interval
+
+
 def plan(kills: int, seed: int) -> list[tuple[str, float]]:
     """The kills, in order: ``(boundary, 0)`` or ``("", seconds)`` for a random moment."""
     rng = random.Random(seed)  # noqa: S311 (a reproducible test plan, not a secret)
@@ -96,6 +109,7 @@ class Outputs:
     """Every text the system under test produced, to be searched for secrets."""
 
     texts: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, text: str) -> None:
@@ -142,7 +156,10 @@ class Bench:
     store: StateStore
     tokens: list[str]
     stalls: set[tuple[str, str]] = field(default_factory=set)
+    # every outcome seen while polling (a record keeps only its last 20), by (key, rotation id)
+    outcomes: dict[tuple[str, str], str] = field(default_factory=dict)
     lives: int = 0
+    provider_faults: bool = False
 
     def daemon(self, fault: str) -> tuple[subprocess.Popen[bytes], int, int]:
         """Start ``vault-rotator run``; its output goes to a file of its own."""
@@ -178,6 +195,7 @@ class Bench:
             rotation = record.rotation
             if rotation is not None and rotation.stalled is not None:
                 self.stalls.add((name, rotation.id))
+            self.outcomes.update({(name, o.rotation_id): o.outcome for o in record.outcomes})
             if record.phase == Phase.IDLE:
                 idle.append(name)
         return idle
@@ -220,6 +238,10 @@ def _ready(http: httpx.Client, proc: subprocess.Popen[bytes], metrics: int) -> b
 
 def one_life(bench: Bench, http: httpx.Client, step: tuple[str, float], f: figs.Figures) -> str:
     """Start the daemon, kill it (or let it kill itself) as ``step`` says; the boundary hit."""
+    if bench.provider_faults and f.kills % 3 == 2:  # every third life, the next fault
+        route, fault = PROVIDER_FAULTS[f.provider_faults % len(PROVIDER_FAULTS)]
+        bench.emulator.set_fault(route, **fault)
+        f.provider_faults += 1
     proc, control, metrics = bench.daemon(step[0])
     try:
         return _drive(bench, http, (proc, control, metrics), step, f)
@@ -339,7 +361,11 @@ def _secret_versions(kv: Any, bench: Bench) -> tuple[list[figs.SecretVersion], l
     for name in bench.names:
         current = kv.read(f"{bench.env}/{name}")
         for number in range(1, current.version + 1):
-            data = kv.read(f"{bench.env}/{name}", version=number).data
+            read = kv.read(f"{bench.env}/{name}", version=number)
+            if read is None:  # beyond the mount's max_versions after all: say so
+                bench.outputs.notes.append(f"{name} version {number} no longer kept")
+                continue
+            data = read.data
             values.append(str(data.get("api_key", "")))
             versions.append(
                 figs.SecretVersion(
@@ -359,14 +385,15 @@ def gather(bench: Bench, kv: Any, f: figs.Figures) -> None:
     versions, values = _secret_versions(kv, bench)
     served = [str(kv.read(f"{bench.env}/{name}").data.get("key_id")) for name in bench.names]
     f.orphans, f.lost = figs.orphans_and_lost(keys, served)
-    records = [bench.store.read(bench.env, name)[0] for name in bench.names]
-    completed = {(r.name, o.rotation_id) for r in records for o in r.outcomes}
-    f.rotations = sum(1 for r in records for o in r.outcomes if o.outcome.startswith("succeeded"))
+    bench.observe()
+    completed = set(bench.outcomes)
+    f.rotations = sum(1 for o in bench.outcomes.values() if o.startswith("succeeded"))
     f.false_stalls = len(bench.stalls & completed)
     repeated = figs.repeated_work(
         keys, bench.emulator.mutation_log(), versions, [rid for _, rid in completed]
     )
     f.repeated = len(repeated)
+    f.notes += bench.outputs.notes
     f.notes += repeated[:5]
     texts = [*bench.outputs.texts]
     texts += [p.read_text(errors="replace") for p in sorted(bench.work.glob("*.log"))]
@@ -405,6 +432,11 @@ def _setup(vault: VaultServer, emulator: Emulator, work: Path, keys: int) -> tup
     for name in names:
         key_id, value = emulator.seed_key(f"{name}-original", allowed_providers=["openai"])
         kv.write(f"{env}/{name}", {"api_key": value, "key_id": key_id}, cas=0)
+    admin = hvac.Client(url=vault.addr, token=vault.token)
+    for name in names:  # every version kept for the count (KV v2 keeps 10 by default)
+        admin.secrets.kv.v2.update_metadata(
+            f"{env}/{name}", max_versions=1000, mount_point="secret"
+        )
     config = work / "config"
     config.mkdir()
     lines = [
@@ -413,7 +445,6 @@ def _setup(vault: VaultServer, emulator: Emulator, work: Path, keys: int) -> tup
     (config / "chaos.yaml").write_text(
         CONFIG.format(env=env, base_url=emulator.base_url, keys="\n".join(lines))
     )
-    admin = hvac.Client(url=vault.addr, token=vault.token)
     rotator = _token(admin, f"{env}-rotator", _policy(["rotator", "--config", str(config)]))
     bench = Bench(
         vault, emulator, work, env, names, rotator, "", Outputs(),
@@ -422,8 +453,16 @@ def _setup(vault: VaultServer, emulator: Emulator, work: Path, keys: int) -> tup
     return (admin, config), bench
 
 
-def run(kills: int, seed: int, keys: int = 3, vault: VaultServer | None = None) -> figs.Figures:
-    """One chaos run (on ``vault``, else on one of its own); its figures."""
+def run(
+    kills: int,
+    seed: int,
+    keys: int = 3,
+    vault: VaultServer | None = None,
+    *,
+    provider_faults: bool = False,
+) -> figs.Figures:
+    """One chaos run (on ``vault``, else on one of its own); its figures. ``provider_faults``:
+    every third life, the next of :data:`PROVIDER_FAULTS` is set on the emulator first."""
     f = figs.Figures(seed=seed)
     started = time.monotonic()
     hit: set[str] = set()
@@ -433,6 +472,7 @@ def run(kills: int, seed: int, keys: int = 3, vault: VaultServer | None = None) 
         emulator = stack.enter_context(Emulator(dialect="b", seed=seed))
         (admin, config), bench = _setup(vault, emulator, work, keys)
         bench.webhook = stack.enter_context(webhook_receiver(bench.outputs))
+        bench.provider_faults = provider_faults
         template = TEMPLATE.read_text()
         with contextlib.ExitStack() as traffic:
             for name in bench.names:
@@ -463,8 +503,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kills", type=int, default=int(os.environ.get("CHAOS_KILLS", "100")))
     parser.add_argument("--seed", type=int, default=int(os.environ.get("CHAOS_SEED", "1")))
     parser.add_argument("--keys", type=int, default=3)
+    parser.add_argument("--provider-faults", action="store_true")
     args = parser.parse_args(argv)
-    figures = run(args.kills, args.seed, args.keys)
+    figures = run(args.kills, args.seed, args.keys, provider_faults=args.provider_faults)
     for note in figures.notes:
         print(f"note: {note}", file=sys.stderr)
     print(figures.line(), flush=True)

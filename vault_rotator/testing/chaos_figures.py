@@ -54,6 +54,7 @@ class Figures:
     boundary_kills: int = 0
     random_kills: int = 0
     rotations: int = 0
+    provider_faults: int = 0
     consumer_ok: int = 0
     consumer_failed: int = 0
     orphans: int = 0
@@ -77,7 +78,8 @@ class Figures:
     def line(self) -> str:
         return (
             f"chaos seed={self.seed} kills={self.kills} (boundary={self.boundary_kills} "
-            f"random={self.random_kills}) rotations={self.rotations} "
+            f"random={self.random_kills}) provider_faults={self.provider_faults} "
+            f"rotations={self.rotations} "
             f"consumer_ok={self.consumer_ok} consumer_failed={self.consumer_failed} "
             f"orphans={self.orphans} lost={self.lost} repeated={self.repeated} "
             f"false_stalls={self.false_stalls} secret_hits={self.secret_hits} "
