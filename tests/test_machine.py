@@ -307,9 +307,19 @@ PUBLISHED_CASES: list[tuple[str, PublishedFacts, PublishedAction]] = [
     ),
     ("the secret is gone", published(secret=None), PublishedAction.STALL),
     (
-        "a delete of the old key was cut",
-        published(write=write("delete", "old")),
+        "a delete of the old key was cut, the key still listed",
+        published(PUBLISHED_ROT, OLD, write=write("delete", "old")),
         PublishedAction.DELETE_OLD,
+    ),
+    (
+        "a delete of the old key was cut, the key listed unreadable",
+        published(write=write("delete", "old"), unreadable={"old": "bad name"}),
+        PublishedAction.DELETE_OLD,
+    ),
+    (
+        "a delete of the old key was cut after it went through: not redone",
+        published(write=write("delete", "old")),
+        PublishedAction.OLD_GONE,
     ),
     (
         "a stray of an earlier attempt",
@@ -555,7 +565,7 @@ def test_every_action_is_handled_by_its_rows_effects() -> None:
     for phase, row in TABLE.items():
         source = inspect.getsource(row.apply)
         assert "assert_never(decision.action)" in source, phase
-        handled = set(re.findall(rf"case {row.actions.__name__}\.(\w+)", source))
+        handled = set(re.findall(rf"(?:case|\|) {row.actions.__name__}\.(\w+)", source))
         assert handled == {member.name for member in row.actions}, phase
 
 

@@ -12,13 +12,14 @@ Decisions where the spec is silent:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import structlog
 
 from vault_rotator.emulator.clock import Clock
 from vault_rotator.emulator.dialects import Dialect
-from vault_rotator.emulator.faults import FaultTable
+from vault_rotator.emulator.faults import COMMITTING_ROUTES, FaultTable
 from vault_rotator.emulator.inference import Inference
 from vault_rotator.emulator.inspection import PREFIX, Inspection
 from vault_rotator.emulator.management import Management
@@ -97,7 +98,11 @@ class App:
         if request.method not in table:
             return _not_allowed(request, list(table))
         route, handler = table[request.method]
-        return self._with_faults(route, lambda: self._manage(handler, request, key_id))
+        response = self._with_faults(route, lambda: self._manage(handler, request, key_id))
+        if route in COMMITTING_ROUTES:
+            name = _requested_name(request) if route == "create" else None
+            self._recorder.log_mutation(route, key_id or None, name, response.status, self._clock())
+        return response
 
     def _management_table(self, path: str) -> tuple[dict[str, tuple[str, Handler]] | None, str]:
         collection = self._dialect.collection
@@ -141,6 +146,16 @@ def _guarded(process: Callable[[], Response]) -> Response:
         return error_response(400, str(exc))
     except UnknownKeyError as exc:
         return error_response(404, f"no key with id {exc.args[0]!r}")
+
+
+def _requested_name(request: Request) -> str | None:
+    """The ``name`` a create asked for, if its body is a JSON object with a string name."""
+    try:
+        body = json.loads(request.body)
+    except ValueError:
+        return None
+    name = body.get("name") if isinstance(body, dict) else None
+    return name if isinstance(name, str) else None
 
 
 def _not_allowed(request: Request, methods: list[str]) -> Response:

@@ -241,6 +241,10 @@ class Emulator:
     def inference_log(self) -> list[dict[str, Any]]:
         return self._recorder.inference_log()
 
+    def mutation_log(self) -> list[dict[str, Any]]:
+        """Every create, update and delete request: route, key id, requested name, status."""
+        return self._recorder.mutation_log()
+
     def request_counts(self) -> dict[str, int]:
         return self._recorder.counts()
 

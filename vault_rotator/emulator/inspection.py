@@ -43,6 +43,7 @@ class Inspection:
             ("GET", "/keys"): lambda _: json_response(200, {"data": self._store.all_keys()}),
             ("POST", "/keys"): self._seed,
             ("GET", "/inference-log"): lambda _: self._data(self._recorder.inference_log()),
+            ("GET", "/mutation-log"): lambda _: self._data(self._recorder.mutation_log()),
             ("GET", "/requests"): lambda _: self._data(self._recorder.counts()),
             ("POST", "/faults"): self._set_fault,
             ("DELETE", "/faults"): self._clear_faults,

@@ -1,6 +1,8 @@
-"""What the emulator saw: requests per route and every inference answer.
+"""What the emulator saw: requests per route, every inference answer and every management
+write (create, update, delete: the route, the key id in the path, the name a create asked for,
+the status; never a body or a value).
 
-The inference log keeps the newest 100,000 answers; neither survives a restart.
+Each log keeps its newest 100,000 entries; none survives a restart.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ class Recorder:
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(ROUTES, 0)
         self._log: deque[dict[str, Any]] = deque(maxlen=LOG_LIMIT)
+        self._mutations: deque[dict[str, Any]] = deque(maxlen=LOG_LIMIT)
 
     def count(self, route: str) -> None:
         with self._lock:
@@ -32,6 +35,13 @@ class Recorder:
         with self._lock:
             self._log.append(entry)
 
+    def log_mutation(
+        self, route: str, key_id: str | None, name: str | None, status: int, at: float
+    ) -> None:
+        entry = {"route": route, "key_id": key_id, "name": name, "status": status, "at": iso(at)}
+        with self._lock:
+            self._mutations.append(entry)
+
     def counts(self) -> dict[str, int]:
         with self._lock:
             return dict(self._counts)
@@ -39,3 +49,7 @@ class Recorder:
     def inference_log(self) -> list[dict[str, Any]]:
         with self._lock:
             return [dict(entry) for entry in self._log]
+
+    def mutation_log(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(entry) for entry in self._mutations]

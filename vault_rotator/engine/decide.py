@@ -60,6 +60,7 @@ class PublishedAction(enum.StrEnum):
     SWEEP = "sweep"  # delete keys this rotation created but did not publish
     DISABLE_OLD = "disable-old"
     DELETE_OLD = "delete-old"  # the secret re-read first
+    OLD_GONE = "old-gone"  # a delete of the old key cut short had gone through: not redone
     FINISH = "finish"  # done: the outcome is chosen by decide_end.success_outcome
     STALL = "stall"  # both keys stay alive; an operator decides
 
@@ -307,13 +308,20 @@ def _redo(write: ProviderWrite | None, target: str | None) -> bool:
     return write is not None and write.action == reasons.DELETE and write.target == target
 
 
+def _gone(facts: PublishedFacts, key_id: str | None) -> bool:
+    """``key_id`` is neither listed nor listed unreadable in this pass."""
+    return key_id is not None and key_id not in facts.obs.keys and key_id not in facts.unreadable
+
+
 def decide_published_pass(facts: PublishedFacts) -> Decision[PublishedAction]:
     """A published rotation's pass: the secret still ours, a cut delete redone, then the rest."""
     rot = facts.rotation
     if (changed := secret_changed(rot, facts.secret)) is not None:
         return Decision(PublishedAction.STALL, rot, reasons.SECRET_CHANGED, changed)
     if _redo(facts.write, rot.old_key_id) and not rot.old_deleted:
-        # We may have deleted it already: a 404 is fine.
+        if _gone(facts, rot.old_key_id):  # this pass lists after the cut: it went through
+            return Decision(PublishedAction.OLD_GONE, rot, "a delete cut short had gone through")
+        # Still listed (or unreadable): not deleted yet, or not known to be; a 404 is fine.
         return Decision(PublishedAction.DELETE_OLD, rot, "a delete of the old key was cut short")
     decision = decide_published(rot, facts.obs, facts.timing, facts.names, now=facts.now)
     return noting(decision, facts.unreadable)

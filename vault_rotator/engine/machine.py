@@ -30,7 +30,8 @@ a phase, along ``state.NEXT_PHASES``)::
                                                             fail (record.begin_cleanup:
                                                               -> cleanup)
     published  observe_published    decide_published_pass   wait (pickup, drain) | sweep |
-               (list pass, secret)                          disable-old | delete-old | stall |
+               (list pass, secret)                          disable-old | delete-old |
+                                                            old-gone | stall |
                                                             finish (record.finished: -> idle)
     aborting   observe_aborting     decide_aborting_pass    republish | wait (new key drains) |
                (list pass)                                  redo-delete-new | delete-new |

@@ -79,8 +79,8 @@ def apply_published(p: Pass, decision: Decision[PublishedAction], _carry: Carry)
             return sweep(p, decision.sweep_ids)
         case PublishedAction.DISABLE_OLD:
             return disable_old(p)
-        case PublishedAction.DELETE_OLD:
-            return delete_old(p)
+        case PublishedAction.DELETE_OLD | PublishedAction.OLD_GONE:
+            return delete_old(p, gone=decision.action == PublishedAction.OLD_GONE)
         case PublishedAction.FINISH:
             rot = p.rotation
             ending = success_ending(rot)
@@ -108,11 +108,15 @@ def disable_old(p: Pass) -> Progress:
     return p.progress("old key disabled; deleting after disable_before_delete")
 
 
-def delete_old(p: Pass) -> Progress | None:
+def delete_old(p: Pass, *, gone: bool = False) -> Progress | None:
     """The consumer secret re-read (still ours, else stall), then the old key deleted; the
-    loop then decides again on the same list pass."""
+    loop then decides again on the same list pass. ``gone``: a delete cut short by a crash
+    went through (a list pass after it no longer shows the key): only recorded, not redone."""
     rot = p.rotation
     assert rot.old_key_id is not None
+    if gone:
+        p.stage(p.record.with_rotation(old_deleted=True))
+        return None
     if (changed := secret_changed(rot, p.kv.read(p.policy.secret_path))) is not None:
         return stall(p, reasons.SECRET_CHANGED, changed)
     deleted = delete_key(p, rot.old_key_id)
