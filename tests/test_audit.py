@@ -265,6 +265,17 @@ def test_delete_unused_with_yes_deletes_only_unused_unmanaged(
     assert [e["key_id"] for e in deleted] == [ids["unmanaged"]]
 
 
+def token_denied(vault: VaultServer, path: str) -> str:
+    """A Vault token that may do everything under secret/ except touch ``path``."""
+    admin = hvac.Client(url=vault.addr, token=vault.token)
+    name = f"audit-deny-{uuid.uuid4().hex[:8]}"
+    admin.sys.create_or_update_policy(
+        name, f'path "secret/*" {{ capabilities = ["create", "read", "update", "delete", '
+        f'"list"] }}\npath "{path}" {{ capabilities = ["deny"] }}'
+    )  # fmt: skip
+    return str(admin.auth.token.create(policies=[name], ttl="10m")["auth"]["client_token"])
+
+
 def test_delete_unused_refuses_while_a_state_record_is_unreadable(
     make_setup: MakeSetup,
     capsys: pytest.CaptureFixture[str],
@@ -274,13 +285,7 @@ def test_delete_unused_refuses_while_a_state_record_is_unreadable(
     """A record this token may not read may hold the candidate: nothing is deleted."""
     s, ids = delete_world(make_setup)
     hidden = f"secret/data/{s.env}/vault-rotator/state/{s.env}/gone"
-    admin = hvac.Client(url=vault.addr, token=vault.token)
-    admin.sys.create_or_update_policy(
-        "audit-partial", f'path "secret/*" {{ capabilities = ["create", "read", "update", '
-        f'"delete", "list"] }}\npath "{hidden}" {{ capabilities = ["deny"] }}'
-    )  # fmt: skip
-    token = admin.auth.token.create(policies=["audit-partial"], ttl="10m")["auth"]["client_token"]
-    monkeypatch.setenv("VAULT_TOKEN", token)
+    monkeypatch.setenv("VAULT_TOKEN", token_denied(vault, hidden))
     before = s.live()
 
     with pytest.raises(EngineError, match=r"refusing --delete-unused: 1 state record\(s\)"):
@@ -303,13 +308,7 @@ def test_delete_unused_refuses_while_a_state_folder_is_unreadable(
         f"{s.env}/vault-rotator/state/{other}/x", in_flight(other, "x", old="k").to_dict(), cas=0
     )
     folder = f"secret/metadata/{s.env}/vault-rotator/state/{other}/"
-    admin = hvac.Client(url=vault.addr, token=vault.token)
-    admin.sys.create_or_update_policy(
-        "audit-no-folder", f'path "secret/*" {{ capabilities = ["create", "read", "update", '
-        f'"delete", "list"] }}\npath "{folder}" {{ capabilities = ["deny"] }}'
-    )  # fmt: skip
-    token = admin.auth.token.create(policies=["audit-no-folder"], ttl="10m")["auth"]["client_token"]
-    monkeypatch.setenv("VAULT_TOKEN", token)
+    monkeypatch.setenv("VAULT_TOKEN", token_denied(vault, folder))
     before = s.live()
 
     with pytest.raises(EngineError, match=r"not readable with this token \(e\.g\. .*/state/"):
