@@ -20,6 +20,7 @@ from vault_rotator import __version__
 from vault_rotator.display import redact_text
 from vault_rotator.errors import ConfigError, VaultRotatorError
 from vault_rotator.logs import LOG_LEVEL_ENV, LOG_LEVELS, configure, log_settings
+from vault_rotator.policy.problems import clipped, escaped
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 MAX_ERROR = 1000  # characters of an error line
@@ -28,8 +29,7 @@ MAX_ERROR = 1000  # characters of an error line
 def one_line(text: str) -> str:
     """``text`` on one line: every character that does not print (controls, bidi and other
     format characters, newlines) as its escape, and at most MAX_ERROR characters."""
-    out = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
-    return out if len(out) <= MAX_ERROR else out[: MAX_ERROR - 1] + "…"
+    return clipped(escaped(text), MAX_ERROR)
 
 
 # verb -> (module, one-line help)
