@@ -1,0 +1,236 @@
+"""Which replica ticks a provider account: a lease per account, held in Vault, fenced.
+
+Several daemons may run behind one Vault (replicas). Each key's rotation is already safe
+with any number of them: its state record's lease and fence let one process act at a time
+(:mod:`.session`). What the account lease adds is that only one replica *ticks* an account —
+lists its keys and advances its rotations — so the provider sees one list pass per poll, not
+one per replica. The others serve probes, metrics, status and the control API.
+
+Where it lives: an account's keys may sit in several policy files with different
+``state_prefix``es (one KV mount: the mount is part of the account). The lease is a record
+under *each* of them::
+
+    <kv_mount>/<state_prefix>/accounts/<account id>
+
+and a replica ticks the account only while it holds all of them. They are taken in sorted
+order and given back when one is held by another, so two replicas whose configurations share
+at least one prefix exclude each other even while a rolling configuration change has them
+disagree about the others. ``<account id>`` is a hash of the base URL and the management key
+path (no secret): the path stays the same when files are renamed.
+
+Stored form (KV v2 data, written only by check-and-set)::
+
+    {"schema": 1, "account": "https://api.example (secret/arouter/admin)",
+     "holder": "host:pid:uuid", "fence": 12, "expires_at": 1700000030.0,
+     "renewed_at": 1700000015.0}
+
+``fence`` is bumped at each take-over. A replica renews when less than half the TTL is left
+(one CAS write per prefix per half TTL, not one per poll) and reads the record again before
+trusting a lease it thinks it holds once that point is reached, so a replica that was paused
+past its lease finds it taken and steps back. The lease only decides who ticks; every Vault
+write of a rotation is still fenced by the key's own lease, so even a replica that wrongly
+believes it holds the account gets no write accepted on a key another replica acts on.
+
+A newer schema is refused (:func:`refuse_newer` semantics): an older replica meeting a newer
+replica's lease does not tick that account and says so; the newer replica ticks it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from vault_rotator.errors import CasConflictError, StoreError
+from vault_rotator.ports.kv import KvStore
+
+log = structlog.get_logger(__name__)
+
+ACCOUNT_LEASE_SCHEMA = 1
+
+
+def account_id(base_url: str, management_key_path: str) -> str:
+    """A stable, secret-free id for an account: 16 hex digits of SHA-256."""
+    digest = hashlib.sha256(f"{base_url}\n{management_key_path}".encode()).hexdigest()
+    return digest[:16]
+
+
+def lease_path(prefix: str, account: str) -> str:
+    """The lease record's path inside the KV mount."""
+    return f"{prefix.strip('/')}/accounts/{account}"
+
+
+@dataclass(frozen=True)
+class AccountLease:
+    """One stored account lease."""
+
+    account: str
+    holder: str
+    fence: int
+    expires_at: float
+    renewed_at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": ACCOUNT_LEASE_SCHEMA,
+            "account": self.account,
+            "holder": self.holder,
+            "fence": self.fence,
+            "expires_at": self.expires_at,
+            "renewed_at": self.renewed_at,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str) -> AccountLease:
+        schema = data.get("schema")
+        if not isinstance(schema, int) or isinstance(schema, bool):
+            raise StoreError(f"account lease at {where} is malformed (no schema)")
+        if schema > ACCOUNT_LEASE_SCHEMA:
+            raise StoreError(
+                f"account lease at {where} was written by a newer vault-rotator (schema "
+                f"{schema}; this one reads up to {ACCOUNT_LEASE_SCHEMA}): this replica leaves "
+                "the account to the newer one"
+            )
+        try:
+            lease = cls(
+                account=str(data["account"]),
+                holder=str(data["holder"]),
+                fence=_int(data["fence"]),
+                expires_at=_number(data["expires_at"]),
+                renewed_at=_number(data["renewed_at"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StoreError(f"account lease at {where} is malformed ({exc})") from exc
+        return lease
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError("fence is not an integer")
+    return value
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError("a time is not a number")
+    return float(value)
+
+
+@dataclass
+class _Held:
+    """What we know of one prefix's record: our lease and the version we wrote."""
+
+    lease: AccountLease
+    version: int
+
+
+class AccountLeases:
+    """This replica's hold on one account's leases (one per state prefix)."""
+
+    def __init__(
+        self,
+        kv: KvStore,
+        prefixes: Sequence[str],
+        account: str,
+        label: str,
+        *,
+        holder: str,
+        clock: Callable[[], float],
+        ttl: float,
+    ) -> None:
+        self.kv = kv
+        self.paths = sorted({lease_path(p, account) for p in prefixes})
+        self.label = label
+        self.holder = holder
+        self.clock = clock
+        self.ttl = ttl
+        self.held: dict[str, _Held] = {}
+        self.seen: dict[str, AccountLease] = {}  # the last lease read at each path
+        self.problem: str | None = None  # why we could not take it, when not merely held
+
+    @property
+    def holds(self) -> bool:
+        """True while every lease is ours by our clock (no I/O)."""
+        now = self.clock()
+        return len(self.held) == len(self.paths) and all(
+            h.lease.expires_at > now for h in self.held.values()
+        )
+
+    def hold(self) -> bool:
+        """Take or keep every lease; True when this replica may tick the account now.
+
+        Cheap while held: no I/O until half the TTL has run down, then one read and one CAS
+        write per prefix. On any lease held by another replica, the ones taken are given back.
+        """
+        self.problem = None
+        for path in self.paths:
+            if not self._hold_one(path):
+                self.release()
+                return False
+        return True
+
+    def _hold_one(self, path: str) -> bool:
+        now = self.clock()
+        mine = self.held.get(path)
+        if mine is not None and mine.lease.expires_at - now > self.ttl / 2:
+            return True
+        try:
+            got = self.kv.read(path)
+            current = None
+            if got is not None and not got.deleted and got.data:
+                current = AccountLease.from_dict(got.data, f"{self.kv.mount}/{path}")
+                self.seen[path] = current
+            version = 0 if got is None else got.version
+            if got is not None and got.deleted:
+                version = self.kv.current_version(path)
+        except StoreError as exc:
+            self.held.pop(path, None)
+            self.problem = str(exc)
+            return False
+        if current is not None and current.holder != self.holder and current.expires_at > now:
+            self.held.pop(path, None)
+            return False
+        if mine is not None and (current is None or current.fence != mine.lease.fence):
+            log.warning("account lease lost", account=self.label, path=path)
+            self.held.pop(path, None)
+        fence = current.fence if current is not None else 0
+        if current is None or current.holder != self.holder or path not in self.held:
+            fence += 1  # a take-over (or a first take): a new fence
+        lease = AccountLease(self.label, self.holder, fence, now + self.ttl, now)
+        return self._write(path, lease, version)
+
+    def _write(self, path: str, lease: AccountLease, version: int) -> bool:
+        try:
+            written = self.kv.write(path, lease.to_dict(), cas=version)
+        except CasConflictError:
+            self.held.pop(path, None)
+            return False  # another replica wrote first
+        except StoreError as exc:
+            self.held.pop(path, None)
+            self.problem = str(exc)
+            return False
+        if path not in self.held:
+            log.info("account lease taken", account=self.label, path=path, fence=lease.fence)
+        self.held[path] = _Held(lease, written)
+        self.seen[path] = lease
+        return True
+
+    def release(self) -> None:
+        """Give back every lease we hold (best effort: an expired lease frees itself)."""
+        for path, mine in list(self.held.items()):
+            self.held.pop(path)
+            freed = AccountLease(
+                self.label, self.holder, mine.lease.fence, self.clock(), mine.lease.renewed_at
+            )
+            try:
+                self.kv.write(path, freed.to_dict(), cas=mine.version)
+            except StoreError:
+                log.info("account lease not given back; it expires", path=path)
+
+    def last_renewed(self) -> float | None:
+        """The latest renewal seen by this replica at any of the paths (for the metric)."""
+        times = [lease.renewed_at for lease in self.seen.values()]
+        return max(times) if times else None
