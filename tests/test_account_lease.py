@@ -165,7 +165,7 @@ def test_two_replicas_race_on_a_real_vault_and_exactly_one_wins(vault: VaultServ
     kv = VaultConnection(vault.addr, vault.token).kv("secret")
     prefix = f"ha-{uuid.uuid4().hex[:8]}"
     one = _replica(kv, clock, "one", (prefix,))
-    two = _replica(_ReadThenRival(kv, one.hold), clock, "two", (prefix,))  # type: ignore[arg-type]
+    two = _replica(_ReadThenRival(kv, one.hold), clock, "two", (prefix,))
     assert not two.hold()
     assert [one.holds, two.holds] == [True, False]
     clock.advance(TTL + 1)
