@@ -224,7 +224,9 @@ def test_kustomize_renders_the_daemon_into_its_namespace() -> None:
     """`kubectl kustomize deploy/kubernetes` gives the core objects, namespaced and valid."""
     docs = kustomize(K8S)
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == ["ConfigMap", "Deployment", "Namespace", "Service", "ServiceAccount"]
+    assert kinds == [
+        "ConfigMap", "Deployment", "Namespace", "PodDisruptionBudget", "Service", "ServiceAccount"
+    ]  # fmt: skip
     for doc in docs:
         kubernetes_validate.validate(doc, K8S_VERSIONS[-1], strict=True)
         if doc["kind"] != "Namespace":
@@ -271,12 +273,30 @@ def test_the_daemon_pod_runs_locked_down_as_the_image_user() -> None:
     assert context["readOnlyRootFilesystem"] is True
     assert context["allowPrivilegeEscalation"] is False
     assert context["capabilities"] == {"drop": ["ALL"]}
-    assert deployment["spec"]["replicas"] == 1
     assert {"cpu", "memory"} <= container["resources"]["requests"].keys()
     assert {"cpu", "memory"} <= container["resources"]["limits"].keys()
     tmp = [m for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
     (volume,) = [v for v in pod["volumes"] if v["name"] == tmp[0]["name"]]
     assert "emptyDir" in volume
+
+
+def test_three_replicas_roll_one_at_a_time_spread_over_nodes_under_a_budget() -> None:
+    """HA: 3 replicas, a rollout and a drain take at most one down, never two on one node."""
+    deployment = one("Deployment", "vault-rotator")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 3
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0},
+    }
+    labels = spec["template"]["metadata"]["labels"]
+    spread = spec["template"]["spec"]["topologySpreadConstraints"]
+    hard = [c for c in spread if c["whenUnsatisfiable"] == "DoNotSchedule"]
+    assert [c["topologyKey"] for c in hard] == ["kubernetes.io/hostname"]
+    assert all(c["labelSelector"]["matchLabels"].items() <= labels.items() for c in spread)
+    budget = one("PodDisruptionBudget", "vault-rotator")
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert budget["spec"]["selector"]["matchLabels"].items() <= labels.items()
 
 
 def test_the_probes_ask_the_metrics_listener() -> None:
