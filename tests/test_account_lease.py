@@ -12,17 +12,19 @@ from vault_rotator.engine.account_lease import (
     ACCOUNT_LEASE_SCHEMA,
     AccountLease,
     AccountLeases,
-    account_id,
     lease_path,
 )
 from vault_rotator.errors import StoreError
+from vault_rotator.policy import Account
 from vault_rotator.ports.kv import KvStore, Versioned
 from vault_rotator.store.memory import MemoryKv
 from vault_rotator.store.vault import VaultConnection
 from vault_rotator.testing.clock import FakeClock
 from vault_rotator.testing.vault_server import VaultServer
 
-ACCOUNT = account_id("https://arouter.example", "ops/arouter-admin")
+ACCOUNT = Account(
+    base_url="https://arouter.example", kv_mount="secret", management_key_path="ops/admin"
+).lease_id
 TTL = 30.0
 
 
@@ -32,11 +34,15 @@ def _replica(
     return AccountLeases(kv, prefixes, ACCOUNT, "acct", holder=name, clock=clock, ttl=TTL)
 
 
-def test_account_id_is_stable_and_depends_on_url_and_management_path() -> None:
+def _id(base_url: str, path: str, mount: str = "secret") -> str:
+    return Account(base_url=base_url, kv_mount=mount, management_key_path=path).lease_id
+
+
+def test_account_lease_id_is_stable_and_depends_on_url_and_management_path() -> None:
     """The id is the same for the same account and differs for another URL or key path."""
-    assert account_id("https://a", "p") == account_id("https://a", "p")
-    assert len({account_id("https://a", "p"), account_id("https://b", "p")}) == 2
-    assert account_id("https://a", "p") != account_id("https://a", "q")
+    assert _id("https://a", "p") == _id("https://a", "p") == _id("https://a", "p", "kv2")
+    assert _id("https://a", "p") != _id("https://b", "p")
+    assert _id("https://a", "p") != _id("https://a", "q")
 
 
 def test_only_one_replica_holds_until_the_lease_expires() -> None:

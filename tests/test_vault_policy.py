@@ -30,7 +30,7 @@ from vault_rotator.daemon import freeze
 from vault_rotator.daemon.daemon import Daemon
 from vault_rotator.daemon.metrics import Metrics
 from vault_rotator.emulator import Emulator
-from vault_rotator.engine import reasons
+from vault_rotator.engine import account_lease, reasons
 from vault_rotator.engine.preflight import required_capabilities
 from vault_rotator.engine.session import StateStore
 from vault_rotator.engine.state import StateRecord
@@ -496,6 +496,19 @@ def test_the_layout_agrees_with_the_state_store_and_the_freezes() -> None:
     assert vaultacl.state_path("some/prefix", "e", "n") == store.state_path("e", "n")
     assert vaultacl.pending_path("some/prefix", "e", "n") == store.pending_path("e", "n")
     assert vaultacl.frozen_path("some/prefix") == freeze.frozen_path("some/prefix")
+    lease_id = "0123456789abcdef"
+    assert vaultacl.account_lease_path("some/prefix", lease_id) == account_lease.lease_path(
+        "some/prefix", lease_id
+    )
+
+
+def test_the_rotator_may_write_each_account_lease_under_each_of_its_state_prefixes() -> None:
+    """Every (state prefix, account) pair of the policies has its lease path granted."""
+    policies = load_policies(Path(EXAMPLES))
+    rules = {rule.path: set(rule.capabilities) for rule in vaultacl.rotator_rules(policies)}
+    for policy in policies:
+        lease = account_lease.lease_path(policy.vault.state_prefix, policy.account.lease_id)
+        assert rules[f"{policy.vault.kv_mount}/data/{lease}"] == {"create", "read", "update"}
 
 
 def test_rules_are_exact_and_management_keys_read_only() -> None:

@@ -35,6 +35,7 @@ from vault_rotator.daemon.freeze import FrozenSet, frozen
 from vault_rotator.daemon.metrics import Metrics
 from vault_rotator.daemon.notify import Notifier
 from vault_rotator.daemon.parking import FailureBook
+from vault_rotator.daemon.replicas import Replicas
 from vault_rotator.engine import reasons
 from vault_rotator.engine.decide import Observation
 from vault_rotator.engine.engine import Command, Engine, FaultHook
@@ -124,6 +125,7 @@ class TickReport:
     started: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     failed: set[str] = field(default_factory=set)  # keys (ENV/NAME) that failed in this tick
+    follower: bool = False  # another replica holds the account lease: nothing was done
     # consumer secrets read in this tick (each at most once); per tick, as ticks of different
     # accounts run in parallel threads
     secrets: dict[tuple[str, str], Versioned | None] = field(default_factory=dict)
@@ -157,6 +159,9 @@ class Daemon:
         self.orphans: dict[Account, tuple[KeyPolicy, ...]] = {}  # see discover_orphans
         self.last_tick: dict[Account, float] = {}
         self.should_stop: Callable[[], bool] = lambda: False
+        self.replicas = Replicas(
+            runtime.kv, holder=self.engine.holder, clock=self.clock, ttl=runtime.lease_ttl
+        )
 
     # -- what to look after -------------------------------------------------------------
 
@@ -242,11 +247,15 @@ class Daemon:
     def tick(self, account: Account, keys: tuple[KeyPolicy, ...]) -> TickReport:
         """One reconcile pass of one account (see the module docstring)."""
         report = TickReport(account)
+        if not self._lead(account, keys, report):
+            return report
         tracked = self.tracked(account, keys, report)
         active = [t for t in tracked if t.active]
         if active:
             observation = self._observe(active[0].policy)
             for item in active:
+                if not self.replicas.still_holds(account):
+                    raise Cancelled(f"account lease of {account.base_url} lost mid-tick")
                 self._advance(item.policy, report, observation=observation)
         self._drop_stale_pending(tracked, report)
         self._start_due(tracked, report)
@@ -258,6 +267,13 @@ class Daemon:
         self.metrics.ticks.labels(account.base_url, "error" if report.errors else "ok").inc()
         self.metrics.last_tick.labels(account.base_url).set(self.last_tick[account])
         return report
+
+    def _lead(self, account: Account, keys: tuple[KeyPolicy, ...], report: TickReport) -> bool:
+        """Whether this replica ticks the account now (its account lease; see .replicas)."""
+        lead = self.replicas.may_tick(account, keys or self.orphans.get(account, ()))
+        self.metrics.account_lease.labels(account.base_url).set(1 if lead else 0)
+        report.follower = not lead
+        return lead
 
     def _observe(self, policy: KeyPolicy) -> Observation:
         def list_pass() -> Observation:
@@ -387,6 +403,8 @@ class Daemon:
         for _at, reason, policy in sorted(candidates, key=lambda c: c[0]):
             if in_flight >= policy.provider.max_concurrent:
                 break
+            if not self.replicas.still_holds(report.account):
+                raise Cancelled(f"account lease of {report.account.base_url} lost mid-tick")
             self._advance(
                 policy, report, command=Command(trigger="schedule", by=f"daemon:{reason}")
             )

@@ -20,7 +20,9 @@ words from small fixed sets: never a key value, token, fingerprint or free text 
                                                  ``denied``, ``unavailable``, ``conflict``,
                                                  ``error``)
 ``vault_rotator_ticks_total``                    counter: account (base URL), result
-``vault_rotator_last_tick_timestamp_seconds``    gauge: account (base URL)
+``vault_rotator_last_tick_timestamp_seconds``    gauge: account (base URL); set by the replica
+                                                 that ticked it (max over replicas: last tick)
+``vault_rotator_account_lease_held``             gauge 0/1: account; 1 on the replica ticking it
 ``vault_rotator_webhook_deliveries_total``       counter: result (sent, failed, dropped)
 ``vault_rotator_build_info``                     gauge 1: version, python
 ``process_*``, ``python_info``                   prometheus-client's process and platform
@@ -122,6 +124,12 @@ class Metrics:
             ["account"],
             registry=r,
         )
+        self.account_lease = Gauge(
+            "vault_rotator_account_lease_held",
+            "1 while this replica holds the account's lease and ticks it, 0 while another does",
+            ["account"],
+            registry=r,
+        )
         self.in_flight = Gauge(
             "vault_rotator_rotations_in_flight", "Rotations in flight", ["env"], registry=r
         )
@@ -154,6 +162,7 @@ class Metrics:
             self.stalled,
             self.last_success,
             self.last_tick,
+            self.account_lease,
         ):
             gauge.clear()
 

@@ -103,9 +103,13 @@ class Service:
                 log.warning("vault token renewal failed", error=str(exc))
 
     def ticking_problem(self) -> str | None:
-        """None when every account ticked within three poll intervals (or is starting)."""
+        """None when every account this replica holds ticked within three poll intervals (or
+        it is starting). Accounts another replica ticks are not this replica's problem: it
+        serves all the same (its readiness is Vault and its config)."""
         now = time.time()
         for account, keys in self.daemon.accounts().items():
+            if not self.daemon.replicas.holds(account):
+                continue
             limit = 3 * min(k.provider.poll_interval_s for k in keys) + 5
             last = self.daemon.last_tick.get(account, self.started)
             if now - last > limit:
@@ -134,6 +138,7 @@ class Service:
             )
             return False
         self.daemon.policies = policies
+        self.daemon.replicas.forget(set(policies.accounts()) | set(self.daemon.orphans))
         self.daemon.metrics.forget_per_key_series()  # the next ticks set what still exists
         self.schedule()
         log.info("policies reloaded", keys=sum(1 for _ in policies))
@@ -176,3 +181,5 @@ class Service:
         threading.Thread(target=wait, daemon=True).start()
         if not finished.wait(SHUTDOWN_WAIT_S):
             log.warning("a tick is still running at shutdown; its lease will expire")
+        else:  # no tick runs: give the account leases back so another replica takes over now
+            self.daemon.replicas.release_all()

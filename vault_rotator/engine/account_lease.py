@@ -15,7 +15,8 @@ under *each* of them::
 and a replica ticks the account only while it holds all of them. They are taken in sorted
 order and given back when one is held by another, so two replicas whose configurations share
 at least one prefix exclude each other even while a rolling configuration change has them
-disagree about the others. ``<account id>`` is a hash of the base URL and the management key
+disagree about the others. ``<account id>`` is :attr:`Account.lease_id
+<vault_rotator.policy.model.Account.lease_id>`, a hash of the base URL and the management key
 path (no secret): the path stays the same when files are renamed.
 
 Stored form (KV v2 data, written only by check-and-set)::
@@ -37,25 +38,18 @@ replica's lease does not tick that account and says so; the newer replica ticks 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
-from vault_rotator.errors import CasConflictError, StoreError
+from vault_rotator.errors import CasConflictError, StoreError, StorePermissionError
 from vault_rotator.ports.kv import KvStore
 
 log = structlog.get_logger(__name__)
 
 ACCOUNT_LEASE_SCHEMA = 1
-
-
-def account_id(base_url: str, management_key_path: str) -> str:
-    """A stable, secret-free id for an account: 16 hex digits of SHA-256."""
-    digest = hashlib.sha256(f"{base_url}\n{management_key_path}".encode()).hexdigest()
-    return digest[:16]
 
 
 def lease_path(prefix: str, account: str) -> str:
@@ -150,6 +144,7 @@ class AccountLeases:
         self.held: dict[str, _Held] = {}
         self.seen: dict[str, AccountLease] = {}  # the last lease read at each path
         self.problem: str | None = None  # why we could not take it, when not merely held
+        self.denied = False  # Vault denied the lease path: a Vault policy from before HA
 
     @property
     def holds(self) -> bool:
@@ -166,6 +161,7 @@ class AccountLeases:
         write per prefix. On any lease held by another replica, the ones taken are given back.
         """
         self.problem = None
+        self.denied = False
         for path in self.paths:
             if not self._hold_one(path):
                 self.release()
@@ -189,6 +185,7 @@ class AccountLeases:
         except StoreError as exc:
             self.held.pop(path, None)
             self.problem = str(exc)
+            self.denied = isinstance(exc, StorePermissionError)
             return False
         if current is not None and current.holder != self.holder and current.expires_at > now:
             self.held.pop(path, None)
@@ -211,6 +208,7 @@ class AccountLeases:
         except StoreError as exc:
             self.held.pop(path, None)
             self.problem = str(exc)
+            self.denied = isinstance(exc, StorePermissionError)
             return False
         if path not in self.held:
             log.info("account lease taken", account=self.label, path=path, fence=lease.fence)

@@ -10,6 +10,7 @@ tuples, ``null`` for "inherit from the old key" or "none") plus ``"version": 1``
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +85,13 @@ class Account(_Frozen):
 
     def __str__(self) -> str:
         return f"{self.base_url} ({self.kv_mount}/{self.management_key_path})"
+
+    @property
+    def lease_id(self) -> str:
+        """A stable, secret-free id naming the account's lease records (16 hex digits of
+        SHA-256 of the base URL and the management key path; the mount is in the path)."""
+        text = f"{self.base_url}\n{self.management_key_path}"
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def account_of(provider: ProviderPolicy, vault: VaultPolicy) -> Account:

@@ -18,6 +18,7 @@ VaultKv`: ``read`` and ``write`` on ``data/``; ``current_version``, ``set_custom
     management key    data: read                    nothing else, ever
     state/ and state/<env>/, pending/<env>/         metadata: list (status, audit, daemon)
     control/frozen    data: create read update      freezes
+    accounts/<id>     data: create read update      the account lease (which replica ticks)
     token self paths  lookup, renew, revoke, capabilities-self (also in Vault's default policy)
 
 The layout mirrors :class:`~vault_rotator.engine.session.StateStore` and
@@ -92,6 +93,10 @@ def pending_path(prefix: str, env: str, name: str) -> str:
 
 def frozen_path(prefix: str) -> str:
     return f"{prefix}/control/frozen"
+
+
+def account_lease_path(prefix: str, lease_id: str) -> str:
+    return f"{prefix}/accounts/{lease_id}"
 
 
 WRITE = ("create", "read", "update")
@@ -170,6 +175,12 @@ def rotator_rules(policies: PolicySet) -> list[Rule]:
                 section, _folder(mount, f"{prefix}/state"), ("list",), f"{names}: state folders"
             ),
         ]
+        accounts = {k.account for e in environments for k in e.keys}
+        for account in sorted(accounts, key=lambda a: a.lease_id):
+            path = account_lease_path(prefix, account.lease_id)
+            grants.append(
+                _Grant(section, _data(mount, path), WRITE, f"account lease: {account.base_url}")
+            )
         for environment in sorted(environments, key=lambda e: e.environment):
             grants += _environment_grants(environment)
     _check_read_only(grants)
