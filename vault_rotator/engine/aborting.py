@@ -95,6 +95,7 @@ def republish(p: Pass) -> Progress:
     version = find_version(p, rot.published_version or 0, aborted=True)
     if version is None and current == rot.published_version:
         try:
+            p.session.check_fence()
             version = p.kv.write(path, data, cas=current)
         except CasConflictError:
             version = find_version(p, rot.published_version or 0, aborted=True)

@@ -145,6 +145,7 @@ def _save_pending(p: Pass, key_id: str, name: str, value: Secret, version: int) 
         old_secret=dict(start.data) if start and not start.deleted else None,
         old_version=rot.start_version,
     )
+    p.session.check_fence()  # paused past our lease: the new holder sweeps the new key
     try:
         p.store.write_pending(p.policy.env, p.policy.name, pending, cas=version)
     except StoreError as exc:
@@ -246,6 +247,7 @@ def _write_consumer(p: Pass, pending: Pending) -> int | None:
             "rotation_id": rot.id,
         }
         try:
+            p.session.check_fence()
             return p.kv.write(path, data, cas=rot.start_version)
         except CasConflictError:
             pass
@@ -259,6 +261,7 @@ def _label(p: Pass, pending: Pending, version: int) -> None:
         "rotation_id": pending.rotation_id,
         "version": str(version),
     }
+    p.session.check_fence()
     try:
         p.kv.set_custom_metadata(p.policy.secret_path, labels)
     except StoreError as exc:  # labels are for humans; the state record is the truth

@@ -87,6 +87,7 @@ def finish(p: Pass, ending: Ending, *, new_key_id: str | None, current: str | No
     )
     p.save(p.record.finished(outcome, current_key_id=current))
     p.fault("done")
+    p.session.check_fence()
     p.store.destroy_pending(p.policy.env, p.policy.name)
     p.fault("destroy")
     p.listener.finished(p.policy, outcome, rotation)  # the canonical line, metrics, webhooks

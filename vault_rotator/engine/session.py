@@ -197,6 +197,14 @@ class Session:
         if self.expires_at - self.clock() < budget + LEASE_MARGIN_S:
             self.save(self.record)
 
+    def check_fence(self) -> None:
+        """Before a Vault write to a path other than the state record (pending values, the
+        consumer secret): renew the lease by CAS when it runs low. A process paused past its
+        lease (and taken over) thus fails with LeaseLostError instead of writing after the new
+        holder; one still holding the lease by its clock pays no I/O."""
+        if self.expires_at - self.clock() < 2 * LEASE_MARGIN_S:
+            self.save(self.record)
+
     def before_provider_write(self, action: str, target: str, budget: float) -> None:
         """Record "about to <action> on <target>" with our fence, then check the lease."""
         lease = self.record.lease

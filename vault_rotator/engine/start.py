@@ -32,6 +32,7 @@ def apply_idle(p: Pass, decision: Decision[IdleAction], carry: Carry) -> Progres
             return p.progress()
         case IdleAction.DROP_STALE_PENDING:
             p.log.warning("destroying a stale pending record", had_value=carry.pending is not None)
+            p.session.check_fence()
             p.store.destroy_pending(p.policy.env, p.policy.name)
             carry.pending, carry.pending_version = None, 0
             return None
