@@ -39,6 +39,11 @@ path "secret/metadata/vault-rotator/state/" {
   capabilities = ["list"]
 }
 
+# account lease: http://emulator:8787
+path "secret/data/vault-rotator/accounts/cabf1cdf2a560220" {
+  capabilities = ["create", "read", "update"]
+}
+
 # ---- environment dev (kv_mount secret, state_prefix vault-rotator) ----
 
 # dev: management key (read only)

@@ -272,6 +272,9 @@ class Daemon:
         """Whether this replica ticks the account now (its account lease; see .replicas)."""
         lead = self.replicas.may_tick(account, keys or self.orphans.get(account, ()))
         self.metrics.account_lease.labels(account.base_url).set(1 if lead else 0)
+        if not lead:  # the replica ticking it says when it last did; ours would go stale
+            with contextlib.suppress(KeyError):
+                self.metrics.last_tick.remove(account.base_url)
         report.follower = not lead
         return lead
 
