@@ -10,6 +10,7 @@ per process at warning with the key, the (escaped) name and why, never a value.
 from __future__ import annotations
 
 from collections import OrderedDict
+
 import structlog
 
 from vault_rotator.engine.acks import (

@@ -173,29 +173,25 @@ def _schema_problem(name: str, data: Mapping[str, Any]) -> str | None:
     if missing:
         return f"no {', '.join(missing)}"
     version = data["version"]
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        return "version is not a positive integer"
     checks = (
-        (_KEY_ID, "key_id", "is not a key id"),
-        (_STAMP, "at", "is not an RFC 3339 time"),
-    )
-    for pattern, key, why in checks:
-        value = data[key]
-        if not isinstance(value, str) or not pattern.fullmatch(value):
-            return f"{key} {why}"
-    if data["kind"] not in KINDS:
-        return "kind is neither agent nor app"
-    if data["instance"] != name:
-        return "instance names another instance than its path"
-    return None
+        (isinstance(version, bool) or not isinstance(version, int) or version < 1,
+         "version is not a positive integer"),
+        (not _matches(_KEY_ID, data["key_id"]), "key_id is not a key id"),
+        (not _matches(_STAMP, data["at"]), "at is not an RFC 3339 time"),
+        (data["kind"] not in KINDS, "kind is neither agent nor app"),
+        (data["instance"] != name, "instance names another instance than its path"),
+    )  # fmt: skip
+    return next((why for failed, why in checks if failed), None)
+
+
+def _matches(pattern: re.Pattern[str], value: object) -> bool:
+    return isinstance(value, str) and pattern.fullmatch(value) is not None
 
 
 # -- judging acks against the consumer secret --------------------------------------------------
 
 
-def judge(
-    facts: AckFacts, newest: int | None, keys: Mapping[int, str | None]
-) -> AckFacts:
+def judge(facts: AckFacts, newest: int | None, keys: Mapping[int, str | None]) -> AckFacts:
     """Refuse acks of a version newer than the secret's ``newest``, or whose key_id is not the
     one ``keys`` (version -> key id) knows for their version. Older versions stay valid."""
     kept: list[Ack] = []
@@ -205,9 +201,7 @@ def judge(
         if newest is not None and ack.version > newest:
             refused.append(AckProblem(ack.instance, f"version {ack.version} does not exist"))
         elif known is not None and ack.key_id != known:
-            refused.append(
-                AckProblem(ack.instance, f"key_id is not version {ack.version}'s key")
-            )
+            refused.append(AckProblem(ack.instance, f"key_id is not version {ack.version}'s key"))
         else:
             kept.append(ack)
     return AckFacts(tuple(kept), tuple(refused), facts.policy)
@@ -293,7 +287,9 @@ def hold(rotation: Rotation, facts: AckFacts | None, now: float) -> Hold | None:
     return Hold(late, detail)
 
 
-def ends_drain_early(rotation: Rotation, facts: AckFacts | None, usage_lag: float, now: float) -> bool:
+def ends_drain_early(
+    rotation: Rotation, facts: AckFacts | None, usage_lag: float, now: float
+) -> bool:
     """``drain_on_acks``: every expected instance app-acked, and the old key's use unchanged
     for ``usage_lag`` since the later of that moment and its last change."""
     if facts is None or not facts.policy.drain_on_acks or rotation.mode == reasons.EMERGENCY:
@@ -302,19 +298,3 @@ def ends_drain_early(rotation: Rotation, facts: AckFacts | None, usage_lag: floa
     if not rotation.ack_expected or complete is None or since is None:
         return False
     return now - max(complete, since) >= usage_lag
-
-
-def ack_rows(facts: AckFacts, now: float, *, current: int | None) -> list[dict[str, Any]]:
-    """Status rows: instance, kind, version, key id, age, gone, and whether it is current."""
-    return [
-        {
-            "instance": a.instance,
-            "kind": a.kind,
-            "version": a.version,
-            "key_id": a.key_id,
-            "age_s": round(max(now - a.at, 0.0), 3),
-            "gone": gone(a, now, facts.policy.ttl),
-            "current": current is not None and a.version == current,
-        }
-        for a in sorted(facts.acks, key=lambda a: a.instance)
-    ]

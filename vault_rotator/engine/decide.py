@@ -216,10 +216,8 @@ def _decide_drain(
         return Decision(
             PublishedAction.WAIT, rotation, "old key disabled; deleting after disable_before_delete"
         )
-    if (held := ack_rules.hold(rotation, acks, now)) is not None:  # require_acks not met
-        if held.stall:
-            return Decision(PublishedAction.STALL, rotation, reasons.ACKS_MISSING, held.detail)
-        return Decision(PublishedAction.WAIT, rotation, f"waiting for acks: {held.detail}")
+    if (held := _ack_hold(rotation, acks, now)) is not None:  # require_acks not met
+        return held
     early = ack_rules.ends_drain_early(rotation, acks, timing.usage_lag, now)
     if seen and (early or old_is_quiet(rotation, now, timing)):  # quiet needs a sighting
         action = (
@@ -232,6 +230,18 @@ def _decide_drain(
         detail = "the old key still carries traffic"
         return Decision(PublishedAction.STALL, rotation, reasons.DRAIN_TIMEOUT, detail)
     return Decision(PublishedAction.WAIT, rotation, "waiting for the old key to go quiet")
+
+
+def _ack_hold(
+    rotation: Rotation, acks: AckFacts | None, now: float
+) -> Decision[PublishedAction] | None:
+    """Wait for ``require_acks``, or stall acks-missing once the pickup deadline passed."""
+    held = ack_rules.hold(rotation, acks, now)
+    if held is None:
+        return None
+    if held.stall:
+        return Decision(PublishedAction.STALL, rotation, reasons.ACKS_MISSING, held.detail)
+    return Decision(PublishedAction.WAIT, rotation, f"waiting for acks: {held.detail}")
 
 
 def decide_abort(
