@@ -14,6 +14,7 @@ from collections import OrderedDict
 import structlog
 
 from vault_rotator.engine.acks import (
+    INSTANCE,
     MAX_ACKS,
     Ack,
     AckFacts,
@@ -79,8 +80,9 @@ class AckStore:
         """Destroy the records of instances gone longer than ack_ttl + ack_retention."""
         facts = self.read(env, name, policy)
         removed = []
-        for ack in facts.acks:
-            if retired(ack, now, policy):
+        records: list[Ack | AckProblem] = [*facts.acks, *facts.problems]
+        for ack in records:
+            if retired(ack, now, policy) and INSTANCE.fullmatch(ack.instance):
                 self.kv.destroy(f"{self.folder(env, name)}/{ack.instance}")
                 removed.append(ack.instance)
         if removed:

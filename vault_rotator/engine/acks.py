@@ -80,6 +80,7 @@ class AckProblem:
 
     instance: str
     problem: str
+    at: float | None = None  # Vault's time of the refused record, when it was read
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,14 +144,14 @@ def vault_time(stamp: str) -> float | None:
 def parse_ack(name: str, got: Versioned) -> Ack | AckProblem:
     """The ack stored at ``name`` (already a valid instance name), or why it is refused."""
     data = got.data
+    at = vault_time(got.created_time)
     size = len(json.dumps(data, default=str).encode())
     if size > MAX_ACK_BYTES:
-        return AckProblem(name, f"{size} bytes, over the {MAX_ACK_BYTES}-byte limit")
+        return AckProblem(name, f"{size} bytes, over the {MAX_ACK_BYTES}-byte limit", at)
     if any(key_shaped(text) for text in _strings(data)):
-        return AckProblem(name, "holds a value that looks like a key or token (not shown)")
+        return AckProblem(name, "holds a value that looks like a key or token (not shown)", at)
     if (problem := _schema_problem(name, data)) is not None:
-        return AckProblem(name, problem)
-    at = vault_time(got.created_time)
+        return AckProblem(name, problem, at)
     if at is None:
         return AckProblem(name, "Vault gave no time for the record")
     return Ack(name, data["kind"], data["version"], data["key_id"], at, data["at"])
@@ -224,9 +225,9 @@ def gone(ack: Ack, now: float, ttl: float) -> bool:
     return now - ack.at > ttl
 
 
-def retired(ack: Ack, now: float, policy: AckPolicy) -> bool:
-    """Gone for longer than ``ack_retention``: the daemon removes its record."""
-    return now - ack.at > policy.ttl + policy.retention
+def retired(ack: Ack | AckProblem, now: float, policy: AckPolicy) -> bool:
+    """Gone for longer than ``ack_retention`` (a refused record too): the daemon removes it."""
+    return ack.at is not None and now - ack.at > policy.ttl + policy.retention
 
 
 def present(facts: AckFacts, now: float) -> tuple[Ack, ...]:
