@@ -14,6 +14,7 @@ package): :func:`shipped_files_present` says whether they are here.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 from vault_rotator.testing.vault_server import bao_binary, stop_process
 
@@ -144,3 +146,13 @@ def _wait_rendered(agent: AckingAgent, proc: subprocess.Popen[bytes]) -> None:
             tail = agent.log_path.read_text(errors="replace")[-500:]
             raise RuntimeError(f"bao agent did not render the secret: {tail}")
         time.sleep(0.05)
+
+
+def load_helper() -> ModuleType:
+    """The shipped ``vault_rotator_ack.py`` as a module (the app-side helper)."""
+    spec = importlib.util.spec_from_file_location("vault_rotator_ack", ACK_SCRIPT)
+    if spec is None or spec.loader is None:
+        raise RuntimeError(f"cannot load {ACK_SCRIPT}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
