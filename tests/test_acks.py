@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from vault_rotator.daemon.ack_retention import AckRetention
 from vault_rotator.engine import ack_store, reasons
 from vault_rotator.engine.ack_status import ack_line, ack_status
 from vault_rotator.engine.ack_store import AckStore
@@ -26,6 +27,7 @@ from vault_rotator.engine.acks import (
 )
 from vault_rotator.engine.decide import Observation, Timing, decide_published
 from vault_rotator.engine.state import Rotation, StateRecord, UseMark
+from vault_rotator.policy import KeyPolicy, ManagementKeyRef, ProviderPolicy
 from vault_rotator.ports.kv import Versioned
 from vault_rotator.ports.provider import KeyRecord, Permissions
 from vault_rotator.store.memory import MemoryKv
@@ -406,3 +408,26 @@ def test_a_state_record_of_schema_1_is_read_and_written_back_as_schema_2() -> No
     assert record.rotation is not None
     assert record.rotation.ack_expected is None
     assert record.to_dict() == current
+
+
+def test_the_daemons_sweep_runs_hourly_per_key_and_survives_a_refusal() -> None:
+    """AckRetention removes retired records at the first tick and then once an hour; a key whose
+    acks Vault refuses is logged and skipped, never raised."""
+    clock = FakeClock(T0)
+    kv = MemoryKv(clock=clock)
+    policy = KeyPolicy(
+        env="prod", name="app", secret_path="apps/app", ack_ttl_s=60, ack_retention_s=60,
+        provider=ProviderPolicy(base_url="https://x.test", management_key=ManagementKeyRef(path="m")),
+    )  # fmt: skip
+    folder = AckStore(kv, policy.vault.state_prefix).folder("prod", "app")
+    kv.write(f"{folder}/web-1", body("web-1"), cas=0)
+    retention = AckRetention(lambda _mount: kv)
+    assert retention.sweep([policy], clock()) == []  # written just now
+    clock.advance(121)
+    assert retention.sweep([policy], clock()) == []  # not an hour since the last sweep
+    clock.advance(3600)
+    assert retention.sweep([policy], clock()) == ["prod/app/web-1"]
+    denied = kv.restricted({})
+    with capture_logs() as logs:
+        assert AckRetention(lambda _mount: denied).sweep([policy], clock()) == []
+    assert [e["event"] for e in logs] == ["ack records not swept"]
