@@ -415,9 +415,10 @@ def test_the_daemons_sweep_runs_hourly_per_key_and_survives_a_refusal() -> None:
     acks Vault refuses is logged and skipped, never raised."""
     clock = FakeClock(T0)
     kv = MemoryKv(clock=clock)
+    provider = ProviderPolicy(base_url="https://x.test", management_key=ManagementKeyRef(path="m"))
     policy = KeyPolicy(
         env="prod", name="app", secret_path="apps/app", ack_ttl_s=60, ack_retention_s=60,
-        provider=ProviderPolicy(base_url="https://x.test", management_key=ManagementKeyRef(path="m")),
+        provider=provider,
     )  # fmt: skip
     folder = AckStore(kv, policy.vault.state_prefix).folder("prod", "app")
     kv.write(f"{folder}/web-1", body("web-1"), cas=0)
