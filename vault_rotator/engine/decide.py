@@ -14,6 +14,9 @@ Evidence rules:
 * Quiet: the old key's reported use unchanged across observations spanning
   ``drain_period + usage_lag`` on the local clock. A key absent from a list pass was not
   observed: that is neither quiet nor gone.
+* Acks (:mod:`.acks`, read only when the policy uses them): ``require_acks`` holds the old
+  key's disable or delete (a stall ``acks-missing`` at the pickup deadline); ``drain_on_acks``
+  may end the drain early. Neither replaces the evidence above; an emergency ignores both.
 """
 
 from __future__ import annotations
