@@ -26,6 +26,7 @@ from vault_rotator.daemon.service import Service
 from vault_rotator.emulator import Emulator
 from vault_rotator.engine import reasons
 from vault_rotator.engine.session import StateStore
+from vault_rotator.engine.state import SCHEMA_VERSION
 from vault_rotator.errors import StoreUnavailableError
 from vault_rotator.policy import load_policies
 from vault_rotator.runtime import Runtime
@@ -303,7 +304,7 @@ def test_one_unreadable_record_does_not_block_the_other_keys(fleet: Fleet) -> No
     """A record written by a newer vault-rotator is that key's error; its neighbour rotates."""
     fleet.seed(2)
     store = StateStore(fleet.kv, f"{fleet.tag}/vault-rotator")
-    newer = {"schema": 2, "env": fleet.tag, "name": "app-0", "phase": "idle"}
+    newer = {"schema": SCHEMA_VERSION + 1, "env": fleet.tag, "name": "app-0", "phase": "idle"}
     fleet.kv.write(store.state_path(fleet.tag, "app-0"), newer, cas=0)
     daemon = fleet.daemon()
     ((account, keys),) = daemon.accounts().items()

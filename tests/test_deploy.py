@@ -250,7 +250,7 @@ def test_kustomize_renders_with_the_servicemonitor_component(tmp_path: Path) -> 
 def test_kustomize_renders_the_sample_consumer() -> None:
     """The sample consumer renders on its own (no namespace: it goes in the app's)."""
     docs = kustomize(K8S / "sample-consumer")
-    assert sorted(d["kind"] for d in docs) == ["Deployment", "ServiceAccount"]
+    assert sorted(d["kind"] for d in docs) == ["ConfigMap", "Deployment", "ServiceAccount"]
     for doc in docs:
         kubernetes_validate.validate(doc, K8S_VERSIONS[-1], strict=True)
         assert "namespace" not in doc["metadata"]
@@ -370,6 +370,26 @@ def test_the_sample_consumer_renders_the_api_key_field_of_its_secret() -> None:
     mount = policies["vault"]["kv_mount"]
     served = {f"{mount}/data/{key['secret_path']}" for key in policies["keys"]}
     assert secret_path in served
+
+
+def test_the_sample_consumer_acknowledges_with_the_shipped_files() -> None:
+    """The version template is the shipped one with the key's path, the app's helper is a copy
+    of the shipped helper, and the ack path is the key's ack folder."""
+    pod = one("Deployment", "backend")["spec"]["template"]
+    notes = pod["metadata"]["annotations"]
+    prefix = "vault.hashicorp.com/agent-inject-"
+    secret_path = notes[prefix + "secret-arouter-api-key.version"]
+    shipped = template_body((AGENT_TEMPLATE.parent / "arouter-api-key-version.ctmpl").read_text())
+    shipped_path = re.search(r'secret "([^"]+)"', shipped)
+    assert shipped_path is not None
+    template = notes[prefix + "template-arouter-api-key.version"]
+    assert template.strip() == shipped.replace(shipped_path.group(1), secret_path)
+    assert notes[prefix + "token"] == "true"
+    copy = K8S / "sample-consumer" / "vault_rotator_ack.py"
+    assert copy.read_text() == (AGENT_TEMPLATE.parent / "vault_rotator_ack.py").read_text()
+    env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+    assert env["VAULT_ROTATOR_ACK_PATH"] == "secret/data/vault-rotator/acks/production/backend"
+    assert env["VAULT_ROTATOR_ACK_VERSION_FILE"] == "/vault/secrets/arouter-api-key.version"
 
 
 # -- the image ------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from vault_rotator.daemon.daemon import Daemon
 from vault_rotator.daemon.metrics import Metrics
 from vault_rotator.emulator import Emulator
 from vault_rotator.engine import account_lease, reasons
+from vault_rotator.engine.ack_store import AckStore
 from vault_rotator.engine.preflight import required_capabilities
 from vault_rotator.engine.session import StateStore
 from vault_rotator.engine.state import StateRecord
@@ -458,6 +459,56 @@ def test_the_consumer_policy_reads_its_own_secret_and_nothing_else(deployment: D
         assert_forbidden(action)
 
 
+def _ack(instance: str, version: int = 1) -> dict[str, object]:
+    return {
+        "version": version,
+        "key_id": "key_x",
+        "at": "2026-01-01T00:00:00Z",
+        "kind": "agent",
+        "instance": instance,
+    }
+
+
+def test_the_consumer_writes_its_own_acks_but_cannot_read_list_or_reach_others(
+    deployment: Deployment,
+) -> None:
+    """A consumer token creates and updates its key's ack records; reading or listing them,
+    deleting them, a nested path, and another key's acks (same or other mount) are each 403.
+    The rotator token reads, lists and removes them, and cannot write one."""
+    dep, backend, worker = deployment, deployment.keys["backend"], deployment.keys["worker"]
+    kv = dep.kv("secret", dep.consumer_token)
+    folder = AckStore(kv, backend.prefix).folder(backend.env, backend.name)
+    kv.write(f"{folder}/web-1", _ack("web-1"), cas=0)
+    kv.write(f"{folder}/web-1", _ack("web-1", 2), cas=1)  # update: the next version
+    other = AckStore(kv, worker.prefix).folder(worker.env, worker.name)
+    web = dep.keys["web"]
+    kv_s = dep.kv(web.mount, dep.consumer_token)
+    for what, action in {
+        "read its own ack": lambda: kv.read(f"{folder}/web-1"),
+        "list its acks": lambda: kv.list(folder),
+        "read its ack's metadata": lambda: kv.current_version(f"{folder}/web-1"),
+        "destroy its ack": lambda: kv.destroy(f"{folder}/web-1"),
+        "write below an instance": lambda: kv.write(f"{folder}/web-1/x", _ack("x"), cas=0),
+        "write the folder's parent": lambda: kv.write(f"{folder}-x/web-1", _ack("web-1"), cas=0),
+        "write another key's ack": lambda: kv.write(f"{other}/web-1", _ack("web-1"), cas=0),
+        "write an ack in another mount": lambda: kv_s.write(
+            f"{web.prefix}/acks/{web.env}/{web.name}/web-1", _ack("web-1"), cas=0
+        ),
+    }.items():
+        try:
+            assert_forbidden(action, what)
+        except pytest.fail.Exception as exc:
+            pytest.fail(f"{what}: {exc}")
+    rotator = dep.kv("secret", dep.rotator_token)
+    assert rotator.list(folder) == ["web-1"]
+    got = rotator.read(f"{folder}/web-1")
+    assert got is not None
+    assert got.data["version"] == 2
+    assert_forbidden(lambda: rotator.write(f"{folder}/web-2", _ack("web-2"), cas=0), "forge")
+    rotator.destroy(f"{folder}/web-1")
+    assert rotator.list(folder) == []
+
+
 def test_a_vault_agent_renders_the_key_with_the_consumer_policy_alone(
     deployment: Deployment,
 ) -> None:
@@ -480,14 +531,26 @@ def _digest(value: str) -> str:
 # -- the generated text, without Vault -----------------------------------------------------
 
 
+def _granted(rules: dict[str, set[str]], path: str) -> set[str]:
+    """What the rules grant on ``path``: its exact rule, else a ``+`` rule for its last segment."""
+    parent, _, _ = path.rstrip("/").rpartition("/")
+    return rules.get(path) or rules.get(f"{parent}/+", set())
+
+
 def test_every_capability_the_preflight_asks_for_is_granted() -> None:
-    """The engine's own preflight list is covered by the rotator policy, key by key."""
+    """The engine's own preflight list is covered by the rotator policy, key by key (a key
+    requiring acks included)."""
     policies = load_policies(Path(EXAMPLES))
     rules = {rule.path: set(rule.capabilities) for rule in vaultacl.rotator_rules(policies)}
-    for policy in policies:
+    checked = 0
+    for policy in [*policies, policies.lookup("production/backend").model_copy(
+        update={"require_acks": 2}
+    )]:  # fmt: skip
         store = StateStore(MemoryKv(), policy.vault.state_prefix)
         for path, caps in required_capabilities(policy, store):
-            assert caps & rules.get(path, set()), (policy.ref, path)
+            assert caps & _granted(rules, path), (policy.ref, path)
+            checked += "/acks/" in path
+    assert checked == 2
 
 
 def test_the_layout_agrees_with_the_state_store_and_the_freezes() -> None:
@@ -496,6 +559,9 @@ def test_the_layout_agrees_with_the_state_store_and_the_freezes() -> None:
     assert vaultacl.state_path("some/prefix", "e", "n") == store.state_path("e", "n")
     assert vaultacl.pending_path("some/prefix", "e", "n") == store.pending_path("e", "n")
     assert vaultacl.frozen_path("some/prefix") == freeze.frozen_path("some/prefix")
+    assert vaultacl.acks_folder("some/prefix", "e", "n") == AckStore(
+        MemoryKv(), "some/prefix"
+    ).folder("e", "n")
     lease_id = "0123456789abcdef"
     assert vaultacl.account_lease_path("some/prefix", lease_id) == account_lease.lease_path(
         "some/prefix", lease_id
@@ -511,13 +577,29 @@ def test_the_rotator_may_write_each_account_lease_under_each_of_its_state_prefix
         assert rules[f"{policy.vault.kv_mount}/data/{lease}"] == {"create", "read", "update"}
 
 
+def _ack_glob(path: str, prefix: str = "vault-rotator") -> bool:
+    """``<mount>/(data|metadata)/<prefix>/acks/<env>/<name>/+``: the one glob we write."""
+    parts = path.split("/")
+    return (
+        len(parts) == 2 + len(prefix.split("/")) + 4
+        and parts[1] in ("data", "metadata")
+        and "/".join(parts[2:-4]) == prefix
+        and parts[-4] == "acks"
+        and parts[-1] == "+"
+    )
+
+
 def test_rules_are_exact_and_management_keys_read_only() -> None:
-    """No glob anywhere, one rule per path, and each management key path is read and nothing."""
+    """No glob but a key's own ack folder's one segment, one rule per path, and each management
+    key path is read and nothing."""
     policies = load_policies(Path(EXAMPLES))
     rules = vaultacl.rotator_rules(policies)
     paths = [rule.path for rule in rules]
     assert len(paths) == len(set(paths))
-    assert not any(c in path for path in paths for c in "*+{}")
+    globbed = [path for path in paths if any(c in path for c in "*+{}")]
+    assert globbed
+    assert all(_ack_glob(path) for path in globbed), globbed
+    assert {r.capabilities for r in rules if r.path in globbed} == {("read",), ("delete",)}
     for environment in policies.environments.values():
         mk = f"{environment.vault.kv_mount}/data/{environment.provider.management_key.path}"
         assert next(r.capabilities for r in rules if r.path == mk) == ("read",)
@@ -531,8 +613,10 @@ def test_the_output_is_stable_and_commented(capsys: pytest.CaptureFixture[str]) 
     assert "# production/backend: consumer secret\n" in first
     assert 'path "secret/data/arouter/production/backend" {\n' in first
     consumer = _generate(capsys, "consumer", "production/backend", "--config", EXAMPLES)
-    assert consumer.count('\npath "') == 1
-    assert 'capabilities = ["read"]' in consumer
+    assert consumer.count('\npath "') == 2
+    assert 'path "secret/data/arouter/production/backend" {\n  capabilities = ["read"]' in consumer
+    acks = 'path "secret/data/vault-rotator/acks/production/backend/+" {\n'
+    assert acks + '  capabilities = ["create", "update"]' in consumer
 
 
 def test_a_management_key_shared_by_two_environments_is_one_read_only_rule(

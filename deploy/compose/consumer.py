@@ -5,6 +5,10 @@ file before every call, so a rotated key is used within one agent render interva
 restart. It calls ``POST /v1/chat/completions`` every ``--interval`` seconds and prints the
 status and the key's fingerprint (never the key). Standard library only: it runs in the plain
 python:3.11-slim image. ``--count N`` stops after N calls, exit 1 if any failed (for tests).
+
+With ``VAULT_ROTATOR_ACK_PATH`` set, every successful call also acknowledges the key it used
+(an ``app`` ack, through ``deploy/agent/vault_rotator_ack.py``: found next to this file or in
+``../agent``; it writes only when the version changed, or hourly); see docs/consumers.md.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 import time
 import urllib.error
@@ -46,6 +51,17 @@ def call(base_url: str, key: str) -> int:
         return 0
 
 
+def app_acker():  # type: ignore[no-untyped-def]
+    """``vault_rotator_ack.app_ack`` when acks are configured, else None."""
+    if not os.environ.get("VAULT_ROTATOR_ACK_PATH"):
+        return None
+    here = Path(__file__).resolve().parent
+    sys.path[:0] = [str(here), str(here.parent / "agent")]
+    import vault_rotator_ack  # noqa: PLC0415 (optional, found at run time)
+
+    return vault_rotator_ack.app_ack
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--key-file", type=Path, required=True)
@@ -57,6 +73,7 @@ def main() -> int:
         parser.error("--base-url must be an http:// or https:// URL")
     calls = failed = 0
     seen = None
+    ack = app_acker()
     while not args.count or calls < args.count:
         key = read_key(args.key_file)
         if key is None:
@@ -69,6 +86,8 @@ def main() -> int:
             status = call(args.base_url, key)
             calls += 1
             failed += status != 200
+            if status == 200 and ack is not None and ack(key):
+                print(f"acknowledged {fp} (app)", flush=True)
             print(f"call {calls}: HTTP {status} with {fp} ({failed} failed so far)", flush=True)
         if not args.count or calls < args.count:
             time.sleep(args.interval)

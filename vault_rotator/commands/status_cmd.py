@@ -22,6 +22,7 @@ from vault_rotator.commands.remote import (
     status_rows,
 )
 from vault_rotator.daemon.status_rows import collect
+from vault_rotator.engine.ack_status import ack_line
 from vault_rotator.policy import format_duration
 from vault_rotator.runtime import Runtime
 
@@ -70,7 +71,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"daemon answered {code}: {said(answer)}")
             return exit_code(code)
         rows = status_rows(answer, url)
-        print(json.dumps({"keys": rows}, indent=2, sort_keys=True) if args.json else table(rows))
+        if args.json:
+            print(json.dumps({"keys": rows}, indent=2, sort_keys=True))
+        else:
+            print(table(rows))
+            _ack_lines(rows)
         return 1 if any(row["state"].startswith("stalled") for row in rows) else 0
     policies = load(args)
     runtime = Runtime.from_env()
@@ -85,4 +90,12 @@ def run(args: argparse.Namespace) -> int:
         for row in rows:
             if row["stall_detail"] or row["deadlines_passed"]:
                 print(f"{row['key']}: {row['state']}: {row['stall_detail'] or 'deadline passed'}")
+        _ack_lines(rows)
     return 1 if any(row["state"].startswith("stalled") for row in rows) else 0
+
+
+def _ack_lines(rows: list[dict[str, Any]]) -> None:
+    """Below the table, a line per key that has acks or requires them."""
+    for row in rows:
+        if (line := ack_line(row["key"], row.get("acks"))) is not None:
+            print(line)

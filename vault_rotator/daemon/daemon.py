@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 import structlog
 
 from vault_rotator.daemon import notify as events
+from vault_rotator.daemon.ack_retention import AckRetention
 from vault_rotator.daemon.due import due
 from vault_rotator.daemon.freeze import FrozenSet, frozen
 from vault_rotator.daemon.metrics import Metrics
@@ -158,6 +159,7 @@ class Daemon:
         self.failures = FailureBook(self.clock)
         self.orphans: dict[Account, tuple[KeyPolicy, ...]] = {}  # see discover_orphans
         self.last_tick: dict[Account, float] = {}
+        self.ack_retention = AckRetention(runtime.kv)  # hourly per key; see ack_retention
         self.should_stop: Callable[[], bool] = lambda: False
         self.replicas = Replicas(
             runtime.kv, holder=self.engine.holder, clock=self.clock, ttl=runtime.lease_ttl
@@ -260,6 +262,7 @@ class Daemon:
         self._drop_stale_pending(tracked, report)
         self._start_due(tracked, report)
         self._gauge(tracked, report)
+        self.ack_retention.sweep(keys, self.clock())
         for policy in keys:  # a tick this key did not fail in ends its failure episode
             if policy.ref not in report.failed and not self.failures.waiting(policy.ref):
                 self.failures.succeeded(policy.ref)

@@ -10,6 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from vault_rotator.daemon.due import next_due
+from vault_rotator.engine.ack_status import ack_status, judged
+from vault_rotator.engine.ack_store import AckStore, read_quietly
+from vault_rotator.engine.acks import AckPolicy
 from vault_rotator.engine.session import StateStore
 from vault_rotator.engine.status import key_status
 from vault_rotator.policy import PolicySet
@@ -37,6 +40,14 @@ def collect(policies: PolicySet, runtime: Runtime, now: float) -> list[dict[str,
             rotated_at=rotated_at if isinstance(rotated_at, str) else None,
             now=now,
         )
+        version = secret.version if data is not None and secret is not None else None
+        read = read_quietly(
+            AckStore(kv, policy.vault.state_prefix), policy.env, policy.name, AckPolicy.of(policy)
+        )
+        acks = None
+        if read is not None:
+            facts = judged(read, record.rotation, version, (data or {}).get("key_id"))
+            acks = ack_status(facts, record.rotation, version, now)
         rows.append(
             key_status(
                 ref=policy.ref,
@@ -45,6 +56,7 @@ def collect(policies: PolicySet, runtime: Runtime, now: float) -> list[dict[str,
                 record=record,
                 secret=data,
                 now=now,
+                acks=acks,
             )
         )
         seen.add((policy.env, policy.name))

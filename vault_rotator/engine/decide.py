@@ -14,6 +14,9 @@ Evidence rules:
 * Quiet: the old key's reported use unchanged across observations spanning
   ``drain_period + usage_lag`` on the local clock. A key absent from a list pass was not
   observed: that is neither quiet nor gone.
+* Acks (:mod:`.acks`, read only when the policy uses them): ``require_acks`` holds the old
+  key's disable or delete (a stall ``acks-missing`` at the pickup deadline); ``drain_on_acks``
+  may end the drain early. Neither replaces the evidence above; an emergency ignores both.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Generic, TypeVar
 
+from vault_rotator.engine import acks as ack_rules
 from vault_rotator.engine import reasons
+from vault_rotator.engine.acks import AckFacts
 from vault_rotator.engine.state import ProviderWrite, Rotation, UseMark
 from vault_rotator.ports.kv import Versioned
 from vault_rotator.ports.provider import KeyRecord
@@ -166,9 +171,15 @@ def old_is_quiet(rotation: Rotation, now: float, timing: Timing) -> bool:
 
 
 def decide_published(
-    rotation: Rotation, obs: Observation, timing: Timing, names: frozenset[str], *, now: float
+    rotation: Rotation,
+    obs: Observation,
+    timing: Timing,
+    names: frozenset[str],
+    *,
+    now: float,
+    acks: AckFacts | None = None,
 ) -> Decision[PublishedAction]:
-    """Next step of a published rotation, given one list pass."""
+    """Next step of a published rotation, given one list pass (and the acks read, if any)."""
     strays = stray_keys(rotation, obs, names)
     if strays:
         return Decision(PublishedAction.SWEEP, rotation, sweep_ids=strays)
@@ -177,11 +188,12 @@ def decide_published(
     if rotation.revoke_old_now:
         return Decision(PublishedAction.DELETE_OLD, rotation, "revoke-old-now")
     rotation = _observe_pickup(_observe_old(rotation, obs), obs, timing)
-    return _decide_pickup(rotation, obs, timing, now)
+    rotation = ack_rules.observe_acks(rotation, acks, now)
+    return _decide_pickup(rotation, obs, timing, now, acks)
 
 
 def _decide_pickup(
-    rotation: Rotation, obs: Observation, timing: Timing, now: float
+    rotation: Rotation, obs: Observation, timing: Timing, now: float, acks: AckFacts | None
 ) -> Decision[PublishedAction]:
     if rotation.pickup_at is None:
         if rotation.pickup_deadline is not None and now >= rotation.pickup_deadline:
@@ -190,11 +202,16 @@ def _decide_pickup(
         return Decision(PublishedAction.WAIT, rotation, "waiting for consumers to use the new key")
     if rotation.mode == reasons.EMERGENCY:
         return Decision(PublishedAction.DELETE_OLD, rotation, "emergency: the new key is in use")
-    return _decide_drain(rotation, timing, now, seen=rotation.old_key_id in obs.keys)
+    return _decide_drain(rotation, timing, now, seen=rotation.old_key_id in obs.keys, acks=acks)
 
 
 def _decide_drain(
-    rotation: Rotation, timing: Timing, now: float, *, seen: bool
+    rotation: Rotation,
+    timing: Timing,
+    now: float,
+    *,
+    seen: bool,
+    acks: AckFacts | None = None,
 ) -> Decision[PublishedAction]:
     if rotation.old_disabled_at is not None:  # committed: disabled, now waiting to delete
         if now >= rotation.old_disabled_at + timing.disable_before_delete:
@@ -202,7 +219,10 @@ def _decide_drain(
         return Decision(
             PublishedAction.WAIT, rotation, "old key disabled; deleting after disable_before_delete"
         )
-    if seen and old_is_quiet(rotation, now, timing):  # quiet needs a sighting in this pass
+    if (held := _ack_hold(rotation, acks, now)) is not None:  # require_acks not met
+        return held
+    early = ack_rules.ends_drain_early(rotation, acks, timing.usage_lag, now)
+    if seen and (early or old_is_quiet(rotation, now, timing)):  # quiet needs a sighting
         action = (
             PublishedAction.DISABLE_OLD
             if timing.disable_before_delete > 0
@@ -213,6 +233,18 @@ def _decide_drain(
         detail = "the old key still carries traffic"
         return Decision(PublishedAction.STALL, rotation, reasons.DRAIN_TIMEOUT, detail)
     return Decision(PublishedAction.WAIT, rotation, "waiting for the old key to go quiet")
+
+
+def _ack_hold(
+    rotation: Rotation, acks: AckFacts | None, now: float
+) -> Decision[PublishedAction] | None:
+    """Wait for ``require_acks``, or stall acks-missing once the pickup deadline passed."""
+    held = ack_rules.hold(rotation, acks, now)
+    if held is None:
+        return None
+    if held.stall:
+        return Decision(PublishedAction.STALL, rotation, reasons.ACKS_MISSING, held.detail)
+    return Decision(PublishedAction.WAIT, rotation, f"waiting for acks: {held.detail}")
 
 
 def decide_abort(
@@ -251,6 +283,7 @@ class PublishedFacts:
     names: frozenset[str]  # the names of every attempt's key
     timing: Timing
     now: float
+    acks: AckFacts | None = None  # read only when the policy uses acks (engine/acks.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,7 +356,9 @@ def decide_published_pass(facts: PublishedFacts) -> Decision[PublishedAction]:
             return Decision(PublishedAction.OLD_GONE, rot, "a delete cut short had gone through")
         # Still listed (or unreadable): not deleted yet, or not known to be; a 404 is fine.
         return Decision(PublishedAction.DELETE_OLD, rot, "a delete of the old key was cut short")
-    decision = decide_published(rot, facts.obs, facts.timing, facts.names, now=facts.now)
+    decision = decide_published(
+        rot, facts.obs, facts.timing, facts.names, now=facts.now, acks=facts.acks
+    )
     return noting(decision, facts.unreadable)
 
 

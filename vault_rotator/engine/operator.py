@@ -57,7 +57,7 @@ def resume(p: Pass) -> None:
         return
     now = p.clock()
     changes: dict[str, object] = {"stalled": None}
-    if rot.stalled.reason == reasons.PICKUP_TIMEOUT:
+    if rot.stalled.reason in (reasons.PICKUP_TIMEOUT, reasons.ACKS_MISSING):
         changes["pickup_deadline"] = now + p.policy.pickup_timeout_s
     elif rot.stalled.reason == reasons.DRAIN_TIMEOUT:
         key = "abort_deadline" if p.record.phase == Phase.ABORTING else "drain_deadline"

@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
+from vault_rotator.engine.ack_store import acks_folder
+from vault_rotator.engine.acks import AckPolicy
 from vault_rotator.engine.session import StateStore
 from vault_rotator.errors import PreflightError
 from vault_rotator.policy import KeyPolicy
@@ -65,12 +67,15 @@ def _show(values: Sequence[str] | None) -> str:
     return "any" if values is None else ", ".join(values)
 
 
+PROBE_INSTANCE = "instance"  # any instance name: the rules grant the whole folder (``+``)
+
+
 def required_capabilities(policy: KeyPolicy, store: StateStore) -> list[tuple[str, frozenset[str]]]:
     """(full API path, capabilities one of which the token must hold); ``root`` counts."""
     mount = policy.vault.kv_mount
     env, name = policy.env, policy.name
     read = frozenset({"read", "root"})
-    return [
+    needed = [
         (f"{mount}/data/{policy.secret_path}", read),
         (f"{mount}/data/{policy.secret_path}", WRITE),
         (f"{mount}/data/{store.state_path(env, name)}", WRITE),
@@ -78,6 +83,13 @@ def required_capabilities(policy: KeyPolicy, store: StateStore) -> list[tuple[st
         (f"{mount}/metadata/{store.pending_path(env, name)}", frozenset({"delete", "root"})),
         (f"{mount}/data/{policy.provider.management_key.path}", read),
     ]
+    if AckPolicy.of(policy).active:  # the published passes read the key's acks
+        acks = acks_folder(store.prefix, env, name)
+        needed += [
+            (f"{mount}/metadata/{acks}/", frozenset({"list", "root"})),
+            (f"{mount}/data/{acks}/{PROBE_INSTANCE}", read),
+        ]
+    return needed
 
 
 def check_capabilities(policy: KeyPolicy, kv: KvStore, store: StateStore) -> None:

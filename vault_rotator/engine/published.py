@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from typing import assert_never
 
 from vault_rotator.engine import reasons
+from vault_rotator.engine.ack_store import AckStore, report
+from vault_rotator.engine.acks import AckFacts, AckPolicy, judge_rotation
 from vault_rotator.engine.context import Carry, Pass, Progress
 from vault_rotator.engine.decide import (
     Decision,
@@ -68,7 +70,20 @@ def observe_published(p: Pass, carry: Carry) -> PublishedFacts:
         names=p.attempt_names(),
         timing=p.timing(),
         now=p.clock(),
+        acks=observe_acks(p),
     )
+
+
+def observe_acks(p: Pass) -> AckFacts | None:
+    """The key's acks, judged against this rotation, when its policy uses them (not in an
+    emergency, which ignores them); each refused one logged once."""
+    policy = AckPolicy.of(p.policy)
+    if not policy.active or p.rotation.mode == reasons.EMERGENCY:
+        return None
+    read = AckStore(p.kv, p.store.prefix).read(p.policy.env, p.policy.name, policy)
+    facts = judge_rotation(read, p.rotation)
+    report(p.policy.ref, facts)
+    return facts
 
 
 def apply_published(p: Pass, decision: Decision[PublishedAction], _carry: Carry) -> Progress | None:

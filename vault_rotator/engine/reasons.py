@@ -35,6 +35,7 @@ SECRET_CHANGED = "secret-changed"  # noqa: S105 (a reason, not a password); some
 DELETE_UNCONFIRMED = "delete-unconfirmed"  # provider said 404 yet still lists the key
 RETRIES_EXHAUSTED = "retries-exhausted"  # the provider or Vault kept failing
 RATE_LIMITED = "rate-limited"  # the provider refused a create with 429 and a wait past a poll
+ACKS_MISSING = "acks-missing"  # require_acks not met by the pickup deadline (engine/acks.py)
 
 
 class Phase(enum.StrEnum):

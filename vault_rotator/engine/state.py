@@ -3,10 +3,10 @@
 Stored at ``<kv_mount>/<state_prefix>/state/<env>/<name>`` as the KV v2 data map below, written
 only by check-and-set, never holding a key value (values live in the pending record).
 
-Schema version 1::
+Schema version 2 (version 1, without the two ``ack_*`` fields, is still read)::
 
     {
-      "schema": 1,
+      "schema": 2,
       "env": "production", "name": "backend",
       "phase": "idle" | "intent" | "published" | "cleanup" | "aborting",
       "fence": 7,                        # bumped each time a process takes the lease
@@ -43,7 +43,10 @@ Schema version 1::
         "aborted_at": null | 1700000400.0, "abort_deadline": null | 1700605000.0,
         "republished_version": null | 5,         # the old secret, back (abort)
         "new_mark": null | {...}, "new_mark_since": null | 1700000400.0,  # new key draining
-        "new_deleted": false
+        "new_deleted": false,
+        "ack_expected": null | ["web-1", "web-2"],  # drain_on_acks: instances present at
+                                                    # the first pass after publish
+        "acks_complete_at": null | 1700000500.0     # when every one of them app-acked
       },
       "outcomes": [{"rotation_id", "outcome", "at", "trigger", "by", "old_key_id",
                     "new_key_id", "detail"}, ...]          # newest last, at most 20
@@ -67,7 +70,9 @@ from vault_rotator.engine.reasons import Phase
 from vault_rotator.errors import EngineError, StoreError
 from vault_rotator.ports.provider import Permissions
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READS_SCHEMAS = frozenset({1, SCHEMA_VERSION})  # version 1: no ack_* fields (defaults)
+PENDING_SCHEMA = 1  # the pending record's own version (unchanged by state schema 2)
 MAX_OUTCOMES = 20
 
 # The phases each phase may move to (``finished`` ends any of them: back to IDLE).
@@ -166,6 +171,8 @@ class Rotation:
     new_mark: UseMark | None = None
     new_mark_since: float | None = None
     new_deleted: bool = False
+    ack_expected: tuple[str, ...] | None = None  # drain_on_acks (schema 2)
+    acks_complete_at: float | None = None
 
     def attempt_tag(self, attempt: int | None = None) -> str:
         """The ``{rotation_id}`` placeholder's value for an attempt, e.g. ``01jd9x4k2m.2``."""
@@ -270,13 +277,13 @@ class StateRecord:
             raise StoreError(f"state record at {where} is malformed ({exc})") from exc
 
 
-def refuse_newer(data: Mapping[str, Any], what: str) -> None:
+def refuse_newer(data: Mapping[str, Any], what: str, newest: int = SCHEMA_VERSION) -> None:
     """A record of a newer schema is never read (nor so overwritten): StoreError saying so."""
     schema = data.get("schema")
-    if isinstance(schema, int) and not isinstance(schema, bool) and schema > SCHEMA_VERSION:
+    if isinstance(schema, int) and not isinstance(schema, bool) and schema > newest:
         raise StoreError(
             f"{what} was written by a newer vault-rotator (schema {schema}; this one reads up "
-            f"to {SCHEMA_VERSION}): upgrade this process; the record is left as it is"
+            f"to {newest}): upgrade this process; the record is left as it is"
         )
 
 
@@ -318,6 +325,7 @@ def _rotation_from(data: Mapping[str, Any]) -> Rotation:
             "old_mark": _opt(UseMark, values.get("old_mark")),
             "new_mark": _opt(UseMark, values.get("new_mark")),
             "stalled": _opt(Stall, values.get("stalled")),
+            "ack_expected": _tuple_or_none(values.get("ack_expected")),
         }
     )
 
@@ -325,8 +333,9 @@ def _rotation_from(data: Mapping[str, Any]) -> Rotation:
 def _record_from(data: Mapping[str, Any]) -> StateRecord:
     values = dict(data)
     schema = values.get("schema")
-    if schema != SCHEMA_VERSION:
+    if schema not in READS_SCHEMAS or isinstance(schema, bool):
         raise ValueError(f"schema {schema!r:.40}, this vault-rotator reads {SCHEMA_VERSION}")
+    values["schema"] = SCHEMA_VERSION  # read as the current schema; written back as it
     rotation = values.pop("rotation", None)
     return StateRecord(
         **{
@@ -359,11 +368,11 @@ class Pending:
     old_version: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"schema": SCHEMA_VERSION, **dataclasses.asdict(self)}
+        return {"schema": PENDING_SCHEMA, **dataclasses.asdict(self)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str) -> Pending:
-        refuse_newer(data, f"pending record at {where}")
+        refuse_newer(data, f"pending record at {where}", PENDING_SCHEMA)
         values = {k: v for k, v in data.items() if k != "schema"}
         try:
             pending = cls(**values)

@@ -85,6 +85,7 @@ def key_status(
     record: StateRecord,
     secret: Mapping[str, Any] | None,
     now: float,
+    acks: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One key's status as a JSON-safe dict (the ``status --json`` row)."""
     state, passed = derive_state(record, now)
@@ -119,4 +120,5 @@ def key_status(
             }
             for o in record.outcomes[-5:]
         ],
+        "acks": acks,  # engine/ack_status.py; None: not read
     }

@@ -37,6 +37,8 @@ _DURATIONS = frozenset(
         "drain_timeout",
         "disable_before_delete",
         "key_ttl",
+        "ack_ttl",
+        "ack_retention",
     }
 )
 

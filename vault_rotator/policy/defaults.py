@@ -22,6 +22,10 @@ key_ttl                     none (new keys do not expire)
 key_name                    {env}-{name}-{date}-{rotation_id}
 allowed_providers/_models   inherit from the old key
 spending_limit/limit_reset  inherit from the old key
+require_acks                0 (no consumer acknowledgement needed; at most 1000)
+drain_on_acks               false
+ack_ttl                     7d (an instance counts as present this long after its last ack)
+ack_retention               30d (ack records of instances gone this long are removed)
 ==========================  ==========================================================
 """
 
@@ -46,6 +50,9 @@ DRAIN_PERIOD_S = 24 * HOUR
 DRAIN_TIMEOUT_S = 7 * DAY
 DIALECT_A_DISABLE_BEFORE_DELETE_S = 10 * MINUTE
 KEY_NAME = DEFAULT_KEY_NAME
+MAX_REQUIRE_ACKS = 1000
+ACK_TTL_S = 7 * DAY
+ACK_RETENTION_S = 30 * DAY
 
 
 def disable_before_delete_s(dialect: str) -> float:

@@ -130,6 +130,10 @@ class KeyPolicy(_Frozen):
     drain_timeout_s: PositiveSeconds = builtin.DRAIN_TIMEOUT_S
     disable_before_delete_s: Seconds | None = None
     key_ttl_s: PositiveSeconds | None = None
+    require_acks: int = Field(default=0, ge=0, le=builtin.MAX_REQUIRE_ACKS)
+    drain_on_acks: bool = False
+    ack_ttl_s: PositiveSeconds = builtin.ACK_TTL_S
+    ack_retention_s: PositiveSeconds = builtin.ACK_RETENTION_S
     provider: ProviderPolicy
     vault: VaultPolicy = VaultPolicy()
 

@@ -91,6 +91,10 @@ class RawSettings(_Raw):
     allowed_models: NameList | None = None
     spending_limit: FileSpendingLimit | None = None
     limit_reset: LimitReset | None = None
+    require_acks: int = Field(default=0, ge=0, le=builtin.MAX_REQUIRE_ACKS)
+    drain_on_acks: bool = False
+    ack_ttl: PositiveDuration = builtin.ACK_TTL_S
+    ack_retention: PositiveDuration = builtin.ACK_RETENTION_S
 
 
 SETTINGS = tuple(RawSettings.model_fields)

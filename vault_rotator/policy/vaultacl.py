@@ -1,9 +1,11 @@
 """Least-privilege Vault policies (HCL) derived from the policy files: pure, no I/O.
 
 :func:`rotator_rules` lists what the daemon and the CLI touch, path by path, for exactly the
-configured keys; :func:`consumer_rules` what one key's consumer reads; :func:`render` turns
-either into HCL with a comment above every rule. Paths are exact (no ``*`` or ``+``), so no rule
-reaches a management key beyond ``read``, another consumer's secret, or another key's state.
+configured keys; :func:`consumer_rules` what one key's consumer reads and acknowledges;
+:func:`render` turns either into HCL with a comment above every rule. Paths are exact (no ``*``
+or ``+``), so no rule reaches a management key beyond ``read``, another consumer's secret, or
+another key's state; the one exception is a key's own ack folder, whose instances are unknown
+in advance: ``<prefix>/acks/<env>/<name>/+`` (``+`` is one path segment, never a deeper one).
 
 What each rule is for, as the engine uses the KV v2 API (:class:`~vault_rotator.store.vault.
 VaultKv`: ``read`` and ``write`` on ``data/``; ``current_version``, ``set_custom_metadata``,
@@ -19,6 +21,8 @@ VaultKv`: ``read`` and ``write`` on ``data/``; ``current_version``, ``set_custom
     state/ and state/<env>/, pending/<env>/         metadata: list (status, audit, daemon)
     control/frozen    data: create read update      freezes
     accounts/<id>     data: create read update      the account lease (which replica ticks)
+    acks/<env>/<name>/+   data: read; metadata: delete   consumer acks; long-gone ones removed
+    acks/<env>/<name>/    metadata: list                 find the key's ack records
     token self paths  lookup, renew, revoke, capabilities-self (also in Vault's default policy)
 
 The layout mirrors :class:`~vault_rotator.engine.session.StateStore` and
@@ -99,6 +103,13 @@ def account_lease_path(prefix: str, lease_id: str) -> str:
     return f"{prefix}/accounts/{lease_id}"
 
 
+def acks_folder(prefix: str, env: str, name: str) -> str:
+    return f"{prefix}/acks/{env}/{name}"
+
+
+ONE_SEGMENT = "+"  # Vault's glob for exactly one path segment: any instance, nothing deeper
+
+
 WRITE = ("create", "read", "update")
 
 
@@ -122,6 +133,27 @@ def _key_grants(section: str, key: KeyPolicy) -> list[_Grant]:
             _metadata(mount, pending),
             ("read", "delete"),
             f"{ref}: pending's version; destroyed (every version) when the rotation ends",
+        ),
+        *_ack_grants(section, key),
+    ]
+
+
+def _ack_grants(section: str, key: KeyPolicy) -> list[_Grant]:
+    mount, ref = key.vault.kv_mount, key.ref
+    acks = acks_folder(key.vault.state_prefix, key.env, key.name)
+    return [
+        _Grant(section, _folder(mount, acks), ("list",), f"{ref}: consumer acks (the folder)"),
+        _Grant(
+            section,
+            _data(mount, f"{acks}/{ONE_SEGMENT}"),
+            ("read",),
+            f"{ref}: consumer acks (read as hostile input)",
+        ),
+        _Grant(
+            section,
+            _metadata(mount, f"{acks}/{ONE_SEGMENT}"),
+            ("delete",),
+            f"{ref}: ack records of instances gone past ack_retention, removed",
         ),
     ]
 
@@ -188,9 +220,20 @@ def rotator_rules(policies: PolicySet) -> list[Rule]:
 
 
 def consumer_rules(key: KeyPolicy) -> list[Rule]:
-    """What the consumer of ``key`` needs: read on its own secret's data, nothing else."""
-    path = _data(key.vault.kv_mount, key.secret_path)
-    rules = [Rule(path, ("read",), (f"{key.ref}: consumer secret (read only)",))]
+    """What the consumer of ``key`` needs: read on its own secret's data, and writing (never
+    reading or listing) its instances' acks of that key; nothing else."""
+    mount = key.vault.kv_mount
+    acks = acks_folder(key.vault.state_prefix, key.env, key.name)
+    rules = [
+        Rule(
+            _data(mount, key.secret_path), ("read",), (f"{key.ref}: consumer secret (read only)",)
+        ),
+        Rule(
+            _data(mount, f"{acks}/{ONE_SEGMENT}"),
+            ("create", "update"),
+            (f"{key.ref}: this key's acks, one record per instance (write only)",),
+        ),
+    ]
     _check_exact(rules)
     return rules
 
@@ -219,9 +262,13 @@ def _ordered(capabilities: Iterable[str]) -> tuple[str, ...]:
 
 
 def _check_exact(rules: Sequence[Rule]) -> None:
-    """Policy files allow no glob or quote in a path; refuse one rather than widen a rule."""
+    """Policy files allow no glob or quote in a path; refuse one rather than widen a rule.
+    The one glob written is ours: ``+`` as the last segment of an ack folder."""
     for rule in rules:
-        if not _EXACT.fullmatch(rule.path) or "//" in rule.path:
+        path = rule.path
+        if "/acks/" in path and path.endswith(f"/{ONE_SEGMENT}"):
+            path = path.removesuffix(f"/{ONE_SEGMENT}")
+        if not _EXACT.fullmatch(path) or "//" in path:
             raise ConfigError(f"refusing to write a Vault policy rule for {rule.path!r}")
 
 

@@ -1,0 +1,49 @@
+"""The daemon removes ack records of instances gone longer than the key's ``ack_retention``.
+
+Once per :data:`SWEEP_EVERY_S` per key (the first tick after a start included), the key's ack
+folder is read and every record whose last write (Vault's time) is older than ``ack_ttl +
+ack_retention`` is destroyed (every version). A key whose acks cannot be read or removed (a
+Vault policy without the ack rules, Vault down) is logged and tried again at the next sweep;
+it never fails the tick.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import structlog
+
+from vault_rotator.engine.ack_store import AckStore
+from vault_rotator.engine.acks import AckPolicy
+from vault_rotator.errors import VaultRotatorError
+from vault_rotator.policy import KeyPolicy
+from vault_rotator.ports.kv import KvStore
+
+log = structlog.get_logger(__name__)
+
+SWEEP_EVERY_S = 3600.0
+
+
+class AckRetention:
+    """When each key's acks were last swept, and the sweep."""
+
+    def __init__(self, kv: Callable[[str], KvStore], every: float = SWEEP_EVERY_S) -> None:
+        self.kv = kv
+        self.every = every
+        self.last: dict[str, float] = {}
+
+    def sweep(self, keys: Iterable[KeyPolicy], now: float) -> list[str]:
+        """Sweep the keys whose turn it is; the ``ENV/NAME/instance`` of each record removed."""
+        removed: list[str] = []
+        for policy in keys:
+            if now - self.last.get(policy.ref, -self.every) < self.every:
+                continue
+            self.last[policy.ref] = now
+            store = AckStore(self.kv(policy.vault.kv_mount), policy.vault.state_prefix)
+            try:
+                gone = store.remove_retired(policy.env, policy.name, AckPolicy.of(policy), now)
+            except VaultRotatorError as exc:
+                log.warning("ack records not swept", key=policy.ref, error=str(exc))
+                continue
+            removed += [f"{policy.ref}/{instance}" for instance in gone]
+        return removed
