@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from vault_rotator.engine.account_lease import (
     ACCOUNT_LEASE_SCHEMA,
@@ -180,3 +181,33 @@ def test_two_replicas_race_on_a_real_vault_and_exactly_one_wins(vault: VaultServ
     clock.advance(TTL + 1)
     assert two.hold()
     assert not one.hold()
+
+
+def test_an_expired_lease_of_a_newer_schema_is_taken_over() -> None:
+    """After a roll-back, a newer daemon's lease is respected only while it lives."""
+    clock = FakeClock()
+    kv = MemoryKv(clock=clock)
+    newer = {"schema": ACCOUNT_LEASE_SCHEMA + 1, "holder": "new", "expires_at": clock() + 10}
+    kv.write(lease_path("rot", ACCOUNT), newer, cas=0)
+    one = _replica(kv, clock, "one")
+    assert not one.hold()
+    clock.advance(11)
+    assert one.hold()
+
+
+def test_a_lease_lost_and_retaken_through_a_deleted_record_gets_a_new_fence() -> None:
+    """A -> B -> A across a deleted record: A notices it lost the lease (holder and fence are
+    compared, not the fence alone) and takes it anew."""
+    clock = FakeClock()
+    kv = MemoryKv(clock=clock)
+    one, two = _replica(kv, clock, "one"), _replica(kv, clock, "two")
+    assert one.hold()
+    kv.destroy(lease_path("rot", ACCOUNT))
+    assert two.hold()
+    clock.advance(TTL + 1)
+    with capture_logs() as logs:
+        assert one.hold()
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["account lease lost"]
+    stored = kv.read(lease_path("rot", ACCOUNT))
+    assert stored is not None
+    assert (stored.data["holder"], stored.data["fence"]) == ("one", 2)

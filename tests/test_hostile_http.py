@@ -94,7 +94,7 @@ class Served:
             "127.0.0.1",
             0,
             control=self.control,
-            ready=Ready(lambda: None, lambda: None),
+            ready=Ready(lambda: None),
             metrics=lambda: b"# none\n",
             **options,
         )

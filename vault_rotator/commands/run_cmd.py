@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     notifier = Notifier.from_env()
     daemon = Daemon(policies, runtime, notifier=notifier, metrics=metrics)
     service = Service(daemon, stop, config_dir, renew=conn.renew_or_relogin)
-    ready = Ready(conn.check, service.ticking_problem)
+    ready = Ready(conn.check)
     control = Control(daemon, VaultCallerAuth(conn))
     if metrics_at is None:
         both = Listener(host, port, control=control, ready=ready, metrics=metrics.render, tls=tls)

@@ -161,6 +161,7 @@ class Daemon:
         self.last_tick: dict[Account, float] = {}
         self.ack_retention = AckRetention(runtime.kv)  # hourly per key; see ack_retention
         self.should_stop: Callable[[], bool] = lambda: False
+        self.leading: set[Account] = set()  # accounts this replica ticked last time it asked
         self.replicas = Replicas(
             runtime.kv, holder=self.engine.holder, clock=self.clock, ttl=runtime.lease_ttl
         )
@@ -257,7 +258,7 @@ class Daemon:
             observation = self._observe(active[0].policy)
             for item in active:
                 if not self.replicas.still_holds(account):
-                    raise Cancelled(f"account lease of {account.base_url} lost mid-tick")
+                    raise self._lease_lost(account)
                 self._advance(item.policy, report, observation=observation)
         self._drop_stale_pending(tracked, report)
         self._start_due(tracked, report)
@@ -267,19 +268,30 @@ class Daemon:
             if policy.ref not in report.failed and not self.failures.waiting(policy.ref):
                 self.failures.succeeded(policy.ref)
         self.last_tick[account] = self.clock()
-        self.metrics.ticks.labels(account.base_url, "error" if report.errors else "ok").inc()
-        self.metrics.last_tick.labels(account.base_url).set(self.last_tick[account])
+        self.metrics.ticks.labels(str(account), "error" if report.errors else "ok").inc()
+        self.metrics.last_tick.labels(str(account)).set(self.last_tick[account])
         return report
 
     def _lead(self, account: Account, keys: tuple[KeyPolicy, ...], report: TickReport) -> bool:
         """Whether this replica ticks the account now (its account lease; see .replicas)."""
         lead = self.replicas.may_tick(account, keys or self.orphans.get(account, ()))
-        self.metrics.account_lease.labels(account.base_url).set(1 if lead else 0)
-        if not lead:  # the replica ticking it says when it last did; ours would go stale
+        if not lead and account in self.leading:
+            # The replica ticking it now exports its tick time and its keys' gauges; ours
+            # would go stale (a stall resolved there would stay stalled here). The accounts
+            # we still tick set theirs again at their next tick.
+            self.leading.discard(account)
+            self.metrics.forget_per_key_series()
             with contextlib.suppress(KeyError):
-                self.metrics.last_tick.remove(account.base_url)
+                self.metrics.last_tick.remove(str(account))
+        if lead:
+            self.leading.add(account)
+        self.metrics.account_lease.labels(str(account)).set(1 if lead else 0)
         report.follower = not lead
         return lead
+
+    def _lease_lost(self, account: Account) -> Cancelled:
+        log.warning("account lease lost mid-tick; stopping the tick", account=str(account))
+        return Cancelled(f"account lease of {account.base_url} lost mid-tick")
 
     def _observe(self, policy: KeyPolicy) -> Observation:
         def list_pass() -> Observation:
@@ -410,7 +422,7 @@ class Daemon:
             if in_flight >= policy.provider.max_concurrent:
                 break
             if not self.replicas.still_holds(report.account):
-                raise Cancelled(f"account lease of {report.account.base_url} lost mid-tick")
+                raise self._lease_lost(report.account)
             self._advance(
                 policy, report, command=Command(trigger="schedule", by=f"daemon:{reason}")
             )

@@ -11,7 +11,7 @@ on accept: Kubernetes updates a mounted Secret in place and sends no signal).
 
 * ``GET /healthz``: 200 while the process serves.
 * ``GET /readyz``: 200 when Vault is reachable and our token accepted (checked at most every
-  5 s) and every account was ticked within three poll intervals; 503 naming what is wrong.
+  5 s): this replica can serve, whether or not it ticks an account; 503 naming what is wrong.
 * ``GET /metrics``: Prometheus text format (prometheus-client).
 * ``/v1/...``: the control API (:mod:`.control`).
 
@@ -73,18 +73,19 @@ _SHOWN = 200  # characters of a request line in an error message or a log line
 
 
 class Ready:
-    """Readiness: Vault checked (cached) and the scheduler ticking."""
+    """Readiness: "this replica can serve". Vault reachable with our token (checked at most
+    every ``cache_s``; the policies are loaded before the listener starts, and a reload keeps
+    the old ones on failure). Whether some replica ticks each account is a metric and an
+    alert, not readiness: a follower must stay in the Service (docs/high-availability.md)."""
 
     def __init__(
         self,
         vault_check: Callable[[], None],
-        ticking: Callable[[], str | None],
         *,
         monotonic: Callable[[], float] = time.monotonic,
         cache_s: float = 5.0,
     ) -> None:
         self._vault_check = vault_check
-        self._ticking = ticking
         self._monotonic = monotonic
         self._cache_s = cache_s
         self._checked: tuple[float, str | None] | None = None
@@ -98,7 +99,7 @@ class Ready:
                 self._checked = (now, None)
             except Exception as exc:
                 self._checked = (now, f"vault: {redact_text(str(exc))}")
-        return self._checked[1] or self._ticking()
+        return self._checked[1]
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,13 @@ which takes or keeps the account's leases (no I/O while more than half the TTL i
 replica that does not hold them skips the tick: it serves probes, metrics, status and the
 control API all the same (an operator's action runs under the key's own lease on whichever
 replica receives it). During a long tick the leases are kept between keys
-(:meth:`still_holds`); a replica that finds it lost them stops the tick.
+(:meth:`still_holds`); a replica that finds it lost them stops the tick. Between ticks a
+renewal job (:meth:`renew_held`, every third of the TTL) keeps them, so a ``poll_interval``
+longer than the TTL does not hand the account around on every poll.
+
+A holder whose ticks keep failing (a provider its node cannot reach, say) steps back
+(:meth:`step_back`): it gives the leases back and does not take them again for a while, so a
+healthy replica takes over.
 
 The lease TTL is ``VAULT_ROTATOR_LEASE_TTL`` (the keys' lease TTL, default 30 s): after a
 replica dies, another ticks its accounts within one TTL plus one poll. On shutdown the leases
@@ -14,6 +20,7 @@ are given back, so a rolling restart hands over at once.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import structlog
@@ -42,34 +49,41 @@ class Replicas:
         self.ttl = ttl
         self.leases: dict[Account, AccountLeases] = {}
         self.unleased: set[Account] = set()  # ticked without a lease: Vault denies its path
+        self.resting: dict[Account, float] = {}  # stepped back until (our clock)
+        self._lock = threading.Lock()
 
     def _leases(self, account: Account, keys: tuple[KeyPolicy, ...]) -> AccountLeases:
         prefixes = sorted({k.vault.state_prefix for k in keys})
         ident = account.lease_id
-        current = self.leases.get(account)
-        if current is not None and current.paths == sorted(lease_path(p, ident) for p in prefixes):
-            return current
+        with self._lock:
+            current = self.leases.get(account)
+            if current is not None and current.paths == sorted(
+                lease_path(p, ident) for p in prefixes
+            ):
+                return current
+            leases = AccountLeases(
+                self.kv(account.kv_mount),
+                prefixes,
+                ident,
+                str(account),
+                holder=self.holder,
+                clock=self.clock,
+                ttl=self.ttl,
+            )
+            self.leases[account] = leases
         if current is not None:  # the account's state prefixes changed (a reload)
             current.release()
-        leases = AccountLeases(
-            self.kv(account.kv_mount),
-            prefixes,
-            ident,
-            str(account),
-            holder=self.holder,
-            clock=self.clock,
-            ttl=self.ttl,
-        )
-        self.leases[account] = leases
         return leases
 
     def may_tick(self, account: Account, keys: tuple[KeyPolicy, ...]) -> bool:
         """Take or keep the account's leases; True when this replica ticks it now."""
+        if not keys:
+            return False  # nothing of this account is configured or in flight
         leases = self._leases(account, keys)
+        if self.resting.get(account, 0.0) > self.clock():
+            return False
         was = leases.holds
         held = leases.hold()
-        if was and not held:
-            log.warning("account lease lost; another replica ticks it", account=str(account))
         if leases.denied:  # an older generated Vault policy: tick as a single daemon would
             if account not in self.unleased:
                 self.unleased.add(account)
@@ -84,12 +98,17 @@ class Replicas:
         self.unleased.discard(account)
         if leases.problem is not None:
             log.warning("account lease unusable", account=str(account), problem=leases.problem)
+        elif was and not held:
+            log.warning("account lease lost; another replica ticks it", account=str(account))
         return held
 
     def still_holds(self, account: Account) -> bool:
-        """During a tick: keep the leases (renewing past half the TTL); False once lost."""
+        """During a tick: keep the leases (renewing past half the TTL); False once lost, or
+        once the account is no longer ours to tick (forgotten by a reload)."""
         leases = self.leases.get(account)
-        return leases is None or account in self.unleased or leases.hold()
+        if leases is None:
+            return False
+        return account in self.unleased or leases.hold()
 
     def holds(self, account: Account) -> bool:
         """Whether this replica ticks the account: holds its lease by its clock (no I/O), or
@@ -97,16 +116,35 @@ class Replicas:
         leases = self.leases.get(account)
         return account in self.unleased or (leases is not None and leases.holds)
 
+    def renew_held(self) -> None:
+        """Keep every lease held (the renewal job): a long poll interval must not let it lapse."""
+        with self._lock:
+            held = [leases for leases in self.leases.values() if leases.held]
+        for leases in held:
+            leases.renew()
+
+    def step_back(self, account: Account, seconds: float) -> None:
+        """Give the account back and leave it to other replicas for ``seconds``."""
+        self.resting[account] = self.clock() + seconds
+        leases = self.leases.get(account)
+        if leases is not None and leases.held:
+            log.warning(
+                "ticks keep failing; leaving the account to another replica",
+                account=str(account),
+                for_s=round(seconds),
+            )
+            leases.release()
+
     def forget(self, accounts: set[Account]) -> None:
         """Give back the leases of accounts no longer configured (after a reload)."""
-        for account in set(self.leases) - accounts:
-            self.leases.pop(account).release()
+        with self._lock:
+            gone = [self.leases.pop(a) for a in set(self.leases) - accounts]
+        for leases in gone:
+            leases.release()
 
     def release_all(self) -> None:
         """Give every lease back (shutdown): another replica takes over at once."""
-        for leases in self.leases.values():
+        with self._lock:
+            every = list(self.leases.values())
+        for leases in every:
             leases.release()
-
-    def last_renewed(self, account: Account) -> float | None:
-        leases = self.leases.get(account)
-        return None if leases is None else leases.last_renewed()

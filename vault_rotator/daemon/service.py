@@ -27,12 +27,14 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from vault_rotator.daemon.daemon import Cancelled, Daemon, StopFlag
 from vault_rotator.errors import VaultRotatorError
-from vault_rotator.policy import Account, PolicyError, load_policies
+from vault_rotator.policy import Account, KeyPolicy, PolicyError, load_policies
 from vault_rotator.policy.problems import clipped, escaped
 
 log = structlog.get_logger(__name__)
 
 RENEW_EVERY_S = 15.0
+STEP_BACK_AFTER = 3  # failed ticks in a row before a replica leaves an account to another
+STEP_BACK_POLLS = 3  # ... for this many polls (plus one lease TTL)
 SHUTDOWN_WAIT_S = 8.0
 
 
@@ -54,6 +56,7 @@ class Service:
         self.started = time.time()
         self.reload_requested = threading.Event()
         self.on_reload: list[Callable[[], object]] = []  # run on SIGHUP too (TLS files)
+        self.failed_ticks: dict[Account, int] = {}  # failed ticks in a row, per account
         self.scheduler = BackgroundScheduler(
             timezone=UTC,
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
@@ -87,11 +90,14 @@ class Service:
             return
         except VaultRotatorError as exc:
             log.warning("tick failed", account=account.base_url, error=str(exc))
+            self._tick_failed(account, keys)
             return
         except Exception as exc:  # a bug: one line, no traceback; the next tick tries again
             error = f"unexpected {type(exc).__name__}: {str(exc)[:200]}"
             log.error("tick failed", account=account.base_url, error=error)  # noqa: TRY400
+            self._tick_failed(account, keys)
             return
+        self.failed_ticks.pop(account, None)
         if report.started or report.errors:
             log.info("tick", account=account.base_url, started=report.started, errors=report.errors)
 
@@ -102,19 +108,26 @@ class Service:
             except VaultRotatorError as exc:
                 log.warning("vault token renewal failed", error=str(exc))
 
-    def ticking_problem(self) -> str | None:
-        """None when every account this replica holds ticked within three poll intervals (or
-        it is starting). Accounts another replica ticks are not this replica's problem: it
-        serves all the same (its readiness is Vault and its config)."""
-        now = time.time()
-        for account, keys in self.daemon.accounts().items():
-            if not self.daemon.replicas.holds(account):
-                continue
-            limit = 3 * min(k.provider.poll_interval_s for k in keys) + 5
-            last = self.daemon.last_tick.get(account, self.started)
-            if now - last > limit:
-                return f"account {account.base_url} not ticked for {now - last:.0f}s"
-        return None
+    def _tick_failed(self, account: Account, keys: tuple[KeyPolicy, ...]) -> None:
+        """Count a failed tick; after STEP_BACK_AFTER in a row, leave the account to another
+        replica for a few polls (one that reaches the provider or Vault may do better)."""
+        failed = self.failed_ticks.get(account, 0) + 1
+        self.failed_ticks[account] = failed
+        if failed >= STEP_BACK_AFTER:
+            self.failed_ticks.pop(account, None)
+            poll = min((k.provider.poll_interval_s for k in keys), default=30.0)
+            self.daemon.replicas.step_back(account, STEP_BACK_POLLS * poll + self.lease_ttl())
+
+    def lease_ttl(self) -> float:
+        return self.daemon.replicas.ttl
+
+    def _renew_account_leases(self) -> None:
+        if self.stop.stopping:
+            return
+        try:
+            self.daemon.replicas.renew_held()
+        except Exception as exc:  # a lease not renewed expires; the next tick retakes it
+            log.warning("account lease renewal failed", error=f"{type(exc).__name__}: {exc}")
 
     def reload(self) -> bool:
         """Load the policies again; keep the old ones (and say why) if the new are invalid.
@@ -160,6 +173,11 @@ class Service:
         self.schedule()
         if self.renew is not None:
             self.scheduler.add_job(self._renew, IntervalTrigger(seconds=RENEW_EVERY_S), id="renew")
+        self.scheduler.add_job(
+            self._renew_account_leases,
+            IntervalTrigger(seconds=max(1.0, self.lease_ttl() / 3)),
+            id="account-leases",
+        )
         self.scheduler.start()
         while not self.stop.event.wait(0.2):
             if self.reload_requested.is_set():

@@ -38,6 +38,7 @@ replica's lease does not tick that account and says so; the newer replica ticks 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -122,7 +123,8 @@ class _Held:
 
 
 class AccountLeases:
-    """This replica's hold on one account's leases (one per state prefix)."""
+    """This replica's hold on one account's leases (one per state prefix). Thread-safe: the
+    tick, the renewal job and the readiness probe may ask at once."""
 
     def __init__(
         self,
@@ -142,17 +144,19 @@ class AccountLeases:
         self.clock = clock
         self.ttl = ttl
         self.held: dict[str, _Held] = {}
-        self.seen: dict[str, AccountLease] = {}  # the last lease read at each path
         self.problem: str | None = None  # why we could not take it, when not merely held
         self.denied = False  # Vault denied the lease path: a Vault policy from before HA
+        self._lock = threading.RLock()
 
     @property
     def holds(self) -> bool:
-        """True while every lease is ours by our clock (no I/O)."""
-        now = self.clock()
-        return len(self.held) == len(self.paths) and all(
-            h.lease.expires_at > now for h in self.held.values()
-        )
+        """True while every lease is ours by our clock (no I/O). No paths: never."""
+        with self._lock:
+            now = self.clock()
+            return bool(self.paths) and all(
+                (h := self.held.get(path)) is not None and h.lease.expires_at > now
+                for path in self.paths
+            )
 
     def hold(self) -> bool:
         """Take or keep every lease; True when this replica may tick the account now.
@@ -160,13 +164,20 @@ class AccountLeases:
         Cheap while held: no I/O until half the TTL has run down, then one read and one CAS
         write per prefix. On any lease held by another replica, the ones taken are given back.
         """
-        self.problem = None
-        self.denied = False
-        for path in self.paths:
-            if not self._hold_one(path):
-                self.release()
-                return False
-        return True
+        with self._lock:
+            self.problem = None
+            self.denied = False
+            for path in self.paths:
+                if not self._hold_one(path):
+                    self.release()
+                    return False
+            return bool(self.paths)
+
+    def renew(self) -> None:
+        """Keep the leases this replica holds (the renewal job between ticks); take none."""
+        with self._lock:
+            if self.held and not self.hold():
+                log.warning("account lease lost", account=self.label)
 
     def _hold_one(self, path: str) -> bool:
         now = self.clock()
@@ -174,14 +185,7 @@ class AccountLeases:
         if mine is not None and mine.lease.expires_at - now > self.ttl / 2:
             return True
         try:
-            got = self.kv.read(path)
-            current = None
-            if got is not None and not got.deleted and got.data:
-                current = AccountLease.from_dict(got.data, f"{self.kv.mount}/{path}")
-                self.seen[path] = current
-            version = 0 if got is None else got.version
-            if got is not None and got.deleted:
-                version = self.kv.current_version(path)
+            current, version = self._read(path, now)
         except StoreError as exc:
             self.held.pop(path, None)
             self.problem = str(exc)
@@ -190,14 +194,38 @@ class AccountLeases:
         if current is not None and current.holder != self.holder and current.expires_at > now:
             self.held.pop(path, None)
             return False
-        if mine is not None and (current is None or current.fence != mine.lease.fence):
+        ours = (
+            mine is not None
+            and current is not None
+            and (current.holder, current.fence) == (self.holder, mine.lease.fence)
+        )
+        if mine is not None and not ours:
             log.warning("account lease lost", account=self.label, path=path)
             self.held.pop(path, None)
-        fence = current.fence if current is not None else 0
-        if current is None or current.holder != self.holder or path not in self.held:
-            fence += 1  # a take-over (or a first take): a new fence
+        fence = (current.fence if current is not None else 0) + (0 if ours else 1)
         lease = AccountLease(self.label, self.holder, fence, now + self.ttl, now)
         return self._write(path, lease, version)
+
+    def _read(self, path: str, now: float) -> tuple[AccountLease | None, int]:
+        """The lease at ``path`` (None: free) and the version to CAS against. A lease of a
+        newer schema is respected while its ``expires_at`` lies ahead, then taken over."""
+        got = self.kv.read(path)
+        version = 0 if got is None else got.version
+        if got is not None and got.deleted:
+            version = self.kv.current_version(path)
+        if got is None or got.deleted or not got.data:
+            return None, version
+        try:
+            return AccountLease.from_dict(got.data, f"{self.kv.mount}/{path}"), version
+        except StoreError:
+            expires = got.data.get("expires_at")
+            newer = _newer(got.data)
+            if newer and isinstance(expires, int | float) and not isinstance(expires, bool):
+                if expires > now:
+                    raise
+                log.warning("expired account lease of a newer vault-rotator taken", path=path)
+                return None, version
+            raise
 
     def _write(self, path: str, lease: AccountLease, version: int) -> bool:
         try:
@@ -213,22 +241,24 @@ class AccountLeases:
         if path not in self.held:
             log.info("account lease taken", account=self.label, path=path, fence=lease.fence)
         self.held[path] = _Held(lease, written)
-        self.seen[path] = lease
         return True
 
     def release(self) -> None:
         """Give back every lease we hold (best effort: an expired lease frees itself)."""
-        for path, mine in list(self.held.items()):
-            self.held.pop(path)
-            freed = AccountLease(
-                self.label, self.holder, mine.lease.fence, self.clock(), mine.lease.renewed_at
-            )
-            try:
-                self.kv.write(path, freed.to_dict(), cas=mine.version)
-            except StoreError:
-                log.info("account lease not given back; it expires", path=path)
+        with self._lock:
+            for path, mine in list(self.held.items()):
+                self.held.pop(path, None)
+                freed = AccountLease(
+                    self.label, self.holder, mine.lease.fence, self.clock(), mine.lease.renewed_at
+                )
+                try:
+                    self.kv.write(path, freed.to_dict(), cas=mine.version)
+                except StoreError:
+                    log.info("account lease not given back; it expires", path=path)
 
-    def last_renewed(self) -> float | None:
-        """The latest renewal seen by this replica at any of the paths (for the metric)."""
-        times = [lease.renewed_at for lease in self.seen.values()]
-        return max(times) if times else None
+
+def _newer(data: Mapping[str, Any]) -> bool:
+    schema = data.get("schema")
+    if isinstance(schema, bool) or not isinstance(schema, int):
+        return False
+    return schema > ACCOUNT_LEASE_SCHEMA

@@ -31,6 +31,9 @@ from vault_rotator.ports.kv import KvStore
 log = structlog.get_logger(__name__)
 
 LEASE_MARGIN_S = 2.0  # renew when the lease has less than (call budget + this) left
+# check_fence renews when less than this is left: one Vault write's worst case (its 10 s
+# request timeout) plus the margin, so the write lands while the lease is still ours.
+FENCE_MARGIN_S = 12.0
 
 
 def default_holder() -> str:
@@ -201,8 +204,8 @@ class Session:
         """Before a Vault write to a path other than the state record (pending values, the
         consumer secret): renew the lease by CAS when it runs low. A process paused past its
         lease (and taken over) thus fails with LeaseLostError instead of writing after the new
-        holder; one still holding the lease by its clock pays no I/O."""
-        if self.expires_at - self.clock() < 2 * LEASE_MARGIN_S:
+        holder; one holding the lease for longer than a Vault write can take pays no I/O."""
+        if self.expires_at - self.clock() < FENCE_MARGIN_S:
             self.save(self.record)
 
     def before_provider_write(self, action: str, target: str, budget: float) -> None:
