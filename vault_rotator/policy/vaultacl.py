@@ -18,10 +18,12 @@ VaultKv`: ``read`` and ``write`` on ``data/``; ``current_version``, ``set_custom
     management key    data: read                    nothing else, ever
     state/ and state/<env>/, pending/<env>/         metadata: list (status, audit, daemon)
     control/frozen    data: create read update      freezes
+    emergency/<env>   data: create read update      the environment-wide emergency request
     token self paths  lookup, renew, revoke, capabilities-self (also in Vault's default policy)
 
-The layout mirrors :class:`~vault_rotator.engine.session.StateStore` and
-:func:`~vault_rotator.daemon.freeze.frozen_path` without importing them (this package sits
+The layout mirrors :class:`~vault_rotator.engine.session.StateStore`,
+:func:`~vault_rotator.daemon.freeze.frozen_path` and
+:func:`~vault_rotator.engine.emergency.emergency_path` without importing them (this package sits
 below the engine); ``tests/test_vault_policy.py`` checks that they agree, and that every
 capability the preflight asks for is granted.
 """
@@ -94,6 +96,10 @@ def frozen_path(prefix: str) -> str:
     return f"{prefix}/control/frozen"
 
 
+def emergency_path(prefix: str, env: str) -> str:
+    return f"{prefix}/emergency/{env}"
+
+
 WRITE = ("create", "read", "update")
 
 
@@ -141,6 +147,12 @@ def _environment_grants(environment: EnvironmentPolicy) -> list[_Grant]:
             _folder(mount, f"{prefix}/pending/{env}"),
             ("list",),
             f"{env}: pending values (the daemon destroys stale ones)",
+        ),
+        _Grant(
+            section,
+            _data(mount, emergency_path(prefix, env)),
+            WRITE,
+            f"{env}: environment-wide emergency request (rotate --env {env} --emergency)",
         ),
     ]
     for key in sorted(environment.keys, key=lambda k: k.name):
