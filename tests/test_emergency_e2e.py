@@ -231,3 +231,41 @@ def test_an_environment_wide_emergency_survives_a_kill_and_rotates_each_key_once
             assert (fleet.creates(name), fleet.versions(name)) == (int(rotated), 1 + rotated), name
         assert "stalled (20)" in out2 and "skipped (1)" in out2 and f"{env}/k23" in out2
         assert "outcomes: succeeded-emergency 3" in out2
+
+
+@pytest.mark.slow
+def test_revoke_old_now_deletes_every_old_key_at_publish_and_reports_them(
+    vault: VaultServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--dry-run changes nothing; without --wait the CLI returns once every key is published;
+    the rerun with --wait ends the request: every old key deleted though no consumer switched,
+    each key reported as revoked before pickup was seen."""
+    with fleet_of(vault, tmp_path, 6, pickup_timeout="1h", unknown=()) as fleet:
+        env = fleet.env
+        for name, value in vault.env().items():
+            monkeypatch.setenv(name, value)
+        base = ["rotate", "--env", env, "--emergency", "--yes", "--revoke-old-now"]
+        config = ["--config", str(fleet.config)]
+        code, out = _main(capsys, *base, "--dry-run", *config)
+        assert code == 0
+        assert f"plan for an emergency of {env}: 6 keys; nothing is changed" in out
+        assert f"{env}/k0: start an emergency rotation" in out
+        assert EmergencyStore(fleet.kv, f"{env}-rotator").read(env) is None
+        assert len(fleet.emulator.all_keys()) == 6
+        code, out = _main(capsys, *base, *config)
+        assert code == 0
+        assert "every key is published or beyond; continue with" in out
+        code, out = _main(capsys, *base, "--wait", *config)
+        assert code == 0, out
+        request = EmergencyStore(fleet.kv, f"{env}-rotator").read(env)
+        assert request is not None and request.complete and request.revoke_old_now
+        assert "revoked (6): old key deleted at publish" in out
+        live = fleet.live()
+        for name in fleet.names:
+            assert [o.outcome for o in fleet.record(name).outcomes] == [reasons.SUCCEEDED_REVOKED]
+            assert fleet.old[name] not in live
+            assert fleet.served(name) in live
+            assert (fleet.creates(name), fleet.versions(name)) == (1, 2)

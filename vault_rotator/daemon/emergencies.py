@@ -96,7 +96,7 @@ class Emergencies:
                 "emergency request settled",
                 env=env,
                 request_id=request.id,
-                event=event,
+                webhook=event,
                 counts=view(result.request, self.engine.clock())["counts"],
             )
         done = result.request.complete or result.request.notified_at is not None
