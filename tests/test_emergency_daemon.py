@@ -4,6 +4,7 @@ request, the request in `GET /v1/status`; against real OpenBao and the emulator 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import uuid
@@ -17,9 +18,12 @@ import hvac
 import pytest
 from world import MANAGEMENT_KEY, EmulatorFactory, no_fault
 
+from vault_rotator import cli
+from vault_rotator.commands import remote
 from vault_rotator.commands.run_cmd import VaultCallerAuth
 from vault_rotator.daemon.control import Control
 from vault_rotator.daemon.daemon import Daemon
+from vault_rotator.daemon.http import Listener
 from vault_rotator.daemon.metrics import Metrics
 from vault_rotator.daemon.notify import Notifier
 from vault_rotator.emulator import Emulator
@@ -83,6 +87,7 @@ class Site:
     daemon: Daemon
     control: Control
     notifier: Notifier
+    config: Path
     old: dict[str, str] = field(default_factory=dict)
 
     def token(self, capabilities: list[str], tail: str = "") -> str:
@@ -144,7 +149,7 @@ def site(vault: VaultServer, make_emulator: EmulatorFactory, tmp_path: Path) -> 
         load_policies(tmp_path), runtime, notifier=notifier, metrics=Metrics(), fault=no_fault
     )
     control = Control(daemon, VaultCallerAuth(conn))
-    yield Site(vault, emulator, clock, env, kv, daemon, control, notifier, old)
+    yield Site(vault, emulator, clock, env, kv, daemon, control, notifier, tmp_path, old)
     notifier.close(timeout=1)
     server.shutdown()
     server.server_close()
@@ -190,7 +195,8 @@ def test_the_daemon_carries_out_a_saved_request_and_sends_one_webhook(site: Site
     site.tick(12)
     site.notifier.close(timeout=5)
     request = site.request()
-    assert request is not None and request.complete
+    assert request is not None
+    assert request.complete
     assert {e.step for e in request.keys.values()} == {Step.DONE}
     live = {k["id"] for k in site.emulator.live_keys()}
     store = StateStore(site.kv, f"{site.env}/vault-rotator")
@@ -218,3 +224,91 @@ def test_status_shows_the_request_to_readers_of_the_environment_only(site: Site)
     assert doc["counts"] == {"creating": 4}
     other = site.control.handle("GET", "/v1/status", site.token(["read"], "/api"), {})
     assert other.body["emergencies"] == []
+
+
+@contextlib.contextmanager
+def ticking(site: Site) -> Iterator[None]:
+    """The daemon ticking in the background (30 s of fake time every 50 ms), apps calling."""
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.wait(0.05):
+            site.tick(1)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+
+
+def test_the_cli_asks_the_daemon_and_follows_the_request_to_its_summary(
+    site: Site, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`rotate --env ENV --emergency --yes --daemon URL --wait`: the daemon saves and carries
+    out the request; the CLI draws the progress line and the summary from /v1/status."""
+    listener = Listener("127.0.0.1", 0, control=site.control)
+    listener.start()
+    monkeypatch.setenv("VAULT_TOKEN", site.token(["update", "read"]))
+    monkeypatch.setattr(remote, "POLL_S", 0.05)
+    url = "http://{}:{}".format(*listener.server.server_address[:2])
+    try:
+        with ticking(site):
+            code = cli.main(
+                ["rotate", "--env", site.env, "--emergency", "--yes", "--daemon", url, "--wait",
+                 "--config", str(site.config)]
+            )  # fmt: skip
+    finally:
+        listener.stop()
+    out, err = capsys.readouterr()
+    request = site.request()
+    assert request is not None
+    assert code == 0, err
+    assert f'"request_id": "{request.id}"' in out
+    assert f"{site.env}: emergency {request.id}: 4 keys: " in out
+    assert "4 keys in" in out
+    assert "outcomes: succeeded-emergency 4" in out
+    assert "lr_live_" not in out + err
+
+
+@pytest.mark.parametrize(
+    "views",
+    [
+        "{}",
+        '[{"env": "e"}]',
+        '[{"env": "e", "id": "r", "requested_at": 1, "by": "", "trigger": "api", "keys": 1, '
+        '"counts": {"done": "1"}, "outcomes": {}, "rate_per_s": 1, "eta_s": null, '
+        '"settled": true, "complete": true, "settled_at": 1, "attention": {}}]',
+    ],
+)
+def test_a_daemon_answering_malformed_emergencies_is_a_one_line_failure(
+    views: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """status --daemon checks the emergencies it is given: exit 1, one line, no traceback."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = f'{{"keys": [], "emergencies": {views}}}'.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args: object) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("VAULT_TOKEN", "hvs.test-token-for-a-fake-daemon")
+    try:
+        code = cli.main(["status", "--daemon", f"http://127.0.0.1:{server.server_port}"])
+    finally:
+        server.shutdown()
+        server.server_close()
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "emergencies" in err
+    assert err.count("\n") == 1

@@ -96,7 +96,7 @@ class Fleet:
             "VAULT_ROTATOR_LEASE_TTL": "5s",
             **env,
         }
-        return subprocess.Popen(  # noqa: S603
+        return subprocess.Popen(
             [sys.executable, "-m", "vault_rotator", *args, "--config", str(self.config)],
             cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True,
@@ -181,7 +181,8 @@ def test_an_environment_wide_emergency_survives_a_kill_and_rotates_each_key_once
             assert _main(capsys, "freeze", env, *config)[0] == 0
             assert _main(capsys, "rotate", f"{env}/k2", *config)[0] == 0  # published, normal
             upgraded = fleet.record("k2").rotation
-            assert upgraded is not None and upgraded.mode == reasons.NORMAL
+            assert upgraded is not None
+            assert upgraded.mode == reasons.NORMAL
             first = fleet.cli(
                 "rotate", "--env", env, "--emergency", "--yes", "--wait",
                 VAULT_ROTATOR_FAULT_AT="done",
@@ -190,7 +191,8 @@ def test_an_environment_wide_emergency_survives_a_kill_and_rotates_each_key_once
             assert first.returncode == -signal.SIGKILL, err1
             store = EmergencyStore(fleet.kv, f"{env}-rotator")
             request = store.read(env)
-            assert request is not None and not request.complete
+            assert request is not None
+            assert not request.complete
             assert f"{env}: emergency {request.id} saved: 24 keys" in out1
             assert "frozen keys included" in out1
             rerun = fleet.cli("rotate", "--env", env, "--emergency", "--yes", "--wait")
@@ -205,7 +207,9 @@ def test_an_environment_wide_emergency_survives_a_kill_and_rotates_each_key_once
             assert (ok > 20, failed) == (True, 0), name
 
         final = store.read(env)
-        assert final is not None and final.settled and not final.complete
+        assert final is not None
+        assert final.settled
+        assert not final.complete
         steps = {name: entry.step for name, entry in final.keys.items()}
         live = fleet.live()
         for name in fleet.names:
@@ -220,16 +224,20 @@ def test_an_environment_wide_emergency_survives_a_kill_and_rotates_each_key_once
             elif name == "k23":  # old key unknown: skipped, untouched
                 assert steps[name] == Step.SKIPPED
                 assert "old key unknown" in final.keys[name].detail
-                assert record.rotation is None and fleet.old[name] in live
+                assert record.rotation is None
+                assert fleet.old[name] in live
             else:  # no traffic: stalled with both keys alive
                 assert steps[name] == Step.STALLED, name
-                assert record.rotation is not None and record.rotation.stalled is not None
+                assert record.rotation is not None
+                assert record.rotation.stalled is not None
                 assert record.rotation.stalled.reason == reasons.PICKUP_TIMEOUT
                 assert {fleet.old[name], fleet.served(name)} <= live
             # never rotated twice: one create and one published version per key
             rotated = name != "k23"
             assert (fleet.creates(name), fleet.versions(name)) == (int(rotated), 1 + rotated), name
-        assert "stalled (20)" in out2 and "skipped (1)" in out2 and f"{env}/k23" in out2
+        assert "stalled (20)" in out2
+        assert "skipped (1)" in out2
+        assert f"{env}/k23" in out2
         assert "outcomes: succeeded-emergency 3" in out2
 
 
@@ -261,7 +269,9 @@ def test_revoke_old_now_deletes_every_old_key_at_publish_and_reports_them(
         code, out = _main(capsys, *base, "--wait", *config)
         assert code == 0, out
         request = EmergencyStore(fleet.kv, f"{env}-rotator").read(env)
-        assert request is not None and request.complete and request.revoke_old_now
+        assert request is not None
+        assert request.complete
+        assert request.revoke_old_now
         assert "revoked (6): old key deleted at publish" in out
         live = fleet.live()
         for name in fleet.names:

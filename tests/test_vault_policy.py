@@ -338,7 +338,8 @@ def test_an_environment_wide_emergency_runs_on_the_rotator_policy_alone(
     code = deployment.cli("rotate", "--env", backend.env, "--emergency", "--yes", "--wait")
     assert code == 0, capsys.readouterr().err
     request = EmergencyStore(deployment.kv("secret"), backend.prefix).read(backend.env)
-    assert request is not None and request.complete
+    assert request is not None
+    assert request.complete
     for key in (backend, worker):
         outcomes = [o.outcome for o in deployment.record(key).outcomes]
         assert outcomes == [reasons.SUCCEEDED_EMERGENCY]
