@@ -5,6 +5,7 @@ CLI SIGKILLed mid-request and run again."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -239,6 +240,15 @@ def test_an_environment_wide_emergency_survives_a_kill_and_rotates_each_key_once
         assert "skipped (1)" in out2
         assert f"{env}/k23" in out2
         assert "outcomes: succeeded-emergency 3" in out2
+
+        # the runbook's way out for a stalled key without consumers: revoke its leaked key now
+        assert _main(capsys, "rotate", f"{env}/k3", "--emergency", "--revoke-old-now", "--wait",
+                     *config)[0] == 0  # fmt: skip
+        assert fleet.old["k3"] not in fleet.live()
+        code, out = _main(capsys, "status", "--json", *config)
+        (doc,) = json.loads(out)["emergencies"]
+        assert doc["counts"] == {"stalled": 19, "done": 4, "skipped": 1}
+        assert doc["outcomes"] == {"succeeded-emergency": 3, "succeeded-revoked-old-now": 1}
 
 
 @pytest.mark.slow

@@ -29,11 +29,13 @@ import structlog
 from vault_rotator.daemon.notify import Notifier
 from vault_rotator.engine.context import Command, Progress
 from vault_rotator.engine.decide import Observation
-from vault_rotator.engine.emergency import EmergencyRequest, new_request
+from vault_rotator.engine.emergency import TERMINAL, EmergencyRequest, new_request
+from vault_rotator.engine.emergency_decide import refreshed
 from vault_rotator.engine.emergency_round import Round
 from vault_rotator.engine.emergency_store import EmergencyStore
 from vault_rotator.engine.emergency_view import view, webhook_event, webhook_fields
 from vault_rotator.engine.engine import Engine, new_rotation_id
+from vault_rotator.engine.session import StateStore
 from vault_rotator.errors import VaultRotatorError
 from vault_rotator.policy import EnvironmentPolicy, KeyPolicy, PolicySet
 from vault_rotator.ports.kv import KvStore
@@ -131,13 +133,21 @@ class Emergencies:
 def emergency_views(
     policies: PolicySet, kv_for: Callable[[str], KvStore], now: float
 ) -> list[tuple[EnvironmentPolicy, dict[str, Any]]]:
-    """Each environment's current request (open or not), as ``status`` shows it."""
+    """Each environment's current request (open or not), as ``status`` shows it: the saved
+    request with each key not ended yet judged afresh from its state record (nothing is
+    written: with no process acting, an operator's resume or abort shows all the same)."""
     found = []
     for env, environment in sorted(policies.environments.items()):
-        vault = environment.vault
-        request = EmergencyStore(kv_for(vault.kv_mount), vault.state_prefix).read(env)
+        kv, prefix = kv_for(environment.vault.kv_mount), environment.vault.state_prefix
+        request = EmergencyStore(kv, prefix).read(env)
         if request is not None:
-            found.append((environment, view(request, now)))
+            states = StateStore(kv, prefix)
+            records = {
+                name: states.read(env, name)[0]
+                for name, entry in request.keys.items()
+                if entry.step not in TERMINAL
+            }
+            found.append((environment, view(refreshed(request, records, now), now)))
     return found
 
 

@@ -128,3 +128,15 @@ def merged(
         and not (stored.keys[name].step in TERMINAL and entry.step not in TERMINAL)
     }
     return stored.with_keys(kept, now)
+
+
+def refreshed(
+    request: EmergencyRequest, records: Mapping[str, StateRecord], now: float
+) -> EmergencyRequest:
+    """The request as its keys' records show it now (for a view; nothing is acted on)."""
+    changes = {
+        name: decide_key(request, request.keys[name], record, now)[1]
+        for name, record in records.items()
+        if name in request.keys
+    }
+    return request.with_keys(changes, now)
