@@ -246,6 +246,7 @@ def test_an_environment_wide_emergency_survives_a_kill_and_rotates_each_key_once
                      *config)[0] == 0  # fmt: skip
         assert fleet.old["k3"] not in fleet.live()
         code, out = _main(capsys, "status", "--json", *config)
+        assert code == 1  # keys stalled
         (doc,) = json.loads(out)["emergencies"]
         assert doc["counts"] == {"stalled": 19, "done": 4, "skipped": 1}
         assert doc["outcomes"] == {"succeeded-emergency": 3, "succeeded-revoked-old-now": 1}

@@ -20,7 +20,9 @@ apart from Slack's own top-level fields).
 An environment-wide emergency request gets one message, not one per key
 (:mod:`vault_rotator.daemon.emergencies`): ``env`` and ``request_id`` instead of ``key``, the
 counts per step, the outcomes and the keys that need an operator. Until it is sent, the daemon
-does not call :meth:`Notifier.notify` for the request's keys (they are folded into it). Never a key value: fields whose names hold values
+does not call :meth:`Notifier.notify` for the request's keys (they are folded into it).
+
+Never a key value: fields whose names hold values
 (``api_key``, ``value``, ``token`` ...) are dropped, every string is redacted, and the serialized
 body goes through :func:`~vault_rotator.display.redact_text` once more.
 
