@@ -231,6 +231,15 @@ def test_merging_keeps_an_ending_another_writer_saw() -> None:
     assert (out.keys["a"].step, out.keys["b"].step) == (Step.DONE, Step.CREATING)
 
 
+def test_a_failed_key_waits_for_a_rerun_instead_of_being_retried_every_round() -> None:
+    """A key whose start was refused stays failed in rounds; resumed (a rerun) starts it."""
+    req = request()
+    failed = KeyEntry(Step.FAILED, T0 + 1, T0, detail="the Vault token lacks ...")
+    assert decide_key(req, failed, idle(), T0 + 30) == (KeyAction.NONE, failed)
+    again = resumed(req.with_keys({"a": failed}, T0 + 1), revoke_old_now=False, now=T0 + 40)
+    assert decide_key(again, again.keys["a"], idle(), T0 + 41)[0] == KeyAction.START
+
+
 def test_a_rerun_queues_failed_keys_again_and_may_add_revoke_only() -> None:
     """resumed: failed keys get a fresh since; --revoke-old-now is added, never removed."""
     failed = KeyEntry(Step.FAILED, T0 + 1, T0, "r1", reasons.FAILED_VERIFY, "bad key")

@@ -12,8 +12,9 @@ is not taken: the key it serves may have been published before the leak. A rotat
 flight (of any kind) is the request's once upgraded.
 
 Where a key ends: a success outcome is ``done``; an operator's abort or finish ``ended``
-(final); a failed verification ``failed`` (a rerun tries again); a stall ``stalled`` (both keys
-alive: the operator resumes, aborts or finishes it, and the request records how it ended).
+(final); a start refused or a failed verification ``failed`` (rounds leave it; a rerun tries
+again); a stall ``stalled`` (both keys alive: the operator resumes, aborts or finishes it, and
+the request records how it ended).
 """
 
 from __future__ import annotations
@@ -97,6 +98,8 @@ def decide_key(
     for outcome in reversed(record.outcomes):
         if ours(request, entry, outcome):
             return KeyAction.NONE, ended(entry, outcome, now)
+    if entry.step == Step.FAILED:
+        return KeyAction.NONE, entry  # tried again by a rerun only (resumed), not every round
     if entry.rotation_id is not None:
         why = f"rotation {entry.rotation_id} ended with no outcome in the state record"
         return KeyAction.NONE, entry.moved(Step.FAILED, now, detail=why)
