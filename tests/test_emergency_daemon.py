@@ -23,12 +23,14 @@ from vault_rotator.commands import remote
 from vault_rotator.commands.run_cmd import VaultCallerAuth
 from vault_rotator.daemon.control import Control
 from vault_rotator.daemon.daemon import Daemon
+from vault_rotator.daemon.emergencies import open_request
 from vault_rotator.daemon.http import Listener
 from vault_rotator.daemon.metrics import Metrics
 from vault_rotator.daemon.notify import Notifier
 from vault_rotator.emulator import Emulator
 from vault_rotator.engine import reasons
 from vault_rotator.engine.emergency import EmergencyRequest, Step
+from vault_rotator.engine.emergency_round import Round
 from vault_rotator.engine.emergency_store import EmergencyStore
 from vault_rotator.engine.session import StateStore
 from vault_rotator.policy import load_policies
@@ -312,3 +314,29 @@ def test_a_daemon_answering_malformed_emergencies_is_a_one_line_failure(
     assert code == 1
     assert "emergencies" in err
     assert err.count("\n") == 1
+
+
+def test_a_request_a_cli_carried_out_gets_its_webhook_from_the_daemon(site: Site) -> None:
+    """Rounds outside the daemon (a CLI's) end the request; the daemon's next tick sends its
+    one webhook, once; a request that ended over an hour before the tick gets none."""
+    environment = site.daemon.policies.environments[site.env]
+    request, _ = open_request(
+        environment, site.daemon.runtime.kv, site.clock, by="ops@host", trigger="cli",
+        revoke_old_now=True,
+    )  # fmt: skip
+    rounds = Round(site.daemon.runtime.engine(), environment, drive=True)
+    for _ in range(8):
+        request = rounds.run(request).request
+        site.clock.advance(30)
+    assert request.complete and request.notified_at is None
+    site.tick(2)
+    site.notifier.close(timeout=5)
+    events = [m["vault_rotator"] for m in Hooks.received]
+    assert [(e["event"], e["request_id"], e["by"]) for e in events] == [
+        ("succeeded", request.id, "ops@host")
+    ]
+    assert events[0]["attention"]["revoked"][0]["key"] == f"{site.env}/api"
+    stored = site.request()
+    assert stored is not None and stored.notified_at is not None
+    late = stored.evolve(notified_at=None, settled_at=site.clock() - 7200)
+    assert not site.daemon.emergencies._open(late)

@@ -16,7 +16,9 @@ stalled, else ``failed`` if one failed, else ``needs-attention`` if a key was sk
 an operator or succeeded needing attention, else ``succeeded``; its fields carry the counts per
 step, the outcomes and the keys that need an operator
 (:func:`~vault_rotator.engine.emergency_view.webhook_fields`). After that, keys of the request
-an operator resumes notify one by one, as any other. A CLI never sends webhooks.
+an operator resumes notify one by one, as any other. A CLI never sends webhooks: a request a
+CLI carried to its end gets its webhook from a daemon's next tick, if that comes within an hour
+(:data:`LATE_WEBHOOK_S`; a daemon started later does not report old requests).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from vault_rotator.ports.kv import KvStore
 log = structlog.get_logger(__name__)
 
 Guard = Callable[[KeyPolicy, Callable[[], Progress]], Progress]
+LATE_WEBHOOK_S = 3600.0  # a request a CLI completed longer ago than this gets no webhook
 
 
 class Emergencies:
@@ -85,7 +88,7 @@ class Emergencies:
         env, vault = environment.environment, environment.vault
         store = EmergencyStore(self.engine.kv_for(vault.kv_mount), vault.state_prefix)
         request = store.read(env)
-        if request is None or request.complete:
+        if request is None or not self._open(request):
             self.folding.pop(env, None)
             return
         self._fold(env, request.keys if request.notified_at is None else ())
@@ -103,6 +106,14 @@ class Emergencies:
             )
         done = result.request.complete or result.request.notified_at is not None
         self._fold(env, () if done else result.request.keys)
+
+    def _open(self, request: EmergencyRequest) -> bool:
+        """Not complete, or completed (by a CLI) lately with its webhook not sent yet."""
+        if not request.complete:
+            return True
+        settled = request.settled_at or request.completed_at or request.requested_at
+        late = self.engine.clock() - settled > LATE_WEBHOOK_S
+        return request.notified_at is None and not late
 
     def _fold(self, env: str, names: Any) -> None:
         self.folding[env] = frozenset(names)
