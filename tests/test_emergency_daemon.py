@@ -328,7 +328,8 @@ def test_a_request_a_cli_carried_out_gets_its_webhook_from_the_daemon(site: Site
     for _ in range(8):
         request = rounds.run(request).request
         site.clock.advance(30)
-    assert request.complete and request.notified_at is None
+    assert request.complete
+    assert request.notified_at is None
     site.tick(2)
     site.notifier.close(timeout=5)
     events = [m["vault_rotator"] for m in Hooks.received]
@@ -337,6 +338,7 @@ def test_a_request_a_cli_carried_out_gets_its_webhook_from_the_daemon(site: Site
     ]
     assert events[0]["attention"]["revoked"][0]["key"] == f"{site.env}/api"
     stored = site.request()
-    assert stored is not None and stored.notified_at is not None
+    assert stored is not None
+    assert stored.notified_at is not None
     late = stored.evolve(notified_at=None, settled_at=site.clock() - 7200)
     assert not site.daemon.emergencies._open(late)
