@@ -10,11 +10,13 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import pytest
 from world import MANAGEMENT_KEY
 
@@ -26,10 +28,10 @@ from vault_rotator.engine.emergency_store import EmergencyStore
 from vault_rotator.engine.session import StateStore
 from vault_rotator.engine.state import StateRecord
 from vault_rotator.store.vault import VaultConnection, VaultKv
-from vault_rotator.testing.chaos import consumer
+from vault_rotator.testing.chaos import Outputs, consumer, webhook_receiver
 from vault_rotator.testing.chaos_figures import consumer_calls
 from vault_rotator.testing.vault_agent import vault_agent
-from vault_rotator.testing.vault_server import VaultServer
+from vault_rotator.testing.vault_server import VaultServer, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = """\
@@ -290,3 +292,83 @@ def test_revoke_old_now_deletes_every_old_key_at_publish_and_reports_them(
             assert fleet.old[name] not in live
             assert fleet.served(name) in live
             assert (fleet.creates(name), fleet.versions(name)) == (1, 2)
+
+
+def _daemon(fleet: Fleet, port: int, webhook: str, **env: str) -> subprocess.Popen[str]:
+    environment = {
+        **os.environ,
+        **fleet.vault.env(),
+        "PYTHONPATH": str(REPO),
+        "VAULT_ROTATOR_LEASE_TTL": "5s",
+        "VAULT_ROTATOR_WEBHOOK_URL": webhook,
+        "VAULT_ROTATOR_WEBHOOK_EVENTS": "stalled,failed,needs-attention,succeeded",
+    }
+    environment.pop("VAULT_ROTATOR_FAULT_AT", None)
+    environment.update(env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "vault_rotator", "run", "--config", str(fleet.config),
+         "--listen", f"127.0.0.1:{port}"],
+        cwd=REPO, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def _healthy(port: int, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and proc.poll() is None:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise AssertionError("the daemon did not come up")
+
+
+@pytest.mark.slow
+def test_a_daemon_killed_mid_request_is_replaced_and_the_next_one_finishes_it(
+    vault: VaultServer, tmp_path: Path
+) -> None:
+    """POST /v1/rotate/{env} with revoke_old_now to a daemon subprocess SIGKILLed at its first
+    publish; a new daemon finishes the request: each key rotated once, each old key deleted,
+    and one webhook for the whole request."""
+    outputs = Outputs()
+    with (
+        fleet_of(vault, tmp_path, 6, pickup_timeout="1h", unknown=()) as fleet,
+        webhook_receiver(outputs) as hook,
+    ):
+        port = free_port()
+        first = _daemon(fleet, port, hook, VAULT_ROTATOR_FAULT_AT="published")
+        _healthy(port, first)
+        answer = httpx.post(
+            f"http://127.0.0.1:{port}/v1/rotate/{fleet.env}",
+            json={"emergency": True, "revoke_old_now": True},
+            headers={"Authorization": f"Bearer {vault.token}"},
+            timeout=10,
+        )
+        assert answer.status_code == 202, answer.text
+        request_id = answer.json()["request_id"]
+        _out, err = first.communicate(timeout=60)
+        assert first.returncode == -signal.SIGKILL, err[-2000:]
+        store = EmergencyStore(fleet.kv, f"{fleet.env}-rotator")
+        port = free_port()
+        second = _daemon(fleet, port, hook)
+        try:
+            deadline = time.monotonic() + 60
+            while not ((got := store.read(fleet.env)) and got.notified_at):
+                assert time.monotonic() < deadline, got
+                assert second.poll() is None
+                time.sleep(0.2)
+            time.sleep(1.0)  # the webhook's delivery
+        finally:
+            second.send_signal(signal.SIGTERM)
+            _out, err = second.communicate(timeout=20)
+        assert second.returncode == 0, err[-2000:]
+    assert (got.id, got.complete) == (request_id, True)
+    live = fleet.live()
+    for name in fleet.names:
+        assert [o.outcome for o in fleet.record(name).outcomes] == [reasons.SUCCEEDED_REVOKED]
+        assert fleet.old[name] not in live
+        assert (fleet.creates(name), fleet.versions(name)) == (1, 2), name
+    messages = [json.loads(text)["vault_rotator"] for text in outputs.texts]
+    assert [(m["event"], m["request_id"], m["keys"]) for m in messages] == [
+        ("succeeded", request_id, 6)
+    ]
+    assert "lr_live_" not in err + "".join(outputs.texts)

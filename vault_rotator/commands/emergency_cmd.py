@@ -144,7 +144,7 @@ def _here(
         f"{env}: every key is published or beyond; continue with: {follow} (a running "
         "daemon carries it on as well)"
     )
-    return 1 if doc["attention"] else 0
+    return 1 if {"stalled", "failed", "skipped"} & set(doc["counts"]) else 0
 
 
 def _loop(
