@@ -1,6 +1,7 @@
 """End to end: `rotate --env ENV --emergency --yes` over two dozen keys of a frozen environment,
 real OpenBao, the emulator, real `bao agent`s feeding the shipped consumer on three keys; the
-CLI SIGKILLed mid-request and run again."""
+CLI SIGKILLed mid-request and run again. Then `--revoke-old-now`, and a daemon subprocess
+SIGKILLed in the middle of a request made through its control API."""
 
 from __future__ import annotations
 
