@@ -32,6 +32,8 @@ from vault_rotator.daemon.metrics import Metrics
 from vault_rotator.emulator import Emulator
 from vault_rotator.engine import account_lease, reasons
 from vault_rotator.engine.ack_store import AckStore
+from vault_rotator.engine.emergency import emergency_path
+from vault_rotator.engine.emergency_store import EmergencyStore
 from vault_rotator.engine.preflight import required_capabilities
 from vault_rotator.engine.session import StateStore
 from vault_rotator.engine.state import StateRecord
@@ -327,6 +329,29 @@ def test_an_abort_after_publish_runs_on_the_rotator_policy_alone(
     assert len(live) == 2  # the old worker key and backend's, never the aborted one
 
 
+def test_an_environment_wide_emergency_runs_on_the_rotator_policy_alone(
+    deployment: Deployment, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`rotate --env ENV --emergency --yes --wait` saves its request, rotates both keys of the
+    environment and shows the request in `status`, with only the generated rotator policy."""
+    backend, worker = deployment.keys["backend"], deployment.keys["worker"]
+    old = {deployment.served_id(backend), deployment.served_id(worker)}
+    code = deployment.cli("rotate", "--env", backend.env, "--emergency", "--yes", "--wait")
+    assert code == 0, capsys.readouterr().err
+    request = EmergencyStore(deployment.kv("secret"), backend.prefix).read(backend.env)
+    assert request is not None
+    assert request.complete
+    for key in (backend, worker):
+        outcomes = [o.outcome for o in deployment.record(key).outcomes]
+        assert outcomes == [reasons.SUCCEEDED_EMERGENCY]
+    assert old.isdisjoint(k["id"] for k in backend.emulator.live_keys())
+    assert set(deployment.statuses) == {200}
+    capsys.readouterr()
+    assert deployment.cli("status", "--json") == 0
+    (shown,) = json.loads(capsys.readouterr().out)["emergencies"]
+    assert (shown["id"], shown["counts"]) == (request.id, {"done": 2})
+
+
 def test_the_daemon_rotates_a_key_in_a_second_mount_on_the_rotator_policy_alone(
     deployment: Deployment,
 ) -> None:
@@ -394,6 +419,9 @@ def refusals(dep: Deployment) -> dict[str, Callable[[], object]]:
         ),
         "list the consumer secrets' folder": lambda: kv.list(f"{tag}/p"),
         "list every environment's pending": lambda: kv.list(f"{tag}/vault-rotator/pending"),
+        "write another environment's emergency request": lambda: kv.write(
+            f"{tag}/vault-rotator/emergency/other", {"a": "b"}, cas=0
+        ),
         "read outside the configured paths in the second mount": lambda: kv_s.read("arouter/x"),
     }
 
@@ -554,7 +582,7 @@ def test_every_capability_the_preflight_asks_for_is_granted() -> None:
 
 
 def test_the_layout_agrees_with_the_state_store_and_the_freezes() -> None:
-    """State, pending and freeze paths are the ones StateStore and freeze.frozen_path use."""
+    """State, pending, freeze and emergency request paths are the ones the code uses."""
     store = StateStore(MemoryKv(), "some/prefix")
     assert vaultacl.state_path("some/prefix", "e", "n") == store.state_path("e", "n")
     assert vaultacl.pending_path("some/prefix", "e", "n") == store.pending_path("e", "n")
@@ -562,6 +590,7 @@ def test_the_layout_agrees_with_the_state_store_and_the_freezes() -> None:
     assert vaultacl.acks_folder("some/prefix", "e", "n") == AckStore(
         MemoryKv(), "some/prefix"
     ).folder("e", "n")
+    assert vaultacl.emergency_path("some/prefix", "e") == emergency_path("some/prefix", "e")
     lease_id = "0123456789abcdef"
     assert vaultacl.account_lease_path("some/prefix", lease_id) == account_lease.lease_path(
         "some/prefix", lease_id

@@ -26,6 +26,7 @@ hold a key value, a management key or a token.
     │   ├── LeaseHeldError               another process holds the key's lease
     │   ├── LeaseLostError               our lease expired and another process took over
     │   └── PreflightError               a precondition failed before any side effect
+    │       └── OldKeyUnknownError       emergency refused: the served key's id is not known
     ├── DaemonUnreachableError           the CLI could not reach the daemon at --daemon URL
     └── DaemonResponseError              ... or it answered something that is not its API
 """
@@ -140,6 +141,10 @@ class LeaseLostError(EngineError):
 
 class PreflightError(EngineError):
     """A precondition failed before any side effect."""
+
+
+class OldKeyUnknownError(PreflightError):
+    """An emergency refused: the secret names no key id and the policy no ``adopt_key_id``."""
 
 
 class DaemonUnreachableError(VaultRotatorError):

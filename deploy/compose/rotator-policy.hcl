@@ -62,6 +62,11 @@ path "secret/metadata/vault-rotator/pending/dev/" {
   capabilities = ["list"]
 }
 
+# dev: environment-wide emergency request (rotate --env dev --emergency)
+path "secret/data/vault-rotator/emergency/dev" {
+  capabilities = ["create", "read", "update"]
+}
+
 # dev/demo-app: consumer secret
 path "secret/data/arouter/dev/demo-app" {
   capabilities = ["create", "read", "update"]

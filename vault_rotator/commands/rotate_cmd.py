@@ -1,4 +1,5 @@
-"""``vault-rotator rotate ENV/NAME [--wait [--timeout DURATION]] [--dry-run] [--emergency …]``.
+"""``vault-rotator rotate ENV/NAME [--wait [--timeout DURATION]] [--dry-run] [--emergency …]``,
+and ``vault-rotator rotate --env ENV --emergency --yes [...]`` for a whole environment.
 
 Starts a rotation, or resumes the one in flight. Without ``--wait`` it returns once the new key
 is published and prints the command that continues it; with ``--wait`` it runs to the end, or
@@ -10,6 +11,8 @@ the old key right after publishing. Exit 0 when published or finished, 1 when fa
 stalled, 2 on a usage or config error.
 
 It and the other operator verbs (``resume``, ``finish``, ``abort``) run through :mod:`.runner`.
+``--env ENV --emergency --yes`` (every key of one environment; ``--yes`` is required, a typo
+costs every key) is :mod:`.emergency_cmd`'s.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import argparse
 import sys
 from datetime import UTC, date, datetime
 
+from vault_rotator.commands import emergency_cmd
 from vault_rotator.commands.common import add_config_argument, load, operator
 from vault_rotator.commands.follow import add_wait_arguments
 from vault_rotator.commands.remote import add_daemon_argument
@@ -35,7 +39,16 @@ REVOKE_WARNING = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("ref", metavar="ENV/NAME", help="the key to rotate")
+    parser.add_argument("ref", metavar="ENV/NAME", nargs="?", help="the key to rotate")
+    parser.add_argument(
+        "--env",
+        metavar="ENV",
+        default=None,
+        help="with --emergency --yes: every key of this environment (instead of ENV/NAME)",
+    )
+    parser.add_argument(
+        "--yes", action="store_true", help="with --env: confirm rotating every key of ENV"
+    )
     add_wait_arguments(parser, "run the rotation to its end")
     parser.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
     parser.add_argument(
@@ -51,6 +64,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.env is not None:
+        return emergency_cmd.run(args)
+    if args.ref is None:
+        raise ConfigError("give ENV/NAME, or --env ENV --emergency --yes for a whole environment")
+    if args.yes:
+        raise ConfigError("--yes goes with --env")
     parse_ref(args.ref)  # arguments first: a bad ref is named before any config or env problem
     if args.revoke_old_now and not args.emergency:
         raise ConfigError("--revoke-old-now needs --emergency")

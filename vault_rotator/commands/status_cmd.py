@@ -3,16 +3,22 @@
 Keys come from the policies plus any rotation still in flight for a key no longer in them
 (the rows of :mod:`vault_rotator.daemon.status_rows`, which the daemon serves too). A table
 (or ``--json``, one object per key) on stdout. Exit 1 if any key is stalled.
+
+Each environment's current emergency request (``rotate --env ENV --emergency --yes``) follows
+the table: its progress line (counts per step, rate, ETA), or its summary once no key moves;
+in ``--json`` under ``emergencies`` (:func:`vault_rotator.engine.emergency_view.view`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
 from datetime import UTC, datetime
 from typing import Any
 
 from vault_rotator.commands.common import add_config_argument, load
+from vault_rotator.commands.emergency_remote import checked_views
 from vault_rotator.commands.remote import (
     add_daemon_argument,
     daemon_url,
@@ -21,8 +27,10 @@ from vault_rotator.commands.remote import (
     said,
     status_rows,
 )
+from vault_rotator.daemon.emergencies import emergency_views
 from vault_rotator.daemon.status_rows import collect
 from vault_rotator.engine.ack_status import ack_line
+from vault_rotator.engine.emergency_view import line_of, summary_lines
 from vault_rotator.policy import format_duration
 from vault_rotator.runtime import Runtime
 
@@ -70,27 +78,22 @@ def run(args: argparse.Namespace) -> int:
         if exit_code(code) != 0:
             print(f"daemon answered {code}: {said(answer)}")
             return exit_code(code)
-        rows = status_rows(answer, url)
-        if args.json:
-            print(json.dumps({"keys": rows}, indent=2, sort_keys=True))
-        else:
-            print(table(rows))
-            _ack_lines(rows)
+        rows, docs = status_rows(answer, url), checked_views(answer, url)
+        _show(rows, docs, as_json=args.json, now=time.time())
         return 1 if any(row["state"].startswith("stalled") for row in rows) else 0
     policies = load(args)
     runtime = Runtime.from_env()
     try:
-        rows = collect(policies, runtime, runtime.clock())
+        now = runtime.clock()
+        rows = collect(policies, runtime, now)
+        docs = [doc for _env, doc in emergency_views(policies, runtime.kv, now)]
     finally:
         runtime.close()
-    if args.json:
-        print(json.dumps({"keys": rows}, indent=2, sort_keys=True))
-    else:
-        print(table(rows))
+    _show(rows, docs, as_json=args.json, now=now)
+    if not args.json:
         for row in rows:
             if row["stall_detail"] or row["deadlines_passed"]:
                 print(f"{row['key']}: {row['state']}: {row['stall_detail'] or 'deadline passed'}")
-        _ack_lines(rows)
     return 1 if any(row["state"].startswith("stalled") for row in rows) else 0
 
 
@@ -99,3 +102,15 @@ def _ack_lines(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         if (line := ack_line(row["key"], row.get("acks"))) is not None:
             print(line)
+
+
+def _show(
+    rows: list[dict[str, Any]], docs: list[dict[str, Any]], *, as_json: bool, now: float
+) -> None:
+    if as_json:
+        print(json.dumps({"keys": rows, "emergencies": docs}, indent=2, sort_keys=True))
+        return
+    print(table(rows))
+    _ack_lines(rows)
+    for doc in docs:
+        print("\n".join(summary_lines(doc, now)) if doc["settled"] else line_of(doc))

@@ -10,6 +10,8 @@ token accessor, never the token.
 Routes (one per CLI verb)::
 
     POST /v1/rotate/{env}/{name}     {"emergency": true, "revoke_old_now": true}   (optional)
+    POST /v1/rotate/{env}            {"emergency": true, "revoke_old_now": true}   (emergency
+                                     required: every key of the environment, see below)
     POST /v1/resume/{env}/{name}
     POST /v1/finish/{env}/{name}     {"keep_old": true}                            (required)
     POST /v1/abort/{env}/{name}
@@ -20,6 +22,14 @@ Routes (one per CLI verb)::
 ``rotate``, ``resume`` and ``abort`` take ``emergency`` and ``revoke_old_now`` (booleans; the
 CLI sends both); ``finish`` only ``keep_old``; ``freeze`` only ``reason`` (a string);
 ``unfreeze`` and ``status`` nothing. An unknown field or a wrong type is a 400 naming it.
+
+``POST /v1/rotate/{env}`` is the environment-wide emergency (``rotate --env ENV --emergency
+--yes``): it needs ``{"emergency": true}`` (else 400) and ``update`` on the environment's
+control path ``<kv_mount>/data/<state_prefix>/control/<env>``. It saves the request in Vault
+(:mod:`vault_rotator.engine.emergency`; an open one is resumed) with the caller's token accessor
+as ``by``, and answers 202 with the request's id; the daemon's ticks act on it
+(:mod:`.emergencies`). ``GET /v1/status`` lists each environment's current request under
+``emergencies`` to callers with ``read`` on that environment's control path.
 
 Checks run in this order, so that no answer tells a caller more than it may know: no or a
 malformed token 401; a token Vault refuses 401; no such route 404 (a known route with another
@@ -43,6 +53,7 @@ import structlog
 
 from vault_rotator.daemon import freeze as freezes
 from vault_rotator.daemon.daemon import Daemon
+from vault_rotator.daemon.emergencies import emergency_views, open_request
 from vault_rotator.daemon.refs import in_flight_policy
 from vault_rotator.daemon.status_rows import collect
 from vault_rotator.engine.engine import Command, Progress, Verb
@@ -142,7 +153,7 @@ class Control:
         route = _route(method, path)
         if isinstance(route, Answer):
             return route
-        problem = bad_body(route[0], body)
+        problem = bad_body(route[0], body) or _whole_env_body(route, body)
         if problem is not None:
             return Answer(400, {"error": problem})
         return self._guarded(route, *caller, body)
@@ -203,6 +214,8 @@ class Control:
         log.info("control action", verb=verb, env=env, name=name, accessor=accessor)
         if verb in ("freeze", "unfreeze"):
             return self._freeze(verb, policy, ref, accessor, body)
+        if verb == "rotate" and name is None:
+            return self._emergency(env, accessor, body)
         if name is None:
             return Answer(404, {"error": f"{verb} needs /v1/{verb}/ENV/NAME"})
         command = _command(verb, body, accessor)
@@ -240,16 +253,62 @@ class Control:
         frozen = target in result.envs or target in result.keys
         return Answer(200, {"target": target, "frozen": frozen})
 
+    def _emergency(self, env: str, accessor: str, body: Mapping[str, Any]) -> Answer:
+        """Save (or resume) the environment's emergency request; the ticks act on it."""
+        request, again = open_request(
+            self.daemon.policies.environments[env],
+            self.daemon.runtime.kv,
+            self.daemon.clock,
+            by=f"token:{accessor}",
+            trigger="api",
+            revoke_old_now=body.get("revoke_old_now") is True,
+        )
+        log.warning(
+            "emergency requested",
+            env=env,
+            request_id=request.id,
+            resumed=again,
+            keys=len(request.keys),
+            accessor=accessor,
+        )
+        answer = {
+            "env": env,
+            "request_id": request.id,
+            "keys": len(request.keys),
+            "requested_at": request.requested_at,
+            "revoke_old_now": request.revoke_old_now,
+            "resumed": again,
+        }
+        return Answer(202, answer)
+
     def _status(self, token: Secret) -> Answer:
         policies = self.daemon.policies
         paths = {
             p.ref: control_path(p.vault.kv_mount, p.vault.state_prefix, p.env, p.name)
             for p in policies
         }
-        readable = self._allowed(token, sorted(set(paths.values())), "read")
-        rows = collect(policies, self.daemon.runtime, self.daemon.clock())
+        now = self.daemon.clock()
+        found = emergency_views(policies, self.daemon.runtime.kv, now)
+        env_paths = {
+            env.environment: control_path(
+                env.vault.kv_mount, env.vault.state_prefix, env.environment, None
+            )
+            for env, _doc in found
+        }
+        wanted = sorted(set(paths.values()) | set(env_paths.values()))
+        readable = self._allowed(token, wanted, "read")
+        rows = collect(policies, self.daemon.runtime, now)
         visible = [r for r in rows if paths.get(r["key"]) in readable]
-        return Answer(200, {"keys": visible})
+        emergencies = [doc for env, doc in found if env_paths[env.environment] in readable]
+        return Answer(200, {"keys": visible, "emergencies": emergencies})
+
+
+def _whole_env_body(route: tuple[str, str, str | None], body: Mapping[str, Any]) -> str | None:
+    """A rotate of a whole environment is an emergency or nothing."""
+    verb, _env, name = route
+    if verb == "rotate" and name is None and body.get("emergency") is not True:
+        return 'rotate of a whole environment needs {"emergency": true} (every key, at once)'
+    return None
 
 
 def _route(method: str, path: str) -> tuple[str, str, str | None] | Answer:

@@ -32,6 +32,7 @@ import structlog
 from vault_rotator.daemon import notify as events
 from vault_rotator.daemon.ack_retention import AckRetention
 from vault_rotator.daemon.due import due
+from vault_rotator.daemon.emergencies import Emergencies
 from vault_rotator.daemon.freeze import FrozenSet, frozen
 from vault_rotator.daemon.metrics import Metrics
 from vault_rotator.daemon.notify import Notifier
@@ -165,6 +166,12 @@ class Daemon:
         self.replicas = Replicas(
             runtime.kv, holder=self.engine.holder, clock=self.clock, ttl=runtime.lease_ttl
         )
+        self.emergencies = Emergencies(  # environment-wide emergency requests (one round a tick)
+            self.engine,
+            self.notifier,
+            guard=self._fresh_key_on_401,
+            should_stop=lambda: self.should_stop(),  # noqa: PLW0108 (Service replaces it)
+        )
 
     # -- what to look after -------------------------------------------------------------
 
@@ -251,7 +258,8 @@ class Daemon:
         """One reconcile pass of one account (see the module docstring)."""
         report = TickReport(account)
         if not self._lead(account, keys, report):
-            return report
+            return report  # another replica ticks it, and carries on its emergency requests
+        report.errors += self.emergencies.tick(self.policies, keys)
         tracked = self.tracked(account, keys, report)
         active = [t for t in tracked if t.active]
         if active:
@@ -494,6 +502,8 @@ class Daemon:
 
     def finished(self, policy: KeyPolicy, outcome: Outcome, rotation: Rotation) -> None:
         self.metrics.rotation_finished(policy.env, policy.name, outcome, rotation)
+        if self.emergencies.folds(policy.env, policy.name):
+            return  # into its emergency request's one webhook
         kind = classify(outcome.outcome)  # the outcome table (engine.outcomes)
         if kind.needs_attention:
             event = events.NEEDS_ATTENTION
@@ -504,6 +514,8 @@ class Daemon:
         self._notify(event, policy, rotation, outcome=outcome.outcome, detail=outcome.detail)
 
     def stalled(self, policy: KeyPolicy, rotation: Rotation, stall: Stall) -> None:
+        if self.emergencies.folds(policy.env, policy.name):
+            return  # into its emergency request's one webhook
         self._notify(events.STALLED, policy, rotation, reason=stall.reason, detail=stall.detail)
 
     def _notify(self, event: str, policy: KeyPolicy, rotation: Rotation, **fields: Any) -> None:

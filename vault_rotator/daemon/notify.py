@@ -15,7 +15,14 @@ Payload, one POST per event and URL::
                        "rotation_id": "...", "reason": "...", "old_key_id": "...", ...}}
 
 Slack shows ``text``; other receivers read the structured fields under ``vault_rotator`` (kept
-apart from Slack's own top-level fields). Never a key value: fields whose names hold values
+apart from Slack's own top-level fields).
+
+An environment-wide emergency request gets one message, not one per key
+(:mod:`vault_rotator.daemon.emergencies`): ``env`` and ``request_id`` instead of ``key``, the
+counts per step, the outcomes and the keys that need an operator. Until it is sent, the daemon
+does not call :meth:`Notifier.notify` for the request's keys (they are folded into it).
+
+Never a key value: fields whose names hold values
 (``api_key``, ``value``, ``token`` ...) are dropped, every string is redacted, and the serialized
 body goes through :func:`~vault_rotator.display.redact_text` once more.
 
@@ -62,7 +69,15 @@ EVENTS_ENV = "VAULT_ROTATOR_WEBHOOK_EVENTS"
 _VALUE_FIELDS = frozenset(
     {"api_key", "value", "key_value", "new_key_value", "management_key", "token", "secret"}
 )
-_TEXT_FIELDS = ("rotation_id", "reason", "outcome", "old_key_id", "new_key_id", "detail")
+_TEXT_FIELDS = (
+    "rotation_id",
+    "request_id",
+    "reason",
+    "outcome",
+    "old_key_id",
+    "new_key_id",
+    "detail",
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from vault_rotator.engine.create import recover_publish
 from vault_rotator.engine.decide_end import keep_old_ending
 from vault_rotator.engine.effects import delete_key, finish, reenable_old
 from vault_rotator.engine.reasons import Phase
-from vault_rotator.errors import EngineError
+from vault_rotator.errors import EngineError, OldKeyUnknownError
 
 __all__ = ["Command", "Verb", "apply_command"]
 
@@ -41,7 +41,7 @@ def upgrade_to_emergency(p: Pass, revoke_old_now: bool) -> None:
     """``rotate --emergency`` on a rotation in flight: saved, so it survives restarts."""
     rot = p.rotation
     if rot.old_key_id is None and rot.start_version and not rot.old_missing:
-        raise EngineError(
+        raise OldKeyUnknownError(
             f"{p.policy.ref}: emergency refused: the old key of this rotation is unknown"
         )
     revoke = revoke_old_now or rot.revoke_old_now

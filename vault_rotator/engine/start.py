@@ -16,7 +16,7 @@ from vault_rotator.engine.decide import Decision
 from vault_rotator.engine.decide_create import IdleAction, IdleFacts
 from vault_rotator.engine.preflight import Plan, preflight
 from vault_rotator.engine.state import Rotation
-from vault_rotator.errors import PreflightError
+from vault_rotator.errors import OldKeyUnknownError
 
 
 def observe_idle(p: Pass, carry: Carry) -> IdleFacts:
@@ -50,7 +50,7 @@ def start(p: Pass) -> None:
     plan = preflight(p.policy, p.kv, p.store, p.provider, now=p.clock(), capabilities_checked=True)
     old_id, missing = _settle_old_key(p, plan)
     if command.emergency and plan.old.unknown:
-        raise PreflightError(
+        raise OldKeyUnknownError(
             f"{p.policy.ref}: emergency rotation refused: the old key is unknown (the "
             "secret has no key_id); set adopt_key_id in the policy so it can be deleted"
         )

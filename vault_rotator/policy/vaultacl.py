@@ -23,10 +23,12 @@ VaultKv`: ``read`` and ``write`` on ``data/``; ``current_version``, ``set_custom
     accounts/<id>     data: create read update      the account lease (which replica ticks)
     acks/<env>/<name>/+   data: read; metadata: delete   consumer acks; long-gone ones removed
     acks/<env>/<name>/    metadata: list                 find the key's ack records
+    emergency/<env>   data: create read update      the environment-wide emergency request
     token self paths  lookup, renew, revoke, capabilities-self (also in Vault's default policy)
 
-The layout mirrors :class:`~vault_rotator.engine.session.StateStore` and
-:func:`~vault_rotator.daemon.freeze.frozen_path` without importing them (this package sits
+The layout mirrors :class:`~vault_rotator.engine.session.StateStore`,
+:func:`~vault_rotator.daemon.freeze.frozen_path` and
+:func:`~vault_rotator.engine.emergency.emergency_path` without importing them (this package sits
 below the engine); ``tests/test_vault_policy.py`` checks that they agree, and that every
 capability the preflight asks for is granted.
 """
@@ -110,6 +112,10 @@ def acks_folder(prefix: str, env: str, name: str) -> str:
 ONE_SEGMENT = "+"  # Vault's glob for exactly one path segment: any instance, nothing deeper
 
 
+def emergency_path(prefix: str, env: str) -> str:
+    return f"{prefix}/emergency/{env}"
+
+
 WRITE = ("create", "read", "update")
 
 
@@ -178,6 +184,12 @@ def _environment_grants(environment: EnvironmentPolicy) -> list[_Grant]:
             _folder(mount, f"{prefix}/pending/{env}"),
             ("list",),
             f"{env}: pending values (the daemon destroys stale ones)",
+        ),
+        _Grant(
+            section,
+            _data(mount, emergency_path(prefix, env)),
+            WRITE,
+            f"{env}: environment-wide emergency request (rotate --env {env} --emergency)",
         ),
     ]
     for key in sorted(environment.keys, key=lambda k: k.name):

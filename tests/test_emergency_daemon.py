@@ -1,0 +1,344 @@
+"""The environment-wide emergency through the daemon: `POST /v1/rotate/{env}` authorised by
+`update` on the environment's control path, the request picked up by the ticks, one webhook per
+request, the request in `GET /v1/status`; against real OpenBao and the emulator on a fake clock."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import hvac
+import pytest
+from world import MANAGEMENT_KEY, EmulatorFactory, no_fault
+
+from vault_rotator import cli
+from vault_rotator.commands import remote
+from vault_rotator.commands.run_cmd import VaultCallerAuth
+from vault_rotator.daemon.control import Control
+from vault_rotator.daemon.daemon import Daemon
+from vault_rotator.daemon.emergencies import open_request
+from vault_rotator.daemon.http import Listener
+from vault_rotator.daemon.metrics import Metrics
+from vault_rotator.daemon.notify import Notifier
+from vault_rotator.emulator import Emulator
+from vault_rotator.engine import reasons
+from vault_rotator.engine.emergency import EmergencyRequest, Step
+from vault_rotator.engine.emergency_round import Round
+from vault_rotator.engine.emergency_store import EmergencyStore
+from vault_rotator.engine.session import StateStore
+from vault_rotator.policy import load_policies
+from vault_rotator.runtime import Runtime
+from vault_rotator.store.vault import VaultConnection, VaultKv
+from vault_rotator.testing.clock import FakeClock
+from vault_rotator.testing.vault_server import VaultServer
+
+CONFIG = """\
+environment: {env}
+provider:
+  type: arouter
+  base_url: {base_url}
+  dialect: c
+  management_key: {{path: {env}/management}}
+  usage_lag: 60s
+  poll_interval: 30s
+vault: {{kv_mount: secret, state_prefix: {env}/vault-rotator}}
+require_spending_limit: false
+defaults:
+  schedule: "@monthly"
+  pickup_timeout: 1h
+  drain_period: 10m
+  drain_timeout: 2h
+keys:
+{keys}
+"""
+NAMES = ("api", "batch", "web", "worker")
+
+
+class Hooks(BaseHTTPRequestHandler):
+    """A webhook receiver keeping every payload."""
+
+    received: list[dict[str, Any]] = []  # noqa: RUF012  (reset by the fixture)
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).received.append(json.loads(body))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *_args: object) -> None:
+        return None
+
+
+@dataclass
+class Site:
+    """One environment of four keys under a daemon with its control API and webhooks."""
+
+    vault: VaultServer
+    emulator: Emulator
+    clock: FakeClock
+    env: str
+    kv: VaultKv
+    daemon: Daemon
+    control: Control
+    notifier: Notifier
+    config: Path
+    old: dict[str, str] = field(default_factory=dict)
+
+    def token(self, capabilities: list[str], tail: str = "") -> str:
+        """A token holding ``capabilities`` on the environment's control path (+ ``tail``)."""
+        path = f"secret/data/{self.env}/vault-rotator/control/{self.env}{tail}"
+        admin = hvac.Client(url=self.vault.addr, token=self.vault.token)
+        name = f"p{uuid.uuid4().hex[:10]}"
+        admin.sys.create_or_update_policy(
+            name, f'path "{path}" {{ capabilities = {json.dumps(capabilities)} }}'
+        )
+        created = admin.auth.token.create(policies=["default", name], ttl="30m")
+        return str(created["auth"]["client_token"])
+
+    def post(self, token: str, body: dict[str, Any], env: str | None = None) -> Any:
+        return self.control.handle("POST", f"/v1/rotate/{env or self.env}", token, body)
+
+    def request(self) -> EmergencyRequest | None:
+        return EmergencyStore(self.kv, f"{self.env}/vault-rotator").read(self.env)
+
+    def tick(self, times: int) -> None:
+        """Tick every 30 s of fake time, each app calling with what Vault serves it."""
+        ((account, keys),) = self.daemon.accounts().items()
+        for _ in range(times):
+            assert self.daemon.tick(account, keys).errors == []
+            self.clock.advance(30)
+            for name in NAMES:
+                got = self.kv.read(f"{self.env}/{name}")
+                assert got is not None
+                assert self.emulator.call(str(got.data["api_key"])) == 200
+
+
+@pytest.fixture
+def site(vault: VaultServer, make_emulator: EmulatorFactory, tmp_path: Path) -> Iterator[Site]:
+    clock = FakeClock()
+    emulator = make_emulator(dialect="c", clock=clock)
+    env = f"x{uuid.uuid4().hex[:8]}"
+    conn = VaultConnection(vault.addr, vault.token)
+    kv = conn.kv("secret")
+    kv.write(f"{env}/management", {"key": MANAGEMENT_KEY}, cas=0)
+    old = {}
+    for name in NAMES:
+        old[name], value = emulator.seed_key(f"{name}-original", allowed_providers=["openai"])
+        kv.write(f"{env}/{name}", {"api_key": value, "key_id": old[name]}, cas=0)
+    lines = [
+        f"  - {{name: {n}, secret_path: {env}/{n}, allowed_providers: [openai]}}" for n in NAMES
+    ]
+    (tmp_path / "site.yaml").write_text(
+        CONFIG.format(env=env, base_url=emulator.base_url, keys="\n".join(lines))
+    )
+    Hooks.received = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hooks)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    notifier = Notifier(
+        [f"http://127.0.0.1:{server.server_address[1]}/hook"],
+        events=frozenset({"stalled", "failed", "needs-attention", "succeeded"}),
+    )
+    runtime = Runtime(conn, clock=clock, sleep=clock.sleep)
+    daemon = Daemon(
+        load_policies(tmp_path), runtime, notifier=notifier, metrics=Metrics(), fault=no_fault
+    )
+    control = Control(daemon, VaultCallerAuth(conn))
+    yield Site(vault, emulator, clock, env, kv, daemon, control, notifier, tmp_path, old)
+    notifier.close(timeout=1)
+    server.shutdown()
+    server.server_close()
+    conn.close()
+
+
+def test_the_route_needs_update_on_the_environments_control_path(site: Site) -> None:
+    """update on the env's control path: 202 and a saved request naming the caller's accessor;
+    read only, or update on one key's path only: the 403 of a forbidden key; no emergency: 400."""
+    for token in (site.token(["read"]), site.token(["update"], "/api")):
+        answer = site.post(token, {"emergency": True})
+        assert answer.status == 403
+        assert answer.body == {
+            "error": f"this token lacks update on the control path of {site.env}"
+        }
+    assert site.request() is None
+    allowed = site.token(["update"])
+    answer = site.post(allowed, {"revoke_old_now": False})
+    assert answer.status == 400
+    assert "emergency" in answer.body["error"]
+    answer = site.post(allowed, {"emergency": True})
+    assert answer.status == 202
+    saved = site.request()
+    assert saved is not None
+    assert answer.body == {
+        "env": site.env, "request_id": saved.id, "keys": 4, "requested_at": saved.requested_at,
+        "revoke_old_now": False, "resumed": False,
+    }  # fmt: skip
+    admin = hvac.Client(url=site.vault.addr, token=site.vault.token)
+    accessor = admin.auth.token.lookup(allowed)["data"]["accessor"]
+    assert (saved.by, saved.trigger) == (f"token:{accessor}", "api")
+    again = site.post(allowed, {"emergency": True, "revoke_old_now": True})
+    assert (again.status, again.body["request_id"], again.body["resumed"]) == (202, saved.id, True)
+    assert site.post(site.vault.token, {"emergency": True}, env="nowhere").status == 404
+    assert site.post(site.token(["read"]), {"emergency": True}, env="nowhere").status == 403
+
+
+def test_the_daemon_carries_out_a_saved_request_and_sends_one_webhook(site: Site) -> None:
+    """Ticks start every key in emergency mode and delete each old key once the new one is
+    used; per-key webhooks are folded into one `succeeded` message naming the request."""
+    answer = site.post(site.token(["update"]), {"emergency": True})
+    assert answer.status == 202
+    site.tick(12)
+    site.notifier.close(timeout=5)
+    request = site.request()
+    assert request is not None
+    assert request.complete
+    assert {e.step for e in request.keys.values()} == {Step.DONE}
+    live = {k["id"] for k in site.emulator.live_keys()}
+    store = StateStore(site.kv, f"{site.env}/vault-rotator")
+    for name in NAMES:
+        record = store.read(site.env, name)[0]
+        assert [(o.outcome, o.trigger) for o in record.outcomes] == [
+            (reasons.SUCCEEDED_EMERGENCY, f"emergency:{request.id}")
+        ]
+        assert site.old[name] not in live
+    events = [m["vault_rotator"] for m in Hooks.received]
+    assert [(e["event"], e["request_id"], e["keys"]) for e in events] == [
+        ("succeeded", request.id, 4)
+    ]
+    assert events[0]["counts"] == {"done": 4}
+    assert "lr_live_" not in json.dumps(Hooks.received)
+
+
+def test_status_shows_the_request_to_readers_of_the_environment_only(site: Site) -> None:
+    """GET /v1/status lists the request's view to a token with read on the env's control path."""
+    site.post(site.token(["update"]), {"emergency": True})
+    site.tick(1)
+    reader = site.control.handle("GET", "/v1/status", site.token(["read"]), {})
+    (doc,) = reader.body["emergencies"]
+    assert (doc["env"], doc["keys"], doc["settled"]) == (site.env, 4, False)
+    assert doc["counts"] == {"creating": 4}
+    other = site.control.handle("GET", "/v1/status", site.token(["read"], "/api"), {})
+    assert other.body["emergencies"] == []
+
+
+@contextlib.contextmanager
+def ticking(site: Site) -> Iterator[None]:
+    """The daemon ticking in the background (30 s of fake time every 50 ms), apps calling."""
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.wait(0.05):
+            site.tick(1)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+
+
+def test_the_cli_asks_the_daemon_and_follows_the_request_to_its_summary(
+    site: Site, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`rotate --env ENV --emergency --yes --daemon URL --wait`: the daemon saves and carries
+    out the request; the CLI draws the progress line and the summary from /v1/status."""
+    listener = Listener("127.0.0.1", 0, control=site.control)
+    listener.start()
+    monkeypatch.setenv("VAULT_TOKEN", site.token(["update", "read"]))
+    monkeypatch.setattr(remote, "POLL_S", 0.05)
+    url = "http://{}:{}".format(*listener.server.server_address[:2])
+    try:
+        with ticking(site):
+            code = cli.main(
+                ["rotate", "--env", site.env, "--emergency", "--yes", "--daemon", url, "--wait",
+                 "--config", str(site.config)]
+            )  # fmt: skip
+    finally:
+        listener.stop()
+    out, err = capsys.readouterr()
+    request = site.request()
+    assert request is not None
+    assert code == 0, err
+    assert f'"request_id": "{request.id}"' in out
+    assert f"{site.env}: emergency {request.id}: 4 keys: " in out
+    assert "4 keys in" in out
+    assert "outcomes: succeeded-emergency 4" in out
+    assert "lr_live_" not in out + err
+
+
+@pytest.mark.parametrize(
+    "views",
+    [
+        "{}",
+        '[{"env": "e"}]',
+        '[{"env": "e", "id": "r", "requested_at": 1, "by": "", "trigger": "api", "keys": 1, '
+        '"counts": {"done": "1"}, "outcomes": {}, "rate_per_s": 1, "eta_s": null, '
+        '"settled": true, "complete": true, "settled_at": 1, "attention": {}}]',
+    ],
+)
+def test_a_daemon_answering_malformed_emergencies_is_a_one_line_failure(
+    views: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """status --daemon checks the emergencies it is given: exit 1, one line, no traceback."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = f'{{"keys": [], "emergencies": {views}}}'.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args: object) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("VAULT_TOKEN", "hvs.test-token-for-a-fake-daemon")
+    try:
+        code = cli.main(["status", "--daemon", f"http://127.0.0.1:{server.server_port}"])
+    finally:
+        server.shutdown()
+        server.server_close()
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "emergencies" in err
+    assert err.count("\n") == 1
+
+
+def test_a_request_a_cli_carried_out_gets_its_webhook_from_the_daemon(site: Site) -> None:
+    """Rounds outside the daemon (a CLI's) end the request; the daemon's next tick sends its
+    one webhook, once; a request that ended over an hour before the tick gets none."""
+    environment = site.daemon.policies.environments[site.env]
+    request, _ = open_request(
+        environment, site.daemon.runtime.kv, site.clock, by="ops@host", trigger="cli",
+        revoke_old_now=True,
+    )  # fmt: skip
+    rounds = Round(site.daemon.runtime.engine(), environment, drive=True)
+    for _ in range(8):
+        request = rounds.run(request).request
+        site.clock.advance(30)
+    assert request.complete
+    assert request.notified_at is None
+    site.tick(2)
+    site.notifier.close(timeout=5)
+    events = [m["vault_rotator"] for m in Hooks.received]
+    assert [(e["event"], e["request_id"], e["by"]) for e in events] == [
+        ("succeeded", request.id, "ops@host")
+    ]
+    assert events[0]["attention"]["revoked"][0]["key"] == f"{site.env}/api"
+    stored = site.request()
+    assert stored is not None
+    assert stored.notified_at is not None
+    late = stored.evolve(notified_at=None, settled_at=site.clock() - 7200)
+    assert not site.daemon.emergencies._open(late)

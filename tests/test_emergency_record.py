@@ -1,0 +1,376 @@
+"""The environment-wide emergency request without Vault: its stored schema, the pure per-key
+decisions, the store's check-and-set (on MemoryKv), the progress view and the CLI's refusals."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+
+from vault_rotator import cli
+from vault_rotator.engine import reasons
+from vault_rotator.engine.emergency import (
+    SCHEMA_VERSION,
+    EmergencyRequest,
+    KeyEntry,
+    Step,
+    emergency_path,
+    new_request,
+    resumed,
+)
+from vault_rotator.engine.emergency_decide import KeyAction, after_pass, decide_key, merged
+from vault_rotator.engine.emergency_store import EmergencyStore
+from vault_rotator.engine.emergency_view import (
+    exit_code,
+    line_of,
+    progress_line,
+    summary_lines,
+    view,
+    webhook_event,
+)
+from vault_rotator.engine.engine import Progress
+from vault_rotator.engine.reasons import Phase
+from vault_rotator.engine.state import Outcome, Rotation, Stall, StateRecord
+from vault_rotator.errors import StoreError
+from vault_rotator.policy import vaultacl
+from vault_rotator.ports.provider import NO_PERMISSIONS
+from vault_rotator.store.memory import MemoryKv
+
+T0 = 1_800_000_000.0
+WHERE = "secret/vault-rotator/emergency/prod"
+
+
+def request(**changes: Any) -> EmergencyRequest:
+    base = new_request(
+        "req1", "prod", ["a", "b", "c"], by="alice@host", trigger="cli", revoke_old_now=False,
+        now=T0,
+    )  # fmt: skip
+    return base.evolve(**changes)
+
+
+def rotation(rid: str = "r1", **changes: Any) -> Rotation:
+    return Rotation(
+        id=rid, attempt=1, date="2027-01-15", policy={}, permissions=NO_PERMISSIONS,
+        started_at=T0, start_version=1, **changes,
+    )  # fmt: skip
+
+
+def in_flight(phase: Phase = Phase.PUBLISHED, **changes: Any) -> StateRecord:
+    return StateRecord.new("prod", "a").evolve(phase=phase, rotation=rotation(**changes))
+
+
+def idle(*outcomes: Outcome) -> StateRecord:
+    return StateRecord.new("prod", "a").evolve(outcomes=outcomes)
+
+
+def outcome(name: str, *, rid: str = "r1", at: float = T0 + 60, trigger: str = "cli") -> Outcome:
+    return Outcome(rotation_id=rid, outcome=name, at=at, trigger=trigger)
+
+
+# -- the stored schema -------------------------------------------------------------------------
+
+
+def test_a_request_survives_its_stored_form() -> None:
+    """to_dict then from_dict gives the same request, empty key fields left out of the store."""
+    req = request(revoke_old_now=True, settled_at=T0 + 5).with_keys(
+        {"a": KeyEntry(Step.DONE, T0 + 3, T0, rotation_id="r1", outcome="succeeded-emergency")},
+        T0 + 3,
+    )
+    stored = req.to_dict()
+    assert stored["schema"] == SCHEMA_VERSION == 1
+    assert stored["keys"]["b"] == {"step": "queued", "at": T0, "since": T0}
+    assert EmergencyRequest.from_dict(stored, WHERE, version=4) == req.evolve(version=4)
+
+
+def test_a_newer_schema_is_refused_in_one_line_naming_the_path() -> None:
+    """A request written by a newer vault-rotator is neither read nor overwritten."""
+    stored = {**request().to_dict(), "schema": 2}
+    with pytest.raises(StoreError) as caught:
+        EmergencyRequest.from_dict(stored, WHERE)
+    message = str(caught.value)
+    assert WHERE in message
+    assert "newer vault-rotator (schema 2" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"schema": None}, "schema"),
+        ({"schema": "1"}, "schema"),
+        ({"id": ""}, "id"),
+        ({"requested_at": "yesterday"}, "requested_at"),
+        ({"requested_at": True}, "requested_at"),
+        ({"revoke_old_now": "yes"}, "revoke_old_now"),
+        ({"keys": {}}, "keys"),
+        ({"keys": []}, "keys"),
+        ({"keys": {"a": "queued"}}, "keys.a"),
+        ({"keys": {"a": {"step": "flying", "at": 1, "since": 1}}}, "keys.a.step"),
+        ({"keys": {"a": {"step": "done", "since": 1}}}, "at"),
+        ({"keys": {"a": {"step": "done", "at": 1, "since": 1, "outcome": 3}}}, "keys.a"),
+        ({"keys": {"a": {"step": "done", "at": 1, "since": 1, "detail": ["x"]}}}, "detail"),
+        ({"settled_at": "soon"}, "settled_at"),
+    ],
+)
+def test_a_malformed_request_is_a_one_line_store_error(change: dict[str, Any], named: str) -> None:
+    """Each malformed field is one line naming the record's path and the field, no traceback."""
+    stored = {**request().to_dict(), **change}
+    with pytest.raises(StoreError) as caught:
+        EmergencyRequest.from_dict(stored, WHERE)
+    message = str(caught.value)
+    assert message.startswith(f"emergency request at {WHERE} is malformed")
+    assert named in message
+    assert "\n" not in message
+
+
+def test_the_policy_generator_grants_exactly_the_requests_path() -> None:
+    """vault-policy's layout of the request path is the engine's."""
+    assert vaultacl.emergency_path("some/prefix", "prod") == emergency_path("some/prefix", "prod")
+
+
+# -- which rotation is the request's, and what each key needs (pure) ---------------------------
+
+
+def test_an_idle_key_with_nothing_of_the_request_is_started() -> None:
+    """No outcome of ours: start, even after a normal rotation that ended after the request."""
+    req = request()
+    normal_after = outcome(reasons.SUCCEEDED, at=T0 + 100)
+    for record in (idle(), idle(normal_after)):
+        action, entry = decide_key(req, req.keys["a"], record, T0 + 200)
+        assert (action, entry.step) == (KeyAction.START, Step.QUEUED)
+
+
+@pytest.mark.parametrize(
+    ("entry_rid", "ended", "step"),
+    [
+        ("r1", outcome(reasons.SUCCEEDED_EMERGENCY), Step.DONE),
+        ("r1", outcome(reasons.SUCCEEDED), Step.DONE),  # an upgraded rotation's id was kept
+        (None, outcome(reasons.SUCCEEDED_EMERGENCY), Step.DONE),  # crash before the id was saved
+        (None, outcome(reasons.SUCCEEDED_REVOKED), Step.DONE),
+        (None, outcome(reasons.ABORTED, trigger="emergency:req1"), Step.ENDED),
+        ("r1", outcome(reasons.FINISHED_KEEP_OLD), Step.ENDED),
+        ("r1", outcome(reasons.FAILED_VERIFY), Step.FAILED),
+        ("r1", outcome("some-newer-outcome"), Step.FAILED),
+    ],
+)
+def test_a_rotation_of_the_request_that_ended_settles_the_key(
+    entry_rid: str | None, ended: Outcome, step: Step
+) -> None:
+    """A rerun never starts a key whose request rotation ended: it records how it ended."""
+    req = request()
+    entry = dataclasses.replace(req.keys["a"], rotation_id=entry_rid)
+    action, after = decide_key(req, entry, idle(ended), T0 + 200)
+    assert (action, after.step, after.outcome) == (KeyAction.NONE, step, ended.outcome)
+
+
+def test_endings_before_the_keys_since_or_of_another_rotation_are_not_the_requests() -> None:
+    """An emergency success before the request, or of another rotation id, is not taken."""
+    req = request()
+    before = outcome(reasons.SUCCEEDED_EMERGENCY, at=T0 - 1)
+    action, _ = decide_key(req, req.keys["a"], idle(before), T0 + 10)
+    assert action == KeyAction.START
+    entry = dataclasses.replace(req.keys["a"], rotation_id="r2", step=Step.AWAITING_PICKUP)
+    action, after = decide_key(req, entry, idle(outcome(reasons.SUCCEEDED_EMERGENCY)), T0 + 10)
+    assert (action, after.step) == (KeyAction.NONE, Step.FAILED)  # r2 ended unseen: say so
+    assert "r2" in after.detail
+
+
+@pytest.mark.parametrize(
+    ("record", "revoke", "action", "step"),
+    [
+        (in_flight(Phase.INTENT), False, KeyAction.UPGRADE, Step.CREATING),
+        (in_flight(mode=reasons.EMERGENCY), False, KeyAction.DRIVE, Step.AWAITING_PICKUP),
+        (in_flight(mode=reasons.EMERGENCY), True, KeyAction.UPGRADE, Step.AWAITING_PICKUP),
+        (in_flight(mode=reasons.EMERGENCY, pickup_at=T0), False, KeyAction.DRIVE, Step.DRAINING),
+        (in_flight(Phase.ABORTING, mode=reasons.EMERGENCY), False, KeyAction.DRIVE, Step.ABORTING),
+        (
+            in_flight(mode=reasons.EMERGENCY, stalled=Stall("pickup-timeout", "no use", T0)),
+            False,
+            KeyAction.NONE,
+            Step.STALLED,
+        ),
+        (  # a stalled normal rotation is upgraded (which clears its stall), as rotate --emergency
+            in_flight(stalled=Stall("drain-timeout", "busy", T0)),
+            False,
+            KeyAction.UPGRADE,
+            Step.STALLED,
+        ),
+    ],
+)
+def test_a_rotation_in_flight_is_upgraded_or_driven(
+    record: StateRecord, revoke: bool, action: KeyAction, step: Step
+) -> None:
+    """In flight: normal (or short of --revoke-old-now) is upgraded, emergency driven, stalled
+    left to an operator; the rotation's id becomes the request's for that key."""
+    req = request(revoke_old_now=revoke)
+    got, entry = decide_key(req, req.keys["a"], record, T0 + 5)
+    assert (got, entry.step, entry.rotation_id) == (action, step, "r1")
+
+
+def test_a_pass_moves_the_entry_to_its_step_or_ending() -> None:
+    """after_pass reads the pass's progress: phase, stall, outcome."""
+    entry = request().keys["a"]
+    moved = after_pass(entry, Progress("prod/a", Phase.INTENT, "r1"), T0 + 1)
+    assert (moved.step, moved.rotation_id, moved.at) == (Step.CREATING, "r1", T0 + 1)
+    stalled = Progress("prod/a", Phase.PUBLISHED, "r1", stalled=Stall("pickup-timeout", "x", T0))
+    assert after_pass(moved, stalled, T0 + 2).step == Step.STALLED
+    done = Progress("prod/a", Phase.IDLE, "r1", outcome=outcome(reasons.SUCCEEDED_EMERGENCY))
+    assert after_pass(moved, done, T0 + 3).step == Step.DONE
+    assert after_pass(moved, Progress("prod/a", Phase.IDLE), T0 + 4) == moved
+
+
+def test_merging_keeps_an_ending_another_writer_saw() -> None:
+    """Over a concurrent write: a key it saw end stays ended; other changes are ours."""
+    stored = request().with_keys({"a": KeyEntry(Step.DONE, T0 + 9, T0, "r1", "succeeded")}, T0)
+    ours = {
+        "a": KeyEntry(Step.AWAITING_PICKUP, T0 + 5, T0, "r1"),
+        "b": KeyEntry(Step.CREATING, T0 + 5, T0, "r2"),
+    }
+    out = merged(stored, ours, T0 + 10)
+    assert (out.keys["a"].step, out.keys["b"].step) == (Step.DONE, Step.CREATING)
+
+
+def test_a_failed_key_waits_for_a_rerun_instead_of_being_retried_every_round() -> None:
+    """A key whose start was refused stays failed in rounds; resumed (a rerun) starts it."""
+    req = request()
+    failed = KeyEntry(Step.FAILED, T0 + 1, T0, detail="the Vault token lacks ...")
+    assert decide_key(req, failed, idle(), T0 + 30) == (KeyAction.NONE, failed)
+    again = resumed(req.with_keys({"a": failed}, T0 + 1), revoke_old_now=False, now=T0 + 40)
+    assert decide_key(again, again.keys["a"], idle(), T0 + 41)[0] == KeyAction.START
+
+
+def test_a_rerun_queues_failed_keys_again_and_may_add_revoke_only() -> None:
+    """resumed: failed keys get a fresh since; --revoke-old-now is added, never removed."""
+    failed = KeyEntry(Step.FAILED, T0 + 1, T0, "r1", reasons.FAILED_VERIFY, "bad key")
+    req = request(revoke_old_now=True).with_keys({"a": failed}, T0 + 1)
+    again = resumed(req, revoke_old_now=False, now=T0 + 50)
+    assert again.keys["a"] == KeyEntry(Step.QUEUED, T0 + 50, T0 + 50)
+    assert again.revoke_old_now is True
+    assert again.id == req.id
+
+
+def test_settled_and_complete_follow_the_steps() -> None:
+    """Settled when nothing moves (stalls and failures included); complete when all ended."""
+    req = request()
+    assert not req.settled
+    stalled = req.with_keys(
+        {n: KeyEntry(Step.STALLED if n == "a" else Step.DONE, T0 + 9, T0) for n in req.keys},
+        T0 + 9,
+    )
+    assert (stalled.settled, stalled.complete, stalled.settled_at) == (True, False, T0 + 9)
+    ended = stalled.with_keys({"a": KeyEntry(Step.ENDED, T0 + 20, T0)}, T0 + 20)
+    assert (ended.complete, ended.completed_at, ended.settled_at) == (True, T0 + 20, T0 + 9)
+
+
+# -- the store ------------------------------------------------------------------------------
+
+
+def test_the_store_opens_resumes_and_renews_requests() -> None:
+    """open saves a new request, resumes an open one, and makes a new one once it completed."""
+    kv = MemoryKv()
+    store = EmergencyStore(kv, "vault-rotator")
+    first, again = store.open("prod", fresh=request, revoke_old_now=False, now=T0)
+    assert (again, first.version) == (False, 1)
+    assert store.read("prod") == first
+    second, again = store.open(
+        "prod", fresh=lambda: request(id="req2"), revoke_old_now=True, now=T0 + 1
+    )
+    assert (again, second.id, second.revoke_old_now) == (True, "req1", True)
+    done = {n: KeyEntry(Step.DONE, T0 + 2, T0) for n in first.keys}
+    store.update("prod", lambda current: current and current.with_keys(done, T0 + 2))
+    third, again = store.open(
+        "prod", fresh=lambda: request(id="req3"), revoke_old_now=False, now=T0 + 3
+    )
+    assert (again, third.id) == (False, "req3")
+    assert kv.read(emergency_path("vault-rotator", "prod")) is not None
+
+
+def test_a_lost_check_and_set_is_retried_on_what_the_other_wrote() -> None:
+    """update re-reads after a conflicting write and applies its change to that."""
+    kv = MemoryKv()
+    store = EmergencyStore(kv, "vault-rotator")
+    store.open("prod", fresh=request, revoke_old_now=False, now=T0)
+    seen: list[int] = []
+
+    def change(current: EmergencyRequest | None) -> EmergencyRequest | None:
+        assert current is not None
+        seen.append(current.version)
+        if len(seen) == 1:  # another writer gets in between our read and our write
+            other = current.with_keys({"b": KeyEntry(Step.CREATING, T0 + 1, T0, "r9")}, T0 + 1)
+            kv.write(emergency_path("vault-rotator", "prod"), other.to_dict(), cas=current.version)
+        return merged(current, {"a": KeyEntry(Step.CREATING, T0 + 2, T0, "r1")}, T0 + 2)
+
+    saved = store.update("prod", change)
+    assert saved is not None
+    assert seen == [1, 2]
+    assert (saved.keys["a"].step, saved.keys["b"].rotation_id) == (Step.CREATING, "r9")
+
+
+# -- the view ---------------------------------------------------------------------------------
+
+
+def _settled() -> EmergencyRequest:
+    return request(revoke_old_now=True).with_keys(
+        {
+            "a": KeyEntry(Step.DONE, T0 + 30, T0, "r1", reasons.SUCCEEDED_REVOKED),
+            "b": KeyEntry(Step.STALLED, T0 + 40, T0, "r2", None, "pickup-timeout: no use"),
+            "c": KeyEntry(Step.SKIPPED, T0 + 1, T0, None, None, "old key unknown"),
+        },
+        T0 + 40,
+    )
+
+
+def test_the_progress_line_counts_steps_with_rate_and_eta() -> None:
+    """Counts per step in order, keys settled per second, and the time left at that rate."""
+    req = request().with_keys({"a": KeyEntry(Step.DONE, T0 + 10, T0, "r1", "succeeded")}, T0)
+    line = progress_line(req, T0 + 10)
+    assert line == "prod: emergency req1: 3 keys: queued 2, done 1; 0.10 keys/s; ETA 20s"
+    assert line_of(view(req, T0 + 10)) == line
+    assert "ETA unknown" in progress_line(request(), T0 + 10)
+
+
+def test_the_summary_names_what_needs_an_operator_and_the_exit_code_says_so() -> None:
+    """Stalled, skipped and revoked keys are listed with what to do; exit 1; event stalled."""
+    req = _settled()
+    doc = view(req, T0 + 50)
+    text = "\n".join(summary_lines(doc, T0 + 50))
+    assert "3 keys in 40s" in text
+    assert "prod/b: pickup-timeout: no use" in text
+    assert "skipped (1): not rotated" in text
+    assert "revoked (1)" in text
+    assert "prod/a" in text
+    assert (exit_code(doc), webhook_event(req), doc["settled"]) == (1, "stalled", True)
+    clean = req.with_keys({n: KeyEntry(Step.DONE, T0 + 50, T0) for n in req.keys}, T0 + 50)
+    assert (exit_code(view(clean, T0 + 60)), webhook_event(clean)) == (0, "succeeded")
+
+
+# -- the CLI refuses before touching anything --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--env", "prod", "--emergency"], "add --yes to confirm"),
+        (["--env", "prod", "--yes"], "--env needs --emergency"),
+        (["--env", "prod", "--emergency", "--yes", "prod/a"], "not both"),
+        (["--env", "Prod!", "--emergency", "--yes"], "not an environment name"),
+        (["--yes", "prod/a"], "--yes goes with --env"),
+        ([], "give ENV/NAME"),
+    ],
+)
+def test_rotate_env_refuses_bad_flags_in_one_line_before_any_config(
+    argv: list[str],
+    says: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Any,
+) -> None:
+    """Without --yes (or --emergency) nothing is read or written: exit 2, one line."""
+    monkeypatch.delenv("VAULT_TOKEN", raising=False)
+    monkeypatch.delenv("VAULT_ADDR", raising=False)
+    code = cli.main(["rotate", *argv, "--config", str(tmp_path / "missing")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert says in err
+    assert err.count("\n") == 1

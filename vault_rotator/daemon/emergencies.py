@@ -1,0 +1,190 @@
+"""The daemon's side of environment-wide emergencies: saved requests picked up, one webhook each.
+
+A request is saved in Vault by ``rotate --env ENV --emergency --yes`` or by the control API
+(``POST /v1/rotate/{env}``, :mod:`.control`). Each tick of an account first runs one round
+(:class:`~vault_rotator.engine.emergency_round.Round`) of the open request of each of its
+environments: keys not started are started in emergency mode, rotations in flight upgraded,
+endings recorded. The tick itself then passes every rotation in flight as usual (so rounds here
+do not drive them). A request a CLI saved and was then killed is carried on the same way.
+
+**One webhook per request.** While a request is open and its webhook not yet sent, the
+per-key ``stalled``, ``failed``, ``needs-attention`` and ``succeeded`` webhooks of its keys are
+folded into it (not sent; metrics and logs are unchanged). Once no key of the request moves
+any more, the round that sees it first marks ``notified_at`` in the request by check-and-set
+(so of several daemons exactly one sends) and queues one message: event ``stalled`` if a key
+stalled, else ``failed`` if one failed, else ``needs-attention`` if a key was skipped, ended by
+an operator or succeeded needing attention, else ``succeeded``; its fields carry the counts per
+step, the outcomes and the keys that need an operator
+(:func:`~vault_rotator.engine.emergency_view.webhook_fields`). After that, keys of the request
+an operator resumes notify one by one, as any other. A CLI never sends webhooks: a request a
+CLI carried to its end gets its webhook from a daemon's next tick, if that comes within an hour
+(:data:`LATE_WEBHOOK_S`; a daemon started later does not report old requests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from vault_rotator.daemon.notify import Notifier
+from vault_rotator.engine.context import Command, Progress
+from vault_rotator.engine.decide import Observation
+from vault_rotator.engine.emergency import TERMINAL, EmergencyRequest, new_request
+from vault_rotator.engine.emergency_decide import refreshed
+from vault_rotator.engine.emergency_round import Round
+from vault_rotator.engine.emergency_store import EmergencyStore
+from vault_rotator.engine.emergency_view import view, webhook_event, webhook_fields
+from vault_rotator.engine.engine import Engine, new_rotation_id
+from vault_rotator.engine.session import StateStore
+from vault_rotator.errors import VaultRotatorError
+from vault_rotator.policy import EnvironmentPolicy, KeyPolicy, PolicySet
+from vault_rotator.ports.kv import KvStore
+
+log = structlog.get_logger(__name__)
+
+Guard = Callable[[KeyPolicy, Callable[[], Progress]], Progress]
+LATE_WEBHOOK_S = 3600.0  # a request a CLI completed longer ago than this gets no webhook
+
+
+class Emergencies:
+    """Rounds of the open requests, and which keys' webhooks are folded into theirs."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        notifier: Notifier,
+        *,
+        guard: Guard,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.engine = engine
+        self.notifier = notifier
+        self.guard = guard  # the daemon's: a fresh management key after a 401
+        self.should_stop = should_stop
+        self.rounds: dict[str, Round] = {}  # per environment (failure counts live there)
+        self.folding: dict[str, frozenset[str]] = {}  # env -> key names folded now
+
+    def folds(self, env: str, name: str) -> bool:
+        """Whether this key's own webhooks are folded into its request's."""
+        return name in self.folding.get(env, frozenset())
+
+    def tick(self, policies: PolicySet, keys: tuple[KeyPolicy, ...]) -> list[str]:
+        """One round of each open request of these keys' environments; the errors met."""
+        errors: list[str] = []
+        for env in sorted({key.env for key in keys}):
+            environment = policies.environments.get(env)
+            if environment is None or self.should_stop():
+                continue
+            try:
+                self._round(environment)
+            except VaultRotatorError as exc:
+                errors.append(f"emergency of {env}: {exc}")
+                log.warning("emergency round failed", env=env, error=str(exc))
+        return errors
+
+    def _round(self, environment: EnvironmentPolicy) -> None:
+        env, vault = environment.environment, environment.vault
+        store = EmergencyStore(self.engine.kv_for(vault.kv_mount), vault.state_prefix)
+        request = store.read(env)
+        if request is None or not self._open(request):
+            self.folding.pop(env, None)
+            return
+        self._fold(env, request.keys if request.notified_at is None else ())
+        result = self._rounds_of(environment).run(request, notify=True)
+        if result.notify:
+            event = webhook_event(result.request)
+            fields = webhook_fields(result.request, self.engine.clock())
+            self.notifier.notify(event, **fields)
+            log.info(
+                "emergency request settled",
+                env=env,
+                request_id=request.id,
+                webhook=event,
+                counts=view(result.request, self.engine.clock())["counts"],
+            )
+        done = result.request.complete or result.request.notified_at is not None
+        self._fold(env, () if done else result.request.keys)
+
+    def _open(self, request: EmergencyRequest) -> bool:
+        """Not complete, or completed (by a CLI) lately with its webhook not sent yet."""
+        if not request.complete:
+            return True
+        settled = request.settled_at or request.completed_at or request.requested_at
+        late = self.engine.clock() - settled > LATE_WEBHOOK_S
+        return request.notified_at is None and not late
+
+    def _fold(self, env: str, names: Any) -> None:
+        self.folding[env] = frozenset(names)
+
+    def _rounds_of(self, environment: EnvironmentPolicy) -> Round:
+        env = environment.environment
+        rounds = self.rounds.get(env)
+        if rounds is None or rounds.environment is not environment:  # new, or reloaded
+            rounds = Round(
+                self.engine,
+                environment,
+                drive=False,
+                advance=self._advance,
+                should_stop=self.should_stop,
+            )
+            self.rounds[env] = rounds
+        return rounds
+
+    def _advance(
+        self, policy: KeyPolicy, start: bool, command: Command, obs: Observation | None
+    ) -> Progress:
+        def call() -> Progress:
+            return self.engine.advance(policy, start=start, command=command, observation=obs)
+
+        return self.guard(policy, call)
+
+
+def emergency_views(
+    policies: PolicySet, kv_for: Callable[[str], KvStore], now: float
+) -> list[tuple[EnvironmentPolicy, dict[str, Any]]]:
+    """Each environment's current request (open or not), as ``status`` shows it: the saved
+    request with each key not ended yet judged afresh from its state record (nothing is
+    written: with no process acting, an operator's resume or abort shows all the same)."""
+    found = []
+    for env, environment in sorted(policies.environments.items()):
+        kv, prefix = kv_for(environment.vault.kv_mount), environment.vault.state_prefix
+        request = EmergencyStore(kv, prefix).read(env)
+        if request is not None:
+            states = StateStore(kv, prefix)
+            records = {
+                name: states.read(env, name)[0]
+                for name, entry in request.keys.items()
+                if entry.step not in TERMINAL
+            }
+            found.append((environment, view(refreshed(request, records, now), now)))
+    return found
+
+
+def open_request(
+    environment: EnvironmentPolicy,
+    kv_for: Callable[[str], KvStore],
+    clock: Callable[[], float],
+    *,
+    by: str,
+    trigger: str,
+    revoke_old_now: bool,
+) -> tuple[EmergencyRequest, bool]:
+    """The environment's open request resumed (True), or a new one over all its keys saved."""
+    env, vault = environment.environment, environment.vault
+    names = [key.name for key in environment.keys]
+
+    def fresh() -> EmergencyRequest:
+        return new_request(
+            new_rotation_id(clock),
+            env,
+            names,
+            by=by,
+            trigger=trigger,
+            revoke_old_now=revoke_old_now,
+            now=clock(),
+        )
+
+    store = EmergencyStore(kv_for(vault.kv_mount), vault.state_prefix)
+    return store.open(env, fresh=fresh, revoke_old_now=revoke_old_now, now=clock())
