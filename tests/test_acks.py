@@ -212,13 +212,14 @@ def test_the_store_reads_at_most_max_acks_and_logs_each_refusal_once() -> None:
     read = store.read("prod", "app", AckPolicy(require=1))
     assert len(read.acks) == MAX_ACKS - 1
     assert [p.problem for p in read.problems] == [
-        "3 records past the first 256 not read",
+        f"3 records past the first {MAX_ACKS} not read",
         "instance names another instance than its path",
     ]
     with capture_logs() as logs:
         ack_store.report("prod/app", read)
         ack_store.report("prod/app", read)
-    assert [e["instance"] for e in logs if e["event"] == "ack ignored"] == ["i0256", "i0000"]
+    first_unread = f"i{MAX_ACKS:04d}"
+    assert [e["instance"] for e in logs if e["event"] == "ack ignored"] == [first_unread, "i0000"]
 
 
 def test_retention_removes_records_gone_past_ttl_plus_retention_only() -> None:

@@ -756,3 +756,32 @@ def test_policy_set_iterates_all_keys(tmp_path: Path) -> None:
     policies = load_policies(tmp_path)
     assert isinstance(policies, PolicySet)
     assert sorted(key.ref for key in policies) == ["dev/demo-app", "production/backend"]
+
+
+def test_the_environment_name_frozen_is_reserved(tmp_path: Path) -> None:
+    """`frozen` would make the environment's control path the freezes record."""
+    file = write(tmp_path, "frozen.yaml", variant("environment: production", "environment: frozen"))
+    found = problems(tmp_path)
+    assert len(found) == 1
+    assert found[0].startswith(f"{file}:1: environment name 'frozen' is reserved")
+
+
+def test_drain_on_acks_without_require_acks_is_a_warning(tmp_path: Path) -> None:
+    """drain_on_acks alone cannot see consumers that never acknowledge: a warning says so."""
+    write(
+        tmp_path,
+        "p.yaml",
+        variant("  drain_period: 24h\n", "  drain_period: 24h\n  drain_on_acks: true\n"),
+    )
+    warnings = [str(w) for w in load_policies(tmp_path).warnings]
+    assert len(warnings) == 1
+    assert "drain_on_acks without require_acks" in warnings[0]
+    write(
+        tmp_path,
+        "p.yaml",
+        variant(
+            "  drain_period: 24h\n",
+            "  drain_period: 24h\n  drain_on_acks: true\n  require_acks: 2\n",
+        ),
+    )
+    assert load_policies(tmp_path).warnings == []

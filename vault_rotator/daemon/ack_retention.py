@@ -45,5 +45,9 @@ class AckRetention:
             except VaultRotatorError as exc:
                 log.warning("ack records not swept", key=policy.ref, error=str(exc))
                 continue
+            except Exception as exc:  # a hostile record must not stop the tick: one line
+                error = f"unexpected {type(exc).__name__}"
+                log.warning("ack records not swept", key=policy.ref, error=error)
+                continue
             removed += [f"{policy.ref}/{instance}" for instance in gone]
         return removed

@@ -66,7 +66,14 @@ class AckStore:
             names = names[:MAX_ACKS]
         acks: list[Ack] = []
         for instance in names:
-            got = self.kv.read(f"{folder}/{instance}")
+            try:
+                got = self.kv.read(f"{folder}/{instance}")
+            except StoreError as exc:
+                problems.append(AckProblem(instance, f"unreadable record ({exc})"))
+                continue
+            except (RecursionError, ValueError, TypeError):  # nested past any parser's depth
+                problems.append(AckProblem(instance, "unreadable record (not plain JSON)"))
+                continue
             if got is None or got.deleted:
                 continue  # removed between the list and the read
             parsed = parse_ack(instance, got)

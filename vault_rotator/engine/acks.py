@@ -57,9 +57,11 @@ KINDS = ("agent", "app")
 AGENT, APP = KINDS
 FIELDS = frozenset({"version", "key_id", "at", "kind", "instance"})
 MAX_ACK_BYTES = 1024  # an ack is about 120 bytes as JSON
-MAX_ACKS = 256  # records read per key and pass; names beyond are reported, not read
+MAX_ACKS = 1024  # records read per key and pass; names beyond are reported, not read
 _KEY_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
-_STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d)")
+_STAMP = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})"
+)  # ASCII digits only: \d also matches other scripts' digits
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +271,16 @@ class Hold:
     detail: str
 
 
+NAMED_AT_MOST = 20  # instances named in a stall detail (it goes to the record and webhooks)
+
+
+def _some(names: list[str]) -> str:
+    """Up to NAMED_AT_MOST names, then how many more."""
+    shown = ", ".join(names[:NAMED_AT_MOST])
+    more = len(names) - NAMED_AT_MOST
+    return f"{shown} and {more} more" if more > 0 else shown
+
+
 def hold(rotation: Rotation, facts: AckFacts | None, now: float) -> Hold | None:
     """None when ``require_acks`` is met (or off, or ignored by an emergency), else a Hold."""
     if facts is None or facts.policy.require <= 0 or rotation.mode == reasons.EMERGENCY:
@@ -281,8 +293,8 @@ def hold(rotation: Rotation, facts: AckFacts | None, now: float) -> Hold | None:
     missing = sorted({a.instance for a in here} - set(have))
     detail = (
         f"{len(have)} of {need} required instances acknowledged version "
-        f"{rotation.published_version} ({', '.join(have) or 'none'}); not acknowledged: "
-        f"{', '.join(missing) or 'no other present instance is known'}"
+        f"{rotation.published_version} ({_some(have) or 'none'}); not acknowledged: "
+        f"{_some(missing) or 'no other present instance is known'}"
     )
     late = rotation.pickup_deadline is not None and now >= rotation.pickup_deadline
     return Hold(late, detail)

@@ -50,9 +50,9 @@ DRAIN_PERIOD_S = 24 * HOUR
 DRAIN_TIMEOUT_S = 7 * DAY
 DIALECT_A_DISABLE_BEFORE_DELETE_S = 10 * MINUTE
 KEY_NAME = DEFAULT_KEY_NAME
-MAX_REQUIRE_ACKS = 1000
+MAX_REQUIRE_ACKS = 1024  # = engine.acks.MAX_ACKS: never more than are read (test_acks)
 ACK_TTL_S = 7 * DAY
-ACK_RETENTION_S = 30 * DAY
+ACK_RETENTION_S = 3 * DAY
 
 
 def disable_before_delete_s(dialect: str) -> float:

@@ -50,6 +50,9 @@ class KeyContext:
         return dotted(origin) if origin else f"keys[{self.index}].{name} (built-in default)"
 
 
+RESERVED_ENVIRONMENTS = frozenset({"frozen"})  # names under <state_prefix>/control/
+
+
 def file_rules(
     raw: RawFile | None, doc: Document, contexts: list[KeyContext], broken: frozenset[NodePath]
 ) -> list[Problem]:
@@ -65,6 +68,13 @@ def file_rules(
         problems.append(doc.problem(("provider", "base_url"), message, "warning"))
     if not raw.keys:
         problems.append(doc.problem(("keys",), "keys is empty: nothing to rotate", "warning"))
+    if raw.environment in RESERVED_ENVIRONMENTS:
+        message = (
+            f"environment name {raw.environment!r} is reserved: "
+            f"<state_prefix>/control/{raw.environment} is the freezes record, so the "
+            "environment's control path would be it"
+        )
+        problems.append(doc.problem(("environment",), message))
     if ("vault", "state_prefix") not in broken:
         problems += _state_prefix_overlaps(raw, doc, contexts)
     return problems
@@ -125,8 +135,21 @@ def key_rules(context: KeyContext, doc: Document) -> list[Problem]:
         _disable_rule,
         _jitter_rule,
         _key_name_length_rule,
+        _drain_on_acks_rule,
     )
     return [problem for rule in rules if (problem := rule(context, doc)) is not None]
+
+
+def _drain_on_acks_rule(context: KeyContext, doc: Document) -> Problem | None:
+    drain_on_acks, require = context.settings["drain_on_acks"], context.settings["require_acks"]
+    if drain_on_acks.broken or require.broken or not drain_on_acks.value or require.value:
+        return None
+    return doc.problem(
+        drain_on_acks.origin or ("keys", context.index),
+        f"{context.label('drain_on_acks')} without require_acks: a consumer that never "
+        "acknowledges is invisible to it, and a quiet old key could be deleted under it",
+        "warning",
+    )
 
 
 def _spending_limit_rule(context: KeyContext, doc: Document) -> Problem | None:

@@ -1,0 +1,70 @@
+"""Ack records a hostile consumer can write that once broke status, ticks or a rotation."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+from structlog.testing import capture_logs
+from test_acks import T0, ack, facts, rotation
+
+from vault_rotator.daemon.ack_retention import AckRetention
+from vault_rotator.engine.ack_store import AckStore
+from vault_rotator.engine.acks import MAX_ACKS, AckPolicy, hold
+from vault_rotator.policy import KeyPolicy, ManagementKeyRef, ProviderPolicy, VaultPolicy
+from vault_rotator.policy.defaults import MAX_REQUIRE_ACKS
+from vault_rotator.store.vault import VaultConnection
+from vault_rotator.testing.vault_server import VaultServer
+
+DEPTH = 1000
+
+
+NESTED = (
+    '{"data": {"version": ' + "[" * DEPTH + "2" + "]" * DEPTH + "}}"
+)  # no encoder nests so deep
+
+
+def test_a_deeply_nested_ack_is_one_refused_record_not_a_crash(vault: VaultServer) -> None:
+    """A consumer writes an ack nested a thousand deep (OpenBao stores it): reading the acks
+    refuses that record and reads the others; the retention sweep goes on."""
+    prefix = f"h{uuid.uuid4().hex[:8]}"
+    kv = VaultConnection(vault.addr, vault.token).kv("secret")
+    store = AckStore(kv, prefix)
+    folder = store.folder("prod", "api")
+    written = httpx.post(
+        f"{vault.addr}/v1/secret/data/{folder}/web-1",
+        headers={"X-Vault-Token": vault.token},
+        content=NESTED,
+        timeout=10,
+    )
+    assert written.status_code == 200, written.status_code
+    good = {"version": 2, "key_id": "new", "at": "2027-01-15T10:00:00Z", "kind": "app",
+            "instance": "web-2"}  # fmt: skip
+    kv.write(f"{folder}/web-2", good, cas=0)
+    read = store.read("prod", "api", AckPolicy(1, False, 86400.0))
+    assert [a.instance for a in read.acks] == ["web-2"]
+    assert [(p.instance, p.problem) for p in read.problems] == [
+        ("web-1", "unreadable record (not plain JSON)")
+    ]
+    provider = ProviderPolicy(base_url="https://x.test", management_key=ManagementKeyRef(path="m"))
+    policy = KeyPolicy(
+        env="prod", name="api", secret_path="apps/api", provider=provider,
+        vault=VaultPolicy(kv_mount="secret", state_prefix=prefix),
+    )  # fmt: skip
+    with capture_logs() as logs:
+        AckRetention(lambda _mount: kv).sweep([policy], T0)
+    assert not [e for e in logs if e["log_level"] == "error"]
+
+
+def test_require_acks_can_never_ask_for_more_than_are_read() -> None:
+    """The policy's limit on require_acks is the number of records read per key."""
+    assert MAX_REQUIRE_ACKS == MAX_ACKS
+
+
+def test_an_acks_missing_detail_names_at_most_twenty_instances() -> None:
+    """Hundreds of silent instances are counted, not all named, in the stall detail."""
+    silent = [ack(f"web-{i:03d}", T0 + 30, version=1) for i in range(300)]
+    late = hold(rotation(), facts(*silent, require=2), T0 + 3600)
+    assert late is not None
+    assert "and 280 more" in late.detail
+    assert len(late.detail) < 1000
