@@ -74,10 +74,12 @@ def test_repeated_work_counts_each_kind_but_not_a_new_attempt() -> None:
 
 
 def test_secret_hits_finds_known_secrets_and_provider_key_values() -> None:
-    """An exact known secret and a key-shaped string the provider knows are hits; a label is not."""
+    """An exact known secret, a key-shaped string the provider knows and a Vault-token-shaped
+    string are hits; a label, a fingerprint and a dotted name are not."""
     texts = ["token hvs.secret here", f"value {VALUE}", "label lr_live_aa...aaaa", "clean"]
+    texts += ["issued s." + "T0k3n" * 5, "fp:0123456789abcdef keys.abcdefghijklmnopqrstuvwxyz"]
     hits = chaos_figures.secret_hits(texts, ["hvs.secret"], lambda v: v == VALUE)
-    assert hits == ["text 0: known secret", "text 1: key value"]
+    assert hits == ["text 0: known secret", "text 1: key value", "text 4: Vault token"]
 
 
 def test_figures_fail_on_any_must_be_zero_figure_or_no_rotation() -> None:

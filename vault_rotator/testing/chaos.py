@@ -108,6 +108,14 @@ def gather(bench: Bench, f: figs.Figures) -> None:
     f.notes += hits[:5]
 
 
+def _clean_up(work: Path, f: figs.Figures, *, keep: bool) -> None:
+    """Remove the run's directory, unless asked to keep it or the run failed (then say where)."""
+    if keep or f.failures():
+        f.notes.append(f"kept the run's logs, output and Vault data in {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def run(
     kills: int,
     seed: int,
@@ -125,15 +133,12 @@ def run(
     ``provider_faults``: the kill phase's cycle, the foreign keys and the provider phase
     (``provider_groups``: which of its groups, default all; ``()``: no provider phase).
     ``keep``: leave the working directory (logs, consumer output, Vault's data) in place and
-    name it in a note."""
+    name it in a note; a failed run always keeps it."""
     f = figs.Figures(seed=seed)
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
         work = Path(tempfile.mkdtemp(prefix="vault-rotator-chaos-"))
-        if keep:
-            f.notes.append(f"kept the run's logs, output and Vault data in {work}")
-        else:
-            stack.callback(shutil.rmtree, work, ignore_errors=True)
+        stack.callback(_clean_up, work, f, keep=keep)  # runs last: after Vault has stopped
         vault = vault or stack.enter_context(raft_server(work / "vault"))
         emulator = stack.enter_context(Emulator(dialect="b", seed=seed))
         bench = setup(vault, emulator, work, keys)

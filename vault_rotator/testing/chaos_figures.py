@@ -39,6 +39,7 @@ GRACE_S = 0.02  # a request this soon after an answer was already on its way
 SLACK_S = 0.05  # clock and scheduling slack on a Retry-After
 CALL_LINE = re.compile(r"^call \d+: HTTP (\d+) with ")
 KEY_SHAPED = re.compile(r"lr_live_[A-Za-z0-9_-]{40}")
+TOKEN_SHAPED = re.compile(r"\b(?:hv[sbr]|[sbr])\.[A-Za-z0-9]{24,}\b")  # a Vault token
 
 
 @dataclass(frozen=True)
@@ -184,13 +185,16 @@ def _took(mutation: Mapping[str, Any]) -> bool:
 def secret_hits(
     texts: Iterable[str], known: Iterable[str], is_key_value: Callable[[str], bool]
 ) -> list[str]:
-    """Where a secret appears: an exact ``known`` secret, or a key-shaped string that the
-    provider recognises as one of its key values. Names the text's index, never the secret."""
+    """Where a secret appears: an exact ``known`` secret, a key-shaped string that the
+    provider recognises as one of its key values, or anything shaped like a Vault token (such
+    as one AppRole issued, which the harness never sees). Names the text's index, never the
+    secret."""
     known = [secret for secret in known if secret]
     hits = []
     for index, text in enumerate(texts):
         hits += [f"text {index}: known secret" for secret in known if secret in text]
         hits += [f"text {index}: key value" for m in KEY_SHAPED.findall(text) if is_key_value(m)]
+        hits += [f"text {index}: Vault token" for _ in TOKEN_SHAPED.finditer(text)]
     return hits
 
 

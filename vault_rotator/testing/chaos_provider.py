@@ -43,13 +43,14 @@ KILL_FAULTS: tuple[Fault, ...] = (
     ("list", {"garbage": "types", "count": 1}),
 )  # each spent after a few requests
 
+LONG_WAIT_S = 4.0  # a create's Retry-After past a poll: the rotation stalls rate-limited
 # Groups set one after the other in the provider phase, each once the last is spent.
 PHASE_FAULTS: tuple[tuple[str, tuple[Fault, ...]], ...] = (
     ("5xx burst", (("list", {"status": 503, "count": 9}), ("delete", {"status": 500, "count": 3}),
                    ("update", {"status": 502, "count": 2}))),
     ("429 Retry-After", (("list", {"status": 429, "retry_after": 3, "count": 1}),
                          ("create", {"status": 429, "retry_after": 0.3, "count": 1}))),
-    ("429 past a poll", (("create", {"status": 429, "retry_after": 4, "count": 1}),)),
+    ("429 past a poll", (("create", {"status": 429, "retry_after": LONG_WAIT_S, "count": 1}),)),
     ("slow", (("list", {"latency": 0.4, "count": 3}), ("list", {"latency": 4, "count": 1}))),
     ("trickled", (("list", {"trickle": 0.03, "count": 1}),
                   ("list", {"trickle_body": 0.005, "count": 2}))),
@@ -99,7 +100,7 @@ def _resume_rate_limited(bench: Bench, http: httpx.Client, url: Callable[[str], 
         stalled = rotation.stalled if rotation else None
         if rotation is None or stalled is None or stalled.reason != reasons.RATE_LIMITED:
             continue
-        if time.time() >= stalled.at + 4.5:  # PHASE_FAULTS' longest create Retry-After, + slack
+        if time.time() >= stalled.at + LONG_WAIT_S + 0.5:  # the wait it named has passed
             bench.resumed.add((name, rotation.id))
             bench.ask(http, "POST", url(f"/v1/resume/{bench.env}/{name}"))
 
