@@ -73,6 +73,30 @@ def test_repeated_work_counts_each_kind_but_not_a_new_attempt() -> None:
     assert len(found) == 4, found
 
 
+def test_a_retry_after_a_lost_answer_is_no_repeat_but_a_second_one_is() -> None:
+    """A delete the daemon logged as unanswered (a timeout) may be sent once more; a delete
+    sent a third time, or twice with every answer received, is repeated work."""
+    keys = [_key("old", "k0-original", deleted=True)]
+    versions = [SecretVersion("k0", 1, "old", None, False)]
+    twice: list[dict[str, Any]] = [
+        {"route": "delete", "key_id": "old", "status": s} for s in (204, 404)
+    ]
+    events: list[dict[str, Any]] = [
+        {"event": "arouter.request", "method": "DELETE", "route": "/api/v1/keys/old",
+         "status": None, "error": "ProviderRetryableError"},
+        {"event": "arouter.request", "method": "DELETE", "route": "/api/v1/keys/old",
+         "status": 404},
+        {"event": "arouter.request", "method": "GET", "route": "/api/v1/keys", "status": None},
+    ]  # fmt: skip
+    unanswered = chaos_figures.unanswered_writes(events)
+    assert unanswered == {("delete", "old"): 1}
+    assert chaos_figures.repeated_work(keys, twice, versions, [], unanswered) == []
+    assert chaos_figures.repeated_work(keys, twice, versions, []) == ["delete repeated: old x2"]
+    thrice = [*twice, {"route": "delete", "key_id": "old", "status": 404}]
+    found = chaos_figures.repeated_work(keys, thrice, versions, [], unanswered)
+    assert found == ["delete repeated: old x3"]
+
+
 def test_secret_hits_finds_known_secrets_and_provider_key_values() -> None:
     """An exact known secret, a key-shaped string the provider knows and a Vault-token-shaped
     string are hits; a label, a fingerprint and a dotted name are not."""

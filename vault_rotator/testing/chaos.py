@@ -43,7 +43,7 @@ from vault_rotator.testing import chaos_provider as provider
 from vault_rotator.testing.chaos_daemon import kill_phase, plan, settle
 from vault_rotator.testing.chaos_setup import setup, status_cli, traffic
 from vault_rotator.testing.chaos_vault import SCENARIOS, vault_phase
-from vault_rotator.testing.chaos_world import Bench, webhook_receiver
+from vault_rotator.testing.chaos_world import Bench, log_events, webhook_receiver
 from vault_rotator.testing.vault_raft import RaftVault, raft_server
 from vault_rotator.testing.vault_server import VaultServer
 
@@ -86,8 +86,11 @@ def gather(bench: Bench, f: figs.Figures) -> None:
     f.rotations = sum(1 for o in bench.outcomes.values() if o.startswith("succeeded"))
     f.false_stalls = len((bench.stalls - bench.resumed) & completed)
     f.stalls_resumed = len(bench.resumed)
+    events = [e for log in sorted(bench.work.glob("daemon-*.log")) for e in log_events(log)]
+    unanswered = figs.unanswered_writes(events)
+    f.retried_lost_answers = sum(unanswered.values())
     repeated = figs.repeated_work(
-        keys, bench.emulator.mutation_log(), versions, [rid for _, rid in completed]
+        keys, bench.emulator.mutation_log(), versions, [rid for _, rid in completed], unanswered
     )
     f.repeated = len(repeated)
     f.notes += bench.outputs.notes

@@ -81,6 +81,7 @@ class Figures:
     orphans: int = 0
     lost: int = 0
     repeated: int = 0
+    retried_lost_answers: int = 0
     false_stalls: int = 0
     secret_hits: int = 0
     unsettled: int = 0
@@ -110,6 +111,7 @@ class Figures:
             f"foreign_touched={self.foreign_touched} stalls_resumed={self.stalls_resumed} "
             f"consumer_ok={self.consumer_ok} consumer_failed={self.consumer_failed} "
             f"orphans={self.orphans} lost={self.lost} repeated={self.repeated} "
+            f"retried_lost_answers={self.retried_lost_answers} "
             f"false_stalls={self.false_stalls} secret_hits={self.secret_hits} "
             f"unsettled={self.unsettled} unexpected_exits={self.unexpected_exits} "
             f"boundaries_missed={self.boundaries_missed} "
@@ -142,21 +144,29 @@ def repeated_work(
     mutations: Sequence[Mapping[str, Any]],
     versions: Sequence[SecretVersion],
     rotation_ids: Iterable[str],
+    unanswered: Mapping[tuple[str, str], int] | None = None,
 ) -> list[str]:
     """Each piece of repeated work, described (no values): a key name created twice (one
     attempt's name), a second update or delete request for one key id that took effect or
     found the key gone (a 5xx or 429 answer did nothing: its retry is no repeat), a second
     consumer-secret version within one rotation, a delete of a key neither named for a rotation
     nor ever served. A new attempt after a lost create answer has a new name, so it is not
-    counted; nor is a secret version someone else wrote."""
+    counted; nor is a secret version someone else wrote, nor the client's retry of an update
+    or delete whose answer it never got (``unanswered``: (route, key id) -> how many such
+    attempts the daemon logged), which is how an idempotent call is made safe."""
     found = [
         f"created twice: {name}"
         for name, n in Counter(key["name"] for key in keys).items()
         if n > 1
     ]
+    lost = unanswered or {}
     for route in ("update", "delete"):
         counts = Counter(m["key_id"] for m in mutations if m["route"] == route and _took(m))
-        found += [f"{route} repeated: {key_id} x{n}" for key_id, n in counts.items() if n > 1]
+        found += [
+            f"{route} repeated: {key_id} x{n}"
+            for key_id, n in counts.items()
+            if n > 1 + lost.get((route, key_id), 0)
+        ]
     per_rotation = Counter(
         (v.ref, v.rotation_id)
         for v in versions
@@ -174,6 +184,19 @@ def repeated_work(
         if not any(f"{rid}." in str(names.get(m["key_id"], "")) for rid in ids):
             found.append(f"delete of a key not named for a rotation: {m['key_id']}")
     return found
+
+
+def unanswered_writes(events: Iterable[Mapping[str, Any]]) -> Counter[tuple[str, str]]:
+    """From the daemon's debug log: (route, key id) of each update or delete attempt that got
+    no answer (a timeout, a dropped connection), which the client then retried."""
+    routes = {"PATCH": "update", "DELETE": "delete"}
+    return Counter(
+        (routes[str(e["method"])], str(e["route"]).rsplit("/", 1)[-1])
+        for e in events
+        if e.get("event") == "arouter.request"
+        and e.get("method") in routes
+        and e.get("status") is None
+    )
 
 
 def _took(mutation: Mapping[str, Any]) -> bool:

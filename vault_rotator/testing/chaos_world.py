@@ -71,6 +71,19 @@ def webhook_receiver(outputs: Outputs) -> Iterator[str]:
         server.server_close()
 
 
+def log_events(path: Path) -> list[dict[str, Any]]:
+    """A daemon's JSON log, one dict per line (other lines skipped)."""
+    found = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict):
+            found.append(event)
+    return found
+
+
 @dataclass
 class Daemon:
     """One life of ``vault-rotator run``: its process, its two ports, its log file."""
@@ -85,16 +98,8 @@ class Daemon:
         return f"http://127.0.0.1:{port}{path}"
 
     def events(self) -> list[dict[str, Any]]:
-        """Its log so far, one dict per JSON line (other lines skipped)."""
-        found = []
-        for line in self.log.read_text(errors="replace").splitlines():
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(event, dict):
-                found.append(event)
-        return found
+        """Its log so far, one dict per JSON line."""
+        return log_events(self.log)
 
     def reap(self) -> None:
         """SIGKILL it if it still runs; always waited for."""
