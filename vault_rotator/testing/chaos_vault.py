@@ -39,6 +39,7 @@ CONFLICT = re.compile(r'^vault_rotator_vault_requests_total\{[^}]*status="confli
 
 
 def stop_vault(run: Fault, vault: RaftVault) -> None:
+    """Vault SIGKILLed mid-rotation, started again on its data (sealed), then unsealed."""
     run.hit()
     vault.stop(kill=True)
     run.unusable("stopped")
@@ -49,6 +50,7 @@ def stop_vault(run: Fault, vault: RaftVault) -> None:
 
 
 def seal_vault(run: Fault, vault: RaftVault) -> None:
+    """Vault sealed mid-rotation, then unsealed."""
     run.hit()
     vault.seal()
     run.unusable("sealed")
@@ -84,6 +86,8 @@ def deny_one(run: Fault) -> None:
 
     if not run.wait(40, reported_and_others_go_on):
         run.miss(f"deny: {denied} not reported, or no other key completed a rotation")
+    if run.probe() != 200:  # one key's trouble is its own: Vault itself is usable
+        run.miss("deny: /readyz not 200 while one path is denied")
     bench.admin.sys.create_or_update_policy(name, rules)
     run.complete("deny")
 
