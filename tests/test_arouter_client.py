@@ -185,6 +185,32 @@ def test_retries_503_honouring_retry_after(
     assert emulator.request_counts()["delete"] == 2
 
 
+def test_a_wait_not_waited_holds_every_call_until_it_has_passed(
+    emulator: Emulator, connect: ClientFactory, sleeps: list[float]
+) -> None:
+    """After a 429 asking for longer than backoff_max, the client sends nothing to the server
+    (any route) until that wait has passed, raising RateLimitedError with the time left; then
+    it asks again. The chaos run saw the daemon list again 0.5 s after a Retry-After of 3 s."""
+    now = [100.0]
+    client = connect(emulator, backoff_max=1.0, monotonic=lambda: now[0])
+    client.detect()
+    emulator.set_fault("list", status=429, retry_after=30, count=1)
+    with pytest.raises(RateLimitedError):
+        client.list_keys()
+    sent = emulator.request_counts()
+    now[0] += 10
+    with pytest.raises(RateLimitedError, match="not sent") as held:
+        client.list_keys()
+    assert held.value.retry_after == pytest.approx(20.0)
+    with pytest.raises(RateLimitedError, match="not sent"):
+        client.delete_key("any")
+    assert emulator.request_counts() == sent
+    now[0] += 20
+    assert client.list_keys() == []
+    assert emulator.request_counts()["list"] == sent["list"] + 1
+    assert sleeps == []
+
+
 def test_gives_up_after_the_bound(
     emulator: Emulator, connect: ClientFactory, sleeps: list[float]
 ) -> None:

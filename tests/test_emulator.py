@@ -704,6 +704,48 @@ def test_trickle_fault_dribbles_the_headers_past_every_read_timeout(
         emu.set_fault("list", trickle=-1)
 
 
+def test_trickle_body_fault_streams_the_body_slowly_but_whole(
+    make_emulator: Factory, client: ClientFactory
+) -> None:
+    """trickle_body sends the body 64 bytes at a time: each read is prompt, the whole is slow,
+    and the body arrives intact."""
+    emu = make_emulator(dialect="a")
+    for n in range(4):
+        emu.seed_key(f"svc-{n}")
+    emu.set_fault("list", trickle_body=0.05, count=1)
+    http = client(emu, timeout=0.5)
+    started = time.monotonic()
+    answer = http.get("/api/v1/keys")
+    slow = time.monotonic() - started
+    assert answer.status_code == 200
+    assert len(answer.json()["data"]) == 4
+    assert slow > 0.05 * (len(answer.content) // 64)
+    with pytest.raises(ValueError, match="trickle_body"):
+        emu.set_fault("list", trickle_body=-1)
+
+
+def test_request_log_records_each_request_with_its_fault_and_retry_after(
+    make_emulator: Factory, client: ClientFactory
+) -> None:
+    """Every spec-route request is logged with its status, times, the fault that fired and the
+    Retry-After answered; over HTTP too."""
+    emu = make_emulator(dialect="a")
+    emu.set_fault("list", status=429, retry_after=1.5, count=1)
+    emu.set_fault("list", latency=0.1, count=1)
+    http = client(emu)
+    statuses = [http.get("/api/v1/keys").status_code for _ in range(3)]
+    assert statuses == [429, 200, 200]
+    log = emu.request_log()
+    assert [(e["route"], e["status"], e["fault"], e["retry_after"]) for e in log] == [
+        ("list", 429, "status 429", 1.5),
+        ("list", 200, "latency 0.1", None),
+        ("list", 200, None, None),
+    ]
+    assert log[1]["answered"] - log[1]["at"] >= 0.1
+    assert log[0]["at"] <= log[1]["at"] <= log[2]["at"]
+    assert http.get("/_emulator/request-log").json()["data"] == emu.request_log()
+
+
 def test_error_rate_is_random_but_reproducible_with_a_seed(make_emulator: Factory) -> None:
     """error_rate=0.5 fails some calls, and the same seed fails the same ones."""
     runs = []

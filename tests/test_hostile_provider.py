@@ -77,7 +77,9 @@ def test_long_rate_limit_on_create_stalls_without_creating_again(world_for: Worl
     assert record.provider_write is None
 
     world.emulator.clear_faults()
-    resumed = drive(world.engine(), world.policy, wait=True, command=Command(verb=Verb.RESUME))
+    # `vault-rotator resume` is a new process: the stalled one holds every call for the day
+    resumer = world.fresh_runtime().engine()
+    resumed = drive(resumer, world.policy, wait=True, command=Command(verb=Verb.RESUME))
     assert resumed.outcome is not None
     assert resumed.outcome.outcome == reasons.SUCCEEDED
     assert world.served()["key_name"].endswith(f"{resumed.rotation_id}.1")

@@ -455,9 +455,19 @@ def aborting(rot: Rotation, *keys: KeyRecord, now: float = T0 + 200, **facts: An
 ABORTING_CASES: list[tuple[str, AbortingFacts, AbortAction]] = [
     ("the old secret not back yet", aborting(ABORT_ROT), AbortAction.REPUBLISH),
     (
-        "a delete of the new key was cut",
-        aborting(RESTORED, write=write("delete", "new")),
+        "a delete of the new key was cut, the key still listed",
+        aborting(RESTORED, new_key(), write=write("delete", "new")),
         AbortAction.REDO_DELETE_NEW,
+    ),
+    (
+        "a delete of the new key was cut, the key listed unreadable",
+        aborting(RESTORED, write=write("delete", "new"), unreadable={"new": "bad name"}),
+        AbortAction.REDO_DELETE_NEW,
+    ),
+    (
+        "a delete of the new key was cut after it went through: not redone",
+        aborting(RESTORED, write=write("delete", "new")),
+        AbortAction.NEW_GONE,
     ),
     ("the new key still used", aborting(RESTORED, NEW_USED), AbortAction.WAIT),
     (

@@ -171,6 +171,31 @@ def test_abort_survives_a_crash_in_the_middle(world_for: WorldFactory) -> None:
     assert versions == 3
 
 
+def test_abort_does_not_repeat_a_delete_of_the_new_key_cut_short_after_it_went_through(
+    world_for: WorldFactory,
+) -> None:
+    """A crash right after the abort deleted the new key: the next process records it deleted
+    from its list pass and finishes, sending no second DELETE for it."""
+    world = world_for("c")
+    old_id, _ = world.seed_old_key()
+    world.add_consumer(refresh_s=30.0)
+    drive(world.engine(), world.policy, wait=False)
+    with pytest.raises(Crash):
+        drive(world.engine(fault=crash_at("delete")), world.policy, wait=True, command=ABORT)
+    cut = world.record().provider_write
+    assert cut is not None
+    assert cut.action == reasons.DELETE
+    world.expire_lease()
+    engine = world.fresh_runtime().engine(holder="successor")
+    progress = drive(engine, world.policy, wait=True, start=False)
+    assert progress.outcome is not None
+    assert progress.outcome.outcome == reasons.ABORTED
+    assert world.live_ids() == {old_id}
+    deletes = [m for m in world.emulator.mutation_log() if m["route"] == "delete"]
+    assert [m["key_id"] for m in deletes] == [cut.target], deletes  # ids only, no values
+    assert deletes[0]["status"] < 300
+
+
 def test_abort_before_publish_deletes_the_new_key(world_for: WorldFactory) -> None:
     """An abort while the new key is not yet published removes it; Vault still serves the old."""
     world = world_for("c")

@@ -19,7 +19,7 @@ import structlog
 
 from vault_rotator.emulator.clock import Clock
 from vault_rotator.emulator.dialects import Dialect
-from vault_rotator.emulator.faults import COMMITTING_ROUTES, FaultTable
+from vault_rotator.emulator.faults import COMMITTING_ROUTES, Fault, FaultTable
 from vault_rotator.emulator.inference import Inference
 from vault_rotator.emulator.inspection import PREFIX, Inspection
 from vault_rotator.emulator.management import Management
@@ -128,9 +128,21 @@ class App:
 
     def _with_faults(self, route: str, process: Callable[[], Response]) -> Response:
         self._recorder.count(route)
+        at = self._clock()
         fault = self._faults.draw(route)
-        if fault is None:
-            return process()
+        response = process() if fault is None else self._faulty(fault, process)
+        retry_after = response.headers.get("Retry-After")
+        self._recorder.log_request(
+            route,
+            response.status,
+            at,
+            self._clock(),
+            fault=None if fault is None else fault.describe(),
+            retry_after=_seconds(retry_after),
+        )
+        return response
+
+    def _faulty(self, fault: Fault, process: Callable[[], Response]) -> Response:
         if fault.latency:
             self._sleep(fault.latency)
         if fault.status is not None:
@@ -146,6 +158,13 @@ def _guarded(process: Callable[[], Response]) -> Response:
         return error_response(400, str(exc))
     except UnknownKeyError as exc:
         return error_response(404, f"no key with id {exc.args[0]!r}")
+
+
+def _seconds(header: str | None) -> float | None:
+    try:
+        return None if header is None else float(header)
+    except ValueError:
+        return None
 
 
 def _requested_name(request: Request) -> str | None:

@@ -154,6 +154,7 @@ class Emulator:
         drop_after_commit: bool = False,
         garbage: str | None = None,
         trickle: float = 0.0,
+        trickle_body: float = 0.0,
     ) -> None:
         """Add a fault on ``route`` (see :mod:`vault_rotator.emulator.faults`)."""
         fault = Fault(
@@ -167,6 +168,7 @@ class Emulator:
             drop_after_commit=drop_after_commit,
             garbage=garbage,
             trickle=trickle,
+            trickle_body=trickle_body,
         )
         self._faults.add(fault)
 
@@ -247,6 +249,11 @@ class Emulator:
 
     def request_counts(self) -> dict[str, int]:
         return self._recorder.counts()
+
+    def request_log(self) -> list[dict[str, Any]]:
+        """Every request to a spec route: route, status, ``at`` and ``answered`` (epoch
+        seconds, provider clock), the fault that fired (or None), the Retry-After answered."""
+        return self._recorder.request_log()
 
     def key_id_for_value(self, value: str) -> str | None:
         key = self._store.find(value)

@@ -18,7 +18,13 @@ When a fault fires, ``latency`` seconds pass first. Then:
 - ``trickle`` (seconds): the answer's status line and headers are sent one byte at a time,
   this long apart (a proxy or server dribbling its headers; a read timeout never fires). It
   goes with any of the above, or alone (the request is processed normally).
+- ``trickle_body`` (seconds): the answer's body is sent in chunks of ``wire.BODY_CHUNK`` (64) bytes,
+  this long apart (a slow stream: each chunk arrives well within a read timeout, the whole
+  takes long). It goes with any of the above, or alone.
 - none of those (``latency`` only): the request is processed normally, late.
+
+Every request to a spec route is in the request log (:mod:`.recorder`) with the fault that
+fired on it, if any (:meth:`Fault.describe`), and the ``Retry-After`` its answer carried.
 """
 
 from __future__ import annotations
@@ -63,6 +69,7 @@ class Fault:
     drop_after_commit: bool = False
     garbage: str | None = None
     trickle: float = 0.0
+    trickle_body: float = 0.0
 
     def __post_init__(self) -> None:
         problem = self._problem()
@@ -80,8 +87,9 @@ class Fault:
             return "error_rate must be between 0 and 1"
         if self.count is not None and not (isinstance(self.count, int) and self.count >= 1):
             return "count must be a positive integer or None"
-        if not all(_number(v) for v in (self.latency, self.retry_after or 0, self.trickle)):
-            return "latency, retry_after and trickle must be non-negative numbers"
+        timings = (self.latency, self.retry_after or 0, self.trickle, self.trickle_body)
+        if not all(_number(v) for v in timings):
+            return "latency, retry_after, trickle and trickle_body must be non-negative numbers"
         if not _number(self.rate_limit_reset or 0):
             return "rate_limit_reset must be a non-negative number of seconds"
         if self.garbage not in (None, *GARBAGE):
@@ -91,9 +99,27 @@ class Fault:
         effects = (self.status is not None, bool(self.drop_after_commit), self.garbage is not None)
         if sum(effects) > 1:
             return "choose one of status, drop_after_commit and garbage"
-        if sum(effects) == 0 and not (self.latency or self.trickle):
-            return "a fault needs a status, latency, trickle, drop_after_commit or garbage"
+        if sum(effects) == 0 and not (self.latency or self.trickle or self.trickle_body):
+            return (
+                "a fault needs a status, latency, trickle, trickle_body, drop_after_commit "
+                "or garbage"
+            )
         return None
+
+    def describe(self) -> str:
+        """What this fault does, in a few words (for the request log): ``status 429``,
+        ``drop``, ``garbage json``, ``latency 0.5``, ``trickle 0.01``..., joined by ``+``."""
+        parts = []
+        if self.status is not None:
+            parts.append(f"status {self.status}")
+        if self.drop_after_commit:
+            parts.append("drop")
+        if self.garbage is not None:
+            parts.append(f"garbage {self.garbage}")
+        for name in ("latency", "trickle", "trickle_body"):
+            if value := getattr(self, name):
+                parts.append(f"{name} {value:g}")
+        return "+".join(parts)
 
     def answer(self, now: float) -> Response:
         """The error answer of a ``status`` fault, at provider time ``now``."""
@@ -109,16 +135,16 @@ class Fault:
             headers["X-RateLimit-Remaining"] = "0"
             headers["X-RateLimit-Reset"] = str(math.ceil(now + reset_in))
         response = error_response(self.status, "injected fault", headers=headers)
-        response.trickle = self.trickle
+        response.trickle, response.trickle_body = self.trickle, self.trickle_body
         return response
 
     def distort(self, response: Response) -> Response:
-        """Apply ``drop_after_commit``, ``garbage`` and ``trickle`` to the real answer."""
+        """Apply ``drop_after_commit``, ``garbage`` and the trickles to the real answer."""
         if self.drop_after_commit:
             response.drop = True
         if self.garbage is not None:
             response = _GARBLERS[self.garbage](response)
-        response.trickle = self.trickle
+        response.trickle, response.trickle_body = self.trickle, self.trickle_body
         return response
 
 

@@ -5,6 +5,9 @@
     GET    /_emulator/keys            {"data": [every key, deleted ones too; no values]}
     POST   /_emulator/keys            {"name", ...seed_key arguments} -> 201 {"id", "key"}
     GET    /_emulator/inference-log   {"data": [{"key_id", "route", "status", "at"}, ...]}
+    GET    /_emulator/mutation-log    {"data": [{"route", "key_id", "name", "status", "at"}, ...]}
+    GET    /_emulator/request-log     {"data": [{"route", "status", "at", "answered", "fault",
+                                                 "retry_after"}, ...]}
     GET    /_emulator/requests        {"data": {route: count}}
     POST   /_emulator/faults          {"route", ...set_fault arguments} -> 204
     DELETE /_emulator/faults          clear every fault (``?route=R``: only R's) -> 204
@@ -44,6 +47,7 @@ class Inspection:
             ("POST", "/keys"): self._seed,
             ("GET", "/inference-log"): lambda _: self._data(self._recorder.inference_log()),
             ("GET", "/mutation-log"): lambda _: self._data(self._recorder.mutation_log()),
+            ("GET", "/request-log"): lambda _: self._data(self._recorder.request_log()),
             ("GET", "/requests"): lambda _: self._data(self._recorder.counts()),
             ("POST", "/faults"): self._set_fault,
             ("DELETE", "/faults"): self._clear_faults,

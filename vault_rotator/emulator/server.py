@@ -24,7 +24,7 @@ from typing import Any, cast
 
 import structlog
 
-from vault_rotator.emulator.wire import Request, Response, error_response
+from vault_rotator.emulator.wire import BODY_CHUNK, Request, Response, error_response
 
 App = Callable[[Request], Response]
 MAX_BODY = 1024 * 1024
@@ -114,8 +114,15 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile = real
         else:
             self.end_headers()
-        if response.status not in (204, 304):
+        if response.status in (204, 304):
+            return
+        if not response.trickle_body:
             self.wfile.write(response.body)
+            return
+        for start in range(0, len(response.body), BODY_CHUNK):
+            self.wfile.write(response.body[start : start + BODY_CHUNK])
+            self.wfile.flush()
+            time.sleep(response.trickle_body)
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silent: the recorder counts requests and logs inference answers."""

@@ -88,6 +88,9 @@ class Request:
         return body
 
 
+BODY_CHUNK = 64  # bytes per chunk of a trickled body (the trickle_body fault)
+
+
 @dataclass(slots=True)
 class Response:
     status: int
@@ -96,6 +99,7 @@ class Response:
     headers: dict[str, str] = field(default_factory=dict)
     drop: bool = False  # close the connection without answering
     trickle: float = 0.0  # seconds between the bytes of the status line and headers
+    trickle_body: float = 0.0  # seconds between the body's chunks (BODY_CHUNK bytes)
 
     def payload(self) -> object:
         """The JSON body (for transforms and direct calls); ``None`` when empty."""

@@ -53,6 +53,9 @@ def apply_aborting(  # noqa: PLR0911 (one return per action)
             delete_key(p, p.rotation.new_key_id or "")  # we may have deleted it: a 404 is fine
             p.stage(p.record.with_rotation(new_deleted=True))
             return None
+        case AbortAction.NEW_GONE:  # a delete cut short went through: recorded, not redone
+            p.stage(p.record.with_rotation(new_deleted=True))
+            return None
         case AbortAction.DELETE_NEW:
             return delete_new(p)
         case AbortAction.SWEEP:

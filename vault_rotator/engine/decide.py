@@ -76,6 +76,7 @@ class AbortAction(enum.StrEnum):
     WAIT = "wait"  # for the new key to go quiet
     REPUBLISH = "republish"  # the old secret's whole data map, back by CAS
     REDO_DELETE_NEW = "redo-delete-new"  # a delete of the new key was recorded: make it again
+    NEW_GONE = "new-gone"  # a delete of the new key cut short had gone through: not redone
     DELETE_NEW = "delete-new"
     SWEEP = "sweep"
     FINISH = "finish"  # outcome aborted
@@ -341,7 +342,7 @@ def _redo(write: ProviderWrite | None, target: str | None) -> bool:
     return write is not None and write.action == reasons.DELETE and write.target == target
 
 
-def _gone(facts: PublishedFacts, key_id: str | None) -> bool:
+def _gone(facts: PublishedFacts | AbortingFacts, key_id: str | None) -> bool:
     """``key_id`` is neither listed nor listed unreadable in this pass."""
     return key_id is not None and key_id not in facts.obs.keys and key_id not in facts.unreadable
 
@@ -366,6 +367,9 @@ def decide_aborting_pass(facts: AbortingFacts) -> Decision[AbortAction]:
     """An aborting rotation's pass: a cut delete of the new key redone, then decide_abort."""
     rot = facts.rotation
     if _redo(facts.write, rot.new_key_id) and not rot.new_deleted:
+        if _gone(facts, rot.new_key_id):  # this pass lists after the cut: it went through
+            return Decision(AbortAction.NEW_GONE, rot, "a delete cut short had gone through")
+        # Still listed (or unreadable): not deleted yet, or not known to be; a 404 is fine.
         return Decision(AbortAction.REDO_DELETE_NEW, rot, "a delete of the new key was cut short")
     decision = decide_abort(rot, facts.obs, facts.timing, facts.names, now=facts.now)
     return noting(decision, facts.unreadable)

@@ -34,8 +34,9 @@ a phase, along ``state.NEXT_PHASES``)::
                                                             old-gone | stall |
                                                             finish (record.finished: -> idle)
     aborting   observe_aborting     decide_aborting_pass    republish | wait (new key drains) |
-               (list pass)                                  redo-delete-new | delete-new |
-                                                            sweep | stall | finish (-> idle)
+               (list pass)                                  redo-delete-new | new-gone |
+                                                            delete-new | sweep | stall |
+                                                            finish (-> idle)
     cleanup    observe_cleanup      decide_cleanup          delete-keys |
                (list pass, pending)                         finish (-> idle)
 

@@ -31,7 +31,10 @@ Behaviour, including decisions where the spec is silent:
   (``arouter.record_skipped``, ``arouter.record_incomplete``), escaped.
 - **Retries**: at most ``max_attempts`` per request, for 429, 5xx, timeouts and connection
   errors, never 4xx or garbage; waits and error mapping follow :mod:`vault_rotator.provider.retry`
-  (a server delay past ``backoff_max`` raises at once with ``retry_after`` set).
+  (a server delay past ``backoff_max`` raises at once with ``retry_after`` set). Such a delay,
+  not waited, is then *held*: until it has passed, every call of this client (any route)
+  raises the same kind of error at once, "not sent", with the time left as ``retry_after``,
+  so no later pass asks the server before it said to.
 - **Creates are not idempotent**: only a 429 or a connection that never reached the server
   (connect error/timeout, pool timeout) is retried. Anything else after sending (read/write
   timeout, dropped connection, any 5xx) raises AmbiguousCreateError carrying the key name; a 2xx
@@ -289,6 +292,7 @@ class ARouterClient(_Closing):
         self._page_size = d.clamp_page_size(page_size)
         self._sleep, self._rng, self._clock, self._monotonic = sleep, rng, clock, monotonic
         self._reported: set[str] = set()  # odd records already logged (once each)
+        self._held: tuple[float, ProviderRetryableError] | None = None  # (until, why)
         self._http = _Http(
             base_url,
             timeout=timeout,
@@ -540,6 +544,7 @@ class ARouterClient(_Closing):
         creating: str | None = None,
     ) -> _Answer:
         """Send with retries; a 2xx answer or the mapped error. ``creating`` = key name."""
+        self._check_held(f"{method} {path}")
         last: ProviderRetryableError | None = None
         for attempt in range(1, self._backoff.max_attempts + 1):
             outcome = self._attempt(
@@ -627,12 +632,32 @@ class ARouterClient(_Closing):
         )
 
     def _delay(self, error: ProviderRetryableError, attempt: int) -> float:
-        """How long to wait before the next attempt; raises if the server wants too long."""
+        """How long to wait before the next attempt; raises (and holds every call until the
+        wait has passed) if the server wants too long."""
         if error.retry_after is None:
             return self._backoff.delay(attempt, self._rng)
         if error.retry_after > self._backoff.maximum:
+            self._held = (self._monotonic() + error.retry_after, error)
             raise retry_later(error, self._backoff.maximum) from error
         return error.retry_after
+
+    def _check_held(self, endpoint: str) -> None:
+        """Raise, sending nothing, while a server's wait that was not waited out runs."""
+        if self._held is None:
+            return
+        until, why = self._held
+        left = until - self._monotonic()
+        if left <= 0:
+            self._held = None
+            return
+        log.debug("arouter.held", route=endpoint, left_s=round(left, 3))
+        raise type(why)(
+            f"{endpoint}: not sent: the server asked to wait, {left:.1f}s left ({why})",
+            status=why.status,
+            endpoint=endpoint,
+            retry_after=left,
+            reached_server=False,
+        )
 
 
 class InferenceClient(_Closing):

@@ -20,7 +20,9 @@ marked not renewable and the next refresh logs in again. A failed renewal logs i
 :class:`~.auth.AuthApi`, one thread at a time, and recovers from a 403: when the token that was
 refused no longer passes ``lookup-self``, it logs in again and says whether to retry (once).
 A token that is still valid means a capability is missing: no login then (a bad request must
-not turn into a login storm, nor burn a secret-id's uses).
+not turn into a login storm, nor burn a secret-id's uses). When the method can only hand back
+the token just refused (a fixed token, revoked or expired), nothing was logged in: that is said
+once, as an error naming what to do, and every operation then fails with the refusal.
 """
 
 from __future__ import annotations
@@ -118,6 +120,7 @@ class TokenSession:
         self._lease: TokenLease | None = None
         self.logins = 0
         self.renewals = 0
+        self._reported: set[str] = set()  # fingerprints of fixed tokens reported refused
 
     @property
     def lease(self) -> TokenLease | None:
@@ -150,8 +153,26 @@ class TokenSession:
                 return True  # another thread logged in meanwhile
             if self._still_valid(refused):
                 return False  # the token is fine: the policy lacks a capability
-            self._login(self._clock(), reason="token refused")
-            return self._lease.token != refused
+            now = self._clock()
+            result = self.auth.login(self._api)
+            if result.token == refused:  # a fixed token: nothing else to log in with
+                self._lease = TokenLease.start(result, now)
+                self._report_refused(refused)
+                return False
+            self._start(result, now, reason="token refused")
+            return True
+
+    def _report_refused(self, token: Secret) -> None:
+        if token.fingerprint in self._reported:
+            return
+        self._reported.add(token.fingerprint)
+        log.error(
+            "vault token refused",
+            method=self.auth.method,
+            token=token.fingerprint,
+            hint="revoked or expired, and there is no other to log in with: put a new token "
+            "in VAULT_TOKEN_FILE, or restart vault-rotator with a new VAULT_TOKEN",
+        )
 
     def _still_valid(self, token: Secret) -> bool:
         try:
@@ -185,7 +206,9 @@ class TokenSession:
         return Step.RENEW
 
     def _login(self, now: float, *, reason: str) -> None:
-        result = self.auth.login(self._api)
+        self._start(self.auth.login(self._api), now, reason=reason)
+
+    def _start(self, result: LoginResult, now: float, *, reason: str) -> None:
         self._lease = TokenLease.start(result, now)
         self.logins += 1
         self._on_token(result.token)
