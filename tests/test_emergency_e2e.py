@@ -29,8 +29,9 @@ from vault_rotator.engine.emergency_store import EmergencyStore
 from vault_rotator.engine.session import StateStore
 from vault_rotator.engine.state import StateRecord
 from vault_rotator.store.vault import VaultConnection, VaultKv
-from vault_rotator.testing.chaos import Outputs, consumer, webhook_receiver
 from vault_rotator.testing.chaos_figures import consumer_calls
+from vault_rotator.testing.chaos_setup import consumer
+from vault_rotator.testing.chaos_world import Outputs, webhook_receiver
 from vault_rotator.testing.vault_agent import vault_agent
 from vault_rotator.testing.vault_server import VaultServer, free_port
 
