@@ -183,7 +183,6 @@ def test_endings_before_the_keys_since_or_of_another_rotation_are_not_the_reques
         (in_flight(mode=reasons.EMERGENCY), False, KeyAction.DRIVE, Step.AWAITING_PICKUP),
         (in_flight(mode=reasons.EMERGENCY), True, KeyAction.UPGRADE, Step.AWAITING_PICKUP),
         (in_flight(mode=reasons.EMERGENCY, pickup_at=T0), False, KeyAction.DRIVE, Step.DRAINING),
-        (in_flight(Phase.ABORTING, mode=reasons.EMERGENCY), False, KeyAction.DRIVE, Step.ABORTING),
         (
             in_flight(mode=reasons.EMERGENCY, stalled=Stall("pickup-timeout", "no use", T0)),
             False,
@@ -206,6 +205,68 @@ def test_a_rotation_in_flight_is_upgraded_or_driven(
     req = request(revoke_old_now=revoke)
     got, entry = decide_key(req, req.keys["a"], record, T0 + 5)
     assert (got, entry.step, entry.rotation_id) == (action, step, "r1")
+
+
+def test_a_rotation_published_before_the_request_is_upgraded_then_followed_by_its_own() -> None:
+    """A new key published before the request may have leaked too: the rotation in flight is
+    upgraded as the key's prior, its success is not the request's, and a fresh one starts."""
+    req = request()
+    published = in_flight(published_at=T0 - 600, new_key_id="k-new")
+    action, entry = decide_key(req, req.keys["a"], published, T0 + 5)
+    assert (action, entry.rotation_id, entry.prior) == (KeyAction.UPGRADE, None, "r1")
+    upgraded = in_flight(published_at=T0 - 600, mode=reasons.EMERGENCY)
+    assert decide_key(req, entry, upgraded, T0 + 6)[0] == KeyAction.DRIVE
+    done = outcome(reasons.SUCCEEDED_EMERGENCY, at=T0 + 60)
+    passed = after_pass(entry, Progress("prod/a", Phase.IDLE, "r1", outcome=done), T0 + 60)
+    assert (passed.step, passed.rotation_id, passed.prior) == (Step.QUEUED, None, "r1")
+    action, entry = decide_key(req, passed, idle(done), T0 + 90)
+    assert (action, entry.step) == (KeyAction.START, Step.QUEUED)
+    after = in_flight(published_at=T0 + 30)  # published after the request: the request's
+    assert decide_key(req, req.keys["a"], after, T0 + 31)[1].rotation_id == "r1"
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        in_flight(Phase.ABORTING, aborted_at=T0 - 5),
+        in_flight(Phase.ABORTING, mode=reasons.EMERGENCY),  # first seen aborting
+        in_flight(Phase.CLEANUP),
+        in_flight(Phase.PUBLISHED, aborted_at=T0 - 5),
+    ],
+)
+def test_an_abort_in_progress_before_the_request_is_followed_by_a_fresh_rotation(
+    record: StateRecord,
+) -> None:
+    """An abort that began before the request (or is under way when first seen) restores the
+    leaked key: it is driven to its end, then the request starts its own rotation."""
+    req = request()
+    action, entry = decide_key(req, req.keys["a"], record, T0 + 5)
+    assert (action, entry.rotation_id, entry.prior) == (KeyAction.DRIVE, None, "r1")
+    aborted = outcome(reasons.ABORTED, at=T0 + 20)
+    action, entry = decide_key(req, entry, idle(aborted), T0 + 30)
+    assert (action, entry.step) == (KeyAction.START, Step.QUEUED)
+
+
+def test_only_an_abort_of_the_requests_own_rotation_ends_the_key() -> None:
+    """The request's rotation (its id recorded) aborted after requested_at: the key is ended."""
+    req = request()
+    entry = dataclasses.replace(req.keys["a"], rotation_id="r1", step=Step.AWAITING_PICKUP)
+    aborting = in_flight(Phase.ABORTING, mode=reasons.EMERGENCY, aborted_at=T0 + 9)
+    assert decide_key(req, entry, aborting, T0 + 10)[1].prior is None
+    action, after = decide_key(req, entry, idle(outcome(reasons.ABORTED, at=T0 + 20)), T0 + 30)
+    assert (action, after.step) == (KeyAction.NONE, Step.ENDED)
+
+
+def test_the_requests_tag_is_checked_before_the_keys_since() -> None:
+    """An outcome tagged with the request is its own even when another host's clock put it
+    before requested_at; a rerun's requeued key does not take its earlier failed rotation."""
+    req = request()
+    skewed = outcome(reasons.SUCCEEDED_EMERGENCY, at=T0 - 2, trigger=req.tag)
+    action, entry = decide_key(req, req.keys["a"], idle(skewed), T0 + 10)
+    assert (action, entry.step) == (KeyAction.NONE, Step.DONE)
+    failed = outcome(reasons.FAILED_VERIFY, at=T0 + 20, trigger=req.tag)
+    requeued = KeyEntry(Step.QUEUED, T0 + 50, T0 + 50)
+    assert decide_key(req, requeued, idle(failed), T0 + 51)[0] == KeyAction.START
 
 
 def test_a_pass_moves_the_entry_to_its_step_or_ending() -> None:
@@ -248,6 +309,19 @@ def test_a_rerun_queues_failed_keys_again_and_may_add_revoke_only() -> None:
     assert again.keys["a"] == KeyEntry(Step.QUEUED, T0 + 50, T0 + 50)
     assert again.revoke_old_now is True
     assert again.id == req.id
+
+
+def test_a_rerun_that_requeues_keys_sends_the_requests_webhook_again() -> None:
+    """A request whose webhook went out settled with a failure; a rerun requeues the key and
+    clears notified_at and settled_at so its next settling is reported too."""
+    failed = KeyEntry(Step.FAILED, T0 + 1, T0, "r1", reasons.FAILED_VERIFY, "bad key")
+    req = request().with_keys({"a": failed, "b": failed, "c": failed}, T0 + 1)
+    req = req.evolve(notified_at=T0 + 2)
+    again = resumed(req, revoke_old_now=False, now=T0 + 50)
+    assert (again.notified_at, again.settled_at) == (None, None)
+    done = {n: KeyEntry(Step.DONE, T0 + 3, T0) for n in req.keys}
+    settled = request().with_keys(done, T0 + 3).evolve(notified_at=T0 + 4)
+    assert resumed(settled, revoke_old_now=True, now=T0 + 50).notified_at == T0 + 4
 
 
 def test_settled_and_complete_follow_the_steps() -> None:

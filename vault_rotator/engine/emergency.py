@@ -97,6 +97,7 @@ class KeyEntry:
     rotation_id: str | None = None
     outcome: str | None = None
     detail: str = ""
+    prior: str | None = None  # a rotation in flight before the request: not the request's
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -220,7 +221,10 @@ def resumed(request: EmergencyRequest, *, revoke_old_now: bool, now: float) -> E
         if entry.step == Step.FAILED
     }
     revoke = request.revoke_old_now or revoke_old_now
-    return request.evolve(revoke_old_now=revoke).with_keys(again, now)
+    reopened = request.evolve(revoke_old_now=revoke)
+    if again:  # its webhook is due again once it settles again (the failures are news)
+        reopened = reopened.evolve(notified_at=None, settled_at=None)
+    return reopened.with_keys(again, now)
 
 
 # -- parsing helpers -----------------------------------------------------------------------
@@ -270,9 +274,11 @@ def _keys(value: Any) -> dict[str, KeyEntry]:
         if not isinstance(raw, Mapping):
             raise TypeError(f"keys.{str(name)[:40]} must be an object")
         step = _step(name, raw.get("step"))
-        optional = {f: raw.get(f) for f in ("rotation_id", "outcome")}
+        optional = {f: raw.get(f) for f in ("rotation_id", "outcome", "prior")}
         if any(v is not None and not isinstance(v, str) for v in optional.values()):
-            raise TypeError(f"keys.{str(name)[:40]}: rotation_id and outcome must be strings")
+            raise TypeError(
+                f"keys.{str(name)[:40]}: rotation_id, outcome and prior must be strings"
+            )
         detail = raw.get("detail", "")
         if not isinstance(detail, str):
             raise TypeError(f"keys.{str(name)[:40]}.detail must be a string")
