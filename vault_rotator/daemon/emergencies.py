@@ -14,7 +14,8 @@ the request, and a rotation that is the request's (its recorded rotation id, or 
 ``emergency:<id>``). Anything else notifies as usual: another rotation of the key (a prior one,
 or a later normal one of a key already done), every key while the request cannot be read (a
 round that raised), and every key of an account this replica does not lead (:meth:`forget`).
-Once no key of the request moves any more, the round that sees it first marks ``notified_at`` in the request by check-and-set
+Once no key of the request moves any more, the round that sees it first marks ``notified_at``
+in the request by check-and-set
 (so of several daemons exactly one sends) and queues one message: event ``stalled`` if a key
 stalled, else ``failed`` if one failed, else ``needs-attention`` if a key was skipped, ended by
 an operator or succeeded needing attention, else ``succeeded``; its fields carry the counts per
