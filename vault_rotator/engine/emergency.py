@@ -11,7 +11,10 @@ next is decided purely in :mod:`.emergency_decide`; the round that acts on it is
 
 Stored at ``<kv_mount>/<state_prefix>/emergency/<env>`` (one current request per environment;
 KV v2 keeps the earlier ones as versions), written only by check-and-set, never a key value or
-a token. Schema version 1::
+a token. Schema version 2 (this one) keeps there a small header and the keys in shard records
+below it (:mod:`.emergency_codec`, where the stored form is drawn). Schema 1, still read (and
+rewritten as 2 at its next change), held every key inline, which is also the form
+:meth:`EmergencyRequest.to_dict` gives (a key's ``prior`` is new in schema 2)::
 
     {
       "schema": 1,
@@ -50,7 +53,8 @@ from typing import Any
 
 from vault_rotator.errors import StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # the request's stored schema (see .emergency_codec)
+INLINE_SCHEMA = 1  # every key inline in one document: to_dict / from_dict
 
 
 class Step(enum.StrEnum):
@@ -124,7 +128,8 @@ class EmergencyRequest:
     settled_at: float | None = None
     completed_at: float | None = None
     notified_at: float | None = None
-    version: int = 0
+    version: int = 0  # the header's KV version
+    shard_versions: tuple[int, ...] = dataclasses.field(default=(), compare=False)  # schema 2
 
     @property
     def tag(self) -> str:
@@ -153,8 +158,9 @@ class EmergencyRequest:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        """The inline form (schema 1): every key in one document."""
         return {
-            "schema": SCHEMA_VERSION,
+            "schema": INLINE_SCHEMA,
             "id": self.id,
             "env": self.env,
             "requested_at": self.requested_at,
@@ -239,8 +245,8 @@ def _check_schema(data: Mapping[str, Any], where: str) -> None:
             f"{schema}; this one reads up to {SCHEMA_VERSION}): upgrade this process; the "
             "request is left as it is"
         )
-    if schema != SCHEMA_VERSION:
-        raise ValueError(f"schema {schema!r:.40}, this vault-rotator reads {SCHEMA_VERSION}")
+    if schema != INLINE_SCHEMA:
+        raise ValueError(f"schema {schema!r:.40}, this vault-rotator reads 1 and {SCHEMA_VERSION}")
 
 
 def _text(data: Mapping[str, Any], name: str, *, empty: bool = False) -> str:
