@@ -437,3 +437,26 @@ def test_an_unexpected_error_in_a_round_is_reported_and_the_tick_goes_on(
                              "'maximum recursion depth exceeded')"]  # fmt: skip
     record = StateStore(site.kv, f"{site.env}/vault-rotator").read(site.env, "api")[0]
     assert record.rotation is not None
+
+
+def test_an_unreadable_request_leaves_status_with_its_key_rows(
+    site: Site, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A request of a newer schema: GET /v1/status still answers 200 with every key row and
+    a line naming the environment; `status` prints the table and that line."""
+    path = f"{site.env}/vault-rotator/emergency/{site.env}"
+    site.kv.write(path, {"schema": 3, "id": "r"}, cas=0)
+    answer = site.control.handle("GET", "/v1/status", site.token(["read"]), {})
+    assert answer.status == 200
+    assert answer.body["emergencies"] == []
+    (line,) = answer.body["emergency_errors"]
+    assert line.startswith(f"emergency request of {site.env} unreadable: ")
+    assert "newer vault-rotator (schema 3" in line
+    assert len(site.control.handle("GET", "/v1/status", site.vault.token, {}).body["keys"]) == 4
+    monkeypatch.setenv("VAULT_ADDR", site.vault.addr)
+    monkeypatch.setenv("VAULT_TOKEN", site.vault.token)
+    code = cli.main(["status", "--config", str(site.config)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert f"emergency request of {site.env} unreadable: " in out
+    assert all(f"{site.env}/{name}" in out for name in NAMES)

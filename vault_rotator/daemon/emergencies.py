@@ -167,23 +167,39 @@ class Emergencies:
 
 def emergency_views(
     policies: PolicySet, kv_for: Callable[[str], KvStore], now: float
-) -> list[tuple[EnvironmentPolicy, dict[str, Any]]]:
+) -> tuple[list[tuple[EnvironmentPolicy, dict[str, Any]]], list[tuple[EnvironmentPolicy, str]]]:
     """Each environment's current request (open or not), as ``status`` shows it: the saved
     request with each key not ended yet judged afresh from its state record (nothing is
-    written: with no process acting, an operator's resume or abort shows all the same)."""
-    found = []
+    written: with no process acting, an operator's resume or abort shows all the same); and
+    a line per environment whose request cannot be read (the other environments still show)."""
+    found, unreadable = [], []
     for env, environment in sorted(policies.environments.items()):
-        kv, prefix = kv_for(environment.vault.kv_mount), environment.vault.state_prefix
-        request = EmergencyStore(kv, prefix).read(env)
-        if request is not None:
-            states = StateStore(kv, prefix)
-            records = {
-                name: states.read(env, name)[0]
-                for name, entry in request.keys.items()
-                if entry.step not in TERMINAL
-            }
-            found.append((environment, view(refreshed(request, records, now), now)))
-    return found
+        try:
+            doc = _view_of(environment, kv_for, now)
+        except Exception as exc:  # one environment's trouble, even a bug, is its own
+            error = str(exc) if isinstance(exc, VaultRotatorError) else f"unexpected {exc!r:.200}"
+            unreadable.append((environment, f"emergency request of {env} unreadable: {error}"))
+            continue
+        if doc is not None:
+            found.append((environment, doc))
+    return found, unreadable
+
+
+def _view_of(
+    environment: EnvironmentPolicy, kv_for: Callable[[str], KvStore], now: float
+) -> dict[str, Any] | None:
+    env = environment.environment
+    kv, prefix = kv_for(environment.vault.kv_mount), environment.vault.state_prefix
+    request = EmergencyStore(kv, prefix).read(env)
+    if request is None:
+        return None
+    states = StateStore(kv, prefix)
+    records = {
+        name: states.read(env, name)[0]
+        for name, entry in request.keys.items()
+        if entry.step not in TERMINAL
+    }
+    return view(refreshed(request, records, now), now)
 
 
 def open_request(
