@@ -342,3 +342,121 @@ def test_a_request_a_cli_carried_out_gets_its_webhook_from_the_daemon(site: Site
     assert stored.notified_at is not None
     late = stored.evolve(notified_at=None, settled_at=site.clock() - 7200)
     assert not site.daemon.emergencies._open(late)
+
+
+def _tick(site: Site, times: int = 1, *, call: tuple[str, ...] = ()) -> list[str]:
+    """Ticks every 30 s of fake time, only the apps of ``call`` calling; the errors met."""
+    ((account, keys),) = site.daemon.accounts().items()
+    errors: list[str] = []
+    for _ in range(times):
+        errors += site.daemon.tick(account, keys).errors
+        site.clock.advance(30)
+        for name in call:
+            got = site.kv.read(f"{site.env}/{name}")
+            assert got is not None
+            assert site.emulator.call(str(got.data["api_key"])) == 200
+    return errors
+
+
+def _per_key_hooks() -> list[tuple[str, str]]:
+    return [
+        (m["vault_rotator"]["event"], m["vault_rotator"]["key"])
+        for m in Hooks.received
+        if "key" in m["vault_rotator"]
+    ]
+
+
+def test_stalls_notify_one_by_one_while_the_request_is_unreadable(site: Site) -> None:
+    """A request record this daemon cannot read (a newer schema): the round's error is
+    reported each tick and the keys' stalls are webhooked one by one, not folded away."""
+    site.post(site.token(["update"]), {"emergency": True})
+    assert _tick(site, 2) == []
+    path = f"{site.env}/vault-rotator/emergency/{site.env}"
+    got = site.kv.read(path)
+    assert got is not None
+    site.kv.write(path, {**got.data, "schema": 99}, cas=got.version)
+    errors = _tick(site)
+    assert any("newer vault-rotator" in e for e in errors)
+    site.clock.advance(3600)  # past pickup_timeout: each key stalls
+    _tick(site)
+    site.notifier.close(timeout=5)
+    assert sorted(_per_key_hooks()) == [("stalled", f"{site.env}/{n}") for n in sorted(NAMES)]
+
+
+def test_a_later_normal_rotation_of_a_key_done_in_the_request_notifies(site: Site) -> None:
+    """A key done in the request and rotated again normally while others are still open:
+    its stall is its own webhook, not folded into the request's."""
+    site.post(site.token(["update"]), {"emergency": True})
+    assert _tick(site, 10, call=("api",)) == []
+    request = site.request()
+    assert request is not None
+    assert request.keys["api"].step == Step.DONE
+    assert not request.settled
+    answer = site.control.handle("POST", f"/v1/rotate/{site.env}/api", site.vault.token, {})
+    assert answer.status < 300, answer.body
+    _tick(site, 4)
+    site.clock.advance(3600)
+    _tick(site)
+    site.notifier.close(timeout=5)
+    assert ("stalled", f"{site.env}/api") in _per_key_hooks()
+    assert ("stalled", f"{site.env}/batch") not in _per_key_hooks()
+
+
+def test_a_replica_that_lost_the_account_folds_nothing(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once another replica leads the account, a finish this replica serves through its
+    control API is webhooked as usual (its old folding set is dropped)."""
+    site.post(site.token(["update"]), {"emergency": True})
+    assert _tick(site, 4) == []
+    monkeypatch.setattr(site.daemon.replicas, "may_tick", lambda *_args: False)
+    _tick(site)
+    body = {"keep_old": True}
+    answer = site.control.handle("POST", f"/v1/finish/{site.env}/api", site.vault.token, body)
+    assert answer.status < 300, answer.body
+    site.notifier.close(timeout=5)
+    assert [key for _event, key in _per_key_hooks()] == [f"{site.env}/api"]
+
+
+def test_an_unexpected_error_in_a_round_is_reported_and_the_tick_goes_on(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A non-Vault error in one environment's round is one reported line; the rest of the
+    account's tick still runs (a due key is started)."""
+    site.post(site.token(["update"]), {"emergency": True})
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(site.daemon.emergencies, "_round", broken)
+    answer = site.control.handle("POST", f"/v1/rotate/{site.env}/api", site.vault.token, {})
+    assert answer.status < 300, answer.body
+    ((account, keys),) = site.daemon.accounts().items()
+    report = site.daemon.tick(account, keys)
+    assert report.errors == [f"emergency of {site.env}: unexpected RecursionError("
+                             "'maximum recursion depth exceeded')"]  # fmt: skip
+    record = StateStore(site.kv, f"{site.env}/vault-rotator").read(site.env, "api")[0]
+    assert record.rotation is not None
+
+
+def test_an_unreadable_request_leaves_status_with_its_key_rows(
+    site: Site, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A request of a newer schema: GET /v1/status still answers 200 with every key row and
+    a line naming the environment; `status` prints the table and that line."""
+    path = f"{site.env}/vault-rotator/emergency/{site.env}"
+    site.kv.write(path, {"schema": 3, "id": "r"}, cas=0)
+    answer = site.control.handle("GET", "/v1/status", site.token(["read"]), {})
+    assert answer.status == 200
+    assert answer.body["emergencies"] == []
+    (line,) = answer.body["emergency_errors"]
+    assert line.startswith(f"emergency request of {site.env} unreadable: ")
+    assert "newer vault-rotator (schema 3" in line
+    assert len(site.control.handle("GET", "/v1/status", site.vault.token, {}).body["keys"]) == 4
+    monkeypatch.setenv("VAULT_ADDR", site.vault.addr)
+    monkeypatch.setenv("VAULT_TOKEN", site.vault.token)
+    code = cli.main(["status", "--config", str(site.config)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert f"emergency request of {site.env} unreadable: " in out
+    assert all(f"{site.env}/{name}" in out for name in NAMES)

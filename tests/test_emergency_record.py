@@ -4,6 +4,7 @@ decisions, the store's check-and-set (on MemoryKv), the progress view and the CL
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from vault_rotator import cli
 from vault_rotator.engine import reasons
 from vault_rotator.engine.emergency import (
-    SCHEMA_VERSION,
+    INLINE_SCHEMA,
     EmergencyRequest,
     KeyEntry,
     Step,
@@ -19,6 +20,7 @@ from vault_rotator.engine.emergency import (
     new_request,
     resumed,
 )
+from vault_rotator.engine.emergency_codec import MAX_DETAIL, header_doc, shard_docs
 from vault_rotator.engine.emergency_decide import KeyAction, after_pass, decide_key, merged
 from vault_rotator.engine.emergency_store import EmergencyStore
 from vault_rotator.engine.emergency_view import (
@@ -78,19 +80,85 @@ def test_a_request_survives_its_stored_form() -> None:
         T0 + 3,
     )
     stored = req.to_dict()
-    assert stored["schema"] == SCHEMA_VERSION == 1
+    assert stored["schema"] == INLINE_SCHEMA == 1
     assert stored["keys"]["b"] == {"step": "queued", "at": T0, "since": T0}
     assert EmergencyRequest.from_dict(stored, WHERE, version=4) == req.evolve(version=4)
 
 
+def test_the_store_keeps_a_small_header_and_key_shards_and_reads_schema_1() -> None:
+    """Schema 2: the header at the request's path holds no key, the keys sit in shards under
+    the request's id; a schema-1 request is read and rewritten as schema 2 at its change."""
+    kv = MemoryKv()
+    store = EmergencyStore(kv, "vault-rotator")
+    names = [f"k{i:04d}" for i in range(450)]
+    req = new_request("req1", "prod", names, by="a", trigger="cli", revoke_old_now=False, now=T0)
+    prior = KeyEntry(Step.ABORTING, T0 + 1, T0, prior="r0", detail="x" * 1000)
+    req = req.with_keys({"k0001": prior}, T0 + 1)
+    saved = store.update("prod", lambda _current: req)
+    assert saved is not None
+    assert saved.shard_versions == (1, 1, 1)
+    header = kv.read(emergency_path("vault-rotator", "prod"))
+    assert header is not None
+    assert (header.data["schema"], header.data["shards"], "keys" in header.data) == (2, 3, False)
+    back = store.read("prod")
+    assert back is not None
+    assert back.keys["k0001"] == dataclasses.replace(prior, detail="x" * MAX_DETAIL)
+    assert back.keys.keys() == req.keys.keys()
+    moved = {"k0300": KeyEntry(Step.CREATING, T0 + 2, T0, "r3")}
+    again = store.update("prod", lambda current: current and current.with_keys(moved, T0 + 2))
+    assert again is not None
+    assert again.shard_versions == (1, 2, 1)  # only the shard that changed was written
+    old = request()
+    kv.write(emergency_path("vault-rotator", "old"), old.to_dict(), cas=0)
+    assert store.read("old") == old.evolve(version=1)
+    short = {"a": dataclasses.replace(prior, detail="cut")}
+    upgraded = store.update("old", lambda c: c and c.with_keys(short, T0 + 3))
+    assert upgraded is not None
+    assert store.read("old") == upgraded
+    newer = kv.read(emergency_path("vault-rotator", "old"))
+    assert newer is not None
+    assert newer.data["schema"] == 2
+    kv.write(emergency_path("vault-rotator", "old"), {**newer.data, "schema": 3}, cas=2)
+    with pytest.raises(StoreError, match="newer vault-rotator \\(schema 3"):
+        store.read("old")
+
+
+def test_the_largest_record_of_a_10000_key_request_fits_default_openbao_limits() -> None:
+    """At 10,000 keys, all done with long ids and details, no record holds more than 1000 JSON
+    strings (a listener's max_request_json_strings) nor 512 KiB (raft's entry is 1 MiB)."""
+    names = [f"tenant-{i:05d}-service-name" for i in range(10_000)]
+    req = new_request("req1", "prod", names, by="a", trigger="cli", revoke_old_now=True, now=T0)
+    done = KeyEntry(
+        Step.STALLED, T0 + 123.456789, T0 + 0.123456, "mab13xyzab", reasons.SUCCEEDED_REVOKED,
+        "pickup-timeout: " + "consumers never used the new key " * 20, "mab12prior",
+    )  # fmt: skip
+    req = req.with_keys(dict.fromkeys(names, done), T0 + 500)
+    records = [header_doc(req), *shard_docs(req)]
+    assert len(records) == 51
+    for record in records:
+        body = json.dumps({"data": record, "options": {"cas": 1}})
+        assert _json_strings(json.loads(body)) < 1000
+        assert len(body.encode()) < 512 * 1024
+
+
+def _json_strings(value: Any) -> int:
+    if isinstance(value, str):
+        return 1
+    if isinstance(value, dict):
+        return sum(1 + _json_strings(v) for v in value.values())
+    if isinstance(value, list):
+        return sum(_json_strings(v) for v in value)
+    return 0
+
+
 def test_a_newer_schema_is_refused_in_one_line_naming_the_path() -> None:
     """A request written by a newer vault-rotator is neither read nor overwritten."""
-    stored = {**request().to_dict(), "schema": 2}
+    stored = {**request().to_dict(), "schema": 3}
     with pytest.raises(StoreError) as caught:
         EmergencyRequest.from_dict(stored, WHERE)
     message = str(caught.value)
     assert WHERE in message
-    assert "newer vault-rotator (schema 2" in message
+    assert "newer vault-rotator (schema 3" in message
     assert "\n" not in message
 
 
@@ -183,7 +251,6 @@ def test_endings_before_the_keys_since_or_of_another_rotation_are_not_the_reques
         (in_flight(mode=reasons.EMERGENCY), False, KeyAction.DRIVE, Step.AWAITING_PICKUP),
         (in_flight(mode=reasons.EMERGENCY), True, KeyAction.UPGRADE, Step.AWAITING_PICKUP),
         (in_flight(mode=reasons.EMERGENCY, pickup_at=T0), False, KeyAction.DRIVE, Step.DRAINING),
-        (in_flight(Phase.ABORTING, mode=reasons.EMERGENCY), False, KeyAction.DRIVE, Step.ABORTING),
         (
             in_flight(mode=reasons.EMERGENCY, stalled=Stall("pickup-timeout", "no use", T0)),
             False,
@@ -206,6 +273,68 @@ def test_a_rotation_in_flight_is_upgraded_or_driven(
     req = request(revoke_old_now=revoke)
     got, entry = decide_key(req, req.keys["a"], record, T0 + 5)
     assert (got, entry.step, entry.rotation_id) == (action, step, "r1")
+
+
+def test_a_rotation_published_before_the_request_is_upgraded_then_followed_by_its_own() -> None:
+    """A new key published before the request may have leaked too: the rotation in flight is
+    upgraded as the key's prior, its success is not the request's, and a fresh one starts."""
+    req = request()
+    published = in_flight(published_at=T0 - 600, new_key_id="k-new")
+    action, entry = decide_key(req, req.keys["a"], published, T0 + 5)
+    assert (action, entry.rotation_id, entry.prior) == (KeyAction.UPGRADE, None, "r1")
+    upgraded = in_flight(published_at=T0 - 600, mode=reasons.EMERGENCY)
+    assert decide_key(req, entry, upgraded, T0 + 6)[0] == KeyAction.DRIVE
+    done = outcome(reasons.SUCCEEDED_EMERGENCY, at=T0 + 60)
+    passed = after_pass(entry, Progress("prod/a", Phase.IDLE, "r1", outcome=done), T0 + 60)
+    assert (passed.step, passed.rotation_id, passed.prior) == (Step.QUEUED, None, "r1")
+    action, entry = decide_key(req, passed, idle(done), T0 + 90)
+    assert (action, entry.step) == (KeyAction.START, Step.QUEUED)
+    after = in_flight(published_at=T0 + 30)  # published after the request: the request's
+    assert decide_key(req, req.keys["a"], after, T0 + 31)[1].rotation_id == "r1"
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        in_flight(Phase.ABORTING, aborted_at=T0 - 5),
+        in_flight(Phase.ABORTING, mode=reasons.EMERGENCY),  # first seen aborting
+        in_flight(Phase.CLEANUP),
+        in_flight(Phase.PUBLISHED, aborted_at=T0 - 5),
+    ],
+)
+def test_an_abort_in_progress_before_the_request_is_followed_by_a_fresh_rotation(
+    record: StateRecord,
+) -> None:
+    """An abort that began before the request (or is under way when first seen) restores the
+    leaked key: it is driven to its end, then the request starts its own rotation."""
+    req = request()
+    action, entry = decide_key(req, req.keys["a"], record, T0 + 5)
+    assert (action, entry.rotation_id, entry.prior) == (KeyAction.DRIVE, None, "r1")
+    aborted = outcome(reasons.ABORTED, at=T0 + 20)
+    action, entry = decide_key(req, entry, idle(aborted), T0 + 30)
+    assert (action, entry.step) == (KeyAction.START, Step.QUEUED)
+
+
+def test_only_an_abort_of_the_requests_own_rotation_ends_the_key() -> None:
+    """The request's rotation (its id recorded) aborted after requested_at: the key is ended."""
+    req = request()
+    entry = dataclasses.replace(req.keys["a"], rotation_id="r1", step=Step.AWAITING_PICKUP)
+    aborting = in_flight(Phase.ABORTING, mode=reasons.EMERGENCY, aborted_at=T0 + 9)
+    assert decide_key(req, entry, aborting, T0 + 10)[1].prior is None
+    action, after = decide_key(req, entry, idle(outcome(reasons.ABORTED, at=T0 + 20)), T0 + 30)
+    assert (action, after.step) == (KeyAction.NONE, Step.ENDED)
+
+
+def test_the_requests_tag_is_checked_before_the_keys_since() -> None:
+    """An outcome tagged with the request is its own even when another host's clock put it
+    before requested_at; a rerun's requeued key does not take its earlier failed rotation."""
+    req = request()
+    skewed = outcome(reasons.SUCCEEDED_EMERGENCY, at=T0 - 2, trigger=req.tag)
+    action, entry = decide_key(req, req.keys["a"], idle(skewed), T0 + 10)
+    assert (action, entry.step) == (KeyAction.NONE, Step.DONE)
+    failed = outcome(reasons.FAILED_VERIFY, at=T0 + 20, trigger=req.tag)
+    requeued = KeyEntry(Step.QUEUED, T0 + 50, T0 + 50)
+    assert decide_key(req, requeued, idle(failed), T0 + 51)[0] == KeyAction.START
 
 
 def test_a_pass_moves_the_entry_to_its_step_or_ending() -> None:
@@ -248,6 +377,19 @@ def test_a_rerun_queues_failed_keys_again_and_may_add_revoke_only() -> None:
     assert again.keys["a"] == KeyEntry(Step.QUEUED, T0 + 50, T0 + 50)
     assert again.revoke_old_now is True
     assert again.id == req.id
+
+
+def test_a_rerun_that_requeues_keys_sends_the_requests_webhook_again() -> None:
+    """A request whose webhook went out settled with a failure; a rerun requeues the key and
+    clears notified_at and settled_at so its next settling is reported too."""
+    failed = KeyEntry(Step.FAILED, T0 + 1, T0, "r1", reasons.FAILED_VERIFY, "bad key")
+    req = request().with_keys({"a": failed, "b": failed, "c": failed}, T0 + 1)
+    req = req.evolve(notified_at=T0 + 2)
+    again = resumed(req, revoke_old_now=False, now=T0 + 50)
+    assert (again.notified_at, again.settled_at) == (None, None)
+    done = {n: KeyEntry(Step.DONE, T0 + 3, T0) for n in req.keys}
+    settled = request().with_keys(done, T0 + 3).evolve(notified_at=T0 + 4)
+    assert resumed(settled, revoke_old_now=True, now=T0 + 50).notified_at == T0 + 4
 
 
 def test_settled_and_complete_follow_the_steps() -> None:

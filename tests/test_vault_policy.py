@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -422,6 +423,12 @@ def refusals(dep: Deployment) -> dict[str, Callable[[], object]]:
         "write another environment's emergency request": lambda: kv.write(
             f"{tag}/vault-rotator/emergency/other", {"a": "b"}, cas=0
         ),
+        "write another environment's emergency shard": lambda: kv.write(
+            f"{tag}/vault-rotator/emergency/other/r1/0", {"a": "b"}, cas=0
+        ),
+        "write deeper than an emergency request's shards": lambda: kv.write(
+            f"{tag}/vault-rotator/emergency/{p}/r1/0/x", {"a": "b"}, cas=0
+        ),
         "read outside the configured paths in the second mount": lambda: kv_s.read("arouter/x"),
     }
 
@@ -627,8 +634,12 @@ def test_rules_are_exact_and_management_keys_read_only() -> None:
     assert len(paths) == len(set(paths))
     globbed = [path for path in paths if any(c in path for c in "*+{}")]
     assert globbed
-    assert all(_ack_glob(path) for path in globbed), globbed
-    assert {r.capabilities for r in rules if r.path in globbed} == {("read",), ("delete",)}
+    shards = [p for p in globbed if re.fullmatch(r"[a-z0-9/_-]+/emergency/[a-z0-9-]+/\+/\+", p)]
+    assert len(shards) == len(policies.environments)
+    acks = [path for path in globbed if path not in shards]
+    assert all(_ack_glob(path) for path in acks), acks
+    assert {r.capabilities for r in rules if r.path in acks} == {("read",), ("delete",)}
+    assert {r.capabilities for r in rules if r.path in shards} == {("create", "read", "update")}
     for environment in policies.environments.values():
         mk = f"{environment.vault.kv_mount}/data/{environment.provider.management_key.path}"
         assert next(r.capabilities for r in rules if r.path == mk) == ("read",)

@@ -39,7 +39,10 @@ VERBS: dict[str, tuple[str, str]] = {
         "vault_rotator.commands.validate_cmd",
         "check policy files; print FILE:LINE errors",
     ),
-    "rotate": ("vault_rotator.commands.rotate_cmd", "start or resume a key's rotation"),
+    "rotate": (
+        "vault_rotator.commands.rotate_cmd",
+        "start or resume a key's rotation (--env ENV --emergency --yes: every key of ENV)",
+    ),
     "resume": ("vault_rotator.commands.resume_cmd", "continue a rotation from its saved step"),
     "finish": ("vault_rotator.commands.finish_cmd", "end a rotation now, keeping the old key"),
     "abort": ("vault_rotator.commands.abort_cmd", "roll a rotation back to the old key"),

@@ -67,6 +67,11 @@ path "secret/data/vault-rotator/emergency/dev" {
   capabilities = ["create", "read", "update"]
 }
 
+# dev: the emergency request's key shards
+path "secret/data/vault-rotator/emergency/dev/+/+" {
+  capabilities = ["create", "read", "update"]
+}
+
 # dev/demo-app: consumer secret
 path "secret/data/arouter/dev/demo-app" {
   capabilities = ["create", "read", "update"]

@@ -118,6 +118,14 @@ def checked_views(answer: Mapping[str, Any], url: str) -> list[dict[str, Any]]:
     return [_printable(doc) for doc in views]
 
 
+def checked_errors(answer: Mapping[str, Any], url: str) -> list[str]:
+    """The ``emergency_errors`` of a ``GET /v1/status`` answer (lines), checked, escaped."""
+    errors = answer.get("emergency_errors", [])
+    if not isinstance(errors, list) or not all(isinstance(e, str) for e in errors):
+        raise DaemonResponseError(f"GET {url}/v1/status: emergency_errors is not a list of lines")
+    return [shown(e, remote.MAX_SHOWN) for e in errors]
+
+
 def _check(where: str, doc: object) -> None:
     if not isinstance(doc, dict):
         raise DaemonResponseError(f"{where}: expected an object")

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from vault_rotator.commands.common import add_config_argument, load
-from vault_rotator.commands.emergency_remote import checked_views
+from vault_rotator.commands.emergency_remote import checked_errors, checked_views
 from vault_rotator.commands.remote import (
     add_daemon_argument,
     daemon_url,
@@ -79,17 +79,20 @@ def run(args: argparse.Namespace) -> int:
             print(f"daemon answered {code}: {said(answer)}")
             return exit_code(code)
         rows, docs = status_rows(answer, url), checked_views(answer, url)
-        _show(rows, docs, as_json=args.json, now=time.time())
+        errors = checked_errors(answer, url)
+        _show(rows, docs, as_json=args.json, now=time.time(), errors=errors)
         return 1 if any(row["state"].startswith("stalled") for row in rows) else 0
     policies = load(args)
     runtime = Runtime.from_env()
     try:
         now = runtime.clock()
         rows = collect(policies, runtime, now)
-        docs = [doc for _env, doc in emergency_views(policies, runtime.kv, now)]
+        found, unreadable = emergency_views(policies, runtime.kv, now)
+        docs = [doc for _env, doc in found]
+        errors = [line for _env, line in unreadable]
     finally:
         runtime.close()
-    _show(rows, docs, as_json=args.json, now=now)
+    _show(rows, docs, as_json=args.json, now=now, errors=errors)
     if not args.json:
         for row in rows:
             if row["stall_detail"] or row["deadlines_passed"]:
@@ -105,12 +108,20 @@ def _ack_lines(rows: list[dict[str, Any]]) -> None:
 
 
 def _show(
-    rows: list[dict[str, Any]], docs: list[dict[str, Any]], *, as_json: bool, now: float
+    rows: list[dict[str, Any]],
+    docs: list[dict[str, Any]],
+    *,
+    as_json: bool,
+    now: float,
+    errors: list[str],
 ) -> None:
     if as_json:
-        print(json.dumps({"keys": rows, "emergencies": docs}, indent=2, sort_keys=True))
+        out = {"keys": rows, "emergencies": docs, "emergency_errors": errors}
+        print(json.dumps(out, indent=2, sort_keys=True))
         return
     print(table(rows))
     _ack_lines(rows)
+    for error in errors:
+        print(error)
     for doc in docs:
         print("\n".join(summary_lines(doc, now)) if doc["settled"] else line_of(doc))

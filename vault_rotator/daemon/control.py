@@ -288,19 +288,21 @@ class Control:
             for p in policies
         }
         now = self.daemon.clock()
-        found = emergency_views(policies, self.daemon.runtime.kv, now)
+        found, unreadable = emergency_views(policies, self.daemon.runtime.kv, now)
         env_paths = {
             env.environment: control_path(
                 env.vault.kv_mount, env.vault.state_prefix, env.environment, None
             )
-            for env, _doc in found
+            for env in [e for e, _doc in found] + [e for e, _line in unreadable]
         }
         wanted = sorted(set(paths.values()) | set(env_paths.values()))
         readable = self._allowed(token, wanted, "read")
         rows = collect(policies, self.daemon.runtime, now)
         visible = [r for r in rows if paths.get(r["key"]) in readable]
         emergencies = [doc for env, doc in found if env_paths[env.environment] in readable]
-        return Answer(200, {"keys": visible, "emergencies": emergencies})
+        errors = [line for env, line in unreadable if env_paths[env.environment] in readable]
+        body = {"keys": visible, "emergencies": emergencies, "emergency_errors": errors}
+        return Answer(200, body)
 
 
 def _whole_env_body(route: tuple[str, str, str | None], body: Mapping[str, Any]) -> str | None:

@@ -258,6 +258,7 @@ class Daemon:
         """One reconcile pass of one account (see the module docstring)."""
         report = TickReport(account)
         if not self._lead(account, keys, report):
+            self.emergencies.forget(keys)  # its leader folds their webhooks now, not us
             return report  # another replica ticks it, and carries on its emergency requests
         report.errors += self.emergencies.tick(self.policies, keys)
         tracked = self.tracked(account, keys, report)
@@ -502,7 +503,7 @@ class Daemon:
 
     def finished(self, policy: KeyPolicy, outcome: Outcome, rotation: Rotation) -> None:
         self.metrics.rotation_finished(policy.env, policy.name, outcome, rotation)
-        if self.emergencies.folds(policy.env, policy.name):
+        if self.emergencies.folds(policy.env, policy.name, rotation):
             return  # into its emergency request's one webhook
         kind = classify(outcome.outcome)  # the outcome table (engine.outcomes)
         if kind.needs_attention:
@@ -514,7 +515,7 @@ class Daemon:
         self._notify(event, policy, rotation, outcome=outcome.outcome, detail=outcome.detail)
 
     def stalled(self, policy: KeyPolicy, rotation: Rotation, stall: Stall) -> None:
-        if self.emergencies.folds(policy.env, policy.name):
+        if self.emergencies.folds(policy.env, policy.name, rotation):
             return  # into its emergency request's one webhook
         self._notify(events.STALLED, policy, rotation, reason=stall.reason, detail=stall.detail)
 

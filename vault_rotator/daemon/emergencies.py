@@ -8,9 +8,14 @@ endings recorded. The tick itself then passes every rotation in flight as usual 
 do not drive them). A request a CLI saved and was then killed is carried on the same way.
 
 **One webhook per request.** While a request is open and its webhook not yet sent, the
-per-key ``stalled``, ``failed``, ``needs-attention`` and ``succeeded`` webhooks of its keys are
-folded into it (not sent; metrics and logs are unchanged). Once no key of the request moves
-any more, the round that sees it first marks ``notified_at`` in the request by check-and-set
+per-key ``stalled``, ``failed``, ``needs-attention`` and ``succeeded`` webhooks of the request's
+own rotations are folded into it (not sent; metrics and logs are unchanged): a key not ended in
+the request, and a rotation that is the request's (its recorded rotation id, or the trigger
+``emergency:<id>``). Anything else notifies as usual: another rotation of the key (a prior one,
+or a later normal one of a key already done), every key while the request cannot be read (a
+round that raised), and every key of an account this replica does not lead (:meth:`forget`).
+Once no key of the request moves any more, the round that sees it first marks ``notified_at``
+in the request by check-and-set
 (so of several daemons exactly one sends) and queues one message: event ``stalled`` if a key
 stalled, else ``failed`` if one failed, else ``needs-attention`` if a key was skipped, ended by
 an operator or succeeded needing attention, else ``succeeded``; its fields carry the counts per
@@ -38,6 +43,7 @@ from vault_rotator.engine.emergency_store import EmergencyStore
 from vault_rotator.engine.emergency_view import view, webhook_event, webhook_fields
 from vault_rotator.engine.engine import Engine, new_rotation_id
 from vault_rotator.engine.session import StateStore
+from vault_rotator.engine.state import Rotation
 from vault_rotator.errors import VaultRotatorError
 from vault_rotator.policy import EnvironmentPolicy, KeyPolicy, PolicySet
 from vault_rotator.ports.kv import KvStore
@@ -64,11 +70,20 @@ class Emergencies:
         self.guard = guard  # the daemon's: a fresh management key after a 401
         self.should_stop = should_stop
         self.rounds: dict[str, Round] = {}  # per environment (failure counts live there)
-        self.folding: dict[str, frozenset[str]] = {}  # env -> key names folded now
+        # env -> (the request's tag, {key not ended: its rotation id for the request})
+        self.folding: dict[str, tuple[str, dict[str, str | None]]] = {}
 
-    def folds(self, env: str, name: str) -> bool:
-        """Whether this key's own webhooks are folded into its request's."""
-        return name in self.folding.get(env, frozenset())
+    def folds(self, env: str, name: str, rotation: Rotation) -> bool:
+        """Whether this rotation's own webhooks are folded into its request's."""
+        tag, keys = self.folding.get(env, ("", {}))
+        if name not in keys:
+            return False
+        return rotation.trigger == tag or rotation.id == keys[name]
+
+    def forget(self, keys: tuple[KeyPolicy, ...]) -> None:
+        """This replica no longer ticks these keys' account: fold nothing of theirs."""
+        for env in {key.env for key in keys}:
+            self.folding.pop(env, None)
 
     def tick(self, policies: PolicySet, keys: tuple[KeyPolicy, ...]) -> list[str]:
         """One round of each open request of these keys' environments; the errors met."""
@@ -79,9 +94,13 @@ class Emergencies:
                 continue
             try:
                 self._round(environment)
-            except VaultRotatorError as exc:
-                errors.append(f"emergency of {env}: {exc}")
-                log.warning("emergency round failed", env=env, error=str(exc))
+            except Exception as exc:  # one environment's trouble, even a bug, is its own
+                self.folding.pop(env, None)  # unread: its keys notify one by one meanwhile
+                error = (
+                    str(exc) if isinstance(exc, VaultRotatorError) else f"unexpected {exc!r:.200}"
+                )
+                errors.append(f"emergency of {env}: {error}")
+                log.warning("emergency round failed", env=env, error=error)
         return errors
 
     def _round(self, environment: EnvironmentPolicy) -> None:
@@ -91,7 +110,7 @@ class Emergencies:
         if request is None or not self._open(request):
             self.folding.pop(env, None)
             return
-        self._fold(env, request.keys if request.notified_at is None else ())
+        self._fold(env, request if request.notified_at is None else None)
         result = self._rounds_of(environment).run(request, notify=True)
         if result.notify:
             event = webhook_event(result.request)
@@ -105,7 +124,7 @@ class Emergencies:
                 counts=view(result.request, self.engine.clock())["counts"],
             )
         done = result.request.complete or result.request.notified_at is not None
-        self._fold(env, () if done else result.request.keys)
+        self._fold(env, None if done else result.request)
 
     def _open(self, request: EmergencyRequest) -> bool:
         """Not complete, or completed (by a CLI) lately with its webhook not sent yet."""
@@ -115,8 +134,13 @@ class Emergencies:
         late = self.engine.clock() - settled > LATE_WEBHOOK_S
         return request.notified_at is None and not late
 
-    def _fold(self, env: str, names: Any) -> None:
-        self.folding[env] = frozenset(names)
+    def _fold(self, env: str, request: EmergencyRequest | None) -> None:
+        """Fold the webhooks of ``request``'s keys not ended yet (None: of no key of ``env``)."""
+        if request is None:
+            self.folding.pop(env, None)
+            return
+        keys = {n: e.rotation_id for n, e in request.keys.items() if e.step not in TERMINAL}
+        self.folding[env] = (request.tag, keys)
 
     def _rounds_of(self, environment: EnvironmentPolicy) -> Round:
         env = environment.environment
@@ -143,23 +167,39 @@ class Emergencies:
 
 def emergency_views(
     policies: PolicySet, kv_for: Callable[[str], KvStore], now: float
-) -> list[tuple[EnvironmentPolicy, dict[str, Any]]]:
+) -> tuple[list[tuple[EnvironmentPolicy, dict[str, Any]]], list[tuple[EnvironmentPolicy, str]]]:
     """Each environment's current request (open or not), as ``status`` shows it: the saved
     request with each key not ended yet judged afresh from its state record (nothing is
-    written: with no process acting, an operator's resume or abort shows all the same)."""
-    found = []
+    written: with no process acting, an operator's resume or abort shows all the same); and
+    a line per environment whose request cannot be read (the other environments still show)."""
+    found, unreadable = [], []
     for env, environment in sorted(policies.environments.items()):
-        kv, prefix = kv_for(environment.vault.kv_mount), environment.vault.state_prefix
-        request = EmergencyStore(kv, prefix).read(env)
-        if request is not None:
-            states = StateStore(kv, prefix)
-            records = {
-                name: states.read(env, name)[0]
-                for name, entry in request.keys.items()
-                if entry.step not in TERMINAL
-            }
-            found.append((environment, view(refreshed(request, records, now), now)))
-    return found
+        try:
+            doc = _view_of(environment, kv_for, now)
+        except Exception as exc:  # one environment's trouble, even a bug, is its own
+            error = str(exc) if isinstance(exc, VaultRotatorError) else f"unexpected {exc!r:.200}"
+            unreadable.append((environment, f"emergency request of {env} unreadable: {error}"))
+            continue
+        if doc is not None:
+            found.append((environment, doc))
+    return found, unreadable
+
+
+def _view_of(
+    environment: EnvironmentPolicy, kv_for: Callable[[str], KvStore], now: float
+) -> dict[str, Any] | None:
+    env = environment.environment
+    kv, prefix = kv_for(environment.vault.kv_mount), environment.vault.state_prefix
+    request = EmergencyStore(kv, prefix).read(env)
+    if request is None:
+        return None
+    states = StateStore(kv, prefix)
+    records = {
+        name: states.read(env, name)[0]
+        for name, entry in request.keys.items()
+        if entry.step not in TERMINAL
+    }
+    return view(refreshed(request, records, now), now)
 
 
 def open_request(

@@ -11,7 +11,10 @@ next is decided purely in :mod:`.emergency_decide`; the round that acts on it is
 
 Stored at ``<kv_mount>/<state_prefix>/emergency/<env>`` (one current request per environment;
 KV v2 keeps the earlier ones as versions), written only by check-and-set, never a key value or
-a token. Schema version 1::
+a token. Schema version 2 (this one) keeps there a small header and the keys in shard records
+below it (:mod:`.emergency_codec`, where the stored form is drawn). Schema 1, still read (and
+rewritten as 2 at its next change), held every key inline, which is also the form
+:meth:`EmergencyRequest.to_dict` gives (a key's ``prior`` is new in schema 2)::
 
     {
       "schema": 1,
@@ -50,7 +53,8 @@ from typing import Any
 
 from vault_rotator.errors import StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # the request's stored schema (see .emergency_codec)
+INLINE_SCHEMA = 1  # every key inline in one document: to_dict / from_dict
 
 
 class Step(enum.StrEnum):
@@ -97,6 +101,7 @@ class KeyEntry:
     rotation_id: str | None = None
     outcome: str | None = None
     detail: str = ""
+    prior: str | None = None  # a rotation in flight before the request: not the request's
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -123,7 +128,8 @@ class EmergencyRequest:
     settled_at: float | None = None
     completed_at: float | None = None
     notified_at: float | None = None
-    version: int = 0
+    version: int = 0  # the header's KV version
+    shard_versions: tuple[int, ...] = dataclasses.field(default=(), compare=False)  # schema 2
 
     @property
     def tag(self) -> str:
@@ -152,8 +158,9 @@ class EmergencyRequest:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        """The inline form (schema 1): every key in one document."""
         return {
-            "schema": SCHEMA_VERSION,
+            "schema": INLINE_SCHEMA,
             "id": self.id,
             "env": self.env,
             "requested_at": self.requested_at,
@@ -220,7 +227,10 @@ def resumed(request: EmergencyRequest, *, revoke_old_now: bool, now: float) -> E
         if entry.step == Step.FAILED
     }
     revoke = request.revoke_old_now or revoke_old_now
-    return request.evolve(revoke_old_now=revoke).with_keys(again, now)
+    reopened = request.evolve(revoke_old_now=revoke)
+    if again:  # its webhook is due again once it settles again (the failures are news)
+        reopened = reopened.evolve(notified_at=None, settled_at=None)
+    return reopened.with_keys(again, now)
 
 
 # -- parsing helpers -----------------------------------------------------------------------
@@ -235,8 +245,8 @@ def _check_schema(data: Mapping[str, Any], where: str) -> None:
             f"{schema}; this one reads up to {SCHEMA_VERSION}): upgrade this process; the "
             "request is left as it is"
         )
-    if schema != SCHEMA_VERSION:
-        raise ValueError(f"schema {schema!r:.40}, this vault-rotator reads {SCHEMA_VERSION}")
+    if schema != INLINE_SCHEMA:
+        raise ValueError(f"schema {schema!r:.40}, this vault-rotator reads 1 and {SCHEMA_VERSION}")
 
 
 def _text(data: Mapping[str, Any], name: str, *, empty: bool = False) -> str:
@@ -270,9 +280,11 @@ def _keys(value: Any) -> dict[str, KeyEntry]:
         if not isinstance(raw, Mapping):
             raise TypeError(f"keys.{str(name)[:40]} must be an object")
         step = _step(name, raw.get("step"))
-        optional = {f: raw.get(f) for f in ("rotation_id", "outcome")}
+        optional = {f: raw.get(f) for f in ("rotation_id", "outcome", "prior")}
         if any(v is not None and not isinstance(v, str) for v in optional.values()):
-            raise TypeError(f"keys.{str(name)[:40]}: rotation_id and outcome must be strings")
+            raise TypeError(
+                f"keys.{str(name)[:40]}: rotation_id, outcome and prior must be strings"
+            )
         detail = raw.get("detail", "")
         if not isinstance(detail, str):
             raise TypeError(f"keys.{str(name)[:40]}.detail must be a string")

@@ -111,7 +111,12 @@ class Round:
             return entry
         except VaultRotatorError as exc:
             return entry.moved(Step.FAILED, now, detail=f"state record unreadable: {exc}")
+        before = entry
         action, entry = decide_key(request, entry, record, now)
+        if entry.prior is not None and entry.prior != before.prior:
+            # Saved before acting: once upgraded and ended, a prior rotation's outcome looks
+            # like the request's own to a round that does not know it was prior (a crash).
+            self._save(request, {name: entry}, notify=False)
         if action == KeyAction.NONE or (action == KeyAction.DRIVE and not self.drive):
             self.failures.pop(name, None)
             return entry

@@ -1,8 +1,10 @@
 """Where environment-wide emergency requests live: one per environment, by check-and-set.
 
-``<kv_mount>/<state_prefix>/emergency/<env>`` (:func:`~.emergency.emergency_path`), through the
-:class:`~vault_rotator.ports.kv.KvStore` port. Writers (a CLI and a daemon may both run rounds
-of one request) read, change and write by check-and-set, and read again when another won.
+``<kv_mount>/<state_prefix>/emergency/<env>`` (:func:`~.emergency.emergency_path`) holds the
+request's header, ``.../emergency/<env>/<id>/<n>`` its key shards (:mod:`.emergency_codec`),
+through the :class:`~vault_rotator.ports.kv.KvStore` port. Writers (a CLI and a daemon may both
+run rounds of one request) read, change and write by check-and-set, only the records that
+changed, and read again when another won.
 """
 
 from __future__ import annotations
@@ -10,6 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from vault_rotator.engine.emergency import EmergencyRequest, emergency_path, resumed
+from vault_rotator.engine.emergency_codec import (
+    from_stored,
+    header_doc,
+    schema_of,
+    shard_count,
+    shard_docs,
+    shard_path,
+)
 from vault_rotator.errors import CasConflictError
 from vault_rotator.ports.kv import KvStore
 
@@ -31,12 +41,50 @@ class EmergencyStore:
         return self._read(env)[0]
 
     def _read(self, env: str) -> tuple[EmergencyRequest | None, int]:
-        got = self.kv.read(emergency_path(self.prefix, env))
+        path, where = emergency_path(self.prefix, env), self.where(env)
+        got = self.kv.read(path)
         if got is None:
             return None, 0
         if got.deleted:
             return None, got.version
-        return EmergencyRequest.from_dict(got.data, self.where(env), got.version), got.version
+        if schema_of(got.data, where) == 1:
+            return EmergencyRequest.from_dict(got.data, where, got.version), got.version
+        request_id = str(got.data.get("id"))
+        shards = [
+            self.kv.read(shard_path(path, request_id, index))
+            for index in range(shard_count(got.data, where))
+        ]
+        data = [None if s is None or s.deleted else s.data for s in shards]
+        request = from_stored(got.data, data, where, got.version)
+        versions = tuple(0 if s is None else s.version for s in shards)
+        return request.evolve(shard_versions=versions), got.version
+
+    def _write(
+        self, env: str, current: EmergencyRequest | None, version: int, wanted: EmergencyRequest
+    ) -> EmergencyRequest:
+        """Save the shards that changed, then the header if it changed (CasConflictError if
+        another writer got in first)."""
+        path = emergency_path(self.prefix, env)
+        same = current is not None and current.id == wanted.id and bool(current.shard_versions)
+        before = shard_docs(current) if same and current is not None else []
+        versions: list[int] = []
+        for index, doc in enumerate(shard_docs(wanted)):
+            if same and current is not None and before[index] == doc:
+                versions.append(current.shard_versions[index])
+                continue
+            where = shard_path(path, wanted.id, index)
+            if same and current is not None:
+                cas = current.shard_versions[index]
+            elif current is not None and current.id == wanted.id:  # a schema-1 request's
+                got = self.kv.read(where)  # first shards (left by an upgrade that lost?)
+                cas = 0 if got is None else got.version
+            else:
+                cas = 0  # a new request's
+            versions.append(self.kv.write(where, doc, cas=cas))
+        # The header is written at every change: its version is the request's, so a writer
+        # that read before another's change always learns of it (and re-applies its own).
+        version = self.kv.write(path, header_doc(wanted), cas=version)
+        return wanted.evolve(version=version, shard_versions=tuple(versions))
 
     def update(
         self,
@@ -53,12 +101,9 @@ class EmergencyStore:
             if wanted is None:
                 return current
             try:
-                saved = self.kv.write(
-                    emergency_path(self.prefix, env), wanted.to_dict(), cas=version
-                )
+                return self._write(env, current, version, wanted)
             except CasConflictError:
                 continue
-            return wanted.evolve(version=saved)
         raise CasConflictError(
             f"{self.where(env)} kept changing under {MAX_CAS_ATTEMPTS} check-and-set attempts"
         )

@@ -24,6 +24,7 @@ VaultKv`: ``read`` and ``write`` on ``data/``; ``current_version``, ``set_custom
     acks/<env>/<name>/+   data: read; metadata: delete   consumer acks; long-gone ones removed
     acks/<env>/<name>/    metadata: list                 find the key's ack records
     emergency/<env>   data: create read update      the environment-wide emergency request
+    emergency/<env>/+/+  data: create read update   its key shards (<request id>/<n>)
     token self paths  lookup, renew, revoke, capabilities-self (also in Vault's default policy)
 
 The layout mirrors :class:`~vault_rotator.engine.session.StateStore`,
@@ -116,6 +117,11 @@ def emergency_path(prefix: str, env: str) -> str:
     return f"{prefix}/emergency/{env}"
 
 
+def emergency_shards(prefix: str, env: str) -> str:
+    """The request's key shards: ``<request id>/<n>`` below its path."""
+    return f"{emergency_path(prefix, env)}/{ONE_SEGMENT}/{ONE_SEGMENT}"
+
+
 WRITE = ("create", "read", "update")
 
 
@@ -190,6 +196,12 @@ def _environment_grants(environment: EnvironmentPolicy) -> list[_Grant]:
             _data(mount, emergency_path(prefix, env)),
             WRITE,
             f"{env}: environment-wide emergency request (rotate --env {env} --emergency)",
+        ),
+        _Grant(
+            section,
+            _data(mount, emergency_shards(prefix, env)),
+            WRITE,
+            f"{env}: the emergency request's key shards",
         ),
     ]
     for key in sorted(environment.keys, key=lambda k: k.name):
@@ -275,10 +287,14 @@ def _ordered(capabilities: Iterable[str]) -> tuple[str, ...]:
 
 def _check_exact(rules: Sequence[Rule]) -> None:
     """Policy files allow no glob or quote in a path; refuse one rather than widen a rule.
-    The one glob written is ours: ``+`` as the last segment of an ack folder."""
+    The globs written are ours: ``+`` as the last segment of an ack folder, ``+/+`` as the
+    last two below an emergency request (its shards)."""
+    shards = f"/{ONE_SEGMENT}/{ONE_SEGMENT}"
     for rule in rules:
         path = rule.path
-        if "/acks/" in path and path.endswith(f"/{ONE_SEGMENT}"):
+        if "/emergency/" in path and path.endswith(shards):
+            path = path.removesuffix(shards)
+        elif "/acks/" in path and path.endswith(f"/{ONE_SEGMENT}"):
             path = path.removesuffix(f"/{ONE_SEGMENT}")
         if not _EXACT.fullmatch(path) or "//" in path:
             raise ConfigError(f"refusing to write a Vault policy rule for {rule.path!r}")
