@@ -31,6 +31,7 @@ from vault_rotator.daemon.daemon import Daemon
 from vault_rotator.daemon.metrics import Metrics
 from vault_rotator.emulator import Emulator
 from vault_rotator.engine import reasons
+from vault_rotator.engine.changes import changes_path, read_changes
 from vault_rotator.engine.preflight import required_capabilities
 from vault_rotator.engine.session import StateStore
 from vault_rotator.engine.state import StateRecord
@@ -282,6 +283,10 @@ def test_a_full_rotation_status_and_audit_run_on_the_rotator_policy_alone(
     assert record.outcomes[-1].outcome == reasons.SUCCEEDED
     assert deployment.served_id(backend) != old_id
     assert set(deployment.statuses) == {200}
+    # the operator's passes announced the change to daemons (written under the same policy)
+    changes = read_changes(deployment.kv("secret", deployment.rotator_token), backend.prefix)
+    assert changes.recent
+    assert {ref for ref, _ in changes.recent} == {backend.ref}
 
     capsys.readouterr()
     assert deployment.cli("status", "--json") == 0, capsys.readouterr().err
@@ -491,11 +496,12 @@ def test_every_capability_the_preflight_asks_for_is_granted() -> None:
 
 
 def test_the_layout_agrees_with_the_state_store_and_the_freezes() -> None:
-    """State, pending and freeze paths are the ones StateStore and freeze.frozen_path use."""
+    """State, pending, freeze and change-signal paths are the ones the code uses."""
     store = StateStore(MemoryKv(), "some/prefix")
     assert vaultacl.state_path("some/prefix", "e", "n") == store.state_path("e", "n")
     assert vaultacl.pending_path("some/prefix", "e", "n") == store.pending_path("e", "n")
     assert vaultacl.frozen_path("some/prefix") == freeze.frozen_path("some/prefix")
+    assert vaultacl.changes_path("some/prefix") == changes_path("some/prefix")
 
 
 def test_rules_are_exact_and_management_keys_read_only() -> None:

@@ -34,9 +34,11 @@ from vault_rotator.engine.effects import delete_all, delete_key, finish, set_dis
 
 
 def listed(p: Pass, carry: Carry) -> Observation:
-    """The list pass this turn judges by: one still current, else a fresh one."""
+    """The list pass this turn judges by: one still current, else one asked for after the
+    last provider write recorded (the caller's next, or this pass's own: see ``Pass``)."""
     if carry.obs is None:
-        carry.obs = p.observe()
+        write = p.record.provider_write
+        carry.obs = p.routine_listing(asked_after=write.at if write else 0.0).obs
     return carry.obs
 
 
@@ -101,8 +103,9 @@ def sweep(p: Pass, key_ids: tuple[str, ...]) -> Progress:
 def disable_old(p: Pass) -> Progress:
     rot = p.rotation
     assert rot.old_key_id is not None
-    # Saved first: a crash right after the disable must still lead to a re-enable.
-    p.save_rotation(old_disabled_at=p.clock())
+    # Saved first (with "about to disable"): a crash right after the disable must still lead
+    # to a re-enable.
+    p.stage(p.record.with_rotation(old_disabled_at=p.clock()))
     set_disabled(p, rot.old_key_id, disabled=True)
     p.fault("disable")
     return p.progress("old key disabled; deleting after disable_before_delete")

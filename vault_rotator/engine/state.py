@@ -3,14 +3,17 @@
 Stored at ``<kv_mount>/<state_prefix>/state/<env>/<name>`` as the KV v2 data map below, written
 only by check-and-set, never holding a key value (values live in the pending record).
 
-Schema version 1::
+Schema version 2 (version 1 is read too: it has no ``pending_attempt`` in its lease, and its
+pending records no ``verified_at``; a record of a newer version is never read)::
 
     {
-      "schema": 1,
+      "schema": 2,
       "env": "production", "name": "backend",
       "phase": "idle" | "intent" | "published" | "cleanup" | "aborting",
       "fence": 7,                        # bumped each time a process takes the lease
-      "lease": null | {"holder": "host:pid:uuid", "expires_at": 1700000000.0, "fence": 7},
+      "lease": null | {"holder": "host:pid:uuid", "expires_at": 1700000000.0, "fence": 7,
+                       "pending_attempt": null | 1},   # v2: the lease ends once the pending
+                                                       # record holds this attempt (hand-off)
       "provider_write": null | {"action": "create"|"delete"|"disable"|"enable",
                                 "target": "<key name for create, key id otherwise>",
                                 "fence": 7, "at": 1700000000.0},
@@ -67,7 +70,8 @@ from vault_rotator.engine.reasons import Phase
 from vault_rotator.errors import EngineError, StoreError
 from vault_rotator.ports.provider import Permissions
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = frozenset({1, 2})  # this version reads these (and writes SCHEMA_VERSION)
 MAX_OUTCOMES = 20
 
 # The phases each phase may move to (``finished`` ends any of them: back to IDLE).
@@ -82,9 +86,19 @@ NEXT_PHASES: Mapping[Phase, frozenset[Phase]] = {
 
 @dataclass(frozen=True, slots=True)
 class Lease:
+    """Who acts on the key, until when, under which fence.
+
+    ``pending_attempt`` (a hand-off): the holder gives the lease up as soon as the pending
+    record holds this attempt of the rotation, without a write of its own. The pass that
+    creates a key saves "about to create" with such a lease, creates, verifies and saves the
+    value to pending; that save ends its turn. Another process sees the lease as free once it
+    finds that pending record (or once ``expires_at`` passed, as for any lease).
+    """
+
     holder: str
     expires_at: float
     fence: int
+    pending_attempt: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,12 +339,13 @@ def _rotation_from(data: Mapping[str, Any]) -> Rotation:
 def _record_from(data: Mapping[str, Any]) -> StateRecord:
     values = dict(data)
     schema = values.get("schema")
-    if schema != SCHEMA_VERSION:
+    if schema not in READABLE_SCHEMAS or isinstance(schema, bool):
         raise ValueError(f"schema {schema!r:.40}, this vault-rotator reads {SCHEMA_VERSION}")
     rotation = values.pop("rotation", None)
     return StateRecord(
         **{
             **values,
+            "schema": SCHEMA_VERSION,  # read as, and written back as, this version
             "phase": Phase(values.get("phase", Phase.IDLE)),
             "lease": _opt(Lease, values.get("lease")),
             "provider_write": _opt(ProviderWrite, values.get("provider_write")),
@@ -344,9 +359,11 @@ def _record_from(data: Mapping[str, Any]) -> StateRecord:
 class Pending:
     """Values in flight, at ``<kv_mount>/<state_prefix>/pending/<env>/<name>``.
 
-    Stored form: ``{"schema": 1, "rotation_id", "attempt", "new_key_id", "new_key_name",
-    "new_key_value", "old_secret": {...} | null, "old_version": int}``. ``old_secret`` is the
-    consumer secret's whole data map when the rotation started (for abort). Destroyed, every
+    Stored form: ``{"schema": 2, "rotation_id", "attempt", "new_key_id", "new_key_name",
+    "new_key_value", "old_secret": {...} | null, "old_version": int, "verified_at": float |
+    null}``. ``old_secret`` is the consumer secret's whole data map when the rotation started
+    (for abort). ``verified_at`` (v2; absent in v1): when the new key's own verify call passed
+    (local clock), so the value and its verify are saved in one write. Destroyed, every
     version, when the rotation ends.
     """
 
@@ -357,6 +374,7 @@ class Pending:
     new_key_value: str
     old_secret: Mapping[str, Any] | None
     old_version: int
+    verified_at: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": SCHEMA_VERSION, **dataclasses.asdict(self)}

@@ -18,9 +18,13 @@ VaultKv`: ``read`` and ``write`` on ``data/``; ``current_version``, ``set_custom
     management key    data: read                    nothing else, ever
     state/ and state/<env>/, pending/<env>/         metadata: list (status, audit, daemon)
     control/frozen    data: create read update      freezes
+    changes           data: create read update      the change signal (engine.changes): the
+                                                    daemon reads it every poll, operators'
+                                                    passes bump it
     token self paths  lookup, renew, revoke, capabilities-self (also in Vault's default policy)
 
-The layout mirrors :class:`~vault_rotator.engine.session.StateStore` and
+The layout mirrors :class:`~vault_rotator.engine.session.StateStore`,
+:func:`~vault_rotator.engine.changes.changes_path` and
 :func:`~vault_rotator.daemon.freeze.frozen_path` without importing them (this package sits
 below the engine); ``tests/test_vault_policy.py`` checks that they agree, and that every
 capability the preflight asks for is granted.
@@ -92,6 +96,10 @@ def pending_path(prefix: str, env: str, name: str) -> str:
 
 def frozen_path(prefix: str) -> str:
     return f"{prefix}/control/frozen"
+
+
+def changes_path(prefix: str) -> str:
+    return f"{prefix}/changes"
 
 
 WRITE = ("create", "read", "update")
@@ -166,6 +174,12 @@ def rotator_rules(policies: PolicySet) -> list[Rule]:
         section = f"state prefix {mount}/{prefix} ({names})"
         grants += [
             _Grant(section, _data(mount, frozen_path(prefix)), WRITE, f"{names}: freezes"),
+            _Grant(
+                section,
+                _data(mount, changes_path(prefix)),
+                WRITE,
+                f"{names}: change signal (read every poll, bumped after an operator's act)",
+            ),
             _Grant(
                 section, _folder(mount, f"{prefix}/state"), ("list",), f"{names}: state folders"
             ),
