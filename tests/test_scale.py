@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import pytest
 from world import MANAGEMENT_KEY, EmulatorFactory, no_fault
@@ -27,6 +28,7 @@ from vault_rotator.engine.engine import Command, Verb
 from vault_rotator.engine.session import StateStore
 from vault_rotator.engine.state import StateRecord
 from vault_rotator.policy import load_policies
+from vault_rotator.provider.arouter import ARouterClient
 from vault_rotator.runtime import Runtime
 from vault_rotator.store.vault import VaultConnection, VaultKv
 from vault_rotator.testing.clock import FakeClock
@@ -283,3 +285,19 @@ def test_a_key_whose_new_value_is_saved_can_be_acted_on_at_once(fleet: Fleet) ->
     assert progress.outcome is not None
     assert progress.outcome.outcome == reasons.ABORTED
     assert {k["name"] for k in fleet.emulator.live_keys()} == {"app-0-original"}
+
+
+def test_rate_limited_creates_slow_the_account_down_and_fail_no_rotation(fleet: Fleet) -> None:
+    """A burst of 429s (Retry-After 1 s) on creates while eight rotations start at once: the
+    account's request bound halves and every rotation still succeeds, with no failed pass."""
+    fleet.seed(8)
+    fleet.emulator.set_fault("create", status=429, retry_after=1, count=6)
+    daemon = fleet.daemon()
+    ticks = fleet.rotate_all(daemon)
+    assert _outcomes(fleet) == {reasons.SUCCEEDED}
+    assert all(t.report.errors == [] for t in ticks)
+    policy = daemon.policies.key(fleet.env, "app-0")
+    client = cast(ARouterClient, daemon.runtime.provider(policy, None))
+    limiter = client.limiter
+    assert limiter.throttled >= 1
+    assert [m["route"] for m in fleet.emulator.mutation_log()].count("create") == 8 + 6

@@ -55,6 +55,7 @@ from vault_rotator.engine.state import Outcome, Rotation, Stall
 from vault_rotator.errors import (
     LeaseHeldError,
     ProviderAuthError,
+    RateLimitedError,
     VaultRotatorError,
 )
 from vault_rotator.policy import Account, KeyPolicy, PolicySet
@@ -343,6 +344,10 @@ class Daemon:
         except LeaseHeldError:
             entry.stale = True
             return  # a CLI (or another daemon) is acting on it now; next tick
+        except RateLimitedError as exc:  # the provider asked us to slow down: not a failure
+            entry.stale = True
+            log.info("pass held back by the provider's rate limit", key=policy.ref, error=str(exc))
+            return
         except Cancelled:
             raise
         except VaultRotatorError as exc:
