@@ -14,10 +14,10 @@ Decisions where the spec is silent:
   is left out and its reason kept (:attr:`Listing.skipped`), once per distinct reason.
 - A server that never ends is cut off at ``MAX_LISTED_KEYS / page_size + 10`` pages
   (100,000 keys: an account of 10,000 managed keys holds up to twice that mid-rotation). A
-  repeated token, or a full offset page with no new id (a server ignoring ``offset``), is refused at once. So
-  is a listing where items without a usable id outnumber the keys: that is a garbage answer
-  (the wrong id field, every field mistyped), not an odd record, and nothing can be concluded
-  from it. All four raise ProviderResponseError: a partial listing is never returned.
+  repeated token, or a full offset page with no new id (a server ignoring ``offset``), is
+  refused at once. So is a listing where items without a usable id outnumber the keys: that
+  is a garbage answer (the wrong id field, every field mistyped), not an odd record, and
+  nothing can be concluded from it. All four raise ProviderResponseError: a partial listing is never returned.
 """
 
 from __future__ import annotations
