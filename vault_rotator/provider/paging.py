@@ -17,7 +17,8 @@ Decisions where the spec is silent:
   repeated token, or a full offset page with no new id (a server ignoring ``offset``), is
   refused at once. So is a listing where items without a usable id outnumber the keys: that
   is a garbage answer (the wrong id field, every field mistyped), not an odd record, and
-  nothing can be concluded from it. All four raise ProviderResponseError: a partial listing is never returned.
+  nothing can be concluded from it. All four raise ProviderResponseError: a partial listing
+  is never returned.
 """
 
 from __future__ import annotations
