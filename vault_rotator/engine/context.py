@@ -126,7 +126,7 @@ class Carry:
     verify_failure: str | None = None
     rate_limited: RateLimitedError | None = None
     listing: Listing | None = None
-    secret_read: Versioned | None = None  # the consumer secret as read in this turn
+    secret_read: Versioned | None = None  # the consumer secret as read in this pass
 
 
 @dataclass(slots=True)

@@ -31,6 +31,7 @@ from vault_rotator.engine.decide_end import (
     unpublished_ending,
 )
 from vault_rotator.engine.effects import delete_all, delete_key, finish, set_disabled, stall
+from vault_rotator.ports.kv import Versioned
 
 
 def listed(p: Pass, carry: Carry) -> Observation:
@@ -59,7 +60,9 @@ def judged_readable(
 def observe_published(p: Pass, carry: Carry) -> PublishedFacts:
     rot = p.rotation
     obs = listed(p, carry)
-    secret = p.kv.read(p.policy.secret_path)
+    if carry.secret_read is None:  # read once a pass (nothing in this phase writes it)
+        carry.secret_read = p.kv.read(p.policy.secret_path)
+    secret = carry.secret_read
     evidence, unreadable = judged_readable(p, obs, (rot.old_key_id, rot.new_key_id))
     return PublishedFacts(
         rotation=rot,
@@ -73,7 +76,7 @@ def observe_published(p: Pass, carry: Carry) -> PublishedFacts:
     )
 
 
-def apply_published(p: Pass, decision: Decision[PublishedAction], _carry: Carry) -> Progress | None:
+def apply_published(p: Pass, decision: Decision[PublishedAction], carry: Carry) -> Progress | None:
     match decision.action:
         case PublishedAction.WAIT:
             return p.progress(decision.reason)
@@ -82,7 +85,8 @@ def apply_published(p: Pass, decision: Decision[PublishedAction], _carry: Carry)
         case PublishedAction.DISABLE_OLD:
             return disable_old(p)
         case PublishedAction.DELETE_OLD | PublishedAction.OLD_GONE:
-            return delete_old(p, gone=decision.action == PublishedAction.OLD_GONE)
+            gone = decision.action == PublishedAction.OLD_GONE
+            return delete_old(p, carry.secret_read, gone=gone)
         case PublishedAction.FINISH:
             rot = p.rotation
             ending = success_ending(rot)
@@ -111,16 +115,17 @@ def disable_old(p: Pass) -> Progress:
     return p.progress("old key disabled; deleting after disable_before_delete")
 
 
-def delete_old(p: Pass, *, gone: bool = False) -> Progress | None:
-    """The consumer secret re-read (still ours, else stall), then the old key deleted; the
-    loop then decides again on the same list pass. ``gone``: a delete cut short by a crash
-    went through (a list pass after it no longer shows the key): only recorded, not redone."""
+def delete_old(p: Pass, secret: Versioned | None, *, gone: bool = False) -> Progress | None:
+    """The consumer secret as read for this very decision (still ours, else stall), then the
+    old key deleted; the loop then decides again on the same list pass (its next turn reads
+    the secret again). ``gone``: a delete cut short by a crash went through (a list pass after
+    it no longer shows the key): only recorded, not redone."""
     rot = p.rotation
     assert rot.old_key_id is not None
     if gone:
         p.stage(p.record.with_rotation(old_deleted=True))
         return None
-    if (changed := secret_changed(rot, p.kv.read(p.policy.secret_path))) is not None:
+    if (changed := secret_changed(rot, secret)) is not None:
         return stall(p, reasons.SECRET_CHANGED, changed)
     deleted = delete_key(p, rot.old_key_id)
     p.fault("delete")
