@@ -189,6 +189,7 @@ class Bench:
         f["startup_s"] = time.perf_counter() - started
         f["startup_reads"] = conn.reads() - reads
         reads, writes, lists = conn.reads(), conn.writes(), daemon.list_passes
+        mutated = Counter(m["route"] for m in self.emu.mutations())  # the manual loop's
         self.routes.clear()
         self.ticks = 0
         service = Service(daemon, StopFlag(), self.config)
@@ -213,7 +214,7 @@ class Bench:
         f["provider_per_rotation"] = {
             route: count / max(1, done.total) for route, count in sorted(self.routes.items())
         }
-        mutations = Counter(m["route"] for m in self.emu.mutations())
+        mutations = Counter(m["route"] for m in self.emu.mutations()) - mutated
         f["mutations_per_rotation"] = sum(mutations.values()) / max(1, done.total)
         f["mutations"] = dict(mutations)
 

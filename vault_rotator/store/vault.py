@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import http.client
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
+from urllib.parse import quote
 
 import hvac
 import hvac.exceptions
@@ -50,6 +52,7 @@ from vault_rotator.ports.kv import Versioned
 from vault_rotator.secret import Secret
 from vault_rotator.store.auth import Authenticator, TokenAuth, auth_from_env
 from vault_rotator.store.session import Step, TokenSession
+from vault_rotator.store.transport import Redirected, Transport
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
@@ -80,10 +83,19 @@ def _translate(op: str, where: str) -> Iterator[None]:
         raise StorePermissionError(f"Vault refused the token ({op} on {where})") from exc
     except hvac.exceptions.VaultError as exc:
         raise StoreError(f"Vault failed {op} on {where}: {_first_line(exc)}") from exc
-    except requests.exceptions.RequestException as exc:
+    except (requests.exceptions.RequestException, OSError, http.client.HTTPException) as exc:
         raise StoreUnavailableError(
             f"Vault unreachable ({op} on {where}): {type(exc).__name__}"
         ) from exc
+
+
+def _deleted_version(exc: hvac.exceptions.InvalidPath) -> bool:
+    """hvac's test for a 404 that carries a deleted version's metadata (read_secret_version
+    with ``raise_on_deleted_version=False``)."""
+    try:
+        return exc.json is not None and exc.json["data"]["metadata"]["deletion_time"] != ""
+    except (KeyError, TypeError):
+        return False
 
 
 def _destroyed_version(exc: StoreError) -> dict[str, Any] | None:
@@ -139,18 +151,51 @@ class VaultKv:
     def _where(self, path: str) -> str:
         return f"{self._mount}/{path}"
 
-    def read(self, path: str, version: int | None = None) -> Versioned | None:
+    def _api(
+        self,
+        client: hvac.Client,
+        method: str,
+        kind: str,
+        path: str,
+        through_hvac: Callable[[hvac.Client], T],
+        *,
+        params: dict[str, Any] | None = None,
+        body: Any = None,
+    ) -> Any:
+        """One KV v2 call: through the lean transport when the connection has one, else (or
+        for an answer that redirects) through hvac. Either way hvac's answer and exceptions."""
+        transport = self._conn.transport
+        if transport is None:
+            return through_hvac(client)
+        api_path = f"/v1/{quote(self._mount)}/{kind}/{quote(path)}"
         try:
-            resp = self._conn.call(
-                lambda c: c.secrets.kv.v2.read_secret_version(
-                    path=path,
-                    version=version,
-                    mount_point=self._mount,
-                    raise_on_deleted_version=False,
-                ),
-                "read",
-                self._where(path),
-            )
+            return transport.request(method, api_path, client.token, params=params, body=body)
+        except Redirected:
+            return through_hvac(client)
+
+    def read(self, path: str, version: int | None = None) -> Versioned | None:
+        def read_version(c: hvac.Client) -> Any:
+            try:
+                return self._api(
+                    c,
+                    "GET",
+                    "data",
+                    path,
+                    lambda c: c.secrets.kv.v2.read_secret_version(
+                        path=path,
+                        version=version,
+                        mount_point=self._mount,
+                        raise_on_deleted_version=False,
+                    ),
+                    params=None if version is None else {"version": version},
+                )
+            except hvac.exceptions.InvalidPath as exc:  # as hvac does: a deleted version's
+                if _deleted_version(exc):  # metadata comes back instead of an error
+                    return exc.json
+                raise
+
+        try:
+            resp = self._conn.call(read_version, "read", self._where(path))
         except StoreError as exc:
             if (destroyed := _destroyed_version(exc)) is not None:
                 return _parse_version(destroyed, self._where(path))
@@ -171,7 +216,15 @@ class VaultKv:
     def _metadata(self, path: str) -> Mapping[str, Any] | None:
         try:
             resp = self._conn.call(
-                lambda c: c.secrets.kv.v2.read_secret_metadata(path=path, mount_point=self._mount),
+                lambda c: self._api(
+                    c,
+                    "GET",
+                    "metadata",
+                    path,
+                    lambda c: c.secrets.kv.v2.read_secret_metadata(
+                        path=path, mount_point=self._mount
+                    ),
+                ),
                 "read metadata",
                 self._where(path),
             )
@@ -186,8 +239,15 @@ class VaultKv:
 
     def write(self, path: str, data: Mapping[str, Any], *, cas: int) -> int:
         resp = self._conn.call(
-            lambda c: c.secrets.kv.v2.create_or_update_secret(
-                path=path, secret=dict(data), cas=cas, mount_point=self._mount
+            lambda c: self._api(
+                c,
+                "POST",
+                "data",
+                path,
+                lambda c: c.secrets.kv.v2.create_or_update_secret(
+                    path=path, secret=dict(data), cas=cas, mount_point=self._mount
+                ),
+                body={"options": {"cas": cas}, "data": dict(data)},
             ),
             "write",
             self._where(path),
@@ -200,8 +260,15 @@ class VaultKv:
 
     def set_custom_metadata(self, path: str, metadata: Mapping[str, str]) -> None:
         self._conn.call(
-            lambda c: c.secrets.kv.v2.update_metadata(
-                path=path, custom_metadata=dict(metadata), mount_point=self._mount
+            lambda c: self._api(
+                c,
+                "POST",
+                "metadata",
+                path,
+                lambda c: c.secrets.kv.v2.update_metadata(
+                    path=path, custom_metadata=dict(metadata), mount_point=self._mount
+                ),
+                body={"delete_version_after": "0s", "custom_metadata": dict(metadata)},
             ),
             "update metadata",
             self._where(path),
@@ -209,8 +276,14 @@ class VaultKv:
 
     def destroy(self, path: str) -> None:
         self._conn.call(
-            lambda c: c.secrets.kv.v2.delete_metadata_and_all_versions(
-                path=path, mount_point=self._mount
+            lambda c: self._api(
+                c,
+                "DELETE",
+                "metadata",
+                path,
+                lambda c: c.secrets.kv.v2.delete_metadata_and_all_versions(
+                    path=path, mount_point=self._mount
+                ),
             ),
             "destroy",
             self._where(path),
@@ -220,7 +293,13 @@ class VaultKv:
     def list(self, prefix: str) -> Sequence[str]:
         try:
             resp = self._conn.call(
-                lambda c: c.secrets.kv.v2.list_secrets(path=prefix, mount_point=self._mount),
+                lambda c: self._api(
+                    c,
+                    "LIST",
+                    "metadata",
+                    prefix,
+                    lambda c: c.secrets.kv.v2.list_secrets(path=prefix, mount_point=self._mount),
+                ),
                 "list",
                 self._where(prefix),
             )
@@ -322,6 +401,12 @@ class VaultConnection:
         # hvac takes a given session's verify over its own argument: set it on the session
         session.verify = self._settings["verify"] = _verify_once(verify)
         self._client = hvac.Client(token="", session=session, **self._settings)
+        # KV calls go the lean way unless a proxy applies to Vault (then requests handles it)
+        self.transport: Transport | None = None
+        if not session.proxies:
+            self.transport = Transport(
+                addr, verify=session.verify, timeout=timeout, namespace=namespace
+            )
         self._mounts: dict[str, VaultKv] = {}
         # (operation, "ok" or the error's class name), for the daemon's metrics
         self.on_request: Callable[[str, str], None] = lambda _op, _status: None
@@ -463,6 +548,8 @@ class VaultConnection:
                     self._client.auth.token.revoke_self()
             except StoreError as exc:  # it expires on its own; closing must not fail
                 log.warning("could not revoke the login token", error=str(exc))
+        if self.transport is not None:
+            self.transport.close()
         self._client.adapter.close()
 
 
