@@ -50,6 +50,7 @@ class Entry:
     check_at: float = 0.0  # idle: when due() is next worth evaluating
     carried_since: float | None = None  # observations kept here, unwritten, since then
     stale: bool = False  # the record changed under a pass: read it again first
+    trusted: bool = False  # as our own pass left it (or read, idle, no pending): see Engine
     unreadable: bool = False  # its last read failed (a failure of the key's, until read)
 
     @property
@@ -69,7 +70,7 @@ class Entry:
 
     def learned(self, record: StateRecord, version: int, *, carried: bool, now: float) -> None:
         """The record as a pass left it (``carried``: with observations not written yet)."""
-        self.record, self.version, self.stale = record, version, False
+        self.record, self.version, self.stale, self.trusted = record, version, False, True
         if not carried:
             self.carried_since = None
         elif self.carried_since is None:
@@ -79,6 +80,7 @@ class Entry:
     def read(self, record: StateRecord, version: int) -> None:
         """The record as read from Vault (anything carried is dropped: Vault is the truth)."""
         self.learned(record, version, carried=False, now=0.0)
+        self.trusted = False  # someone else may have written it (and left traces to look for)
 
     def must_flush(self, now: float) -> bool:
         """Carried observations old enough to be written with the next pass."""
@@ -102,13 +104,24 @@ class Book:
     # this account may be in flight (an account that left the policies)
     flying: dict[str, Entry] = field(default_factory=dict)  # rotations in flight (incl. stalled)
     next_check: float = 0.0  # no idle key is worth a look before then
+    stale: set[str] = field(default_factory=set)  # refs to read again first
+    order: list[str] = field(default_factory=list)  # refs in the order the rolling read goes
+    where: set[tuple[str, str]] = field(default_factory=set)  # (mount, prefix) of the entries
 
     def __iter__(self) -> Iterator[Entry]:
         return iter(self.entries.values())
 
     def add(self, entry: Entry) -> None:
+        if entry.ref not in self.entries:
+            self.order.append(entry.ref)
         self.entries[entry.ref] = entry
+        self.where.add(entry.where)
         self.note(entry)
+
+    def mark_stale(self, entry: Entry) -> None:
+        """Read ``entry``'s record again before its next pass."""
+        entry.stale, entry.trusted = True, False
+        self.stale.add(entry.ref)
 
     def note(self, entry: Entry) -> None:
         """Keep the book's indexes right after ``entry`` changed."""
@@ -124,7 +137,7 @@ class Book:
 
     def places(self) -> list[tuple[str, str]]:
         """(kv_mount, state_prefix) of every key, sorted."""
-        return sorted({entry.where for entry in self} | set(self.outside))
+        return sorted(self.where | set(self.outside))
 
     def key_places(self) -> list[tuple[str, str]]:
         """(kv_mount, state_prefix) of the policies' keys and of ``outside``, sorted."""
@@ -133,27 +146,29 @@ class Book:
 
     def in_place(self, where: tuple[str, str], refs: Iterable[str] | None = None) -> list[Entry]:
         """Entries under ``where`` (only those named in ``refs``, if given)."""
-        wanted = None if refs is None else set(refs)
-        return [e for e in self if e.where == where and (wanted is None or e.ref in wanted)]
+        if refs is None:
+            return [e for e in self if e.where == where]
+        named = (self.entries.get(ref) for ref in refs)
+        return [e for e in named if e is not None and e.where == where]
 
     def rolling_slice(self, poll_interval: float) -> tuple[list[Entry], bool]:
         """The entries to read again this poll, and whether the round just completed.
 
         Sized so that every entry is read once per :data:`FULL_REREAD_S`.
         """
-        entries = list(self)
-        if not entries:
+        refs = self.order
+        if not refs:
             return [], False
-        self.owed += len(entries) * poll_interval / FULL_REREAD_S
+        self.owed += len(refs) * poll_interval / FULL_REREAD_S
         share = math.floor(self.owed)
         self.owed -= share
         if share == 0:
             return [], False
-        start = self.cursor % len(entries)
-        picked = [entries[(start + i) % len(entries)] for i in range(min(share, len(entries)))]
+        start = self.cursor % len(refs)
+        picked = [self.entries[refs[(start + i) % len(refs)]] for i in range(min(share, len(refs)))]
         self.cursor = start + len(picked)
-        wrapped = self.cursor >= len(entries)
-        self.cursor %= len(entries)
+        wrapped = self.cursor >= len(refs)
+        self.cursor %= len(refs)
         return picked, wrapped
 
 

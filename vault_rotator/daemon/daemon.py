@@ -214,7 +214,7 @@ class Daemon:
     def book(self, account: Account, keys: tuple[KeyPolicy, ...]) -> Book:
         """The account's book, built afresh for new policies (read on its next refresh)."""
         book = self.books.get(account)
-        if book is None or book.generation != self.generation or book.keys != keys:
+        if book is None or book.generation != self.generation or book.keys is not keys:
             outside = {
                 (p.vault.kv_mount, p.vault.state_prefix) for p in self.orphans.get(account, ())
             }
@@ -334,6 +334,7 @@ class Daemon:
                 listing=listing,
                 known=known,
                 carried=known is not None and entry.carried_since is not None,
+                trusted=known is not None and entry.trusted,
                 scheduled=True,
                 flush=entry.must_flush(self.clock()),
                 capabilities_checked=True,
@@ -342,20 +343,20 @@ class Daemon:
         try:
             progress = self._fresh_key_on_401(policy, advance)
         except LeaseHeldError:
-            entry.stale = True
+            book.mark_stale(entry)
             return  # a CLI (or another daemon) is acting on it now; next tick
         except RateLimitedError as exc:  # the provider asked us to slow down: not a failure
-            entry.stale = True
+            book.mark_stale(entry)
             log.info("pass held back by the provider's rate limit", key=policy.ref, error=str(exc))
             return
         except Cancelled:
             raise
         except VaultRotatorError as exc:
-            entry.stale = True
+            book.mark_stale(entry)
             self._failed(policy, report, str(exc), in_flight=command is None)
             return
         except Exception as exc:  # one key's bug must not stop the others
-            entry.stale = True
+            book.mark_stale(entry)
             error = f"unexpected {type(exc).__name__}: {exc}"
             self._failed(policy, report, error, in_flight=command is None)
             return
@@ -399,7 +400,7 @@ class Daemon:
             return False
         for book in self.books.values():  # read it again on the next poll
             if (entry := book.entries.get(policy.ref)) is not None:
-                entry.stale = True
+                book.mark_stale(entry)
         return progress.stalled is not None
 
     def close(self) -> None:

@@ -55,7 +55,8 @@ class Refresher:
             return found
         if book.missing:  # keys whose first read failed
             self._load_missing(book, found)
-        wanted: dict[str, Entry] = {e.ref: e for e in book if e.stale}
+        wanted = {ref: book.entries[ref] for ref in book.stale if ref in book.entries}
+        book.stale.clear()
         for where in book.places():
             changed = self._changed(book, where, found)
             for entry in book.in_place(where, changed):
@@ -152,7 +153,8 @@ class Refresher:
 
         for entry, error in zip(entries, self.pmap(one, entries), strict=True):
             if error is not None:
-                entry.stale = entry.unreadable = True
+                book.mark_stale(entry)
+                entry.unreadable = True
                 found.failed.append((entry.policy, error))
         found.reads += len(entries)
 
@@ -192,11 +194,13 @@ class Refresher:
             except VaultRotatorError as exc:
                 log.warning("cannot list pending records", env=env, error=str(exc))
                 continue
-            stale += [
-                e
-                for e in book.in_place(where)
-                if e.policy.env == env and e.policy.name in names and e.record.rotation is None
-            ]
+            for entry in book.in_place(where):
+                if entry.policy.env != env or entry.record.rotation is not None:
+                    continue
+                if entry.policy.name in names:
+                    stale.append(entry)
+                elif not entry.stale:  # idle with no pending: nothing to look for at its start
+                    entry.trusted = True  # (a copy gone stale fails its first CAS write)
         return stale
 
 

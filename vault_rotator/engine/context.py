@@ -147,6 +147,7 @@ class Pass:
     start: bool = False  # start a rotation if the record is idle (and the verb is rotate)
     shared: Listing | None = None  # the caller's list pass of this account, if any
     may_list: bool = True  # False: routine listings come only from ``shared``
+    trusted: bool = False  # the record is as this process left it: no crash traces to look for
     log: Any = None
 
     def __post_init__(self) -> None:

@@ -50,7 +50,7 @@ def observe_creation(p: Pass, carry: Carry) -> CreationFacts:
     published = False
     if carry.pending is not None:
         rot = with_saved_verify(rot, carry.pending)
-        if not carry.published_checked:
+        if not carry.published_checked and not p.trusted:  # trusted: no crash to catch up on
             carry.published_checked = True
             published = secret_holds_publish(p, carry)
     lag = p.policy.provider.usage_lag_s
@@ -297,26 +297,33 @@ def publish(
 
 
 def _write_consumer(p: Pass, pending: Pending, current: Versioned | None) -> int | None:
-    """Publish by CAS; the version holding our rotation_id, or None if someone else wrote."""
+    """Publish by CAS; the version holding our rotation_id, or None if someone else wrote.
+
+    The secret is merged with what it held at the start: as read in this pass, else as saved
+    in pending (the start version's whole data map; the CAS makes sure it is still that one).
+    """
     rot = p.rotation
     path = p.policy.secret_path
-    if current is None or current.version != rot.start_version:
-        current = p.kv.read(path)
-    if (current.version if current else 0) == rot.start_version:
+    if current is None and pending.old_version == rot.start_version:
+        base = dict(pending.old_secret or {})
+    else:
+        if current is None or current.version != rot.start_version:
+            current = p.kv.read(path)
+        if (current.version if current else 0) != rot.start_version:
+            return find_version(p, rot.start_version, aborted=False)
         base = dict(current.data) if current and not current.deleted else {}
-        base.pop("aborted", None)  # left by an earlier abort's republish: this is no abort
-        data = base | {
-            "api_key": pending.new_key_value,
-            "key_id": pending.new_key_id,
-            "key_name": pending.new_key_name,
-            "rotated_at": datetime.fromtimestamp(p.clock(), UTC).isoformat(),
-            "rotation_id": rot.id,
-        }
-        try:
-            return p.kv.write(path, data, cas=rot.start_version)
-        except CasConflictError:
-            pass
-    return find_version(p, rot.start_version, aborted=False)
+    base.pop("aborted", None)  # left by an earlier abort's republish: this is no abort
+    data = base | {
+        "api_key": pending.new_key_value,
+        "key_id": pending.new_key_id,
+        "key_name": pending.new_key_name,
+        "rotated_at": datetime.fromtimestamp(p.clock(), UTC).isoformat(),
+        "rotation_id": rot.id,
+    }
+    try:
+        return p.kv.write(path, data, cas=rot.start_version)
+    except CasConflictError:
+        return find_version(p, rot.start_version, aborted=False)
 
 
 def _label(p: Pass, pending: Pending, version: int) -> None:

@@ -120,6 +120,7 @@ class Engine:
         listing: Listing | None = None,
         known: Known | None = None,
         carried: bool = False,
+        trusted: bool = False,
         scheduled: bool = False,
         flush: bool = False,
         capabilities_checked: bool = False,
@@ -127,7 +128,11 @@ class Engine:
         """One pass: apply ``command`` (start it if idle and ``start``), go on as far as it can.
 
         ``listing``: the caller's list pass of the policy's account. ``known``: the record as
-        the caller last knew it (else read); ``carried``: with observations not written yet.
+        the caller last knew it (else read); ``carried``: with observations not written yet;
+        ``trusted``: it is what this process's own last pass left (or read, with no pending
+        record beside an idle one), so nothing unrecorded can have happened since: the pass
+        skips the reads that look for a crash's traces (a stale pending record at a start, an
+        unrecorded publish).
         ``scheduled`` (the daemon's own passes): routine listings come only from ``listing``,
         observations the pass did not write are left to the caller (``Progress.known``,
         ``carried``; ``flush``: write them after all), and the change signal is not bumped.
@@ -142,6 +147,7 @@ class Engine:
             if p.policy.account == policy.account:
                 p.shared = listing
             p.may_list = not scheduled or p.policy.account != policy.account
+            p.trusted = trusted and known is not None
             return run_pass(p)
 
         return self._in_session(

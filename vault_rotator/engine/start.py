@@ -20,6 +20,8 @@ from vault_rotator.errors import PreflightError
 
 
 def observe_idle(p: Pass, carry: Carry) -> IdleFacts:
+    if carry.pending_version is None and p.trusted:
+        carry.pending, carry.pending_version = None, 0  # known to have none (see Engine)
     if carry.pending_version is None:
         carry.pending, carry.pending_version = p.store.read_pending(p.policy.env, p.policy.name)
     start = p.start and p.command.verb == Verb.ROTATE
