@@ -137,6 +137,7 @@ class Bench:
         self.figures: dict[str, Any] = {"keys": keys}
         self.routes: Counter[str] = Counter()
         self.ticks = 0
+        self.tick_times: list[float] = []
         self.tick_lock = threading.Lock()
 
     def run(self) -> dict[str, Any]:
@@ -173,7 +174,11 @@ class Bench:
         def tick(*args: Any) -> Any:
             with self.tick_lock:
                 self.ticks += 1
-            return real(*args)
+            started = time.perf_counter()
+            try:
+                return real(*args)
+            finally:
+                self.tick_times.append(time.perf_counter() - started)
 
         daemon.tick = tick  # type: ignore[method-assign]
 
@@ -192,6 +197,7 @@ class Bench:
         mutated = Counter(m["route"] for m in self.emu.mutations())  # the manual loop's
         self.routes.clear()
         self.ticks = 0
+        self.tick_times.clear()
         service = Service(daemon, StopFlag(), self.config)
         started, cpu = time.perf_counter(), cpu_seconds()
         service.schedule()
@@ -210,6 +216,7 @@ class Bench:
         f["vault_writes_per_rotation"] = (conn.writes() - writes) / max(1, done.total)
         f["vault_reads_per_rotation"] = (conn.reads() - reads) / max(1, done.total)
         f["polls"] = self.ticks
+        f["poll_seconds"] = [round(t, 1) for t in self.tick_times]
         f["list_passes"] = daemon.list_passes - lists
         f["provider_per_rotation"] = {
             route: count / max(1, done.total) for route, count in sorted(self.routes.items())
@@ -219,32 +226,35 @@ class Bench:
         f["mutations"] = dict(mutations)
 
     def _idle(self, daemon: Daemon, conn: VaultConnection, fleet: w.Fleet) -> None:
-        f = self.figures
         for poll, label in (("1s", "idle_1s"), ("30s", "idle_default")):
-            w.write_config(fleet, self.emu.url, poll=poll, keys=self.keys)
-            service = Service(daemon, StopFlag(), self.config)
-            assert service.reload()
-            ((account, keys),) = daemon.accounts().items()
-            before = daemon.last_tick.get(account, 0.0)
-            service.scheduler.start()
-            try:  # the first tick after a reload reads every record again: not idle yet
-                w.wait_for(lambda: daemon.last_tick.get(account, 0.0) > before, timeout=600)
-                time.sleep(1.0)
-                self.routes.clear()
-                writes, reads, cpu, t0 = conn.writes(), conn.reads(), cpu_seconds(), time.time()
-                time.sleep(IDLE_S)
-                elapsed = time.time() - t0
-                f[f"{label}_cpu"] = (cpu_seconds() - cpu) / elapsed
-                f[f"{label}_writes"] = conn.writes() - writes
-                f[f"{label}_reads_per_s"] = (conn.reads() - reads) / elapsed
-                f[f"{label}_list_calls"] = sum(
-                    n for route, n in self.routes.items() if route.startswith("GET /v1/keys ")
-                )
-                f[f"{label}_provider_calls"] = sum(self.routes.values())
-            finally:
-                service.stop.set()
-                service.shutdown()
-            del keys
+            self._idle_at(daemon, conn, fleet, poll, label)
+
+    def _idle_at(
+        self, daemon: Daemon, conn: VaultConnection, fleet: w.Fleet, poll: str, label: str
+    ) -> None:
+        """The daemon's CPU, Vault and provider calls over IDLE_S at ``poll``, all keys idle."""
+        f = self.figures
+        w.write_config(fleet, self.emu.url, poll=poll, keys=self.keys)
+        service = Service(daemon, StopFlag(), self.config)
+        assert service.reload()
+        ((account, _keys),) = daemon.accounts().items()
+        service.scheduler.start()
+        try:  # the first tick after a reload reads every record again: not idle yet
+            w.wait_for(lambda: (b := daemon.books.get(account)) is not None and b.loaded, 600)
+            time.sleep(1.0)
+            self.routes.clear()
+            writes, reads, cpu, started = conn.writes(), conn.reads(), cpu_seconds(), time.time()
+            time.sleep(IDLE_S)
+            elapsed = time.time() - started
+            f[f"{label}_cpu"] = (cpu_seconds() - cpu) / elapsed
+            f[f"{label}_writes"] = conn.writes() - writes
+            f[f"{label}_reads_per_s"] = (conn.reads() - reads) / elapsed
+            lists = (n for route, n in self.routes.items() if route.startswith("GET /v1/keys "))
+            f[f"{label}_list_calls"] = sum(lists)
+            f[f"{label}_provider_calls"] = sum(self.routes.values())
+        finally:
+            service.stop.set()
+            service.shutdown()
 
 
 def run_size(keys: int) -> dict[str, Any]:
@@ -263,7 +273,9 @@ def check(results: list[dict[str, Any]]) -> list[str]:
             missed.append(f"{n}: not every rotation finished ({r.get('rotated')})")
         ratio = r["rotations_per_s"] / r["manual_per_s"]
         if ratio < TARGETS["vs_manual"]:
-            missed.append(f"{n}: {ratio:.2f}x the manual loop's rotations/s < {TARGETS['vs_manual']}")
+            missed.append(
+                f"{n}: {ratio:.2f}x the manual loop's rotations/s < {TARGETS['vs_manual']}"
+            )
         if r["vault_writes_per_rotation"] > TARGETS["writes_per_rotation"]:
             missed.append(f"{n}: {r['vault_writes_per_rotation']:.2f} Vault writes per rotation")
         if r["mutations_per_rotation"] != TARGETS["mutations_per_rotation"]:
@@ -281,32 +293,41 @@ def check(results: list[dict[str, Any]]) -> list[str]:
 
 
 def show(r: dict[str, Any]) -> None:
-    n = r["keys"]
-    print(f"-- {n:,} keys ({(n + w.KEYS_PER_FILE - 1) // w.KEYS_PER_FILE} environment files, one account)")
-    print(f"   seeded in {r['seed_s']:.0f} s; start-up read of every record: {r['startup_s']:.1f} s, "
-          f"{r['startup_reads']} Vault reads")  # fmt: skip
-    print(f"   scheduled mass rotation: {r['mass_wall_s']:.1f} s wall, {r['rotations_per_s']:.1f} "
-          f"rotations/s, outcomes {r['rotated']}, daemon CPU {r['mass_cpu_s']:.0f} s")  # fmt: skip
-    print(f"   manual loop (same clients): {r['manual_per_s']:.1f} rotations/s -> ratio "
-          f"{r['rotations_per_s'] / r['manual_per_s']:.2f}")  # fmt: skip
+    n, files = r["keys"], (r["keys"] + w.KEYS_PER_FILE - 1) // w.KEYS_PER_FILE
+    vs_manual = r["rotations_per_s"] / r["manual_per_s"]
     rate = r["vault_writes_per_rotation"] * r["rotations_per_s"]
-    print(f"   OpenBao KV writes: {r['vault_writes_per_s']:.0f}/s measured; the mass rotation "
-          f"wrote {rate:.0f}/s -> ratio {rate / r['vault_writes_per_s']:.2f}")  # fmt: skip
-    print(f"   Vault per rotation: {r['vault_writes_per_rotation']:.2f} writes, "
-          f"{r['vault_reads_per_rotation']:.2f} reads")  # fmt: skip
-    print(f"   provider mutations per rotation: {r['mutations_per_rotation']:.2f} {r['mutations']}")
     routes = ", ".join(f"{k}: {v:.2f}" for k, v in r["provider_per_rotation"].items())
-    print(f"   provider requests per rotation by route: {routes}")
-    print(f"   polls: {r['polls']}, list passes: {r['list_passes']} "
-          f"({r['list_passes'] / max(1, r['polls']):.2f} per poll)")  # fmt: skip
-    print(f"   peak RSS: {r['peak_rss_mb']:.0f} MB")
+    lines = [
+        f"-- {n:,} keys ({files} environment files, one account)",
+        f"seeded in {r['seed_s']:.0f} s; start-up read of every record: {r['startup_s']:.1f} s, "
+        f"{r['startup_reads']} Vault reads",
+        f"scheduled mass rotation: {r['mass_wall_s']:.1f} s wall, {r['rotations_per_s']:.1f} "
+        f"rotations/s, outcomes {r['rotated']}, daemon CPU {r['mass_cpu_s']:.0f} s, "
+        f"polls {r['poll_seconds']} s",
+        f"manual loop (same clients): {r['manual_per_s']:.1f} rotations/s -> ratio {vs_manual:.2f}",
+        f"OpenBao KV writes: {r['vault_writes_per_s']:.0f}/s measured; the mass rotation wrote "
+        f"{rate:.0f}/s -> ratio {rate / r['vault_writes_per_s']:.2f}",
+        f"Vault per rotation: {r['vault_writes_per_rotation']:.2f} writes, "
+        f"{r['vault_reads_per_rotation']:.2f} reads",
+        f"provider mutations per rotation: {r['mutations_per_rotation']:.2f} {r['mutations']}",
+        f"provider requests per rotation by route: {routes}",
+        f"polls: {r['polls']}, list passes: {r['list_passes']} "
+        f"({r['list_passes'] / max(1, r['polls']):.2f} per poll)",
+        f"peak RSS: {r['peak_rss_mb']:.0f} MB",
+    ]
     for label, name in (("idle_1s", "1 s polls"), ("idle_default", "30 s polls (default)")):
-        print(f"   idle {IDLE_S:.0f} s at {name}: CPU {r[f'{label}_cpu']:.2%}, "
-              f"Vault writes {r[f'{label}_writes']}, reads {r[f'{label}_reads_per_s']:.1f}/s, "
-              f"provider calls {r[f'{label}_provider_calls']} "
-              f"(list {r[f'{label}_list_calls']})")  # fmt: skip
-    print(f"   environment-wide emergency: {r['emergency']} (EMERGENCY_HOOK: branch `emergency`)")
-    print(f"   consumers: {r['consumers']}")
+        lines.append(
+            f"idle {IDLE_S:.0f} s at {name}: CPU {r[f'{label}_cpu']:.2%}, Vault writes "
+            f"{r[f'{label}_writes']}, reads {r[f'{label}_reads_per_s']:.1f}/s, provider calls "
+            f"{r[f'{label}_provider_calls']} (list {r[f'{label}_list_calls']})"
+        )
+    lines.append(
+        f"environment-wide emergency: {r['emergency']} (EMERGENCY_HOOK: branch `emergency`)"
+    )
+    lines.append(f"consumers: {r['consumers']}")
+    print(lines[0])
+    for line in lines[1:]:
+        print(f"   {line}")
 
 
 def main() -> int:
@@ -314,7 +335,7 @@ def main() -> int:
     results = []
     for keys in sizes:  # each size in a process of its own: its own peak RSS
         command = [sys.executable, "-m", "benchmarks.bench_scale", str(keys)]
-        out = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout  # noqa: S603
+        out = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
         results.append(json.loads(out.strip().splitlines()[-1]))
         show(results[-1])
     missed = check(results)

@@ -56,16 +56,14 @@ class Emulator:
     url: str
 
     def get(self, path: str) -> Any:
-        with urllib.request.urlopen(f"{self.url}{path}", timeout=30) as answer:  # noqa: S310
+        with urllib.request.urlopen(f"{self.url}{path}", timeout=30) as answer:
             return json.loads(answer.read())
 
     def seed(self, name: str) -> tuple[str, str]:
         body = json.dumps({"name": name, "allowed_providers": ["openai"]}).encode()
-        request = urllib.request.Request(  # noqa: S310
-            f"{self.url}/_emulator/keys", data=body, method="POST"
-        )
+        request = urllib.request.Request(f"{self.url}/_emulator/keys", data=body, method="POST")
         request.add_header("Content-Type", "application/json")
-        with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=30) as answer:
             got = json.loads(answer.read())
         return str(got["id"]), str(got["key"])
 
@@ -78,7 +76,7 @@ def emulator() -> Iterator[Emulator]:
     """``vault-rotator emulator`` on a free port (dialect c), stopped on exit."""
     command = [sys.executable, "-m", "vault_rotator", "emulator", "--port", "0", "--dialect", "c"]
     command += ["--management-key", MANAGEMENT_KEY]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)  # noqa: S603
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None
         line = process.stdout.readline()
@@ -111,9 +109,7 @@ class Consumers:
 @contextlib.contextmanager
 def consumers(url: str) -> Iterator[Consumers]:
     command = [sys.executable, "-m", "benchmarks.consumer", url]
-    process = subprocess.Popen(  # noqa: S603
-        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
+    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert process.stdin is not None
     try:
         yield Consumers(process, process.stdin)

@@ -74,7 +74,7 @@ __all__ = [
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
-WORKERS = 8  # passes of one poll run on this many threads at most (hvac and httpx are sync)
+WORKERS = 16  # passes of one poll run on this many threads at most (hvac and httpx are sync)
 
 
 class Cancelled(VaultRotatorError):

@@ -138,9 +138,7 @@ def use_advanced(baseline: UseMark, now: UseMark) -> bool:
 
 def stray_keys(rotation: Rotation, obs: Observation, names: frozenset[str]) -> tuple[str, ...]:
     """Ids of keys this rotation created (by exact name) that are not the published one."""
-    return tuple(
-        sorted(k.id for k in obs.named(names) if k.id != rotation.new_key_id)
-    )
+    return tuple(sorted(k.id for k in obs.named(names) if k.id != rotation.new_key_id))
 
 
 def _observe(

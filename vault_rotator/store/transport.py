@@ -37,7 +37,7 @@ RETRYABLE_METHODS = frozenset({"GET", "LIST"})
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
-class Redirected(Exception):  # noqa: N818 (a signal: send this call through hvac instead)
+class Redirected(Exception):
     """The answer was a redirect (nothing was done): send the call the other way."""
 
 
