@@ -404,8 +404,9 @@ class Daemon:
         return progress.stalled is not None
 
     def close(self) -> None:
-        """Stop the worker pool (passes in progress finish)."""
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        """Stop the worker pool: passes not started are dropped, those running finish on
+        their own (a pass checks for a stop before it starts)."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
     # -- metrics ------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ import threading
 import time
 import urllib.parse
 import warnings
+import weakref
 from typing import Any
 
 import hvac.utils
@@ -59,6 +60,8 @@ class Transport:
         self._local = threading.local()
         self._open: set[http.client.HTTPConnection] = set()  # every thread's, for close()
         self._lock = threading.Lock()
+        # closed with the transport, as urllib3 closes its pool's (no socket left to the GC)
+        weakref.finalize(self, _close_all, self._open)
 
     @staticmethod
     def _tls(verify: bool | str) -> ssl.SSLContext:
@@ -109,7 +112,8 @@ class Transport:
     def close(self) -> None:
         """Close every thread's connection (a thread that calls again opens a new one)."""
         with self._lock:
-            conns, self._open = self._open, set()
+            conns = list(self._open)
+            self._open.clear()
         for conn in conns:
             conn.close()
 
@@ -162,6 +166,11 @@ class Transport:
                 self._drop()
             return response.status, response.getheader("Content-Type", "") or "", payload
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _close_all(conns: set[http.client.HTTPConnection]) -> None:
+    for conn in list(conns):
+        conn.close()
 
 
 def _answer(method: str, target: str, status: int, kind: str, payload: bytes) -> Any:
