@@ -485,16 +485,16 @@ def test_offset_ignored_is_refused(server: FakeServer, make: MakeClient) -> None
 
 
 def test_endless_server_hits_page_cap(server: FakeServer, make: MakeClient) -> None:
-    """A server that keeps inventing full pages is cut off at 10,000/page_size + 10 pages."""
+    """A server that keeps inventing full pages is cut off at 100,000/page_size + 10 pages."""
     counter = itertools.count()
 
     def endless(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, json={"data": [rec_a(next(counter)) for _ in range(100)]})
 
     server.on("GET", "/api/v1/keys", endless)
-    with pytest.raises(ProviderResponseError, match="more than 110 pages"):
+    with pytest.raises(ProviderResponseError, match="more than 1010 pages"):
         make("a").list_keys()
-    assert len(server.requests) == 110
+    assert len(server.requests) == 1010
 
 
 # -- hostile and malformed answers ---------------------------------------------------------

@@ -59,11 +59,11 @@ def _cli(vault: VaultServer, config: Path, *args: str, **env: str) -> subprocess
 def test_sigkilled_rotate_is_finished_by_a_second_process(
     vault: VaultServer, live_env: LiveEnv
 ) -> None:
-    """A `rotate --wait` SIGKILLed after publishing is finished by another after the lease."""
+    """A `rotate --wait` SIGKILLed while it holds the lease (right after deleting the old key)
+    is finished by another process once the lease expires. (A kill right after publishing
+    leaves no lease: "published" is saved with the lease given back.)"""
     tag, config = live_env.env, live_env.config
-    first = _cli(
-        vault, config, "rotate", f"{tag}/app", "--wait", VAULT_ROTATOR_FAULT_AT="published"
-    )
+    first = _cli(vault, config, "rotate", f"{tag}/app", "--wait", VAULT_ROTATOR_FAULT_AT="delete")
     _out, err = first.communicate(timeout=60)
     assert first.returncode == -signal.SIGKILL, err
     store = live_env.store

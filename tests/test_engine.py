@@ -11,7 +11,7 @@ from world import Crash, EmulatorOptions, WorldFactory, assert_clean_end, crash_
 
 from vault_rotator.engine import reasons
 from vault_rotator.engine.driver import drive
-from vault_rotator.engine.engine import BOUNDARIES
+from vault_rotator.engine.engine import BOUNDARIES, Progress
 from vault_rotator.engine.session import StateStore
 from vault_rotator.errors import LeaseHeldError, PreflightError, ProviderAuthError
 from vault_rotator.runtime import Runtime
@@ -44,15 +44,19 @@ def test_rotation_under_consumers_moves_traffic_and_deletes_old_key(
     assert all(c.unauthorized == 0 for c in consumers)
     assert all(c.statuses for c in consumers)
     # Vault writes: one publish; pending written once and destroyed; the state record gets
-    # intent, about-to-create, published, about-to-delete and done, plus a take and a
-    # release of the lease per pass (observations ride on the release), and a few lease
-    # renewals while the baseline waits out usage_lag (60 s against a 30 s lease).
+    # intent with about-to-create (the lease taken with it, handed off once pending is saved),
+    # the lease again for the publish, published (the lease given back with it),
+    # about-to-delete and done (given back with it). A pass that observes nothing new writes
+    # nothing; one whose observations changed (this driver, unlike the daemon, writes them at
+    # once) writes them once, lease-free. No lease is held, or renewed, while waiting.
     writes = world.kv.write_count - before
     store = StateStore(world.kv, world.policy.vault.state_prefix)
     assert writes[world.policy.secret_path] == 1
     assert writes[store.pending_path(world.policy.env, world.policy.name)] == 2
     state_writes = writes[store.state_path(world.policy.env, world.policy.name)]
-    assert 2 * len(passes) + 5 <= state_writes <= 2 * len(passes) + 5 + 4
+    wrote = [p for p in passes if isinstance(p, Progress) and p.wrote]
+    assert len(passes) > 20  # most of them only observed
+    assert 5 <= state_writes <= len(wrote) + 4 < len(passes)  # a pass that acts: 2 or 3
 
 
 def test_first_run_publishes_without_deleting(world_for: WorldFactory) -> None:
@@ -93,7 +97,7 @@ def test_crash_at_every_boundary_then_resume(world_for: WorldFactory, step: str)
     world.expire_lease()
     engine = world.fresh_runtime().engine(holder="successor")
     progress = drive(engine, world.policy, wait=True, start=False)
-    if step in ("done", "destroy"):  # the record was already idle: only stale pending left
+    if step == "done":  # the record was already idle, pending destroyed before it
         assert progress.rotation_id is None
     else:
         assert progress.outcome is not None
@@ -107,15 +111,18 @@ def test_lease_keeps_a_second_process_out(world_for: WorldFactory) -> None:
     """While one process holds the lease, another cannot act; after expiry it takes over."""
     world = world_for("c")
     world.seed_old_key()
-    with pytest.raises(Crash):
-        drive(world.engine(fault=crash_at("published")), world.policy, wait=True)
+    with pytest.raises(Crash):  # between "about to create" and the value saved: lease held
+        drive(world.engine(fault=crash_at("create")), world.policy, wait=True)
     other = world.fresh_runtime().engine(holder="other")
     with pytest.raises(LeaseHeldError, match="held by"):
         other.advance(world.policy, start=True)
     fence = world.record().fence
     world.expire_lease()
     progress = other.advance(world.policy, start=True)
-    assert progress.phase == reasons.PUBLISHED
+    assert progress.phase == reasons.INTENT  # a new attempt created; waiting for usage_lag
+    rotation = world.record().rotation
+    assert rotation is not None
+    assert rotation.attempt == 2
     assert world.record().fence == fence + 1
 
 

@@ -109,7 +109,8 @@ def test_a_create_body_carries_each_set_permission_and_the_cap_under_each_name()
 
 
 def test_the_state_record_stores_permissions_as_schema_1_always_did() -> None:
-    """A version-1 record's permissions read back and are written again byte for byte."""
+    """A version-1 record's permissions read back and are written again byte for byte (in a
+    record of the current schema: 2 changed the lease and the pending record, not these)."""
     stored = {
         "allowed_providers": ["openai", "anthropic"],
         "allowed_models": None,

@@ -51,3 +51,24 @@ def test_an_expired_lease_is_taken_over_and_the_old_holder_is_fenced(store: Stat
         first.save(first.record)
     second.release()
     assert store.read("e", "k")[0].lease is None
+
+
+def test_hold_renews_a_running_low_lease_and_keeps_the_hand_off_it_names(
+    store: StateStore,
+) -> None:
+    """hold() before a side effect renews a lease with little left (a paused process thus
+    meets its loss before writing) and keeps the lease's pending_attempt, which ends it once
+    the value is saved; with time left it writes nothing."""
+    clock = FakeClock()
+    session = Session.acquire(store, "e", "k", holder="h", clock=clock, ttl=5)
+    session.before_provider_write("create", "name.1", 1.0, hand_off_at=1)
+    writes = session.writes
+    session.hold()
+    assert session.writes == writes  # a fresh lease: no I/O
+    clock.advance(3)
+    session.hold()
+    assert session.writes == writes + 1
+    lease = store.read("e", "k")[0].lease
+    assert lease is not None
+    assert lease.pending_attempt == 1
+    session.handed_off()  # the value is saved: the turn ends (asserted the hand-off is named)

@@ -24,3 +24,26 @@ def test_the_current_schema_round_trips() -> None:
     """A record written by this version reads back equal."""
     record = StateRecord.new("prod", "app").evolve(dialect="b")
     assert StateRecord.from_dict(record.to_dict(), "secret/x") == record
+
+
+def test_a_record_of_the_previous_schema_is_read() -> None:
+    """Schema 1 (no hand-off in its lease, no verify time in its pending record) still reads,
+    and is written back as the current schema."""
+    old = StateRecord.new("prod", "app").to_dict()
+    old["schema"] = 1
+    old["lease"] = {"holder": "h:1:abc", "expires_at": 1.0, "fence": 3}
+    record = StateRecord.from_dict(old, "secret/x")
+    assert record.lease is not None
+    assert record.lease.pending_attempt is None
+    assert record.to_dict()["schema"] == SCHEMA_VERSION
+    pending = {
+        "schema": 1,
+        "rotation_id": "r",
+        "attempt": 1,
+        "new_key_id": "k",
+        "new_key_name": "n",
+        "new_key_value": "lr_live_x",
+        "old_secret": None,
+        "old_version": 0,
+    }
+    assert Pending.from_dict(pending, "secret/p").verified_at is None

@@ -33,6 +33,7 @@ from vault_rotator.daemon.metrics import Metrics
 from vault_rotator.emulator import Emulator
 from vault_rotator.engine import account_lease, reasons
 from vault_rotator.engine.ack_store import AckStore
+from vault_rotator.engine.changes import changes_path, read_changes
 from vault_rotator.engine.emergency import emergency_path
 from vault_rotator.engine.emergency_store import EmergencyStore
 from vault_rotator.engine.preflight import required_capabilities
@@ -286,6 +287,10 @@ def test_a_full_rotation_status_and_audit_run_on_the_rotator_policy_alone(
     assert record.outcomes[-1].outcome == reasons.SUCCEEDED
     assert deployment.served_id(backend) != old_id
     assert set(deployment.statuses) == {200}
+    # the operator's passes announced the change to daemons (written under the same policy)
+    changes = read_changes(deployment.kv("secret", deployment.rotator_token), backend.prefix)
+    assert changes.recent
+    assert {ref for ref, _ in changes.recent} == {backend.ref}
 
     capsys.readouterr()
     assert deployment.cli("status", "--json") == 0, capsys.readouterr().err
@@ -589,7 +594,7 @@ def test_every_capability_the_preflight_asks_for_is_granted() -> None:
 
 
 def test_the_layout_agrees_with_the_state_store_and_the_freezes() -> None:
-    """State, pending, freeze and emergency request paths are the ones the code uses."""
+    """State, pending, freeze, emergency and change-signal paths are the ones the code uses."""
     store = StateStore(MemoryKv(), "some/prefix")
     assert vaultacl.state_path("some/prefix", "e", "n") == store.state_path("e", "n")
     assert vaultacl.pending_path("some/prefix", "e", "n") == store.pending_path("e", "n")
@@ -598,6 +603,7 @@ def test_the_layout_agrees_with_the_state_store_and_the_freezes() -> None:
         MemoryKv(), "some/prefix"
     ).folder("e", "n")
     assert vaultacl.emergency_path("some/prefix", "e") == emergency_path("some/prefix", "e")
+    assert vaultacl.changes_path("some/prefix") == changes_path("some/prefix")
     lease_id = "0123456789abcdef"
     assert vaultacl.account_lease_path("some/prefix", lease_id) == account_lease.lease_path(
         "some/prefix", lease_id

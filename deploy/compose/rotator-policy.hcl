@@ -35,6 +35,11 @@ path "secret/data/vault-rotator/control/frozen" {
   capabilities = ["create", "read", "update"]
 }
 
+# dev: change signal (read every poll, bumped after an operator's act)
+path "secret/data/vault-rotator/changes" {
+  capabilities = ["create", "read", "update"]
+}
+
 # dev: state folders
 path "secret/metadata/vault-rotator/state/" {
   capabilities = ["list"]

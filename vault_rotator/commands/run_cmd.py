@@ -163,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
         for listener in listeners:
             listener.stop()
         notifier.close(timeout=2.0)
+        daemon.close()
         runtime.close()
     log.info("daemon stopped")
     return 0

@@ -1,15 +1,17 @@
-"""The daemon's reconcile loop: per provider account, one list pass per poll for every rotation.
+"""The daemon's reconcile loop: per provider account, a poll whose cost follows the work.
 
 :meth:`Daemon.tick` is what a scheduler job runs every ``poll_interval`` for an account:
 
-1. read the state record of every key of the account, plus every record in flight under the
-   account's state prefix whose key has left the policies (finished with the policy it started
-   with, then reported);
-2. list the account's keys ONCE and advance every rotation in flight (not stalled) with that
-   observation;
-3. start the rotations that are due (:mod:`.due`; frozen keys never), while fewer than
-   ``max_concurrent`` are in flight (stalled ones do not count: they block nobody).
+1. bring the account's :class:`~.book.Book` up to date (:mod:`.refresh`): at start every state
+   record; afterwards the change signal (one read per state prefix), the records it names, a
+   slice of a slow full re-read, and nothing else;
+2. pick the idle keys that fall due (:mod:`.starts`; frozen keys never), while fewer than
+   ``max_concurrent`` rotations are in flight (stalled ones do not count);
+3. if anything is in flight or starting, list the account's keys ONCE, and run every pass
+   (each rotation in flight, each start, each stale pending record) in a bounded pool of
+   worker threads, all on that list pass. Nothing in flight and nothing due: no list call.
 
+A pass that only observes writes nothing; what it saw stays in the book (see :mod:`.book`).
 One key's failure (its record unreadable, its pass refused, even a bug) is that key's alone:
 it is reported and the tick goes on with the others. A key that keeps failing is parked and
 alerted once (:mod:`.parking`).
@@ -22,66 +24,61 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import structlog
 
 from vault_rotator.daemon import notify as events
 from vault_rotator.daemon.ack_retention import AckRetention
-from vault_rotator.daemon.due import due
+from vault_rotator.daemon.book import Book, Entry
 from vault_rotator.daemon.emergencies import Emergencies
 from vault_rotator.daemon.freeze import FrozenSet, frozen
-from vault_rotator.daemon.metrics import Metrics
+from vault_rotator.daemon.metrics import KeyRow, Metrics
 from vault_rotator.daemon.notify import Notifier
 from vault_rotator.daemon.parking import FailureBook
+from vault_rotator.daemon.refresh import Refresher, own_policy
 from vault_rotator.daemon.replicas import Replicas
+from vault_rotator.daemon.starts import (
+    FAILURE_BACKOFF_S,
+    MAX_FAILURE_BACKOFF_S,
+    Start,
+    due_now,
+    schedule_basis,
+)
 from vault_rotator.engine import reasons
 from vault_rotator.engine.decide import Observation
-from vault_rotator.engine.engine import Command, Engine, FaultHook
+from vault_rotator.engine.decide_create import Listing
+from vault_rotator.engine.engine import Command, Engine, FaultHook, Progress
 from vault_rotator.engine.outcomes import classify
+from vault_rotator.engine.preflight import missing_capabilities
 from vault_rotator.engine.session import StateStore
-from vault_rotator.engine.state import Outcome, Rotation, Stall, StateRecord
+from vault_rotator.engine.state import Outcome, Rotation, Stall
 from vault_rotator.errors import (
-    ConfigError,
     LeaseHeldError,
     ProviderAuthError,
+    RateLimitedError,
     VaultRotatorError,
 )
 from vault_rotator.policy import Account, KeyPolicy, PolicySet
-from vault_rotator.ports.kv import Versioned
 from vault_rotator.runtime import Runtime
+
+__all__ = [
+    "FAILURE_BACKOFF_S",
+    "MAX_FAILURE_BACKOFF_S",
+    "Cancelled",
+    "Daemon",
+    "StopFlag",
+    "TickReport",
+    "schedule_basis",
+]
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
-
-FAILURE_BACKOFF_S = 3600.0
-MAX_FAILURE_BACKOFF_S = 86400.0
-
-
-def schedule_basis(record: StateRecord) -> tuple[float | None, float]:
-    """(the "last rotation" the schedule counts from, the earliest time to start again).
-
-    An operator's abort counts as a rotation for the schedule: the daemon does not undo it on
-    its next tick, but waits for the next slot. A rotation that failed verification is retried
-    with a backoff (1 h, doubling per failure in a row, at most a day), not on every poll.
-    """
-    last = record.last_success_at
-    failures = 0
-    for outcome in reversed(record.outcomes):
-        if outcome.outcome != reasons.FAILED_VERIFY:
-            break
-        failures += 1
-    latest = record.outcomes[-1] if record.outcomes else None
-    if latest is not None and latest.outcome == reasons.ABORTED:
-        last = max(last or 0.0, latest.at)
-    if failures and latest is not None:
-        wait = min(FAILURE_BACKOFF_S * 2 ** (failures - 1), MAX_FAILURE_BACKOFF_S)
-        return last, latest.at + wait
-    return last, 0.0
+WORKERS = 16  # passes of one poll run on this many threads at most (hvac and httpx are sync)
 
 
 class Cancelled(VaultRotatorError):
@@ -107,20 +104,6 @@ class StopFlag:
 
 
 @dataclass
-class Tracked:
-    """A key the daemon looks after in a tick: its policy and state record."""
-
-    policy: KeyPolicy
-    record: StateRecord
-    in_policy: bool = True
-
-    @property
-    def active(self) -> bool:
-        rot = self.record.rotation
-        return rot is not None and rot.stalled is None
-
-
-@dataclass
 class TickReport:
     account: Account
     advanced: list[str] = field(default_factory=list)
@@ -128,9 +111,17 @@ class TickReport:
     errors: list[str] = field(default_factory=list)
     failed: set[str] = field(default_factory=set)  # keys (ENV/NAME) that failed in this tick
     follower: bool = False  # another replica holds the account lease: nothing was done
-    # consumer secrets read in this tick (each at most once); per tick, as ticks of different
-    # accounts run in parallel threads
-    secrets: dict[tuple[str, str], Versioned | None] = field(default_factory=dict)
+    listed: bool = False  # the tick made a list pass of the account
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, ref: str, *, started: bool) -> None:
+        with self.lock:
+            (self.started if started else self.advanced).append(ref)
+
+    def fail(self, ref: str, error: str) -> None:
+        with self.lock:
+            self.errors.append(f"{ref}: {error}")
+            self.failed.add(ref)
 
 
 class Daemon:
@@ -145,13 +136,18 @@ class Daemon:
         metrics: Metrics | None = None,
         fault: FaultHook | None = None,
         holder: str | None = None,
+        workers: int = WORKERS,
     ) -> None:
-        self.policies = policies
+        self.generation = 0
+        self._accounts: dict[Account, tuple[KeyPolicy, ...]] | None = None
+        self._policies = policies
         self.runtime = runtime
         self.clock: Callable[[], float] = runtime.clock
         self.notifier = notifier or Notifier()
         self.metrics = metrics or Metrics()
         self.metrics.webhooks.source = self._webhook_counts
+        self.metrics.keys.source = self._key_rows
+        self.metrics.keys.clock = self.clock
         if runtime.on_provider_request is None:  # count provider requests by route and status
             runtime.on_provider_request = self.metrics.provider_request
         runtime.conn.on_request = self.metrics.vault_request
@@ -160,6 +156,10 @@ class Daemon:
         self.failures = FailureBook(self.clock)
         self.orphans: dict[Account, tuple[KeyPolicy, ...]] = {}  # see discover_orphans
         self.last_tick: dict[Account, float] = {}
+        self.books: dict[Account, Book] = {}
+        self.list_passes = 0  # list passes made (benchmarks read it)
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vault-rotator")
+        self.refresher = Refresher(runtime.kv, self.map)
         self.ack_retention = AckRetention(runtime.kv)  # hourly per key; see ack_retention
         self.should_stop: Callable[[], bool] = lambda: False
         self.leading: set[Account] = set()  # accounts this replica ticked last time it asked
@@ -175,44 +175,28 @@ class Daemon:
 
     # -- what to look after -------------------------------------------------------------
 
+    @property
+    def policies(self) -> PolicySet:
+        return self._policies
+
+    @policies.setter
+    def policies(self, policies: PolicySet) -> None:
+        """New policies (a reload): every book is built again from Vault on its next tick."""
+        self._policies = policies
+        self._accounts = None
+        self.generation += 1
+        self.books = {}
+
     def accounts(self) -> dict[Account, tuple[KeyPolicy, ...]]:
-        return self.policies.accounts()
+        if self._accounts is None:
+            self._accounts = self.policies.accounts()
+        return self._accounts
 
-    def tracked(
-        self, account: Account, keys: tuple[KeyPolicy, ...], report: TickReport | None = None
-    ) -> list[Tracked]:
-        """The account's keys with their records, plus in-flight records outside the policies.
-
-        A record that cannot be read is that key's failure (in ``report``); the others go on.
-        """
-        report = report or TickReport(account)
-        found: list[Tracked] = []
-        stores: dict[tuple[str, str], StateStore] = {}
-        for policy in self.orphans.get(account, ()):  # where the left account's records live
-            stores.setdefault(
-                (policy.vault.kv_mount, policy.vault.state_prefix), self.engine.store(policy)
-            )
-        for policy in keys:
-            store = stores.setdefault(
-                (policy.vault.kv_mount, policy.vault.state_prefix), self.engine.store(policy)
-            )
-            try:
-                found.append(Tracked(policy, store.read(policy.env, policy.name)[0]))
-            except VaultRotatorError as exc:
-                self._failed(policy, report, str(exc), in_flight=False)
-        known = {(p.env, p.name) for p in keys}
-        for store in stores.values():
-            try:
-                records = store.in_flight(skip=known)
-            except VaultRotatorError as exc:
-                report.errors.append(f"rotations outside the policies: {exc}")
-                log.warning("cannot list rotations outside the policies", error=str(exc))
-                continue
-            for record in records:
-                orphan = self._orphan(record)
-                if orphan is not None and orphan.policy.account == account:
-                    found.append(orphan)
-        return found
+    def map(self, fn: Callable[[Any], T], items: Sequence[Any]) -> list[T]:
+        """``fn`` over ``items`` on the worker pool (in order); the first exception is raised."""
+        if len(items) <= 1:
+            return [fn(item) for item in items]
+        return list(self.pool.map(fn, items))
 
     def discover_orphans(self) -> dict[Account, tuple[KeyPolicy, ...]]:
         """Accounts no policy names any more that still have rotations in flight under the
@@ -222,7 +206,7 @@ class Daemon:
         ticks these accounts too): a provider account removed from the config must not leave
         a rotation with both keys alive and nobody watching.
         """
-        configured = self.policies.accounts()
+        configured = self.accounts()
         known = {(p.env, p.name) for p in self.policies}
         found: dict[Account, list[KeyPolicy]] = {}
         for mount, prefix in sorted(
@@ -234,23 +218,25 @@ class Daemon:
                 log.warning("cannot list rotations outside the policies", error=str(exc))
                 continue
             for record in records:
-                orphan = self._orphan(record)
-                if orphan is not None and orphan.policy.account not in configured:
-                    found.setdefault(orphan.policy.account, []).append(orphan.policy)
+                policy = own_policy(record)
+                if policy is not None and policy.account not in configured:
+                    found.setdefault(policy.account, []).append(policy)
         self.orphans = {account: tuple(policies) for account, policies in found.items()}
         for account in self.orphans:
             log.warning("ticking an account that left the policies, for its rotations in flight",
                         account=account.base_url)  # fmt: skip
         return self.orphans
 
-    def _orphan(self, record: StateRecord) -> Tracked | None:
-        assert record.rotation is not None
-        try:
-            policy = KeyPolicy.from_dict(dict(record.rotation.policy))
-        except ConfigError as exc:
-            log.warning("cannot resume a rotation", key=record.ref, error=str(exc))
-            return None
-        return Tracked(policy, record, in_policy=False)
+    def book(self, account: Account, keys: tuple[KeyPolicy, ...]) -> Book:
+        """The account's book, built afresh for new policies (read on its next refresh)."""
+        book = self.books.get(account)
+        if book is None or book.generation != self.generation or book.keys is not keys:
+            outside = {
+                (p.vault.kv_mount, p.vault.state_prefix) for p in self.orphans.get(account, ())
+            }
+            book = Book(account, keys, generation=self.generation, outside=sorted(outside))
+            self.books[account] = book
+        return book
 
     # -- one tick -----------------------------------------------------------------------
 
@@ -261,21 +247,25 @@ class Daemon:
             self.emergencies.forget(keys)  # its leader folds their webhooks now, not us
             return report  # another replica ticks it, and carries on its emergency requests
         report.errors += self.emergencies.tick(self.policies, keys)
-        tracked = self.tracked(account, keys, report)
-        active = [t for t in tracked if t.active]
-        if active:
-            observation = self._observe(active[0].policy)
-            for item in active:
-                if not self.replicas.still_holds(account):
-                    raise self._lease_lost(account)
-                self._advance(item.policy, report, observation=observation)
-        self._drop_stale_pending(tracked, report)
-        self._start_due(tracked, report)
-        self._gauge(tracked, report)
+        book = self.book(account, keys)
+        found = self.refresher.refresh(book, _poll(keys))
+        report.errors += found.errors
+        for policy, error in found.failed:
+            self._failed(policy, report, error, in_flight=False)
+        for ref in found.recovered:
+            self.failures.succeeded(ref)
+        now = self.clock()
+        active = [e for e in book.active() if not self.failures.waiting(e.ref)]
+        starts = self._starts(book, report, now)
+        listing = self._list(account, book) if active or starts else None
+        report.listed = listing is not None
+        jobs: list[tuple[Entry, Command | None]] = [(e, None) for e in active]
+        jobs += [(start.entry, _command(start)) for start in starts]
+        jobs += [(e, None) for e in found.tidy if e.record.rotation is None]
+        if jobs and not self.replicas.still_holds(account):  # renewed since the tick began
+            raise self._lease_lost(account)
+        self.map(lambda job: self._pass(book, job[0], report, listing, job[1]), jobs)
         self.ack_retention.sweep(keys, self.clock())
-        for policy in keys:  # a tick this key did not fail in ends its failure episode
-            if policy.ref not in report.failed and not self.failures.waiting(policy.ref):
-                self.failures.succeeded(policy.ref)
         self.last_tick[account] = self.clock()
         self.metrics.ticks.labels(str(account), "error" if report.errors else "ok").inc()
         self.metrics.last_tick.labels(str(account)).set(self.last_tick[account])
@@ -289,7 +279,7 @@ class Daemon:
             # would go stale (a stall resolved there would stay stalled here). The accounts
             # we still tick set theirs again at their next tick.
             self.leading.discard(account)
-            self.metrics.forget_per_key_series()
+            self.books.pop(account, None)  # built afresh from Vault if it leads again
             with contextlib.suppress(KeyError):
                 self.metrics.last_tick.remove(str(account))
         if lead:
@@ -302,12 +292,54 @@ class Daemon:
         log.warning("account lease lost mid-tick; stopping the tick", account=str(account))
         return Cancelled(f"account lease of {account.base_url} lost mid-tick")
 
-    def _observe(self, policy: KeyPolicy) -> Observation:
-        def list_pass() -> Observation:
-            provider = self.runtime.provider(policy, None)
-            return Observation.of(tuple(provider.list_keys()), self.clock())
+    def _starts(self, book: Book, report: TickReport, now: float) -> list[Start]:
+        """The idle keys that start now, within ``max_concurrent`` (stalled ones do not count)."""
+        if now < book.next_check:
+            return []
+        freezes: dict[tuple[str, str], FrozenSet | None] = {}
 
-        return self._fresh_key_on_401(policy, list_pass)
+        def is_frozen(entry: Entry) -> bool:
+            if entry.where not in freezes:
+                try:
+                    freezes[entry.where] = frozen(self.runtime.kv(entry.where[0]), entry.where[1])
+                except VaultRotatorError as exc:
+                    report.errors.append(f"freezes under {entry.where[0]}/{entry.where[1]}: {exc}")
+                    freezes[entry.where] = None
+            found = freezes[entry.where]
+            return found is None or found.covers(entry.policy.env, entry.policy.name)
+
+        due, book.next_check = due_now(book, frozen=is_frozen, now=now)
+        due = [s for s in due if not self.failures.waiting(s.entry.ref)]
+        if not due:
+            return []
+        flying = sum(1 for e in book.active())
+        chosen: list[Start] = []
+        for start in due:  # earliest due first, while the account has room
+            if flying + len(chosen) >= start.entry.policy.provider.max_concurrent:
+                break
+            chosen.append(start)
+        refused = missing_capabilities(
+            [s.entry.policy for s in chosen], self.runtime.kv, self.engine.store
+        )
+        for start in chosen:
+            if (problem := refused.get(start.entry.ref)) is not None:
+                self._failed(start.entry.policy, report, problem, in_flight=False)
+        book.next_check = min(book.next_check, now) if len(due) > len(chosen) else book.next_check
+        return [s for s in chosen if s.entry.ref not in refused]
+
+    def _list(self, account: Account, book: Book) -> Listing:
+        """One list pass of the account, for every pass of this tick."""
+        policy = next(iter(book.flying.values()), None) or next(iter(book))
+        saved = policy.record.dialect
+
+        def list_pass() -> Listing:
+            provider = self.runtime.provider(policy.policy, saved)
+            asked_at = self.clock()
+            keys = provider.list_keys()
+            return Listing(Observation.of(tuple(keys), self.clock()), asked_at)
+
+        self.list_passes += 1
+        return self._fresh_key_on_401(policy.policy, list_pass)
 
     def _fresh_key_on_401(self, policy: KeyPolicy, call: Callable[[], T]) -> T:
         """A 401 on a management call: read the management key from Vault again, retry once."""
@@ -322,47 +354,70 @@ class Daemon:
             self.runtime.forget_account(policy.account)
             return call()
 
-    def _advance(
+    def _pass(
         self,
-        policy: KeyPolicy,
+        book: Book,
+        entry: Entry,
         report: TickReport,
-        *,
-        observation: Observation | None = None,
-        command: Command | None = None,
+        listing: Listing | None,
+        command: Command | None,
     ) -> None:
+        """One scheduled pass of one key (on a worker thread); its failure is its own."""
         if self.should_stop():
             raise Cancelled("stopping: no new work")
-        if self.failures.waiting(policy.ref):
-            return  # parked: its next try is not due yet
-        try:
-            progress = self._fresh_key_on_401(
+        policy = entry.policy
+        tries = iter((entry, None))  # a retry after a 401 reads the record afresh
+
+        def advance() -> Progress:
+            base = next(tries, None)
+            known = (base.record, base.version) if base is not None and not base.stale else None
+            return self.engine.advance(
                 policy,
-                lambda: self.engine.advance(
-                    policy, start=command is not None, command=command, observation=observation
-                ),
+                start=command is not None,
+                command=command,
+                listing=listing,
+                known=known,
+                carried=known is not None and entry.carried_since is not None,
+                trusted=known is not None and entry.trusted,
+                scheduled=True,
+                flush=entry.must_flush(self.clock()),
+                capabilities_checked=True,
             )
+
+        try:
+            progress = self._fresh_key_on_401(policy, advance)
         except LeaseHeldError:
+            book.mark_stale(entry)
             return  # a CLI (or another daemon) is acting on it now; next tick
+        except RateLimitedError as exc:  # the provider asked us to slow down: not a failure
+            book.mark_stale(entry)
+            log.info("pass held back by the provider's rate limit", key=policy.ref, error=str(exc))
+            return
         except Cancelled:
             raise
         except VaultRotatorError as exc:
+            book.mark_stale(entry)
             self._failed(policy, report, str(exc), in_flight=command is None)
             return
         except Exception as exc:  # one key's bug must not stop the others
+            book.mark_stale(entry)
             error = f"unexpected {type(exc).__name__}: {exc}"
             self._failed(policy, report, error, in_flight=command is None)
             return
+        if progress.known is not None:
+            record, version = progress.known
+            entry.learned(record, version, carried=progress.carried, now=self.clock())
+            book.note(entry)
         self.failures.succeeded(policy.ref)
-        (report.started if command else report.advanced).append(policy.ref)
-        if progress.outcome is not None and policy.ref not in {p.ref for p in self.policies}:
+        report.add(policy.ref, started=command is not None)
+        if progress.outcome is not None and not entry.in_policy:
             log.warning("finished a rotation of a key no longer in any policy", key=policy.ref)
 
     def _failed(
         self, policy: KeyPolicy, report: TickReport, error: str, *, in_flight: bool
     ) -> None:
         """Count a failed pass; park a key that keeps failing (a stall if it can) and alert once."""
-        report.errors.append(f"{policy.ref}: {error}")
-        report.failed.add(policy.ref)
+        report.fail(policy.ref, error)
         episode = self.failures.failed(policy.ref, error, policy.provider.poll_interval_s)
         log.warning("pass failed", key=policy.ref, error=error, failures=episode.count)
         if not self.failures.first_alert(episode):
@@ -383,117 +438,38 @@ class Daemon:
     def _stall(self, policy: KeyPolicy, detail: str) -> bool:
         """Record a retries-exhausted stall on the rotation in flight; False if it cannot."""
         try:
-            progress = self.engine.stall(policy, reasons.RETRIES_EXHAUSTED, detail)
+            progress = self.engine.stall(policy, reasons.RETRIES_EXHAUSTED, detail, scheduled=True)
         except VaultRotatorError as exc:
             log.warning("could not record the stall", key=policy.ref, error=str(exc))
             return False
+        for book in self.books.values():  # read it again on the next poll
+            if (entry := book.entries.get(policy.ref)) is not None:
+                book.mark_stale(entry)
         return progress.stalled is not None
 
-    def _drop_stale_pending(self, tracked: list[Tracked], report: TickReport) -> None:
-        """A pending record (a key value) left by a crash after "done": one pass destroys it."""
-        idle = {(t.policy.env, t.policy.name): t for t in tracked if t.record.rotation is None}
-        folders = {
-            (t.policy.vault.kv_mount, t.policy.vault.state_prefix, t.policy.env) for t in tracked
-        }
-        for mount, prefix, env in sorted(folders):
-            for name in self.runtime.kv(mount).list(f"{prefix}/pending/{env}"):
-                if (item := idle.get((env, name))) is not None:
-                    self._advance(item.policy, report)
+    def close(self) -> None:
+        """Stop the worker pool: passes not started are dropped, those running finish on
+        their own (a pass checks for a stop before it starts)."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
-    def _start_due(self, tracked: list[Tracked], report: TickReport) -> None:
-        frozen_sets: dict[tuple[str, str], FrozenSet] = {}
-        in_flight = sum(1 for t in tracked if t.active)
-        now = self.clock()
-        candidates = []
-        for item in tracked:
-            if not item.in_policy or item.record.rotation is not None:
-                continue
-            policy = item.policy
-            where = (policy.vault.kv_mount, policy.vault.state_prefix)
-            last, not_before = schedule_basis(item.record)
-            try:
-                if where not in frozen_sets:
-                    frozen_sets[where] = frozen(self.runtime.kv(where[0]), where[1])
-                verdict = due(
-                    policy,
-                    last_success_at=last,
-                    rotated_at=self._rotated_at(item, report),
-                    in_flight=False,
-                    frozen=frozen_sets[where].covers(policy.env, policy.name),
-                    now=now,
+    # -- metrics ------------------------------------------------------------------------
+
+    def _key_rows(self) -> Iterable[KeyRow]:
+        """Each key's gauge values, from the books (read at scrape time, no I/O)."""
+        for book in list(self.books.values()):
+            for entry in list(book):
+                record = entry.record
+                rot = record.rotation
+                yield KeyRow(
+                    env=entry.policy.env,
+                    name=entry.policy.name,
+                    in_policy=entry.in_policy,
+                    in_flight=rot is not None,
+                    stalled=rot is not None and rot.stalled is not None,
+                    last_success=record.last_success_at,
+                    written_at=entry.written_at if rot is None else None,
+                    max_age_s=entry.policy.max_age_s,
                 )
-            except VaultRotatorError as exc:
-                self._failed(policy, report, str(exc), in_flight=False)
-                continue
-            if verdict.due and now >= not_before:
-                candidates.append((verdict.at, verdict.reason, policy))
-        for _at, reason, policy in sorted(candidates, key=lambda c: c[0]):
-            if in_flight >= policy.provider.max_concurrent:
-                break
-            if not self.replicas.still_holds(report.account):
-                raise self._lease_lost(report.account)
-            self._advance(
-                policy, report, command=Command(trigger="schedule", by=f"daemon:{reason}")
-            )
-            in_flight += 1
-
-    def _secret(self, policy: KeyPolicy, report: TickReport) -> Versioned | None:
-        """The consumer secret's current version (None if none), read at most once a tick."""
-        where = (policy.vault.kv_mount, policy.secret_path)
-        if where not in report.secrets:
-            got = self.runtime.kv(where[0]).read(where[1])
-            report.secrets[where] = got if got is not None and not got.deleted else None
-        return report.secrets[where]
-
-    def _rotated_at(self, item: Tracked, report: TickReport) -> str | None:
-        if item.record.last_success_at is not None:
-            return None  # the record wins; no need to read the secret
-        got = self._secret(item.policy, report)
-        stamp = got.data.get("rotated_at") if got else None
-        return stamp if isinstance(stamp, str) else None
-
-    def _written_at(self, item: Tracked, report: TickReport) -> float | None:
-        """A never-rotated key's age basis: the secret's ``rotated_at``, else its first version."""
-        stamp = self._rotated_at(item, report)
-        if stamp is None and self._secret(item.policy, report) is not None:
-            kv = self.runtime.kv(item.policy.vault.kv_mount)
-            first = kv.read(item.policy.secret_path, 1)
-            stamp = first.created_time if first is not None else None
-        try:
-            moment = datetime.fromisoformat(stamp or "")
-        except ValueError:
-            return None
-        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
-
-    def _gauge(self, tracked: list[Tracked], report: TickReport) -> None:
-        now = self.clock()
-        by_env: dict[str, list[int]] = {}
-        for item in tracked:
-            counts = by_env.setdefault(item.policy.env, [0, 0, 0])
-            rot = item.record.rotation
-            counts[0] += rot is not None
-            counts[1] += rot is not None and rot.stalled is not None
-            labels = (item.policy.env, item.policy.name)
-            last = item.record.last_success_at
-            if last is not None:
-                self.metrics.last_success.labels(*labels).set(last)
-                self.metrics.key_age.labels(*labels, "false").set(now - last)
-                with contextlib.suppress(KeyError):  # the never-rotated series, if any
-                    self.metrics.key_age.remove(*labels, "true")
-            elif item.in_policy and item.record.rotation is None:  # one in flight: stalls
-                # and the pass itself say more; its age is set again once it ends
-                try:
-                    last = self._written_at(item, report)
-                except VaultRotatorError:
-                    last = None
-                if last is not None:
-                    self.metrics.key_age.labels(*labels, "true").set(now - last)
-            if last is not None and item.in_policy and now - last > item.policy.max_age_s:
-                counts[2] += 1
-        for env, (flying, stalled, overdue) in by_env.items():
-            self.metrics.in_flight.labels(env).set(flying)
-            self.metrics.stalled.labels(env).set(stalled)
-            self.metrics.overdue.labels(env).set(overdue)
 
     def _webhook_counts(self) -> tuple[int, int, int]:
         counts = self.notifier.counters
@@ -531,3 +507,11 @@ class Daemon:
             new_key_id=rotation.new_key_id,
             **fields,
         )
+
+
+def _poll(keys: tuple[KeyPolicy, ...]) -> float:
+    return min((k.provider.poll_interval_s for k in keys), default=30.0)
+
+
+def _command(start: Start) -> Command:
+    return Command(trigger="schedule", by=f"daemon:{start.reason}")

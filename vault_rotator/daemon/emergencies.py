@@ -36,6 +36,7 @@ import structlog
 from vault_rotator.daemon.notify import Notifier
 from vault_rotator.engine.context import Command, Progress
 from vault_rotator.engine.decide import Observation
+from vault_rotator.engine.decide_create import Listing
 from vault_rotator.engine.emergency import TERMINAL, EmergencyRequest, new_request
 from vault_rotator.engine.emergency_decide import refreshed
 from vault_rotator.engine.emergency_round import Round
@@ -160,7 +161,8 @@ class Emergencies:
         self, policy: KeyPolicy, start: bool, command: Command, obs: Observation | None
     ) -> Progress:
         def call() -> Progress:
-            return self.engine.advance(policy, start=start, command=command, observation=obs)
+            listing = None if obs is None else Listing(obs, obs.at)
+            return self.engine.advance(policy, start=start, command=command, listing=listing)
 
         return self.guard(policy, call)
 

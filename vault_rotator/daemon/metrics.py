@@ -19,8 +19,8 @@ words from small fixed sets: never a key value, token, fingerprint or free text 
 ``vault_rotator_vault_requests_total``           counter: operation, status (``ok``,
                                                  ``denied``, ``unavailable``, ``conflict``,
                                                  ``error``)
-``vault_rotator_ticks_total``                    counter: account (base URL), result
-``vault_rotator_last_tick_timestamp_seconds``    gauge: account (base URL); set by the replica
+``vault_rotator_ticks_total``                    counter: account (URL and key path), result
+``vault_rotator_last_tick_timestamp_seconds``    gauge: account (URL and key path); by the replica
                                                  that ticked it (max over replicas: last tick)
 ``vault_rotator_account_lease_held``             gauge 0/1: account; 1 on the replica ticking it
 ``vault_rotator_webhook_deliveries_total``       counter: result (sent, failed, dropped)
@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import platform
 import re
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 from prometheus_client import (
     CollectorRegistry,
@@ -44,7 +46,7 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from vault_rotator import __version__
@@ -86,6 +88,67 @@ class _WebhookDeliveries(Collector):
         yield family
 
 
+@dataclass(frozen=True, slots=True)
+class KeyRow:
+    """What the per-key and per-environment gauges need of one key (the daemon's book)."""
+
+    env: str
+    name: str
+    in_policy: bool
+    in_flight: bool
+    stalled: bool
+    last_success: float | None  # the record's last successful rotation
+    written_at: float | None  # never rotated and idle: its secret's rotated_at or first version
+    max_age_s: float
+
+
+class _KeyGauges(Collector):
+    """Key ages, last successes and the per-environment counts, computed at scrape time from
+    the daemon's book (no per-poll work, no I/O: ages grow with the clock by themselves)."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], Iterable[KeyRow]] = lambda: ()
+        self.clock: Callable[[], float] = time.time
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        now = self.clock()
+        age = GaugeMetricFamily(
+            "vault_rotator_key_age_seconds",
+            "Seconds since the key was last rotated (or, never rotated, since it was written)",
+            labels=["env", "key", "never_rotated"],
+        )
+        last = GaugeMetricFamily(
+            "vault_rotator_last_success_timestamp_seconds",
+            "Unix time of the key's last successful rotation",
+            labels=["env", "key"],
+        )
+        per_env: dict[str, list[int]] = {}
+        for row in self.source():
+            counts = per_env.setdefault(row.env, [0, 0, 0])
+            counts[0] += row.in_flight
+            counts[1] += row.stalled
+            if row.last_success is not None:
+                last.add_metric([row.env, row.name], row.last_success)
+                age.add_metric([row.env, row.name, "false"], now - row.last_success)
+                if row.in_policy and now - row.last_success > row.max_age_s:
+                    counts[2] += 1
+            elif row.in_policy and not row.in_flight and row.written_at is not None:
+                age.add_metric([row.env, row.name, "true"], now - row.written_at)
+                counts[2] += now - row.written_at > row.max_age_s
+        yield age
+        yield last
+        names = (
+            ("vault_rotator_rotations_in_flight", "Rotations in flight"),
+            ("vault_rotator_stalled_rotations", "Rotations stalled"),
+            ("vault_rotator_keys_overdue", "Keys older than their max_age"),
+        )
+        for index, (name, help_text) in enumerate(names):
+            family = GaugeMetricFamily(name, help_text, labels=["env"])
+            for env, counts in sorted(per_env.items()):
+                family.add_metric([env], counts[index])
+            yield family
+
+
 class Metrics:
     """The daemon's metrics, registered in their own registry."""
 
@@ -110,14 +173,8 @@ class Metrics:
             buckets=STEP_BUCKETS,
             registry=r,
         )
-        self.key_age = Gauge(
-            "vault_rotator_key_age_seconds",
-            "Seconds since the key was last rotated (or, never rotated, since it was written)",
-            ["env", "key", "never_rotated"], registry=r,
-        )  # fmt: skip
-        self.overdue = Gauge(
-            "vault_rotator_keys_overdue", "Keys older than their max_age", ["env"], registry=r
-        )
+        self.keys = _KeyGauges()  # key ages, last successes, per-environment counts
+        r.register(self.keys)
         self.last_tick = Gauge(
             "vault_rotator_last_tick_timestamp_seconds",
             "Unix time of the account's last finished tick",
@@ -128,18 +185,6 @@ class Metrics:
             "vault_rotator_account_lease_held",
             "1 while this replica holds the account's lease and ticks it, 0 while another does",
             ["account"],
-            registry=r,
-        )
-        self.in_flight = Gauge(
-            "vault_rotator_rotations_in_flight", "Rotations in flight", ["env"], registry=r
-        )
-        self.stalled = Gauge(
-            "vault_rotator_stalled_rotations", "Rotations stalled", ["env"], registry=r
-        )
-        self.last_success = Gauge(
-            "vault_rotator_last_success_timestamp_seconds",
-            "Unix time of the key's last successful rotation",
-            ["env", "key"],
             registry=r,
         )
         self.provider_requests = Counter(
@@ -153,18 +198,11 @@ class Metrics:
         )
 
     def forget_per_key_series(self) -> None:
-        """Drop the gauges' series (per key, environment, account) after a reload: a key or an
-        account no longer configured must not keep its last value (and alerts on it) forever."""
-        for gauge in (
-            self.key_age,
-            self.overdue,
-            self.in_flight,
-            self.stalled,
-            self.last_success,
-            self.last_tick,
-            self.account_lease,
-        ):
-            gauge.clear()
+        """Drop the per-account series after a reload: an account no longer configured must not
+        keep its last value (and alerts on it) forever. (The per-key gauges are computed from
+        the daemon's book, which a reload builds again.)"""
+        self.last_tick.clear()
+        self.account_lease.clear()
 
     def rotation_finished(self, env: str, name: str, outcome: Outcome, rotation: Rotation) -> None:
         self.rotations.labels(env, name, outcome.outcome).inc()

@@ -14,6 +14,7 @@ never a key.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,17 +35,25 @@ class Episode:
 
 
 class FailureBook:
-    """Consecutive failed passes per key (``ENV/NAME``), on an injectable clock."""
+    """Consecutive failed passes per key (``ENV/NAME``), on an injectable clock (thread-safe:
+    the daemon's passes run on worker threads)."""
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
         self._episodes: dict[str, Episode] = {}
+        self._lock = threading.Lock()
 
     def succeeded(self, ref: str) -> None:
-        self._episodes.pop(ref, None)
+        if ref in self._episodes:
+            with self._lock:
+                self._episodes.pop(ref, None)
 
     def failed(self, ref: str, error: str, poll_interval: float) -> Episode:
         """Count a failed pass; once parked, push the next try out (doubling, capped)."""
+        with self._lock:
+            return self._failed(ref, error, poll_interval)
+
+    def _failed(self, ref: str, error: str, poll_interval: float) -> Episode:
         now = self._clock()
         episode = self._episodes.setdefault(ref, Episode(first_at=now))
         episode.count += 1
@@ -65,7 +74,8 @@ class FailureBook:
 
     def first_alert(self, episode: Episode) -> bool:
         """True once per episode, when it is parked: the moment to alert."""
-        if episode.alerted or not self.is_parked(episode):
-            return False
-        episode.alerted = True
-        return True
+        with self._lock:
+            if episode.alerted or not self.is_parked(episode):
+                return False
+            episode.alerted = True
+            return True

@@ -94,11 +94,12 @@ def republish(p: Pass) -> Progress:
         "aborted": True,
         "rotated_at": datetime.fromtimestamp(p.clock(), UTC).isoformat(),
     }
+    p.session.hold()  # the consumer write is made under the lease
     current = p.kv.current_version(path)
     version = find_version(p, rot.published_version or 0, aborted=True)
     if version is None and current == rot.published_version:
         try:
-            p.session.check_fence()
+            p.session.hold()
             version = p.kv.write(path, data, cas=current)
         except CasConflictError:
             version = find_version(p, rot.published_version or 0, aborted=True)

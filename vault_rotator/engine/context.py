@@ -1,8 +1,16 @@
 """What one pass works with: the record under the lease, the ports, the clock, the listener.
 
-A pass is one process's turn at one key while it holds the key's lease. :class:`Pass` is built
-by the engine from its parts (composition: the effects get these, never the engine itself) and
-handed to the machine (:mod:`.machine`), whose effects read and save the record through it.
+A pass is one process's turn at one key (under its lease once it acts, :mod:`.session`).
+:class:`Pass` is built by the engine from its parts (composition: the effects get these, never
+the engine itself) and handed to the machine (:mod:`.machine`), whose effects read and save the
+record through it.
+
+Listings: the routine ones (the preflight's, the baseline's, each pass's judgement of pickup and
+drain) come from the caller's list pass of the account when it gives one (the daemon lists each
+account once per poll for all its rotations: :class:`~.decide_create.Listing`). A pass that may
+not list on its own (``may_list`` false, the daemon's) and has no current list pass ends there,
+waiting for the next one (:class:`NeedListing`). Confirmations after a provider's 404 and
+operators' commands always list afresh (:meth:`Pass.observe`).
 """
 
 from __future__ import annotations
@@ -20,9 +28,9 @@ from vault_rotator.engine.decide_create import Listing
 from vault_rotator.engine.reasons import Phase
 from vault_rotator.engine.session import Session, StateStore
 from vault_rotator.engine.state import Outcome, Pending, Rotation, Stall, StateRecord
-from vault_rotator.errors import RateLimitedError
+from vault_rotator.errors import RateLimitedError, VaultRotatorError
 from vault_rotator.policy import KeyPolicy, render_key_name
-from vault_rotator.ports.kv import KvStore
+from vault_rotator.ports.kv import KvStore, Versioned
 from vault_rotator.ports.provider import Dialect, KeyProvider
 
 log = structlog.get_logger("vault_rotator.engine")
@@ -63,6 +71,11 @@ class Progress:
     waiting: str = ""
     outcome: Outcome | None = None
     stalled: Stall | None = None
+    # The record as this pass left it, and the version it builds on (for a caller that keeps
+    # it for its next pass); ``carried``: it holds observations not written to Vault yet.
+    known: tuple[StateRecord, int] | None = field(default=None, compare=False, repr=False)
+    carried: bool = False
+    wrote: bool = False  # the pass wrote the state record
 
     @property
     def finished(self) -> bool:
@@ -91,6 +104,13 @@ class Command:
     by: str = ""
 
 
+class NeedListing(VaultRotatorError):
+    """The pass needs a list pass it may not make on its own: it ends, waiting for the next."""
+
+
+WAITING_FOR_LISTING = "waiting for the account's next list pass"
+
+
 @dataclass(slots=True)
 class Carry:
     """What a pass learned in an earlier turn of its loop, reused instead of read again.
@@ -106,6 +126,7 @@ class Carry:
     verify_failure: str | None = None
     rate_limited: RateLimitedError | None = None
     listing: Listing | None = None
+    secret_read: Versioned | None = None  # the consumer secret as read in this pass
 
 
 @dataclass(slots=True)
@@ -124,6 +145,9 @@ class Pass:
     new_id: Callable[[], str]
     command: Command = field(default_factory=Command)
     start: bool = False  # start a rotation if the record is idle (and the verb is rotate)
+    shared: Listing | None = None  # the caller's list pass of this account, if any
+    may_list: bool = True  # False: routine listings come only from ``shared``
+    trusted: bool = False  # the record is as this process left it: no crash traces to look for
     log: Any = None
 
     def __post_init__(self) -> None:
@@ -160,10 +184,29 @@ class Pass:
         )
 
     def observe(self) -> Observation:
-        """One list pass of the account; the lease is made to outlive every page's request."""
+        """A list pass of the account made now, by this pass (after a 404, for an operator).
+
+        Under the lease, made to outlive every page's request.
+        """
         budget = self.provider.worst_case_seconds()
         keys = self.provider.list_keys(before_page=lambda: self.session.ensure(budget))
         return Observation.of(tuple(keys), self.clock())
+
+    def routine_listing(self, asked_after: float = 0.0) -> Listing:
+        """The caller's list pass if it was asked for at ``asked_after`` or later, else one of
+        this pass's own (lease-free: a listing is no side effect), else NeedListing."""
+        shared = self.shared
+        if shared is not None and shared.asked_at >= asked_after:
+            return shared
+        if not self.may_list:
+            raise NeedListing(WAITING_FOR_LISTING)
+        asked_at = self.clock()
+        budget = self.provider.worst_case_seconds()
+        session = self.session
+        keys = self.provider.list_keys(
+            before_page=lambda: session.ensure(budget) if session.held else None
+        )
+        return Listing(Observation.of(tuple(keys), self.clock()), asked_at)
 
     def timing(self) -> Timing:
         p = self.policy

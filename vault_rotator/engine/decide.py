@@ -37,14 +37,29 @@ from vault_rotator.ports.provider import KeyRecord
 
 @dataclass(frozen=True, slots=True)
 class Observation:
-    """One list pass of an account: keys by id, and the local time the pass finished."""
+    """One list pass of an account: keys by id, and the local time the pass finished.
+
+    ``by_name``: the ids listed under each name (built by :meth:`of`; empty otherwise), so a
+    rotation finds its keys by name without scanning the whole account.
+    """
 
     keys: Mapping[str, KeyRecord]
     at: float
+    by_name: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, keys: list[KeyRecord] | tuple[KeyRecord, ...], at: float) -> Observation:
-        return cls({k.id: k for k in keys}, at)
+        by_name: dict[str, tuple[str, ...]] = {}
+        for key in keys:
+            by_name[key.name] = (*by_name.get(key.name, ()), key.id)
+        return cls({k.id: k for k in keys}, at, by_name)
+
+    def named(self, names: frozenset[str]) -> list[KeyRecord]:
+        """The listed keys with one of ``names``."""
+        if not self.by_name and self.keys:  # built without the index: scan
+            return [k for k in self.keys.values() if k.name in names]
+        ids = (i for name in names for i in self.by_name.get(name, ()))
+        return [self.keys[i] for i in ids if i in self.keys]
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,9 +144,7 @@ def use_advanced(baseline: UseMark, now: UseMark) -> bool:
 
 def stray_keys(rotation: Rotation, obs: Observation, names: frozenset[str]) -> tuple[str, ...]:
     """Ids of keys this rotation created (by exact name) that are not the published one."""
-    return tuple(
-        sorted(k.id for k in obs.keys.values() if k.name in names and k.id != rotation.new_key_id)
-    )
+    return tuple(sorted(k.id for k in obs.named(names) if k.id != rotation.new_key_id))
 
 
 def _observe(
@@ -263,7 +276,7 @@ def decide_abort(
             detail = "the new key still carries traffic after the old secret was restored"
             return Decision(AbortAction.STALL, rotation, reasons.DRAIN_TIMEOUT, detail)
         return Decision(AbortAction.WAIT, rotation, "aborting: waiting for the new key to go quiet")
-    ours = tuple(sorted(k.id for k in obs.keys.values() if k.name in names))
+    ours = tuple(sorted(k.id for k in obs.named(names)))
     if ours:
         return Decision(AbortAction.SWEEP, rotation, sweep_ids=ours)
     return Decision(AbortAction.FINISH, rotation)
@@ -314,7 +327,7 @@ def readable(obs: Observation, judged: Sequence[str | None]) -> tuple[Observatio
     if not unreadable:
         return obs, unreadable
     kept = {key_id: k for key_id, k in obs.keys.items() if key_id not in unreadable}
-    return Observation(kept, obs.at), unreadable
+    return Observation(kept, obs.at, obs.by_name), unreadable
 
 
 def noting(decision: Decision[A], unreadable: Mapping[str, str]) -> Decision[A]:

@@ -1,7 +1,8 @@
 """Effects every phase shares: fenced provider writes, stalls and the end of a rotation.
 
 Each saves what it is about to do before doing it (see :mod:`.session`), so a pass that dies
-anywhere leaves a record its successor can finish.
+anywhere leaves a record its successor can finish. A stall and the end of a rotation are the
+last write of their pass: saved with the lease given back, in one write.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def reenable_old(p: Pass) -> None:
     rot = p.rotation
     if rot.old_disabled_at is not None and rot.old_key_id and not rot.old_deleted:
         set_disabled(p, rot.old_key_id, disabled=False)
-        p.save_rotation(old_disabled_at=None)
+        p.stage(p.record.with_rotation(old_disabled_at=None))  # a repeat enable is harmless
 
 
 def find_version(p: Pass, after: int, *, aborted: bool) -> int | None:
@@ -66,14 +67,16 @@ def stall(p: Pass, reason: str, detail: str) -> Progress:
     """Stop and wait for an operator; both keys stay alive (the old one re-enabled)."""
     reenable_old(p)
     stalled = Stall(reason, detail, p.clock())
-    p.save_rotation(stalled=stalled)
+    p.session.save_and_release(p.record.with_rotation(stalled=stalled))
     p.log.warning("rotation stalled", reason=reason, detail=detail)
     p.listener.stalled(p.policy, p.rotation, stalled)
     return p.progress(f"stalled: {reason}")
 
 
 def finish(p: Pass, ending: Ending, *, new_key_id: str | None, current: str | None) -> Progress:
-    """Done: the record goes idle with the outcome, then pending is destroyed."""
+    """Done: pending is destroyed, then the record goes idle with the outcome (and the lease
+    given back) in one write. Nothing needs pending once a rotation ends: a crash between the
+    two leaves the rotation to end again, with nothing left to destroy."""
     rotation = p.rotation
     outcome = Outcome(
         rotation_id=rotation.id,
@@ -85,10 +88,10 @@ def finish(p: Pass, ending: Ending, *, new_key_id: str | None, current: str | No
         new_key_id=new_key_id,
         detail=ending.detail,
     )
-    p.save(p.record.finished(outcome, current_key_id=current))
-    p.fault("done")
-    p.session.check_fence()
+    p.session.hold()  # destroying pending is a side effect: under the lease
     p.store.destroy_pending(p.policy.env, p.policy.name)
     p.fault("destroy")
+    p.session.save_and_release(p.record.finished(outcome, current_key_id=current))
+    p.fault("done")
     p.listener.finished(p.policy, outcome, rotation)  # the canonical line, metrics, webhooks
     return p.progress(outcome=outcome)

@@ -31,6 +31,7 @@ import structlog
 from vault_rotator.engine import reasons
 from vault_rotator.engine.context import Command, Progress, Verb
 from vault_rotator.engine.decide import Observation
+from vault_rotator.engine.decide_create import Listing
 from vault_rotator.engine.emergency import TERMINAL, EmergencyRequest, KeyEntry, Step
 from vault_rotator.engine.emergency_decide import KeyAction, after_pass, decide_key, merged
 from vault_rotator.engine.emergency_store import EmergencyStore
@@ -179,7 +180,8 @@ class Round:
     ) -> Progress:
         if self.advance is not None:
             return self.advance(policy, start, command, obs)
-        return self.engine.advance(policy, start=start, command=command, observation=obs)
+        listing = None if obs is None else Listing(obs, obs.at)
+        return self.engine.advance(policy, start=start, command=command, listing=listing)
 
     def _observation(self, policy: KeyPolicy, record: StateRecord) -> Observation | None:
         """One list pass of the account per round, shared by the rotations it drives."""

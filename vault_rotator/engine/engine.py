@@ -1,18 +1,22 @@
-"""The rotation engine: wires one pass of the machine (:mod:`.machine`) under a key's lease.
+"""The rotation engine: wires one pass of the machine (:mod:`.machine`) on a key's record.
 
-Each call to :meth:`Engine.advance` takes the key's lease, builds the pass's parts (the ports,
-the session, the clock, the fault hook, the listeners), runs the machine as far as it can go
-without waiting on consumers, and releases the lease. The steps, the phases and what decides
-each are drawn in :mod:`.machine`.
+Each call to :meth:`Engine.advance` opens a session on the key's record (:mod:`.session`: the
+lease is taken by the pass's first write, if it writes at all), builds the pass's parts (the
+ports, the session, the clock, the fault hook, the listeners), runs the machine as far as it
+can go without waiting on consumers, and ends the session (the lease given back with the last
+write). A pass on an operator's behalf then bumps the change signal (:mod:`.changes`). The
+steps, the phases and what decides each are drawn in :mod:`.machine`.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import replace
 
 import structlog
 
+from vault_rotator.engine.changes import note_change
 from vault_rotator.engine.context import (
     Command,
     FaultHook,
@@ -22,11 +26,11 @@ from vault_rotator.engine.context import (
     RotationListener,
     Verb,
 )
-from vault_rotator.engine.decide import Observation
+from vault_rotator.engine.decide_create import Listing
 from vault_rotator.engine.effects import stall
 from vault_rotator.engine.machine import run_pass
 from vault_rotator.engine.preflight import Plan, check_capabilities, preflight
-from vault_rotator.engine.session import Session, StateStore, default_holder
+from vault_rotator.engine.session import Known, Session, StateStore, default_holder
 from vault_rotator.engine.state import StateRecord
 from vault_rotator.errors import VaultRotatorError
 from vault_rotator.policy import KeyPolicy
@@ -46,8 +50,8 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 BOUNDARIES = (
-    "intent", "create", "pending", "verify", "publish", "published",
-    "sweep", "disable", "delete", "done", "destroy",
+    "intent", "create", "verify", "pending", "publish", "published",
+    "sweep", "disable", "delete", "destroy", "done",
 )  # fmt: skip
 
 
@@ -113,22 +117,54 @@ class Engine:
         *,
         start: bool = False,
         command: Command | None = None,
-        observation: Observation | None = None,
+        listing: Listing | None = None,
+        known: Known | None = None,
+        carried: bool = False,
+        trusted: bool = False,
+        scheduled: bool = False,
+        flush: bool = False,
+        capabilities_checked: bool = False,
     ) -> Progress:
-        """One pass under the lease: apply ``command`` (start it if idle and ``start``), go on."""
+        """One pass: apply ``command`` (start it if idle and ``start``), go on as far as it can.
+
+        ``listing``: the caller's list pass of the policy's account. ``known``: the record as
+        the caller last knew it (else read); ``carried``: with observations not written yet;
+        ``trusted``: it is what this process's own last pass left (or read, with no pending
+        record beside an idle one), so nothing unrecorded can have happened since: the pass
+        skips the reads that look for a crash's traces (a stale pending record at a start, an
+        unrecorded publish).
+        ``scheduled`` (the daemon's own passes): routine listings come only from ``listing``,
+        observations the pass did not write are left to the caller (``Progress.known``,
+        ``carried``; ``flush``: write them after all), and the change signal is not bumped.
+        """
         command = command or Command()
         store = self.store(policy)
-        if start:  # before touching the record, so a weak token gets the full list of gaps
+        if start and not capabilities_checked:  # first, so a weak token gets the full list
             check_capabilities(policy, self.kv_for(policy.vault.kv_mount), store)
 
         def one_pass(p: Pass) -> Progress:
             # A rotation follows its own policy: if its account differs, list that one.
-            same_account = p.policy.account == policy.account
-            return run_pass(p, observation if same_account else None)
+            if p.policy.account == policy.account:
+                p.shared = listing
+            p.may_list = not scheduled or p.policy.account != policy.account
+            p.trusted = trusted and known is not None
+            return run_pass(p)
 
-        return self._under_lease(policy, store, one_pass, command=command, start=start)
+        return self._in_session(
+            policy,
+            store,
+            one_pass,
+            command=command,
+            start=start,
+            known=known,
+            carried=carried,
+            scheduled=scheduled,
+            persist=not scheduled or flush,
+        )
 
-    def stall(self, policy: KeyPolicy, reason: str, detail: str) -> Progress:
+    def stall(
+        self, policy: KeyPolicy, reason: str, detail: str, *, scheduled: bool = False
+    ) -> Progress:
         """Record a stall on the rotation in flight (e.g. retries exhausted); no-op if idle."""
 
         def record_stall(p: Pass) -> Progress:
@@ -137,9 +173,11 @@ class Engine:
                 return p.progress()
             return stall(p, reason, detail)
 
-        return self._under_lease(policy, self.store(policy), record_stall)
+        return self._in_session(
+            policy, self.store(policy), record_stall, scheduled=scheduled, persist=True
+        )
 
-    def _under_lease(
+    def _in_session(
         self,
         policy: KeyPolicy,
         store: StateStore,
@@ -147,19 +185,38 @@ class Engine:
         *,
         command: Command | None = None,
         start: bool = False,
+        known: Known | None = None,
+        carried: bool = False,
+        scheduled: bool = False,
+        persist: bool = True,
     ) -> Progress:
-        session = Session.acquire(
-            store, policy.env, policy.name, holder=self.holder, clock=self.clock, ttl=self.lease_ttl
+        session = Session.open(
+            store,
+            policy.env,
+            policy.name,
+            holder=self.holder,
+            clock=self.clock,
+            ttl=self.lease_ttl,
+            known=known,
+            carried=carried,
         )
         try:
             one_pass = self._pass(session, store, policy, command or Command(), start)
             progress = act(one_pass)
         except (Exception, KeyboardInterrupt, SystemExit):
-            _release_quietly(session)
+            _release_quietly(session, persist=persist)
+            self._signal(store, session, scheduled)
             raise
         one_pass.note_dialect()
-        session.release()
-        return progress
+        carried = session.release(persist=persist)
+        self._signal(store, session, scheduled)
+        return replace(progress, known=session.known, carried=carried, wrote=session.writes > 0)
+
+    def _signal(self, store: StateStore, session: Session, scheduled: bool) -> None:
+        """A pass on an operator's behalf that wrote the record bumps the change signal."""
+        if not scheduled and session.writes:
+            ref = session.record.ref
+            note_change(store.kv, store.prefix, ref, at=self.clock())
 
     def _pass(
         self, session: Session, store: StateStore, policy: KeyPolicy, command: Command, start: bool
@@ -183,9 +240,9 @@ class Engine:
         )
 
 
-def _release_quietly(session: Session) -> None:
+def _release_quietly(session: Session, *, persist: bool) -> None:
     """Give the lease back after a failed pass; if that fails too, it simply expires."""
     try:
-        session.release()
+        session.release(persist=persist)
     except VaultRotatorError as exc:
         log.warning("could not release the lease; it will expire", error=str(exc))

@@ -68,7 +68,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from vault_rotator.engine.aborting import apply_aborting, observe_aborting
-from vault_rotator.engine.context import Carry, Pass, Progress
+from vault_rotator.engine.context import WAITING_FOR_LISTING, Carry, NeedListing, Pass, Progress
 from vault_rotator.engine.create import apply_creation, observe_creation
 from vault_rotator.engine.decide import (
     AbortAction,
@@ -128,15 +128,30 @@ ACTIONS = (IdleAction, CreateAction, PublishedAction, AbortAction, CleanupAction
 MAX_TURNS = 64  # observe-decide-apply turns in one pass; a real pass takes a handful
 
 
-def run_pass(p: Pass, observation: Observation | None = None) -> Progress:
-    """One pass under the lease: the operator's command, then the machine until it waits.
+def run_pass(p: Pass) -> Progress:
+    """One pass: the operator's command, then the machine until it waits.
 
-    ``observation`` is a list pass the caller already made of this account (the daemon's
-    tick); it is used for the first decision that needs one.
+    The caller's list pass of the account (``p.shared``, the daemon's per poll) serves the
+    decisions that need one, unless a provider write recorded since makes it stale. A pass
+    that needs a listing it may not make (``p.may_list``) ends there, waiting for the next.
     """
     if p.record.phase != Phase.IDLE and (early := apply_command(p, p.command)) is not None:
         return early
-    carry = Carry(obs=observation)
+    try:
+        return _turns(p, Carry(obs=current_listing(p)))
+    except NeedListing:
+        return p.progress(WAITING_FOR_LISTING)
+
+
+def current_listing(p: Pass) -> Observation | None:
+    """The caller's list pass, if it was asked for after the last provider write recorded."""
+    shared, write = p.shared, p.record.provider_write
+    if shared is None or (write is not None and shared.asked_at < write.at):
+        return None
+    return shared.obs
+
+
+def _turns(p: Pass, carry: Carry) -> Progress:
     for _turn in range(MAX_TURNS):  # each turn makes one-way progress; the cap is a backstop
         rotation = p.record.rotation
         if rotation is not None and rotation.stalled is not None:

@@ -6,14 +6,14 @@ list, the old key's presence at the provider, and the permissions the new key wi
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from vault_rotator.engine.ack_store import acks_folder
 from vault_rotator.engine.acks import AckPolicy
 from vault_rotator.engine.session import StateStore
-from vault_rotator.errors import PreflightError
+from vault_rotator.errors import PreflightError, VaultRotatorError
 from vault_rotator.policy import KeyPolicy
 from vault_rotator.ports.kv import KvStore, Versioned
 from vault_rotator.ports.provider import NO_PERMISSIONS, KeyProvider, KeyRecord, Permissions
@@ -96,13 +96,52 @@ def check_capabilities(policy: KeyPolicy, kv: KvStore, store: StateStore) -> Non
     """Raise PreflightError listing every capability the token lacks."""
     needed = required_capabilities(policy, store)
     held = kv.capabilities(sorted({path for path, _ in needed}))
-    missing = [
+    missing = _missing(needed, held)
+    if missing:
+        raise PreflightError(f"{policy.ref}: the Vault token lacks " + "; ".join(missing))
+
+
+CAPABILITY_BATCH = 200  # keys whose paths go in one sys/capabilities-self request
+
+
+def missing_capabilities(
+    policies: Sequence[KeyPolicy],
+    kv_for: Callable[[str], KvStore],
+    store_for: Callable[[KeyPolicy], StateStore],
+) -> dict[str, str]:
+    """:func:`check_capabilities` for many keys in few requests: ref -> what is missing.
+
+    A request that fails is every one of its keys' problem.
+    """
+    problems: dict[str, str] = {}
+    by_mount: dict[str, list[KeyPolicy]] = {}
+    for policy in policies:
+        by_mount.setdefault(policy.vault.kv_mount, []).append(policy)
+    for mount, group in by_mount.items():
+        for at in range(0, len(group), CAPABILITY_BATCH):
+            batch = group[at : at + CAPABILITY_BATCH]
+            needs = {p.ref: required_capabilities(p, store_for(p)) for p in batch}
+            paths = sorted({path for need in needs.values() for path, _ in need})
+            try:
+                held = kv_for(mount).capabilities(paths)
+            except VaultRotatorError as exc:
+                problems.update((p.ref, str(exc)) for p in batch)
+                continue
+            for ref, need in needs.items():
+                missing = _missing(need, held)
+                if missing:
+                    problems[ref] = f"{ref}: the Vault token lacks " + "; ".join(missing)
+    return problems
+
+
+def _missing(
+    needed: Sequence[tuple[str, frozenset[str]]], held: Mapping[str, frozenset[str]]
+) -> list[str]:
+    return [
         f"{path} ({'/'.join(sorted(caps - {'root'}))})"
         for path, caps in needed
         if not caps & held.get(path, frozenset())
     ]
-    if missing:
-        raise PreflightError(f"{policy.ref}: the Vault token lacks " + "; ".join(missing))
 
 
 def effective_permissions(policy: KeyPolicy, old: KeyRecord | None, now: float) -> Permissions:
@@ -182,11 +221,16 @@ def preflight(
     *,
     now: float,
     capabilities_checked: bool = False,
+    keys: Mapping[str, KeyRecord] | None = None,
 ) -> Plan:
-    """Check a rotation of ``policy`` can run; return its plan. No side effects."""
+    """Check a rotation of ``policy`` can run; return its plan. No side effects.
+
+    ``keys``: the account's keys by id from a list pass already made (else one is made).
+    """
     if not capabilities_checked:
         check_capabilities(policy, kv, store)
-    keys = {k.id: k for k in provider.list_keys()}
+    if keys is None:
+        keys = {k.id: k for k in provider.list_keys()}
     secret = kv.read(policy.secret_path)
     old = find_old_key(policy, secret, keys)
     if old.record is not None and old.record.problem is not None:

@@ -33,12 +33,15 @@ from vault_rotator.engine.decide_end import (
     unpublished_ending,
 )
 from vault_rotator.engine.effects import delete_all, delete_key, finish, set_disabled, stall
+from vault_rotator.ports.kv import Versioned
 
 
 def listed(p: Pass, carry: Carry) -> Observation:
-    """The list pass this turn judges by: one still current, else a fresh one."""
+    """The list pass this turn judges by: one still current, else one asked for after the
+    last provider write recorded (the caller's next, or this pass's own: see ``Pass``)."""
     if carry.obs is None:
-        carry.obs = p.observe()
+        write = p.record.provider_write
+        carry.obs = p.routine_listing(asked_after=write.at if write else 0.0).obs
     return carry.obs
 
 
@@ -59,7 +62,9 @@ def judged_readable(
 def observe_published(p: Pass, carry: Carry) -> PublishedFacts:
     rot = p.rotation
     obs = listed(p, carry)
-    secret = p.kv.read(p.policy.secret_path)
+    if carry.secret_read is None:  # read once a pass (nothing in this phase writes it)
+        carry.secret_read = p.kv.read(p.policy.secret_path)
+    secret = carry.secret_read
     evidence, unreadable = judged_readable(p, obs, (rot.old_key_id, rot.new_key_id))
     return PublishedFacts(
         rotation=rot,
@@ -86,7 +91,7 @@ def observe_acks(p: Pass) -> AckFacts | None:
     return facts
 
 
-def apply_published(p: Pass, decision: Decision[PublishedAction], _carry: Carry) -> Progress | None:
+def apply_published(p: Pass, decision: Decision[PublishedAction], carry: Carry) -> Progress | None:
     match decision.action:
         case PublishedAction.WAIT:
             return p.progress(decision.reason)
@@ -95,7 +100,8 @@ def apply_published(p: Pass, decision: Decision[PublishedAction], _carry: Carry)
         case PublishedAction.DISABLE_OLD:
             return disable_old(p)
         case PublishedAction.DELETE_OLD | PublishedAction.OLD_GONE:
-            return delete_old(p, gone=decision.action == PublishedAction.OLD_GONE)
+            gone = decision.action == PublishedAction.OLD_GONE
+            return delete_old(p, carry.secret_read, gone=gone)
         case PublishedAction.FINISH:
             rot = p.rotation
             ending = success_ending(rot)
@@ -116,23 +122,25 @@ def sweep(p: Pass, key_ids: tuple[str, ...]) -> Progress:
 def disable_old(p: Pass) -> Progress:
     rot = p.rotation
     assert rot.old_key_id is not None
-    # Saved first: a crash right after the disable must still lead to a re-enable.
-    p.save_rotation(old_disabled_at=p.clock())
+    # Saved first (with "about to disable"): a crash right after the disable must still lead
+    # to a re-enable.
+    p.stage(p.record.with_rotation(old_disabled_at=p.clock()))
     set_disabled(p, rot.old_key_id, disabled=True)
     p.fault("disable")
     return p.progress("old key disabled; deleting after disable_before_delete")
 
 
-def delete_old(p: Pass, *, gone: bool = False) -> Progress | None:
-    """The consumer secret re-read (still ours, else stall), then the old key deleted; the
-    loop then decides again on the same list pass. ``gone``: a delete cut short by a crash
-    went through (a list pass after it no longer shows the key): only recorded, not redone."""
+def delete_old(p: Pass, secret: Versioned | None, *, gone: bool = False) -> Progress | None:
+    """The consumer secret as read for this very decision (still ours, else stall), then the
+    old key deleted; the loop then decides again on the same list pass (its next turn reads
+    the secret again). ``gone``: a delete cut short by a crash went through (a list pass after
+    it no longer shows the key): only recorded, not redone."""
     rot = p.rotation
     assert rot.old_key_id is not None
     if gone:
         p.stage(p.record.with_rotation(old_deleted=True))
         return None
-    if (changed := secret_changed(rot, p.kv.read(p.policy.secret_path))) is not None:
+    if (changed := secret_changed(rot, secret)) is not None:
         return stall(p, reasons.SECRET_CHANGED, changed)
     deleted = delete_key(p, rot.old_key_id)
     p.fault("delete")

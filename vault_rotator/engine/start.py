@@ -20,6 +20,8 @@ from vault_rotator.errors import OldKeyUnknownError
 
 
 def observe_idle(p: Pass, carry: Carry) -> IdleFacts:
+    if carry.pending_version is None and p.trusted:
+        carry.pending, carry.pending_version = None, 0  # known to have none (see Engine)
     if carry.pending_version is None:
         carry.pending, carry.pending_version = p.store.read_pending(p.policy.env, p.policy.name)
     start = p.start and p.command.verb == Verb.ROTATE
@@ -32,22 +34,35 @@ def apply_idle(p: Pass, decision: Decision[IdleAction], carry: Carry) -> Progres
             return p.progress()
         case IdleAction.DROP_STALE_PENDING:
             p.log.warning("destroying a stale pending record", had_value=carry.pending is not None)
-            p.session.check_fence()
+            p.session.hold()
             p.store.destroy_pending(p.policy.env, p.policy.name)
             carry.pending, carry.pending_version = None, 0
             return None
         case IdleAction.START:
-            start(p)
-            carry.pending, carry.pending_version = None, None  # INTENT reads it afresh
+            start(p, carry)  # pending was just read: none (a stale one is dropped first)
             return None
         case _:
             assert_never(decision.action)
 
 
-def start(p: Pass) -> None:
-    """Preflight, then save the intent: IDLE -> INTENT."""
+def start(p: Pass, carry: Carry) -> None:
+    """Preflight, then stage the intent: IDLE -> INTENT.
+
+    The intent is written with the first provider write's "about to create" (and the lease
+    it takes): nothing happens in between but reads.
+    """
     command = p.command
-    plan = preflight(p.policy, p.kv, p.store, p.provider, now=p.clock(), capabilities_checked=True)
+    listing = p.routine_listing()
+    plan = preflight(
+        p.policy,
+        p.kv,
+        p.store,
+        p.provider,
+        now=p.clock(),
+        capabilities_checked=True,
+        keys=listing.obs.keys,
+    )
+    carry.secret_read = plan.secret  # the old secret saved with the new value comes from it
     old_id, missing = _settle_old_key(p, plan)
     if command.emergency and plan.old.unknown:
         raise OldKeyUnknownError(
@@ -72,7 +87,7 @@ def start(p: Pass) -> None:
         old_key_name=old.name if old else None,
         old_missing=missing,
     )
-    p.save(p.record.start(rotation, dialect=plan.dialect or p.record.dialect))
+    p.stage(p.record.start(rotation, dialect=plan.dialect or p.record.dialect))
     p.log.info(
         "rotation started",
         rotation_id=rotation.id,
@@ -83,7 +98,6 @@ def start(p: Pass) -> None:
         trigger=command.trigger,
         by=command.by,
     )
-    p.fault("intent")
 
 
 def _settle_old_key(p: Pass, plan: Plan) -> tuple[str | None, bool]:

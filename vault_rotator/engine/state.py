@@ -3,14 +3,17 @@
 Stored at ``<kv_mount>/<state_prefix>/state/<env>/<name>`` as the KV v2 data map below, written
 only by check-and-set, never holding a key value (values live in the pending record).
 
-Schema version 2 (version 1, without the two ``ack_*`` fields, is still read)::
+Schema version 2 (version 1 is read too: it has no ``ack_*`` fields and no
+``pending_attempt`` in its lease; a record of a newer version is never read)::
 
     {
       "schema": 2,
       "env": "production", "name": "backend",
       "phase": "idle" | "intent" | "published" | "cleanup" | "aborting",
       "fence": 7,                        # bumped each time a process takes the lease
-      "lease": null | {"holder": "host:pid:uuid", "expires_at": 1700000000.0, "fence": 7},
+      "lease": null | {"holder": "host:pid:uuid", "expires_at": 1700000000.0, "fence": 7,
+                       "pending_attempt": null | 1},   # v2: the lease ends once the pending
+                                                       # record holds this attempt (hand-off)
       "provider_write": null | {"action": "create"|"delete"|"disable"|"enable",
                                 "target": "<key name for create, key id otherwise>",
                                 "fence": 7, "at": 1700000000.0},
@@ -60,6 +63,7 @@ other.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -71,8 +75,8 @@ from vault_rotator.errors import EngineError, StoreError
 from vault_rotator.ports.provider import Permissions
 
 SCHEMA_VERSION = 2
-READS_SCHEMAS = frozenset({1, SCHEMA_VERSION})  # version 1: no ack_* fields (defaults)
-PENDING_SCHEMA = 1  # the pending record's own version (unchanged by state schema 2)
+READS_SCHEMAS = frozenset({1, SCHEMA_VERSION})  # version 1: no ack_*, no pending_attempt
+PENDING_SCHEMA = 2  # the pending record's own version: 2 added verified_at (1 is read)
 MAX_OUTCOMES = 20
 
 # The phases each phase may move to (``finished`` ends any of them: back to IDLE).
@@ -87,9 +91,19 @@ NEXT_PHASES: Mapping[Phase, frozenset[Phase]] = {
 
 @dataclass(frozen=True, slots=True)
 class Lease:
+    """Who acts on the key, until when, under which fence.
+
+    ``pending_attempt`` (a hand-off): the holder gives the lease up as soon as the pending
+    record holds this attempt of the rotation, without a write of its own. The pass that
+    creates a key saves "about to create" with such a lease, creates, verifies and saves the
+    value to pending; that save ends its turn. Another process sees the lease as free once it
+    finds that pending record (or once ``expires_at`` passed, as for any lease).
+    """
+
     holder: str
     expires_at: float
     fence: int
+    pending_attempt: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,7 +278,7 @@ class StateRecord:
         return self.evolve(**changes)
 
     def to_dict(self) -> dict[str, Any]:
-        plain: dict[str, Any] = _plain(dataclasses.asdict(self))
+        plain: dict[str, Any] = _plain(self)
         return plain
 
     @classmethod
@@ -287,9 +301,17 @@ def refuse_newer(data: Mapping[str, Any], what: str, newest: int = SCHEMA_VERSIO
         )
 
 
+@functools.cache
+def _field_names(cls: type[Any]) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
 def _plain(value: Any) -> Any:
-    """Tuples to lists and datetimes (an expiry) to ISO 8601, recursively, for JSON."""
-    if isinstance(value, dict):
+    """Dataclasses to dicts, tuples to lists and datetimes (an expiry) to ISO 8601,
+    recursively, for JSON (what ``dataclasses.asdict`` does, without its deep copies)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {name: _plain(getattr(value, name)) for name in _field_names(type(value))}
+    if isinstance(value, Mapping):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
@@ -340,6 +362,7 @@ def _record_from(data: Mapping[str, Any]) -> StateRecord:
     return StateRecord(
         **{
             **values,
+            "schema": SCHEMA_VERSION,  # read as, and written back as, this version
             "phase": Phase(values.get("phase", Phase.IDLE)),
             "lease": _opt(Lease, values.get("lease")),
             "provider_write": _opt(ProviderWrite, values.get("provider_write")),
@@ -353,9 +376,11 @@ def _record_from(data: Mapping[str, Any]) -> StateRecord:
 class Pending:
     """Values in flight, at ``<kv_mount>/<state_prefix>/pending/<env>/<name>``.
 
-    Stored form: ``{"schema": 1, "rotation_id", "attempt", "new_key_id", "new_key_name",
-    "new_key_value", "old_secret": {...} | null, "old_version": int}``. ``old_secret`` is the
-    consumer secret's whole data map when the rotation started (for abort). Destroyed, every
+    Stored form: ``{"schema": 2, "rotation_id", "attempt", "new_key_id", "new_key_name",
+    "new_key_value", "old_secret": {...} | null, "old_version": int, "verified_at": float |
+    null}``. ``old_secret`` is the consumer secret's whole data map when the rotation started
+    (for abort). ``verified_at`` (v2; absent in v1): when the new key's own verify call passed
+    (local clock), so the value and its verify are saved in one write. Destroyed, every
     version, when the rotation ends.
     """
 
@@ -366,6 +391,7 @@ class Pending:
     new_key_value: str
     old_secret: Mapping[str, Any] | None
     old_version: int
+    verified_at: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": PENDING_SCHEMA, **dataclasses.asdict(self)}

@@ -104,8 +104,8 @@ def key_status(
         "stall_detail": rot.stalled.detail if rot and rot.stalled else None,
         "mode": rot.mode if rot else None,
         "deadlines_passed": passed,
-        "lease_holder": record.lease.holder
-        if record.lease and record.lease.expires_at > now
+        "lease_holder": record.lease.holder  # a handed-off lease ended with its pending save
+        if record.lease and record.lease.expires_at > now and record.lease.pending_attempt is None
         else None,
         "last_outcomes": [
             {

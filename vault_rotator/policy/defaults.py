@@ -5,7 +5,7 @@ provider.dialect            auto (detected on first contact, saved in state)
 provider.management_key     field ``key``
 provider.usage_lag          60s
 provider.poll_interval      30s
-provider.max_concurrent     4 (1 to 64)
+provider.max_concurrent     4 (1 to 100,000)
 vault.kv_mount              secret
 vault.state_prefix          vault-rotator
 require_spending_limit      true when ``environment`` starts with "prod", else false
@@ -39,6 +39,7 @@ MANAGEMENT_KEY_FIELD = "key"
 USAGE_LAG_S = 60.0
 POLL_INTERVAL_S = 30.0
 MAX_CONCURRENT = 4
+MAX_CONCURRENT_LIMIT = 100_000  # rotations in flight per account: see docs/scale.md
 KV_MOUNT = "secret"
 STATE_PREFIX = "vault-rotator"
 

@@ -66,7 +66,9 @@ class ProviderPolicy(_Frozen):
     management_key: ManagementKeyRef
     usage_lag_s: Seconds = builtin.USAGE_LAG_S
     poll_interval_s: PositiveSeconds = builtin.POLL_INTERVAL_S
-    max_concurrent: int = Field(default=builtin.MAX_CONCURRENT, ge=1, le=64)
+    max_concurrent: int = Field(
+        default=builtin.MAX_CONCURRENT, ge=1, le=builtin.MAX_CONCURRENT_LIMIT
+    )
 
 
 class VaultPolicy(_Frozen):

@@ -60,7 +60,9 @@ class RawProvider(_Raw):
     management_key: RawManagementKey
     usage_lag: Duration = builtin.USAGE_LAG_S
     poll_interval: PositiveDuration = builtin.POLL_INTERVAL_S
-    max_concurrent: int = Field(default=builtin.MAX_CONCURRENT, ge=1, le=64)
+    max_concurrent: int = Field(
+        default=builtin.MAX_CONCURRENT, ge=1, le=builtin.MAX_CONCURRENT_LIMIT
+    )
 
 
 class RawVault(_Raw):

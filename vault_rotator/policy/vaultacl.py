@@ -25,9 +25,13 @@ VaultKv`: ``read`` and ``write`` on ``data/``; ``current_version``, ``set_custom
     acks/<env>/<name>/    metadata: list                 find the key's ack records
     emergency/<env>   data: create read update      the environment-wide emergency request
     emergency/<env>/+/+  data: create read update   its key shards (<request id>/<n>)
+    changes           data: create read update      the change signal (engine.changes): the
+                                                    daemon reads it every poll, operators'
+                                                    passes bump it
     token self paths  lookup, renew, revoke, capabilities-self (also in Vault's default policy)
 
 The layout mirrors :class:`~vault_rotator.engine.session.StateStore`,
+:func:`~vault_rotator.engine.changes.changes_path`,
 :func:`~vault_rotator.daemon.freeze.frozen_path` and
 :func:`~vault_rotator.engine.emergency.emergency_path` without importing them (this package sits
 below the engine); ``tests/test_vault_policy.py`` checks that they agree, and that every
@@ -120,6 +124,10 @@ def emergency_path(prefix: str, env: str) -> str:
 def emergency_shards(prefix: str, env: str) -> str:
     """The request's key shards: ``<request id>/<n>`` below its path."""
     return f"{emergency_path(prefix, env)}/{ONE_SEGMENT}/{ONE_SEGMENT}"
+
+
+def changes_path(prefix: str) -> str:
+    return f"{prefix}/changes"
 
 
 WRITE = ("create", "read", "update")
@@ -227,6 +235,12 @@ def rotator_rules(policies: PolicySet) -> list[Rule]:
         section = f"state prefix {mount}/{prefix} ({names})"
         grants += [
             _Grant(section, _data(mount, frozen_path(prefix)), WRITE, f"{names}: freezes"),
+            _Grant(
+                section,
+                _data(mount, changes_path(prefix)),
+                WRITE,
+                f"{names}: change signal (read every poll, bumped after an operator's act)",
+            ),
             _Grant(
                 section, _folder(mount, f"{prefix}/state"), ("list",), f"{names}: state folders"
             ),

@@ -56,7 +56,10 @@ Behaviour, including decisions where the spec is silent:
   connection the server just closed fails *after* sending, which would turn a create into a
   false AmbiguousCreateError; a fresh one fails at connect, provably unsent. (A client nobody
   closed leaks no socket either.) Calls are few, so the extra handshakes cost nothing.
-- **Threads**: one client per thread of work; detection state is not locked.
+- **Threads**: the daemon's workers share one client per account. Its detection state and the
+  memory of odd records are kept under a lock; requests in flight are bounded by a
+  :class:`~vault_rotator.provider.limiter.Limiter` that adapts to 429s and ``Retry-After``
+  (waiting for a slot is covered by the attempt's budget: see ``worst_case_seconds``).
 - **Secrets**: values are :class:`~vault_rotator.secret.Secret` and revealed only into the
   ``Authorization`` header. Error messages carry the server's message, with known secrets and
   anything key-shaped redacted, on one line, cut at 200 characters. Logs carry key ids and
@@ -67,6 +70,7 @@ from __future__ import annotations
 
 import math
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -84,11 +88,13 @@ from vault_rotator.errors import (
     ProviderPermanentError,
     ProviderResponseError,
     ProviderRetryableError,
+    RateLimitedError,
 )
 from vault_rotator.ports.provider import CreatedKey, Dialect, KeyRecord, KeySpec
 from vault_rotator.provider import dialects as d
 from vault_rotator.provider import paging
 from vault_rotator.provider.deadline import Watchdog
+from vault_rotator.provider.limiter import Limiter
 from vault_rotator.provider.retry import (
     MESSAGE_LIMIT,
     Backoff,
@@ -275,8 +281,11 @@ class ARouterClient(_Closing):
         monotonic: Callable[[], float] = time.monotonic,
         transport: httpx.BaseTransport | None = None,
         on_request: Callable[[str, str, int | str], None] = lambda _m, _r, _s: None,
+        limiter: Limiter | None = None,
     ) -> None:
         self._on_request = on_request  # (method, path, status or error class): for metrics
+        self.limiter = limiter or Limiter()
+        self._lock = threading.RLock()  # detection state and the odd records' memory
         if not isinstance(management_key, Secret):
             raise TypeError("management_key must be a Secret")
         try:
@@ -327,6 +336,12 @@ class ARouterClient(_Closing):
 
     def _learn(self, collection: str, records: tuple[d.Fields, ...] | list[d.Fields]) -> None:
         """What a listing of ``collection`` tells about the dialect (nothing if configured)."""
+        with self._lock:
+            self._learn_locked(collection, records)
+
+    def _learn_locked(
+        self, collection: str, records: tuple[d.Fields, ...] | list[d.Fields]
+    ) -> None:
         self._collection = collection
         if self._configured is not None:
             return
@@ -348,6 +363,10 @@ class ARouterClient(_Closing):
     def _switch(self, dialect: Dialect, why: str) -> None:
         """Take ``dialect`` as known; a change from another known (or hinted) one is one
         warning line."""
+        with self._lock:
+            self._switch_locked(dialect, why)
+
+    def _switch_locked(self, dialect: Dialect, why: str) -> None:
         if dialect is self._dialect:
             return
         was = self._dialect or self._hint
@@ -385,6 +404,10 @@ class ARouterClient(_Closing):
 
     def _report_odd(self, records: list[KeyRecord], skipped: Iterable[str]) -> None:
         """One warning per odd record (incomplete, or not addressable) per client, escaped."""
+        with self._lock:
+            self._report_odd_locked(records, skipped)
+
+    def _report_odd_locked(self, records: list[KeyRecord], skipped: Iterable[str]) -> None:
         if len(self._reported) > MAX_REPORTED:
             self._reported.clear()
         for reason in skipped:
@@ -581,7 +604,27 @@ class ARouterClient(_Closing):
         body: object,
         attempt: int,
     ) -> _Answer | ProviderError:
-        """One request: its answer if 2xx and complete, else the error it maps to."""
+        """One request: its answer if 2xx and complete, else the error it maps to.
+
+        It waits for a slot of the account's :class:`Limiter` first (at most one timeout).
+        """
+        try:
+            with self.limiter.slot(f"{method} {path}", self._http.timeout):
+                return self._sent(method, path, auth, params=params, body=body, attempt=attempt)
+        except ProviderError as exc:  # no slot: not sent
+            log.info("arouter.request_held_back", route=path, error=str(exc))
+            return exc
+
+    def _sent(
+        self,
+        method: str,
+        path: str,
+        auth: Secret,
+        *,
+        params: dict[str, str] | None,
+        body: object,
+        attempt: int,
+    ) -> _Answer | ProviderError:
         started = self._monotonic()
         try:
             answer = self._http.send(
@@ -608,7 +651,10 @@ class ARouterClient(_Closing):
             duration_ms=duration_ms,
         )
         self._on_request(method, path, answer.status)
-        return self._error_for(f"{method} {path}", answer, (self._key, auth)) or answer
+        error = self._error_for(f"{method} {path}", answer, (self._key, auth))
+        delay = error.retry_after if isinstance(error, RateLimitedError) else None
+        self.limiter.answered(answer.status, delay)
+        return error or answer
 
     def _error_for(
         self, endpoint: str, answer: _Answer, secrets: tuple[Secret, ...]

@@ -13,11 +13,16 @@ The deadline runs from the watchdog's creation (the attempt's start): connecting
 by the connect timeout, everything after it by the watchdog, so an attempt lasts at most its
 deadline plus a thread wake-up. Not covered: name resolution (``getaddrinfo`` cannot be
 interrupted). Without a socket (a mock transport) the watchdog does nothing.
+
+One thread (:class:`_Reaper`, started on first use) keeps every armed watchdog's deadline in a
+heap and fires those that come due: a thread per request would cost more than the request.
 """
 
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import socket
 import threading
 import time
@@ -36,7 +41,6 @@ class Watchdog:
         self._deadline = time.monotonic() + seconds
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
-        self._timer: threading.Timer | None = None
         self._closed = False
         self.fired = False
 
@@ -53,10 +57,7 @@ class Watchdog:
             if self._closed or self._sock is not None:
                 return
             self._sock = sock.dup()  # ours: stays valid whatever httpcore does with its own
-            left = max(0.0, self._deadline - time.monotonic())
-            self._timer = threading.Timer(left, self._fire)
-            self._timer.daemon = True
-            self._timer.start()
+        _reaper().arm(self._deadline, self)
 
     def _fire(self) -> None:
         with self._lock:
@@ -67,11 +68,9 @@ class Watchdog:
                 self._sock.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
-        """Disarm: cancel the timer and drop the duplicate descriptor."""
+        """Disarm: drop the duplicate descriptor (the reaper then skips this watchdog)."""
         with self._lock:
             self._closed = True
-            if self._timer is not None:
-                self._timer.cancel()
             if self._sock is not None:
                 self._sock.close()
                 self._sock = None
@@ -86,3 +85,41 @@ class Watchdog:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class _Reaper:
+    """One thread firing every armed watchdog whose deadline has come."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, Watchdog]] = []
+        self._order = itertools.count()
+        thread = threading.Thread(target=self._run, name="arouter-watchdog", daemon=True)
+        thread.start()
+
+    def arm(self, deadline: float, watchdog: Watchdog) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (deadline, next(self._order), watchdog))
+            if self._heap[0][2] is watchdog:
+                self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._heap or self._heap[0][0] > time.monotonic():
+                    wait = self._heap[0][0] - time.monotonic() if self._heap else None
+                    self._cond.wait(wait)
+                _, _, watchdog = heapq.heappop(self._heap)
+            watchdog._fire()  # a closed one does nothing
+
+
+_REAPER: _Reaper | None = None
+_REAPER_LOCK = threading.Lock()
+
+
+def _reaper() -> _Reaper:
+    global _REAPER  # noqa: PLW0603 (one reaper per process, started on first use)
+    with _REAPER_LOCK:
+        if _REAPER is None:
+            _REAPER = _Reaper()
+        return _REAPER

@@ -12,11 +12,13 @@ Decisions where the spec is silent:
   meanwhile shifts the next page by one. (A key deleted meanwhile can make another one skip a
   page; nothing but tokens can prevent that.) An item without a usable id is not a record: it
   is left out and its reason kept (:attr:`Listing.skipped`), once per distinct reason.
-- A server that never ends is cut off at ``10,000 / page_size + 10`` pages. A repeated token,
-  or a full offset page with no new id (a server ignoring ``offset``), is refused at once. So
-  is a listing where items without a usable id outnumber the keys: that is a garbage answer
-  (the wrong id field, every field mistyped), not an odd record, and nothing can be concluded
-  from it. All four raise ProviderResponseError: a partial listing is never returned.
+- A server that never ends is cut off at ``MAX_LISTED_KEYS / page_size + 10`` pages
+  (100,000 keys: an account of 10,000 managed keys holds up to twice that mid-rotation). A
+  repeated token, or a full offset page with no new id (a server ignoring ``offset``), is
+  refused at once. So is a listing where items without a usable id outnumber the keys: that
+  is a garbage answer (the wrong id field, every field mistyped), not an odd record, and
+  nothing can be concluded from it. All four raise ProviderResponseError: a partial listing
+  is never returned.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from dataclasses import dataclass, field
 from vault_rotator.errors import ProviderResponseError
 from vault_rotator.provider.dialects import Fields, Page, list_params, unaddressable
 
-MAX_LISTED_KEYS = 10_000
+MAX_LISTED_KEYS = 100_000
 
 
 @dataclass(slots=True)

@@ -1,0 +1,303 @@
+"""What a rotation costs the daemon, counted on a real OpenBao and the emulator (issue 14).
+
+A fleet of keys on one account is rotated by daemon ticks on a fake clock shared with the
+emulator; after every tick each consumer calls with whatever key Vault serves it (so it switches
+as soon as a new key is published). Vault writes are the daemon's connection's own counts
+(``write``, ``update metadata``, ``destroy``); provider calls are the emulator's request and
+mutation logs.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import cast
+
+import pytest
+from world import MANAGEMENT_KEY, EmulatorFactory, no_fault
+
+from vault_rotator.daemon.book import OBSERVATION_FLUSH_S
+from vault_rotator.daemon.daemon import Daemon, TickReport
+from vault_rotator.daemon.metrics import Metrics
+from vault_rotator.emulator import Emulator
+from vault_rotator.engine import reasons
+from vault_rotator.engine.driver import drive
+from vault_rotator.engine.engine import Command, Verb
+from vault_rotator.engine.session import StateStore
+from vault_rotator.engine.state import StateRecord
+from vault_rotator.policy import load_policies
+from vault_rotator.provider.arouter import ARouterClient
+from vault_rotator.runtime import Runtime
+from vault_rotator.store.vault import VaultConnection, VaultKv
+from vault_rotator.testing.clock import FakeClock
+from vault_rotator.testing.vault_server import VaultServer
+
+POLL = 30.0
+CONFIG = """\
+environment: {env}
+provider:
+  type: arouter
+  base_url: {base_url}
+  dialect: c
+  management_key:
+    path: {env}/management
+  usage_lag: 60s
+  poll_interval: 30s
+  max_concurrent: 100
+vault:
+  kv_mount: secret
+  state_prefix: {env}/vault-rotator
+require_spending_limit: false
+defaults:
+  pickup_timeout: 1h
+  drain_period: {drain}
+  drain_timeout: 2h
+  disable_before_delete: {disable}
+keys:
+{keys}
+"""
+
+
+@dataclass
+class Tick:
+    """What one tick cost."""
+
+    report: TickReport
+    writes: int
+    reads: int
+    mutations: int
+    lists: int
+    phases: dict[str, str]
+
+
+@dataclass
+class Fleet:
+    """Keys of one account, their consumers, a daemon, and what each tick cost."""
+
+    vault: VaultServer
+    emulator: Emulator
+    clock: FakeClock
+    config: Path
+    env: str = field(default_factory=lambda: f"s{uuid.uuid4().hex[:8]}")
+    names: list[str] = field(default_factory=list)
+    conns: list[VaultConnection] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.conn = VaultConnection(self.vault.addr, self.vault.token)
+        self.kv: VaultKv = self.conn.kv("secret")
+        self.kv.write(f"{self.env}/management", {"key": MANAGEMENT_KEY}, cas=0)
+        self.store = StateStore(self.kv, f"{self.env}/vault-rotator")
+
+    def seed(self, count: int, *, drain: str = "2m", disable: str = "0s") -> None:
+        self.names = [f"app-{i}" for i in range(count)]
+        for name in self.names:
+            key_id, value = self.emulator.seed_key(f"{name}-original", allowed_providers=["openai"])
+            self.kv.write(f"{self.env}/{name}", {"api_key": value, "key_id": key_id}, cas=0)
+            self.emulator.call(value)  # in use before the rotation
+        keys = "\n".join(
+            f"  - name: {n}\n    secret_path: {self.env}/{n}\n    allowed_providers: [openai]"
+            for n in self.names
+        )
+        body = CONFIG.format(
+            env=self.env, base_url=self.emulator.base_url, keys=keys, drain=drain, disable=disable
+        )
+        (self.config / "fleet.yaml").write_text(body)
+
+    def daemon(self) -> Daemon:
+        conn = VaultConnection(self.vault.addr, self.vault.token)
+        self.conns.append(conn)
+        runtime = Runtime(conn, clock=self.clock, sleep=self.clock.sleep)
+        return Daemon(load_policies(self.config), runtime, metrics=Metrics(), fault=no_fault)
+
+    def record(self, name: str) -> StateRecord:
+        return self.store.read(self.env, name)[0]
+
+    def consume(self) -> None:
+        """Every consumer calls once with whatever key Vault serves it now."""
+        for name in self.names:
+            got = self.kv.read(f"{self.env}/{name}")
+            assert got is not None
+            assert self.emulator.call(str(got.data["api_key"])) == 200
+
+    def tick(self, daemon: Daemon) -> Tick:
+        ((account, keys),) = daemon.accounts().items()
+        conn = daemon.runtime.conn
+        writes, reads = conn.writes(), conn.reads()
+        mutations, lists = len(self.emulator.mutation_log()), self.emulator.request_counts()
+        report = daemon.tick(account, keys)
+        cost = Tick(
+            report=report,
+            writes=conn.writes() - writes,
+            reads=conn.reads() - reads,
+            mutations=len(self.emulator.mutation_log()) - mutations,
+            lists=self.emulator.request_counts()["list"] - lists["list"],
+            phases={n: self.record(n).phase for n in self.names},
+        )
+        self.clock.advance(POLL)
+        self.consume()
+        return cost
+
+    def rotate_all(self, daemon: Daemon, limit: int = 60) -> list[Tick]:
+        """Tick until every key has finished one rotation."""
+        ticks: list[Tick] = []
+        for _ in range(limit):
+            ticks.append(self.tick(daemon))
+            assert ticks[-1].report.errors == []
+            if all(self.record(n).outcomes for n in self.names):
+                return ticks
+        pytest.fail(f"not finished after {limit} ticks")
+
+    def close(self) -> None:
+        for conn in (self.conn, *self.conns):
+            conn.close()
+
+
+@pytest.fixture
+def fleet(vault: VaultServer, make_emulator: EmulatorFactory, tmp_path: Path) -> Iterator[Fleet]:
+    """An account on the emulator (dialect c) sharing a fake clock with the daemon."""
+    clock = FakeClock()
+    emulator = make_emulator(dialect="c", clock=clock)
+    fleet = Fleet(vault, emulator, clock, tmp_path)
+    yield fleet
+    fleet.close()
+
+
+def _outcomes(fleet: Fleet) -> set[str]:
+    return {o.outcome for n in fleet.names for o in fleet.record(n).outcomes}
+
+
+def _mutation_routes(fleet: Fleet) -> list[str]:
+    return [entry["route"] for entry in fleet.emulator.mutation_log()]
+
+
+def test_a_rotation_costs_at_most_nine_vault_writes_and_two_provider_mutations(
+    fleet: Fleet,
+) -> None:
+    """Five keys rotated by the daemon: at most 9 Vault writes and exactly 2 provider
+    mutations (create, delete) per rotation; a poll in which no rotation moves a step writes
+    nothing; once all are idle, polls make no list call and write nothing."""
+    fleet.seed(5)
+    daemon = fleet.daemon()
+    ticks = fleet.rotate_all(daemon)
+
+    assert _outcomes(fleet) == {reasons.SUCCEEDED}
+    writes = sum(t.writes for t in ticks)
+    assert writes <= 9 * len(fleet.names), [t.writes for t in ticks]
+    assert sorted(_mutation_routes(fleet)) == ["create"] * 5 + ["delete"] * 5
+    assert all(m["status"] in (200, 201) for m in fleet.emulator.mutation_log())
+    assert sum(t.lists for t in ticks) == len(ticks)  # one page per tick: 10 keys at most
+    # A tick where no key changed its phase and no provider write happened only observed.
+    before: dict[str, str] = {}
+    observing = 0
+    for tick in ticks:
+        if before and tick.phases == before and tick.mutations == 0:
+            observing += 1
+            assert tick.writes == 0, tick
+        before = tick.phases
+    assert observing >= 3  # the waits for usage_lag and the drain
+
+    idle = [fleet.tick(daemon) for _ in range(20)]
+    assert [(t.writes, t.lists, t.mutations) for t in idle] == [(0, 0, 0)] * 20
+    assert max(t.reads for t in idle) <= 2  # the change signal, now and then a re-read
+
+
+def test_disable_before_delete_adds_one_provider_mutation(fleet: Fleet) -> None:
+    """With disable_before_delete: create, disable, delete (3 mutations); the disable's own
+    pass adds its lease take and release (at most 11 Vault writes per rotation)."""
+    fleet.seed(3, disable="1m")
+    daemon = fleet.daemon()
+    ticks = fleet.rotate_all(daemon)
+    assert _outcomes(fleet) == {reasons.SUCCEEDED}
+    assert sorted(_mutation_routes(fleet)) == ["create"] * 3 + ["delete"] * 3 + ["update"] * 3
+    assert sum(t.writes for t in ticks) <= 11 * len(fleet.names)
+
+
+def test_observations_carried_by_the_daemon_are_written_within_the_flush_period(
+    fleet: Fleet,
+) -> None:
+    """A long drain: pickup, seen on a poll that writes nothing, is in Vault (for `status` and
+    any successor) within OBSERVATION_FLUSH_S; the whole rotation writes at most one more."""
+    fleet.seed(1, drain="20m")
+    daemon = fleet.daemon()
+    seen_at: float | None = None
+    written_at: float | None = None
+    ticks: list[Tick] = []
+    while not fleet.record("app-0").outcomes:
+        ticks.append(fleet.tick(daemon))
+        book = next(iter(daemon.books.values()))
+        carried = book.entries[f"{fleet.env}/app-0"].record.rotation
+        if seen_at is None and carried is not None and carried.pickup_at is not None:
+            seen_at = fleet.clock()
+        stored = fleet.record("app-0").rotation
+        if written_at is None and stored is not None and stored.pickup_at is not None:
+            written_at = fleet.clock()
+        assert len(ticks) < 100
+    assert seen_at is not None
+    assert written_at is not None
+    assert written_at - seen_at <= OBSERVATION_FLUSH_S + POLL
+    assert sum(t.writes for t in ticks) <= 10
+
+
+def test_an_operators_act_reaches_the_daemon_through_the_change_signal(fleet: Fleet) -> None:
+    """A CLI abort of a rotation the daemon drives: the daemon's next poll re-reads that key
+    alone (named by the change signal), not every key, and goes on with the abort."""
+    fleet.seed(4)
+    daemon = fleet.daemon()
+    for _ in range(4):  # started, published, waiting for the drain
+        fleet.tick(daemon)
+    assert fleet.record("app-0").phase == reasons.PUBLISHED
+    runtime = Runtime(VaultConnection(fleet.vault.addr, fleet.vault.token), clock=fleet.clock)
+    policy = daemon.policies.key(fleet.env, "app-0")
+    cli = runtime.engine(holder="operator")
+    drive(cli, policy, wait=False, start=False, command=Command(Verb.ABORT, by="alice"))
+    runtime.close()
+    assert fleet.record("app-0").phase == reasons.ABORTING
+    tick = fleet.tick(daemon)
+    assert tick.reads <= 1 + 1 + len(fleet.names)  # the signal, app-0, the passes' reads
+    book = next(iter(daemon.books.values()))
+    assert book.entries[f"{fleet.env}/app-0"].record.phase == reasons.ABORTING
+    for _ in range(40):
+        if fleet.record("app-0").outcomes:
+            break
+        fleet.tick(daemon)
+    assert [o.outcome for o in fleet.record("app-0").outcomes] == [reasons.ABORTED]
+
+
+def test_a_key_whose_new_value_is_saved_can_be_acted_on_at_once(fleet: Fleet) -> None:
+    """The lease of the pass that created a key is handed off with its value saved: an
+    operator's abort right after that pass is not refused (no wait for the lease to expire)."""
+    fleet.seed(1)
+    daemon = fleet.daemon()
+    ((account, keys),) = daemon.accounts().items()
+    daemon.tick(account, keys)
+    record = fleet.record("app-0")
+    assert record.phase == reasons.INTENT
+    assert record.lease is not None
+    assert record.lease.pending_attempt == 1
+    assert record.lease.expires_at > fleet.clock()  # not expired: handed off
+    runtime = Runtime(VaultConnection(fleet.vault.addr, fleet.vault.token), clock=fleet.clock)
+    cli = runtime.engine(holder="operator")
+    policy = daemon.policies.key(fleet.env, "app-0")
+    progress = drive(cli, policy, wait=True, start=False, command=Command(Verb.ABORT, by="bob"))
+    runtime.close()
+    assert progress.outcome is not None
+    assert progress.outcome.outcome == reasons.ABORTED
+    assert {k["name"] for k in fleet.emulator.live_keys()} == {"app-0-original"}
+
+
+def test_rate_limited_creates_slow_the_account_down_and_fail_no_rotation(fleet: Fleet) -> None:
+    """A burst of 429s (Retry-After 1 s) on creates while eight rotations start at once: the
+    account's request bound halves and every rotation still succeeds, with no failed pass."""
+    fleet.seed(8)
+    fleet.emulator.set_fault("create", status=429, retry_after=1, count=6)
+    daemon = fleet.daemon()
+    ticks = fleet.rotate_all(daemon)
+    assert _outcomes(fleet) == {reasons.SUCCEEDED}
+    assert all(t.report.errors == [] for t in ticks)
+    policy = daemon.policies.key(fleet.env, "app-0")
+    client = cast(ARouterClient, daemon.runtime.provider(policy, None))
+    limiter = client.limiter
+    assert limiter.throttled >= 1
+    assert [m["route"] for m in fleet.emulator.mutation_log()].count("create") == 8 + 6
