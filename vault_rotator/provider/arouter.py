@@ -284,7 +284,7 @@ class ARouterClient(_Closing):
         limiter: Limiter | None = None,
     ) -> None:
         self._on_request = on_request  # (method, path, status or error class): for metrics
-        self.limiter = limiter or Limiter()
+        self.limiter = limiter or Limiter(clock=monotonic)
         self._lock = threading.RLock()  # detection state and the odd records' memory
         if not isinstance(management_key, Secret):
             raise TypeError("management_key must be a Secret")
