@@ -195,7 +195,7 @@ class Bench:
         f["startup_s"] = time.perf_counter() - started
         f["startup_reads"] = conn.reads() - reads
         reads, writes, lists = conn.reads(), conn.writes(), daemon.list_passes
-        mutated = Counter(m["route"] for m in self.emu.mutations())  # the manual loop's
+        mutated = self.emu.mutation_counts()  # the manual loop's
         self.routes.clear()
         self.ticks = 0
         self.tick_times.clear()
@@ -222,7 +222,7 @@ class Bench:
         f["provider_per_rotation"] = {
             route: count / max(1, done.total) for route, count in sorted(self.routes.items())
         }
-        mutations = Counter(m["route"] for m in self.emu.mutations()) - mutated
+        mutations = self.emu.mutation_counts() - mutated
         f["mutations_per_rotation"] = sum(mutations.values()) / max(1, done.total)
         # A create whose answer was lost (a timeout, a dropped connection) is never retried
         # blindly: a new attempt gets a new name and the sweep deletes the lost key. Each such
