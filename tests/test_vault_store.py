@@ -12,6 +12,7 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import hvac
 import pytest
 
@@ -156,3 +157,24 @@ def test_status_with_a_wrong_namespace_fails_in_one_line(
     (line,) = [x for x in err.splitlines() if x.startswith("vault-rotator:")]
     assert "namespace not found" in line
     assert "Traceback" not in err
+
+
+def test_a_record_nested_past_the_parsers_depth_is_a_one_line_store_error(
+    vault: VaultServer,
+) -> None:
+    """Anyone with write access may store JSON a thousand levels deep: reading it is a
+    StoreError naming the path, not a RecursionError out of the JSON parser."""
+    path = f"deep-{uuid.uuid4().hex[:8]}/record"
+    body = '{"data": {"v": ' + "[" * 1000 + "1" + "]" * 1000 + "}}"
+    answer = httpx.post(
+        f"{vault.addr}/v1/secret/data/{path}",
+        headers={"X-Vault-Token": vault.token},
+        content=body,
+        timeout=10,
+    )
+    assert answer.status_code == 200
+    kv = VaultConnection(vault.addr, vault.token).kv("secret")
+    with pytest.raises(StoreError, match="nested too deep") as caught:
+        kv.read(path)
+    assert "\n" not in str(caught.value)
+    assert path in str(caught.value)

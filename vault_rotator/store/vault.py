@@ -87,6 +87,8 @@ def _translate(op: str, where: str) -> Iterator[None]:
         raise StoreUnavailableError(
             f"Vault unreachable ({op} on {where}): {type(exc).__name__}"
         ) from exc
+    except RecursionError as exc:  # JSON nested past the parser's depth (anyone may write it)
+        raise StoreError(f"Vault answered {op} on {where} with JSON nested too deep") from exc
 
 
 def _deleted_version(exc: hvac.exceptions.InvalidPath) -> bool:
