@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import io
 import os
 import re
 import secrets
@@ -40,22 +39,25 @@ import httpx
 import hvac
 import pytest
 
-from vault_rotator import cli
 from vault_rotator.emulator import Emulator
 from vault_rotator.engine.account_lease import lease_path
 from vault_rotator.engine.reasons import Phase
 from vault_rotator.engine.session import StateStore
 from vault_rotator.policy import load_policies
 from vault_rotator.store.vault import VaultConnection, VaultKv
+from vault_rotator.testing.chaos_setup import (
+    SHIPPED_PATH,
+    TEMPLATE,
+    consumer,
+    make_token,
+    vault_policy,
+)
 from vault_rotator.testing.vault_agent import vault_agent
 from vault_rotator.testing.vault_server import VaultServer, free_port
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-TEMPLATE = REPO / "deploy" / "agent" / "arouter-api-key.ctmpl"
-SHIPPED_PATH = "secret/data/arouter/dev/demo-app"
-CONSUMER = REPO / "deploy" / "compose" / "consumer.py"
 WAIT_S = float(os.environ.get("HA_WAIT_S", "90"))
 CONFIG = """\
 environment: {env}
@@ -164,33 +166,6 @@ def ticks(replica: Replica) -> float:
     return sum(float(v) for v in found)
 
 
-def _policy(args: list[str]) -> str:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert cli.main(["vault-policy", *args]) == 0
-    return out.getvalue()
-
-
-def _token(admin: hvac.Client, name: str, rules: str) -> str:
-    admin.sys.create_or_update_policy(name, rules)
-    return str(admin.auth.token.create(policies=[name], ttl="1h")["auth"]["client_token"])
-
-
-@contextlib.contextmanager
-def consumer(key_file: Path, base_url: str, out: Path) -> Iterator[None]:
-    with out.open("wb") as sink:
-        proc = subprocess.Popen(
-            [sys.executable, str(CONSUMER), "--key-file", str(key_file), "--base-url", base_url,
-             "--interval", "0.1"],
-            stdout=sink, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        yield
-    finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=15)
-
-
 @pytest.fixture
 def cluster(vault: VaultServer, tmp_path: Path) -> Iterator[Cluster]:
     env = f"ha{uuid.uuid4().hex[:6]}"
@@ -210,7 +185,7 @@ def cluster(vault: VaultServer, tmp_path: Path) -> Iterator[Cluster]:
     config.mkdir()
     (config / "ha.yaml").write_text(CONFIG.format(env=env, base_url=emulator.base_url))
     (account,) = load_policies(config).accounts()
-    token = _token(admin, f"{env}-rotator", _policy(["rotator", "--config", str(config)]))
+    token = make_token(admin, f"{env}-rotator", vault_policy(["rotator", "--config", str(config)]))
     world = Cluster(
         vault, emulator, tmp_path, env, token, kv, StateStore(kv, f"{env}-rotator"),
         lease_path(f"{env}-rotator", account.lease_id),
@@ -219,9 +194,9 @@ def cluster(vault: VaultServer, tmp_path: Path) -> Iterator[Cluster]:
     try:
         with contextlib.ExitStack() as traffic:
             for name in ("k0", "k1"):
-                rules = _policy(["consumer", f"{env}/{name}", "--config", str(config)])
+                rules = vault_policy(["consumer", f"{env}/{name}", "--config", str(config)])
                 agent = traffic.enter_context(
-                    vault_agent(vault.addr, _token(admin, f"{env}-{name}", rules),
+                    vault_agent(vault.addr, make_token(admin, f"{env}-{name}", rules),
                                 mount="secret", path=f"{env}/{name}",
                                 template=template.replace(SHIPPED_PATH,
                                                           f"secret/data/{env}/{name}"))
