@@ -153,6 +153,11 @@ class Bench:
             runtime = w.SwitchingRuntime(conn, consumers.switch)
             runtime.on_provider_request = self._provider_request
             daemon = Daemon(load_policies(self.config), runtime, metrics=Metrics())
+            # The account lease (HA: a read and a write per account and half lease TTL,
+            # whatever the key count) on a connection of its own: the per-rotation counts
+            # are the keys' (tests/test_scale.py counts it the same way).
+            leases = VaultConnection(self.vault.addr, self.vault.token)
+            daemon.replicas.kv = leases.kv
             self._count_ticks(daemon)
             try:
                 self._mass_rotation(daemon, conn)
@@ -162,6 +167,8 @@ class Bench:
             finally:
                 daemon.close()
                 runtime.close()
+                f["account_lease_writes"] = leases.writes()
+                leases.close()
             f["consumers"] = consumers.finish()
         f["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         return f
@@ -336,6 +343,9 @@ def show(r: dict[str, Any]) -> None:
         f"environment-wide emergency: {r['emergency']} (EMERGENCY_HOOK: branch `emergency`)"
     )
     lines.append(f"consumers: {r['consumers']}")
+    lines.append(
+        f"account lease (HA, per account, not per key): {r['account_lease_writes']} Vault writes"
+    )
     print(lines[0])
     for line in lines[1:]:
         print(f"   {line}")

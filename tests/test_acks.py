@@ -423,7 +423,7 @@ def test_the_daemons_sweep_runs_hourly_per_key_and_survives_a_refusal() -> None:
     )  # fmt: skip
     folder = AckStore(kv, policy.vault.state_prefix).folder("prod", "app")
     kv.write(f"{folder}/web-1", body("web-1"), cas=0)
-    retention = AckRetention(lambda _mount: kv)
+    retention = AckRetention(lambda _mount: kv, spread=False)
     assert retention.sweep([policy], clock()) == []  # written just now
     clock.advance(121)
     assert retention.sweep([policy], clock()) == []  # not an hour since the last sweep
@@ -431,5 +431,33 @@ def test_the_daemons_sweep_runs_hourly_per_key_and_survives_a_refusal() -> None:
     assert retention.sweep([policy], clock()) == ["prod/app/web-1"]
     denied = kv.restricted({})
     with capture_logs() as logs:
-        assert AckRetention(lambda _mount: denied).sweep([policy], clock()) == []
+        assert AckRetention(lambda _mount: denied, spread=False).sweep([policy], clock()) == []
     assert [e["event"] for e in logs] == ["ack records not swept"]
+
+
+def test_first_sweeps_are_spread_over_the_hour_not_all_on_the_first_tick() -> None:
+    """With many keys, the daemon's first tick sweeps only a few; within the hour, all."""
+    kv = MemoryKv()
+    provider = ProviderPolicy(base_url="https://x.test", management_key=ManagementKeyRef(path="m"))
+    keys = [
+        KeyPolicy(env="prod", name=f"app-{i}", secret_path=f"apps/{i}", provider=provider)
+        for i in range(200)
+    ]
+    retention = AckRetention(lambda _mount: kv)
+    swept = []
+    original = AckStore.remove_retired
+
+    def counting(self: AckStore, env: str, name: str, *args: Any) -> list[str]:
+        swept.append(name)
+        return original(self, env, name, *args)
+
+    AckStore.remove_retired = counting  # type: ignore[method-assign,assignment]
+    try:
+        retention.sweep(keys, T0)
+        first = len(swept)
+        for minute in range(1, 61):
+            retention.sweep(keys, T0 + 60 * minute)
+    finally:
+        AckStore.remove_retired = original  # type: ignore[method-assign]
+    assert first < 20
+    assert sorted(set(swept)) == sorted(k.name for k in keys)

@@ -9,6 +9,7 @@ it never fails the tick.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable
 
 import structlog
@@ -27,16 +28,29 @@ SWEEP_EVERY_S = 3600.0
 class AckRetention:
     """When each key's acks were last swept, and the sweep."""
 
-    def __init__(self, kv: Callable[[str], KvStore], every: float = SWEEP_EVERY_S) -> None:
+    def __init__(
+        self, kv: Callable[[str], KvStore], every: float = SWEEP_EVERY_S, *, spread: bool = True
+    ) -> None:
         self.kv = kv
         self.every = every
+        self.spread = spread  # first sweeps spread over the hour, not all on the first tick
         self.last: dict[str, float] = {}
+
+    def _first(self, ref: str, now: float) -> float:
+        """A key first seen now is swept after a stable offset within the period (its name's
+        hash), so 10,000 keys cost a few lists a second, not 10,000 on the first tick."""
+        if not self.spread:
+            return now - self.every
+        offset = int(hashlib.sha256(ref.encode()).hexdigest()[:8], 16) % int(self.every)
+        return now - self.every + offset
 
     def sweep(self, keys: Iterable[KeyPolicy], now: float) -> list[str]:
         """Sweep the keys whose turn it is; the ``ENV/NAME/instance`` of each record removed."""
         removed: list[str] = []
         for policy in keys:
-            if now - self.last.get(policy.ref, -self.every) < self.every:
+            if policy.ref not in self.last:
+                self.last[policy.ref] = self._first(policy.ref, now)
+            if now - self.last[policy.ref] < self.every:
                 continue
             self.last[policy.ref] = now
             store = AckStore(self.kv(policy.vault.kv_mount), policy.vault.state_prefix)
