@@ -428,7 +428,7 @@ def test_an_unexpected_error_in_a_round_is_reported_and_the_tick_goes_on(
     def broken(*_args: object, **_kwargs: object) -> None:
         raise RecursionError("maximum recursion depth exceeded")
 
-    monkeypatch.setattr(site.daemon.emergencies, "_round", broken)
+    monkeypatch.setattr(site.daemon.emergencies, "_plan", broken)
     answer = site.control.handle("POST", f"/v1/rotate/{site.env}/api", site.vault.token, {})
     assert answer.status < 300, answer.body
     ((account, keys),) = site.daemon.accounts().items()

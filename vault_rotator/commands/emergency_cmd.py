@@ -2,9 +2,10 @@
 
 A suspected leak of a whole environment. ``--yes`` is required (a typo costs every key). The
 request is saved in Vault first (:mod:`vault_rotator.engine.emergency`), then acted on in rounds
-(:mod:`vault_rotator.engine.emergency_round`), one every ``poll_interval``: each key's rotation
-is started in emergency mode, or the one in flight upgraded, frozen keys included, and driven
-through the engine's own crash-safe steps. A key whose old key is unknown is skipped.
+(:mod:`vault_rotator.engine.emergency_round`), one every ``poll_interval``, each running its
+keys' passes on :data:`WORKERS` threads (the provider's adaptive limiter bounds what reaches
+it): each key's rotation is started in emergency mode, or the one in flight upgraded, frozen
+keys included, and driven through the engine's own crash-safe steps. A key whose old key is unknown is skipped.
 
 Who acts mirrors ``rotate ENV/NAME``: without ``--daemon`` this process does (a daemon running
 meanwhile also picks the saved request up on its ticks, and the leases keep the two apart);
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import structlog
 
@@ -35,7 +37,7 @@ from vault_rotator.daemon.emergencies import open_request
 from vault_rotator.daemon.freeze import frozen
 from vault_rotator.engine.emergency import MOVING, EmergencyRequest, KeyEntry, Step, new_request
 from vault_rotator.engine.emergency_decide import KeyAction, decide_key
-from vault_rotator.engine.emergency_round import Round
+from vault_rotator.engine.emergency_round import Mapper, Round, serial_map
 from vault_rotator.engine.emergency_store import EmergencyStore
 from vault_rotator.engine.emergency_view import exit_code, progress_line, summary_lines, view
 from vault_rotator.engine.preflight import find_old_key
@@ -55,6 +57,7 @@ from vault_rotator.runtime import Runtime
 log = structlog.get_logger(__name__)
 _ENV = re.compile(r"[a-z0-9-]+")
 MAX_FAILED_ROUNDS = 10
+WORKERS = 16  # a round's passes run on this many threads at most (as the daemon's)
 REVOKE_WARNING = (
     "WARNING: --revoke-old-now deletes each old key right after its new one is published: "
     "consumers that have not switched yet WILL FAIL until they pick up the new key."
@@ -126,7 +129,14 @@ def _here(
     print(_opening(request, again, _frozen_note(kv, vault.state_prefix, environment)))
     deadline = None if timeout is None else clock() + timeout
     rounds = Round(engine, environment, drive=True)
-    request = _loop(rounds, request, wait=args.wait, deadline=deadline)
+    with ThreadPoolExecutor(WORKERS, thread_name_prefix="vault-rotator") as pool:
+        request = _loop(
+            rounds,
+            request,
+            wait=args.wait,
+            deadline=deadline,
+            map=lambda f, xs: list(pool.map(f, xs)),
+        )
     doc = view(request, clock())
     if request.settled:
         print("\n".join(summary_lines(doc, clock())))
@@ -148,7 +158,12 @@ def _here(
 
 
 def _loop(
-    rounds: Round, request: EmergencyRequest, *, wait: bool, deadline: float | None
+    rounds: Round,
+    request: EmergencyRequest,
+    *,
+    wait: bool,
+    deadline: float | None,
+    map: Mapper = serial_map,
 ) -> EmergencyRequest:
     """Rounds every poll interval until no key moves (or, without wait, every key is
     published), or the deadline; print the progress line whenever the counts change."""
@@ -158,7 +173,7 @@ def _loop(
     failed = 0
     while True:
         try:
-            request = rounds.run(request).request
+            request = rounds.run(request, map=map).request
             failed = 0
         except (StoreUnavailableError, CasConflictError) as exc:
             failed += 1

@@ -23,6 +23,7 @@ restart resumes everything and a schedule missed while down fires once.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +35,7 @@ import structlog
 from vault_rotator.daemon import notify as events
 from vault_rotator.daemon.ack_retention import AckRetention
 from vault_rotator.daemon.book import Book, Entry
-from vault_rotator.daemon.emergencies import Emergencies
+from vault_rotator.daemon.emergencies import Emergencies, Open, RecordOf, Work
 from vault_rotator.daemon.freeze import FrozenSet, frozen
 from vault_rotator.daemon.metrics import KeyRow, Metrics
 from vault_rotator.daemon.notify import Notifier
@@ -51,11 +52,13 @@ from vault_rotator.daemon.starts import (
 from vault_rotator.engine import reasons
 from vault_rotator.engine.decide import Observation
 from vault_rotator.engine.decide_create import Listing
+from vault_rotator.engine.emergency import Step
+from vault_rotator.engine.emergency_round import Job
 from vault_rotator.engine.engine import Command, Engine, FaultHook, Progress
 from vault_rotator.engine.outcomes import classify
 from vault_rotator.engine.preflight import missing_capabilities
 from vault_rotator.engine.session import StateStore
-from vault_rotator.engine.state import Outcome, Rotation, Stall
+from vault_rotator.engine.state import Outcome, Rotation, Stall, StateRecord
 from vault_rotator.errors import (
     LeaseHeldError,
     ProviderAuthError,
@@ -169,7 +172,6 @@ class Daemon:
         self.emergencies = Emergencies(  # environment-wide emergency requests (one round a tick)
             self.engine,
             self.notifier,
-            guard=self._fresh_key_on_401,
             should_stop=lambda: self.should_stop(),  # noqa: PLW0108 (Service replaces it)
         )
 
@@ -246,7 +248,6 @@ class Daemon:
         if not self._lead(account, keys, report):
             self.emergencies.forget(keys)  # its leader folds their webhooks now, not us
             return report  # another replica ticks it, and carries on its emergency requests
-        report.errors += self.emergencies.tick(self.policies, keys)
         book = self.book(account, keys)
         found = self.refresher.refresh(book, _poll(keys))
         report.errors += found.errors
@@ -254,22 +255,134 @@ class Daemon:
             self._failed(policy, report, error, in_flight=False)
         for ref in found.recovered:
             self.failures.succeeded(ref)
+        record_of = self._record_of(book)
+        work = self.emergencies.plan(self.policies, keys, record_of)
+        urgent = {f"{o.env}/{job.name}" for o, job in work.jobs()}  # the requests pass these
         now = self.clock()
-        active = [e for e in book.active() if not self.failures.waiting(e.ref)]
-        starts = self._starts(book, report, now)
-        listing = self._list(account, book) if active or starts else None
+        active = [
+            e for e in book.active() if not self.failures.waiting(e.ref) and e.ref not in urgent
+        ]
+        starts = [s for s in self._starts(book, report, now) if s.entry.ref not in urgent]
+        emergency = self._emergency_jobs(book, work, len(starts), now)
+        listing = self._list(account, book) if active or starts or emergency else None
         report.listed = listing is not None
-        jobs: list[tuple[Entry, Command | None]] = [(e, None) for e in active]
-        jobs += [(start.entry, _command(start)) for start in starts]
-        jobs += [(e, None) for e in found.tidy if e.record.rotation is None]
+        jobs: list[Callable[[], None]] = [
+            functools.partial(self._pass, book, e, report, listing, None) for e in active
+        ]
+        jobs += [
+            functools.partial(self._pass, book, s.entry, report, listing, _command(s))
+            for s in starts
+        ]
+        jobs += [
+            functools.partial(self._pass, book, e, report, listing, None)
+            for e in found.tidy
+            if e.record.rotation is None
+        ]
+        deadline = now + _poll(keys)  # no new emergency start past it: the rest wait a tick
+        jobs += [
+            functools.partial(self._urgent, book, report, listing, o, job, deadline=deadline)
+            for o, job in emergency
+        ]
         if jobs and not self.replicas.still_holds(account):  # renewed since the tick began
             raise self._lease_lost(account)
-        self.map(lambda job: self._pass(book, job[0], report, listing, job[1]), jobs)
+        self.map(lambda job: job(), jobs)
+        report.errors += self.emergencies.settle(work, record_of)
         self.ack_retention.sweep(keys, self.clock())
         self.last_tick[account] = self.clock()
         self.metrics.ticks.labels(str(account), "error" if report.errors else "ok").inc()
         self.metrics.last_tick.labels(str(account)).set(self.last_tick[account])
         return report
+
+    def _record_of(self, book: Book) -> RecordOf:
+        """A key's state record as the book holds it (read from Vault if it has none)."""
+
+        def record_of(env: str, name: str) -> tuple[StateRecord, int] | VaultRotatorError:
+            entry = book.entries.get(f"{env}/{name}")
+            if entry is not None and not entry.stale and not entry.unreadable:
+                return entry.record, entry.version
+            vault = self.policies.environments[env].vault
+            try:
+                return StateStore(self.runtime.kv(vault.kv_mount), vault.state_prefix).read(
+                    env, name
+                )
+            except VaultRotatorError as exc:
+                return exc
+
+        return record_of
+
+    def _emergency_jobs(
+        self, book: Book, work: Work, scheduled: int, now: float
+    ) -> list[tuple[Open, Job]]:
+        """The requests' passes this tick: upgrades, and starts while the account has room
+        (``max_concurrent`` counts rotations in flight, stalled ones not; the scheduled
+        starts of this tick come first); a start the token cannot serve fails its key."""
+        flying = sum(1 for _ in book.active()) + scheduled
+        chosen: list[tuple[Open, Job]] = []
+        for found, job in work.jobs():
+            if job.starts:
+                if flying >= job.policy.provider.max_concurrent:
+                    continue  # queued: a later tick, once rotations in flight end
+                flying += 1
+            chosen.append((found, job))
+        refused = missing_capabilities(
+            [job.policy for _, job in chosen if job.starts], self.runtime.kv, self.engine.store
+        )
+        for found, job in chosen:
+            if (problem := refused.get(job.policy.ref)) is not None:
+                found.results[job.name] = job.entry.moved(Step.FAILED, now, detail=problem)
+        return [(o, job) for o, job in chosen if job.policy.ref not in refused]
+
+    def _urgent(
+        self,
+        book: Book,
+        report: TickReport,
+        listing: Listing | None,
+        found: Open,
+        job: Job,
+        *,
+        deadline: float,
+    ) -> None:
+        """One pass an emergency request asks for (on a worker thread), as a scheduled pass
+        runs: on the book's record, the tick's list pass, no change signal."""
+        if self.should_stop():
+            raise Cancelled("stopping: no new work")
+        if job.starts and self.clock() > deadline:
+            return  # the poll's time is up: it stays queued for the next tick
+        entry = book.entries.get(job.policy.ref)
+
+        def advance(job: Job, command: Command) -> Progress:
+            tries = iter((True, False))  # a retry after a 401 reads the record afresh
+
+            def call() -> Progress:
+                known = None
+                if next(tries, False):
+                    held = entry is not None and not entry.stale
+                    known = (entry.record, entry.version) if entry and held else None
+                    known = known or (job.record, job.version)
+                return self.engine.advance(
+                    job.policy,
+                    start=True,
+                    command=command,
+                    listing=listing,
+                    known=known,
+                    carried=known is not None and entry is not None and bool(entry.carried_since),
+                    trusted=known is not None and entry is not None and entry.trusted,
+                    scheduled=True,
+                    flush=entry is not None and entry.must_flush(self.clock()),
+                    capabilities_checked=True,
+                )
+
+            try:
+                progress = self._fresh_key_on_401(job.policy, call)
+            except BaseException:
+                if entry is not None:
+                    book.mark_stale(entry)
+                raise
+            self._learned(book, entry, progress)
+            report.add(job.policy.ref, started=job.starts)
+            return progress
+
+        self.emergencies.act(found, job, advance)
 
     def _lead(self, account: Account, keys: tuple[KeyPolicy, ...], report: TickReport) -> bool:
         """Whether this replica ticks the account now (its account lease; see .replicas)."""
@@ -404,14 +517,18 @@ class Daemon:
             error = f"unexpected {type(exc).__name__}: {exc}"
             self._failed(policy, report, error, in_flight=command is None)
             return
-        if progress.known is not None:
-            record, version = progress.known
-            entry.learned(record, version, carried=progress.carried, now=self.clock())
-            book.note(entry)
+        self._learned(book, entry, progress)
         self.failures.succeeded(policy.ref)
         report.add(policy.ref, started=command is not None)
         if progress.outcome is not None and not entry.in_policy:
             log.warning("finished a rotation of a key no longer in any policy", key=policy.ref)
+
+    def _learned(self, book: Book, entry: Entry | None, progress: Progress) -> None:
+        """Keep the record a pass left in the book (no read next poll)."""
+        if entry is not None and progress.known is not None:
+            record, version = progress.known
+            entry.learned(record, version, carried=progress.carried, now=self.clock())
+            book.note(entry)
 
     def _failed(
         self, policy: KeyPolicy, report: TickReport, error: str, *, in_flight: bool

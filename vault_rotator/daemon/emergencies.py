@@ -1,11 +1,16 @@
 """The daemon's side of environment-wide emergencies: saved requests picked up, one webhook each.
 
 A request is saved in Vault by ``rotate --env ENV --emergency --yes`` or by the control API
-(``POST /v1/rotate/{env}``, :mod:`.control`). Each tick of an account first runs one round
+(``POST /v1/rotate/{env}``, :mod:`.control`). Each tick of an account runs one round
 (:class:`~vault_rotator.engine.emergency_round.Round`) of the open request of each of its
-environments: keys not started are started in emergency mode, rotations in flight upgraded,
-endings recorded. The tick itself then passes every rotation in flight as usual (so rounds here
-do not drive them). A request a CLI saved and was then killed is carried on the same way.
+environments, in three parts: :meth:`Emergencies.plan` decides every key not ended from the
+record the daemon's book holds (no per-key read); the tick runs the starts and upgrades it asks
+for on its worker pool, beside its own passes, on the tick's one list pass (within the
+account's ``max_concurrent`` and the poll's time, see :mod:`.daemon`); then
+:meth:`Emergencies.settle` judges the other keys afresh from the records as the passes left
+them and saves the request's progress once (the shards that changed and the header). The tick
+passes every rotation in flight as usual (so rounds here do not drive them). A request a CLI
+saved and was then killed is carried on the same way.
 
 **One webhook per request.** While a request is open and its webhook not yet sent, the
 per-key ``stalled``, ``failed``, ``needs-attention`` and ``succeeded`` webhooks of the request's
@@ -29,46 +34,70 @@ CLI carried to its end gets its webhook from a daemon's next tick, if that comes
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
 from vault_rotator.daemon.notify import Notifier
-from vault_rotator.engine.context import Command, Progress
-from vault_rotator.engine.decide import Observation
-from vault_rotator.engine.decide_create import Listing
-from vault_rotator.engine.emergency import TERMINAL, EmergencyRequest, new_request
-from vault_rotator.engine.emergency_decide import refreshed
-from vault_rotator.engine.emergency_round import Round
+from vault_rotator.engine.emergency import TERMINAL, EmergencyRequest, KeyEntry, new_request
+from vault_rotator.engine.emergency_decide import decide_key, refreshed
+from vault_rotator.engine.emergency_round import Advance, Job, Plan, Round
 from vault_rotator.engine.emergency_store import EmergencyStore
 from vault_rotator.engine.emergency_view import view, webhook_event, webhook_fields
 from vault_rotator.engine.engine import Engine, new_rotation_id
 from vault_rotator.engine.session import StateStore
-from vault_rotator.engine.state import Rotation
+from vault_rotator.engine.state import Rotation, StateRecord
 from vault_rotator.errors import VaultRotatorError
 from vault_rotator.policy import EnvironmentPolicy, KeyPolicy, PolicySet
 from vault_rotator.ports.kv import KvStore
 
 log = structlog.get_logger(__name__)
 
-Guard = Callable[[KeyPolicy, Callable[[], Progress]], Progress]
+RecordOf = Callable[[str, str], tuple[StateRecord, int] | VaultRotatorError]
 LATE_WEBHOOK_S = 3600.0  # a request a CLI completed longer ago than this gets no webhook
 
 
+@dataclass
+class Open:
+    """One environment's open request in this tick: its rounds and what they decided."""
+
+    env: str
+    rounds: Round
+    plan: Plan
+    results: dict[str, KeyEntry] = field(default_factory=dict)  # key -> entry after its pass
+
+
+@dataclass
+class Work:
+    """The emergency part of one tick of an account."""
+
+    requests: list[Open] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def jobs(self) -> list[tuple[Open, Job]]:
+        """Every pass the requests ask for, each request's runnable ones in its order."""
+        return [(o, job) for o in self.requests for job in o.rounds.runnable(o.plan.jobs)]
+
+
 class Emergencies:
-    """Rounds of the open requests, and which keys' webhooks are folded into theirs."""
+    """Rounds of the open requests, and which keys' webhooks are folded into theirs.
+
+    A tick asks :meth:`plan` what the open requests of its keys' environments need (no pass
+    yet: decided from the book's records), runs those passes on its pool beside its own
+    (:meth:`act`), then :meth:`settle` saves each request's progress once and sends the one
+    webhook of a request that settled.
+    """
 
     def __init__(
         self,
         engine: Engine,
         notifier: Notifier,
         *,
-        guard: Guard,
         should_stop: Callable[[], bool] = lambda: False,
     ) -> None:
         self.engine = engine
         self.notifier = notifier
-        self.guard = guard  # the daemon's: a fresh management key after a 401
         self.should_stop = should_stop
         self.rounds: dict[str, Round] = {}  # per environment (failure counts live there)
         # env -> (the request's tag, {key not ended: its rotation id for the request})
@@ -86,46 +115,80 @@ class Emergencies:
         for env in {key.env for key in keys}:
             self.folding.pop(env, None)
 
-    def tick(self, policies: PolicySet, keys: tuple[KeyPolicy, ...]) -> list[str]:
-        """One round of each open request of these keys' environments; the errors met."""
-        errors: list[str] = []
+    def plan(self, policies: PolicySet, keys: tuple[KeyPolicy, ...], record_of: RecordOf) -> Work:
+        """The open request of each of these keys' environments, decided (nothing acted on)."""
+        work = Work()
         for env in sorted({key.env for key in keys}):
             environment = policies.environments.get(env)
             if environment is None or self.should_stop():
                 continue
             try:
-                self._round(environment)
+                found = self._plan(environment, record_of)
             except Exception as exc:  # one environment's trouble, even a bug, is its own
-                self.folding.pop(env, None)  # unread: its keys notify one by one meanwhile
-                error = (
-                    str(exc) if isinstance(exc, VaultRotatorError) else f"unexpected {exc!r:.200}"
-                )
-                errors.append(f"emergency of {env}: {error}")
-                log.warning("emergency round failed", env=env, error=error)
+                work.errors.append(self._unread(env, exc))
+                continue
+            if found is not None:
+                work.requests.append(found)
+        return work
+
+    def act(self, work: Open, job: Job, advance: Advance) -> None:
+        """Run one job of a request (on a worker thread); its new entry kept for settle."""
+        work.results[job.name] = work.rounds.act(work.plan.request, job, advance)
+
+    def settle(self, work: Work, record_of: RecordOf) -> list[str]:
+        """Each request's progress saved once (the keys not acted on judged afresh from
+        their records, as the tick's passes left them); a settled one's webhook sent."""
+        errors = list(work.errors)
+        for found in work.requests:
+            try:
+                self._settle(found, record_of)
+            except Exception as exc:  # one environment's trouble, even a bug, is its own
+                errors.append(self._unread(found.env, exc))
         return errors
 
-    def _round(self, environment: EnvironmentPolicy) -> None:
+    def _unread(self, env: str, exc: Exception) -> str:
+        """A round that raised: reported, and its keys notify one by one meanwhile."""
+        self.folding.pop(env, None)
+        error = str(exc) if isinstance(exc, VaultRotatorError) else f"unexpected {exc!r:.200}"
+        log.warning("emergency round failed", env=env, error=error)
+        return f"emergency of {env}: {error}"
+
+    def _plan(self, environment: EnvironmentPolicy, record_of: RecordOf) -> Open | None:
         env, vault = environment.environment, environment.vault
         store = EmergencyStore(self.engine.kv_for(vault.kv_mount), vault.state_prefix)
         request = store.read(env)
         if request is None or not self._open(request):
             self.folding.pop(env, None)
-            return
+            return None
         self._fold(env, request if request.notified_at is None else None)
-        result = self._rounds_of(environment).run(request, notify=True)
+        rounds = self._rounds_of(environment)
+        return Open(env, rounds, rounds.plan(request, lambda name: record_of(env, name)))
+
+    def _settle(self, found: Open, record_of: RecordOf) -> None:
+        request, now = found.plan.request, self.engine.clock()
+        changes = dict(found.plan.changes)
+        for name, entry in request.keys.items():
+            if entry.step in TERMINAL or name in found.results:
+                continue
+            got = record_of(found.env, name)
+            if not isinstance(got, VaultRotatorError):
+                changes[name] = decide_key(request, changes.get(name, entry), got[0], now)[1]
+        changes.update(found.results)
+        changes = {n: e for n, e in changes.items() if e != request.keys[n]}
+        result = found.rounds.finish(request, changes, notify=True)
         if result.notify:
             event = webhook_event(result.request)
-            fields = webhook_fields(result.request, self.engine.clock())
+            fields = webhook_fields(result.request, now)
             self.notifier.notify(event, **fields)
             log.info(
                 "emergency request settled",
-                env=env,
+                env=found.env,
                 request_id=request.id,
                 webhook=event,
-                counts=view(result.request, self.engine.clock())["counts"],
+                counts=view(result.request, now)["counts"],
             )
         done = result.request.complete or result.request.notified_at is not None
-        self._fold(env, None if done else result.request)
+        self._fold(found.env, None if done else result.request)
 
     def _open(self, request: EmergencyRequest) -> bool:
         """Not complete, or completed (by a CLI) lately with its webhook not sent yet."""
@@ -147,24 +210,9 @@ class Emergencies:
         env = environment.environment
         rounds = self.rounds.get(env)
         if rounds is None or rounds.environment is not environment:  # new, or reloaded
-            rounds = Round(
-                self.engine,
-                environment,
-                drive=False,
-                advance=self._advance,
-                should_stop=self.should_stop,
-            )
+            rounds = Round(self.engine, environment, drive=False, should_stop=self.should_stop)
             self.rounds[env] = rounds
         return rounds
-
-    def _advance(
-        self, policy: KeyPolicy, start: bool, command: Command, obs: Observation | None
-    ) -> Progress:
-        def call() -> Progress:
-            listing = None if obs is None else Listing(obs, obs.at)
-            return self.engine.advance(policy, start=start, command=command, listing=listing)
-
-        return self.guard(policy, call)
 
 
 def emergency_views(

@@ -11,12 +11,16 @@ the latest ones::
     }                                                          # last, at most RECENT of them
 
 Who bumps it: every process that writes a key's state record **on an operator's behalf** (the
-CLI verbs, the control API, a ``--wait`` driver), once per pass that wrote. The daemon's own
-scheduled passes do not: the daemon keeps what it wrote itself, and a bump per pass would double
-its writes. A daemon reads the record once per poll; when the version moved by at most
+CLI verbs, the control API, a ``--wait`` driver), once per pass that wrote; a round that wrote
+several keys' records at once (a CLI's environment-wide emergency) bumps once for all of them
+(:func:`note_changes`), with an empty ``recent``: one version for many keys cannot name them in
+this schema, so a reader that missed anything re-reads every record of the prefix. The daemon's
+own scheduled passes do not: the daemon keeps what it wrote itself, and a bump per pass would
+double its writes. A daemon reads the record once per poll; when the version moved by at most
 ``RECENT`` since it last looked, it re-reads only the records named, else all of them. A bump
 that fails (a token without the path, a crash between the two writes) costs only freshness: the
-daemon also re-reads every record once per ``FULL_REREAD_S`` (see :mod:`vault_rotator.daemon.book`).
+daemon also re-reads every record once per ``FULL_REREAD_S`` (see
+:mod:`vault_rotator.daemon.book`).
 """
 
 from __future__ import annotations
@@ -80,7 +84,19 @@ def note_change(kv: KvStore, state_prefix: str, ref: str, *, at: float) -> None:
         log.warning("could not signal a state change", key=ref, error=str(exc))
 
 
-def _bump(kv: KvStore, state_prefix: str, ref: str, at: float) -> None:
+def note_changes(kv: KvStore, state_prefix: str, refs: Sequence[str], *, at: float) -> None:
+    """Bump the change signal once for all of ``refs`` (best effort, as :func:`note_change`):
+    one ref is named; several clear the list, so that every reader re-reads the prefix."""
+    if len(refs) == 1:
+        note_change(kv, state_prefix, refs[0], at=at)
+    elif refs:
+        try:
+            _bump(kv, state_prefix, None, at)
+        except VaultRotatorError as exc:
+            log.warning("could not signal state changes", keys=len(refs), error=str(exc))
+
+
+def _bump(kv: KvStore, state_prefix: str, ref: str | None, at: float) -> None:
     path = changes_path(state_prefix)
     for _ in range(MAX_CAS_ATTEMPTS):
         got = kv.read(path)
@@ -89,7 +105,7 @@ def _bump(kv: KvStore, state_prefix: str, ref: str, at: float) -> None:
             recent = _parse(got.data, path) if got is not None and not got.deleted else ()
         except StoreError:
             recent = ()  # unreadable (a newer writer?): start the list over
-        kept = (*recent, (ref, at))[-RECENT:]
+        kept = (*recent, (ref, at))[-RECENT:] if ref is not None else ()
         try:
             kv.write(path, Changes(version, kept).to_dict(), cas=version)
         except CasConflictError:

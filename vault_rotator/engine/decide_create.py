@@ -121,9 +121,12 @@ def decide_create(facts: CreationFacts) -> Decision[CreateAction]:
 
 
 def rate_limited(wait: float | None, facts: CreationFacts) -> Decision[CreateAction]:
-    """A create refused with 429 (nothing created): a later pass, or a stall past a poll."""
+    """A create refused with 429 (nothing created): a later pass, or a stall past a poll.
+
+    An emergency rotation never stalls for it: the key waits (a leak is no time to need one
+    ``resume`` per key), and the provider's client holds every call until the wait is over."""
     rot = facts.rotation
-    if wait is None or wait <= facts.poll_interval:
+    if wait is None or wait <= facts.poll_interval or rot.mode == reasons.EMERGENCY:
         return Decision(CreateAction.RETRY_LATER, rot, "rate-limited: the next pass tries again")
     until = datetime.fromtimestamp(facts.now + wait, UTC).isoformat(timespec="seconds")
     detail = (
