@@ -399,3 +399,42 @@ def test_a_daemon_killed_mid_request_is_replaced_and_the_next_one_finishes_it(
         ("succeeded", request_id, 6)
     ]
     assert "lr_live_" not in err + "".join(outputs.texts)
+
+
+@pytest.mark.slow
+def test_a_kill_while_many_creates_are_outstanding_loses_no_key_and_leaves_no_orphan(
+    vault: VaultServer, tmp_path: Path
+) -> None:
+    """Creates answered slowly, so the CLI's round has many outstanding at once: it is
+    SIGKILLed the moment the first answer comes back (that value, and every other create's,
+    unsaved); the rerun finishes every key with one published rotation each, every served key
+    live, every old key deleted, and every key a lost answer made swept (no orphan)."""
+    with fleet_of(vault, tmp_path, 12, pickup_timeout="1h", unknown=()) as fleet:
+        env = fleet.env
+        fleet.emulator.set_fault("create", latency=0.3, count=12)
+        ttl = {"VAULT_ROTATOR_LEASE_TTL": "10s"}  # a client attempt may take 0.3 s
+        first = fleet.cli(
+            "rotate", "--env", env, "--emergency", "--yes", "--revoke-old-now", "--wait",
+            VAULT_ROTATOR_FAULT_AT="create", **ttl,
+        )  # fmt: skip
+        out1, err1 = first.communicate(timeout=90)
+        assert first.returncode == -signal.SIGKILL, err1
+        # creates of several keys were sent before the first answer came back (the kill):
+        # each is logged once its 0.3 s have passed
+        time.sleep(1.0)
+        creates = [m for m in fleet.emulator.mutation_log() if m["route"] == "create"]
+        keys = {str(m["name"]).split("-")[1] for m in creates}
+        assert len(keys) > 1, keys
+        rerun = fleet.cli("rotate", "--env", env, "--emergency", "--yes", "--revoke-old-now",
+                          "--wait", **ttl)  # fmt: skip
+        out2, err2 = rerun.communicate(timeout=120)
+        assert rerun.returncode == 0, out2 + err2
+        assert "lr_live_" not in out1 + err1 + out2 + err2
+        live = fleet.live()
+        for name in fleet.names:
+            served = fleet.served(name)
+            assert served in live, name  # no lost key
+            assert fleet.old[name] not in live, name
+            assert fleet.versions(name) == 2, name  # one published rotation
+            assert len(fleet.rotations_created(name)) == 1, name
+            assert fleet.named_live(name) == {served}, name  # lost answers swept: no orphan

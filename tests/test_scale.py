@@ -9,25 +9,32 @@ mutation logs.
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 from world import MANAGEMENT_KEY, EmulatorFactory, no_fault
 
 from vault_rotator.daemon.book import OBSERVATION_FLUSH_S
 from vault_rotator.daemon.daemon import Daemon, TickReport
+from vault_rotator.daemon.emergencies import open_request
 from vault_rotator.daemon.metrics import Metrics
 from vault_rotator.emulator import Emulator
 from vault_rotator.engine import reasons
+from vault_rotator.engine.changes import read_changes
 from vault_rotator.engine.driver import drive
+from vault_rotator.engine.emergency import Step
+from vault_rotator.engine.emergency_store import EmergencyStore
 from vault_rotator.engine.engine import Command, Verb
 from vault_rotator.engine.session import StateStore
 from vault_rotator.engine.state import StateRecord
 from vault_rotator.policy import load_policies
+from vault_rotator.ports.provider import CreatedKey, KeyProvider, KeySpec
 from vault_rotator.provider.arouter import ARouterClient
 from vault_rotator.runtime import Runtime
 from vault_rotator.store.vault import VaultConnection, VaultKv
@@ -106,10 +113,14 @@ class Fleet:
         )
         (self.config / "fleet.yaml").write_text(body)
 
-    def daemon(self) -> Daemon:
+    def daemon(self, *, holds_on_fake_clock: bool = False) -> Daemon:
+        """A daemon on the fake clock (with ``holds_on_fake_clock``, a provider's Retry-After
+        hold too, instead of real time)."""
         conn = VaultConnection(self.vault.addr, self.vault.token)
         self.conns.append(conn)
         runtime = Runtime(conn, clock=self.clock, sleep=self.clock.sleep)
+        if holds_on_fake_clock:
+            runtime.monotonic = self.clock
         daemon = Daemon(load_policies(self.config), runtime, metrics=Metrics(), fault=no_fault)
         # The account lease (HA: one read and write per account and half lease TTL, whatever
         # the key count) goes over a connection of its own: the counts here are the keys'.
@@ -314,3 +325,109 @@ def test_rate_limited_creates_slow_the_account_down_and_fail_no_rotation(fleet: 
     limiter = client.limiter
     assert limiter.throttled >= 1
     assert [m["route"] for m in fleet.emulator.mutation_log()].count("create") == 8 + 6
+
+
+class _Outstanding:
+    """Creates in flight at once through a provider port (the most seen)."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.most = 0
+        self.lock = threading.Lock()
+
+    def wrap(self, provider: KeyProvider) -> KeyProvider:
+        outstanding = self
+
+        class Counted:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(provider, name)
+
+            def create_key(self, spec: KeySpec) -> CreatedKey:
+                with outstanding.lock:
+                    outstanding.now += 1
+                    outstanding.most = max(outstanding.most, outstanding.now)
+                try:
+                    time.sleep(0.05)  # real time: long enough for the others to be sent
+                    return provider.create_key(spec)
+                finally:
+                    with outstanding.lock:
+                        outstanding.now -= 1
+
+        return cast(KeyProvider, Counted())
+
+
+def _request_writes(fleet: Fleet) -> int:
+    """The environment's emergency request's writes so far (its header's and its shards' KV
+    versions: every write of a record makes one)."""
+    request = EmergencyStore(fleet.kv, f"{fleet.env}/vault-rotator").read(fleet.env)
+    assert request is not None
+    return request.version + sum(request.shard_versions)
+
+
+def test_an_emergency_rotation_costs_no_more_than_a_scheduled_one_and_starts_keys_at_once(
+    fleet: Fleet,
+) -> None:
+    """An environment-wide emergency of twelve keys through the daemon: every key is started
+    in the first tick with several creates outstanding at once (at most the limiter's bound);
+    at most 9 Vault writes and exactly 2 provider mutations per rotation, the request's own
+    progress counted apart (at most one save of its header and shard per tick); the change
+    signal is never bumped by the daemon's passes."""
+    fleet.seed(12)
+    daemon = fleet.daemon()
+    outstanding = _Outstanding()
+    real = daemon.engine.providers
+    daemon.engine.providers = lambda policy, dialect: outstanding.wrap(real(policy, dialect))
+    environment = daemon.policies.environments[fleet.env]
+    operator = VaultConnection(fleet.vault.addr, fleet.vault.token)
+    fleet.conns.append(operator)
+    open_request(environment, operator.kv, fleet.clock, by="ops", trigger="test",
+                 revoke_old_now=False)  # fmt: skip
+    signal = read_changes(fleet.kv, f"{fleet.env}/vault-rotator").version
+    saved = _request_writes(fleet)
+
+    ticks = fleet.rotate_all(daemon)
+
+    assert _outcomes(fleet) == {reasons.SUCCEEDED_EMERGENCY}
+    assert len(ticks[0].report.started) == 12
+    policy = daemon.policies.key(fleet.env, "app-0")
+    limiter = cast(ARouterClient, daemon.runtime.provider(policy, None)).limiter
+    assert 1 < outstanding.most <= limiter.ceiling
+    request_writes = _request_writes(fleet) - saved
+    assert request_writes <= 2 * len(ticks)  # the header and the one shard, once a tick
+    writes = sum(t.writes for t in ticks) - request_writes
+    assert writes <= 9 * len(fleet.names), [t.writes for t in ticks]
+    assert sorted(_mutation_routes(fleet)) == ["create"] * 12 + ["delete"] * 12
+    assert read_changes(fleet.kv, f"{fleet.env}/vault-rotator").version == signal
+
+
+def test_an_emergency_waits_out_a_long_retry_after_instead_of_stalling(fleet: Fleet) -> None:
+    """During an environment-wide emergency a create is answered 429 with a Retry-After of
+    four polls: no key stalls (no `resume` per key is needed), the keys wait (queued, or
+    their rotation in flight) with no failed pass, and every key completes once the provider
+    answers again."""
+    fleet.seed(4)
+    fleet.emulator.set_fault("create", status=429, retry_after=4 * POLL, count=1)
+    daemon = fleet.daemon(holds_on_fake_clock=True)
+    environment = daemon.policies.environments[fleet.env]
+    operator = VaultConnection(fleet.vault.addr, fleet.vault.token)
+    fleet.conns.append(operator)
+    open_request(environment, operator.kv, fleet.clock, by="ops", trigger="test",
+                 revoke_old_now=False)  # fmt: skip
+    store = EmergencyStore(fleet.kv, f"{fleet.env}/vault-rotator")
+    steps: set[str] = set()
+    for _ in range(30):
+        tick = fleet.tick(daemon)
+        assert tick.report.errors == []
+        for name in fleet.names:
+            rotation = fleet.record(name).rotation
+            assert rotation is None or rotation.stalled is None, rotation.stalled
+        request = store.read(fleet.env)
+        assert request is not None
+        steps |= {entry.step for entry in request.keys.values()}
+        if request.complete:
+            break
+    assert request.complete
+    assert Step.STALLED not in steps
+    assert _outcomes(fleet) == {reasons.SUCCEEDED_EMERGENCY}
+    statuses = [m["status"] for m in fleet.emulator.mutation_log() if m["route"] == "create"]
+    assert sorted(statuses) == [201] * 4 + [429]

@@ -82,8 +82,10 @@ class Runtime:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         on_provider_request: Callable[[str, str, int | str], None] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.conn = conn
+        self.monotonic = monotonic  # the provider clients' deadlines and Retry-After holds
         self.on_provider_request = on_provider_request
         self.lease_ttl = lease_ttl
         self.clock = clock
@@ -125,6 +127,7 @@ class Runtime:
                 hint=hint,
                 sleep=self.sleep,
                 clock=self.clock,
+                monotonic=self.monotonic,
                 timeout=budget.timeout,
                 max_attempts=budget.max_attempts,
                 backoff_initial=min(0.5, budget.backoff_max),

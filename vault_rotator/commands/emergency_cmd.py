@@ -5,7 +5,8 @@ request is saved in Vault first (:mod:`vault_rotator.engine.emergency`), then ac
 (:mod:`vault_rotator.engine.emergency_round`), one every ``poll_interval``, each running its
 keys' passes on :data:`WORKERS` threads (the provider's adaptive limiter bounds what reaches
 it): each key's rotation is started in emergency mode, or the one in flight upgraded, frozen
-keys included, and driven through the engine's own crash-safe steps. A key whose old key is unknown is skipped.
+keys included, and driven through the engine's own crash-safe steps. A key whose old key is
+unknown is skipped.
 
 Who acts mirrors ``rotate ENV/NAME``: without ``--daemon`` this process does (a daemon running
 meanwhile also picks the saved request up on its ticks, and the leases keep the two apart);

@@ -264,7 +264,13 @@ class Daemon:
         ]
         starts = [s for s in self._starts(book, report, now) if s.entry.ref not in urgent]
         emergency = self._emergency_jobs(book, work, len(starts), now)
-        listing = self._list(account, book) if active or starts or emergency else None
+        listing = None
+        if active or starts or emergency:
+            try:
+                listing = self._list(account, book)
+            except RateLimitedError as exc:  # the account is held: nothing is sent this tick
+                log.info("provider asks to wait; no pass this tick", error=str(exc))
+                active, starts, emergency, found.tidy = [], [], [], []
         report.listed = listing is not None
         jobs: list[Callable[[], None]] = [
             functools.partial(self._pass, book, e, report, listing, None) for e in active
