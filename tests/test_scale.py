@@ -415,6 +415,7 @@ def test_an_emergency_waits_out_a_long_retry_after_instead_of_stalling(fleet: Fl
                  revoke_old_now=False)  # fmt: skip
     store = EmergencyStore(fleet.kv, f"{fleet.env}/vault-rotator")
     steps: set[str] = set()
+    request = None
     for _ in range(30):
         tick = fleet.tick(daemon)
         assert tick.report.errors == []
@@ -426,6 +427,7 @@ def test_an_emergency_waits_out_a_long_retry_after_instead_of_stalling(fleet: Fl
         steps |= {entry.step for entry in request.keys.values()}
         if request.complete:
             break
+    assert request is not None
     assert request.complete
     assert Step.STALLED not in steps
     assert _outcomes(fleet) == {reasons.SUCCEEDED_EMERGENCY}
