@@ -27,6 +27,7 @@ from vault_rotator.engine.emergency_view import (
     exit_code,
     line_of,
     progress_line,
+    rate_and_eta,
     summary_lines,
     view,
     webhook_event,
@@ -516,3 +517,15 @@ def test_rotate_env_refuses_bad_flags_in_one_line_before_any_config(
     assert code == 2
     assert says in err
     assert err.count("\n") == 1
+
+
+def test_the_eta_follows_the_pipelines_pace_not_the_time_it_took_to_fill() -> None:
+    """100 keys whose first is done 30 s after the request, then one a second: at 10 done the
+    ETA is within 25 % of the 90 s left (the rate since the request would say 360 s)."""
+    names = [f"k{i}" for i in range(100)]
+    req = new_request("req1", "prod", names, by="", trigger="cli", revoke_old_now=False, now=T0)
+    done = {f"k{i}": KeyEntry(Step.DONE, T0 + 30 + i, T0, f"r{i}", "succeeded") for i in range(10)}
+    moving = {f"k{i}": KeyEntry(Step.AWAITING_PICKUP, T0 + 5, T0) for i in range(10, 100)}
+    rate, eta = rate_and_eta(req.with_keys({**done, **moving}, T0 + 40), T0 + 40)
+    assert eta is not None
+    assert 0.75 * 90 <= eta <= 1.25 * 90, (rate, eta)

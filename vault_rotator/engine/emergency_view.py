@@ -3,8 +3,8 @@
 Pure functions of a request (:mod:`.emergency`) and the clock, shared by ``rotate --env ...
 --wait``, ``status`` (and ``GET /v1/status``) and the daemon's one webhook per request:
 
-* the **progress line**: counts per step, the rate keys settle at since the request, and an
-  ETA for the keys still moving (``production: emergency mab12c3d4e: 24 keys: creating 2,
+* the **progress line**: counts per step, the pace keys are done at (:func:`rate_and_eta`),
+  and an ETA for the keys still moving (``production: emergency mab12c3d4e: 24 keys: creating 2,
   awaiting-pickup 10, done 11, skipped 1; 0.42 keys/s; ETA 29s``);
 * the **JSON view** (``status --json``'s ``emergencies``, ``GET /v1/status`` too), from which
   the line and the summary are drawn (so the CLI draws a daemon's the same way);
@@ -33,11 +33,18 @@ def counts(request: EmergencyRequest) -> dict[str, int]:
 
 
 def rate_and_eta(request: EmergencyRequest, now: float) -> tuple[float, float | None]:
-    """(keys settled per second since the request, seconds left for the moving ones or None)."""
-    elapsed = max(now - request.requested_at, 1e-9)
+    """(keys per second, seconds left for the moving ones or None).
+
+    The rate is the pipeline's pace: rotations run many at once, so keys finish as a wave
+    that starts a while after the request (create, publish, pickup, delete). Once two keys are
+    done, the pace is counted from the first one done (the time before it is the pipeline
+    filling, not its rate); before that, every settled key since the request."""
     moving = sum(1 for e in request.keys.values() if e.step in MOVING)
-    settled = len(request.keys) - moving
-    rate = settled / elapsed
+    done = sorted(e.at for e in request.keys.values() if e.step == Step.DONE)
+    if len(done) >= 2 and now > done[0]:
+        rate = (len(done) - 1) / (now - done[0])
+    else:
+        rate = (len(request.keys) - moving) / max(now - request.requested_at, 1e-9)
     if moving == 0:
         return rate, 0.0
     return rate, (moving / rate if rate > 0 else None)
