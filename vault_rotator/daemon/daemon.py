@@ -25,8 +25,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent import futures
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -162,6 +164,10 @@ class Daemon:
         self.books: dict[Account, Book] = {}
         self.list_passes = 0  # list passes made (benchmarks read it)
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vault-rotator")
+        # Emergency starts run here, not in a tick: they go on across ticks at the provider's
+        # and Vault's pace while the ticks keep every rotation in flight moving.
+        self.start_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vr-start")
+        self.starting: dict[Account, dict[str, Future[Progress | None]]] = {}
         self.refresher = Refresher(runtime.kv, self.map)
         self.ack_retention = AckRetention(runtime.kv)  # hourly per key; see ack_retention
         self.should_stop: Callable[[], bool] = lambda: False
@@ -244,11 +250,12 @@ class Daemon:
 
     def tick(self, account: Account, keys: tuple[KeyPolicy, ...]) -> TickReport:
         """One reconcile pass of one account (see the module docstring)."""
-        report = TickReport(account)
+        report, began = TickReport(account), time.monotonic()
         if not self._lead(account, keys, report):
             self.emergencies.forget(keys)  # its leader folds their webhooks now, not us
             return report  # another replica ticks it, and carries on its emergency requests
         book = self.book(account, keys)
+        self._reap(account, book)
         found = self.refresher.refresh(book, _poll(keys))
         report.errors += found.errors
         for policy, error in found.failed:
@@ -256,14 +263,18 @@ class Daemon:
         for ref in found.recovered:
             self.failures.succeeded(ref)
         record_of = self._record_of(book)
-        work = self.emergencies.plan(self.policies, keys, record_of)
+        starting = self.starting.setdefault(account, {})
+        busy = frozenset(starting)  # keys whose emergency start is under way (start pool)
+        work = self.emergencies.plan(self.policies, keys, record_of, busy=busy)
         urgent = {f"{o.env}/{job.name}" for o, job in work.jobs()}  # the requests pass these
         now = self.clock()
         active = [
-            e for e in book.active() if not self.failures.waiting(e.ref) and e.ref not in urgent
+            e
+            for e in book.active()
+            if not self.failures.waiting(e.ref) and e.ref not in urgent and e.ref not in busy
         ]
-        starts = [s for s in self._starts(book, report, now) if s.entry.ref not in urgent]
-        emergency = self._emergency_jobs(book, work, len(starts), now)
+        starts = [s for s in self._starts(book, report, now) if s.entry.ref not in urgent | busy]
+        emergency = self._emergency_jobs(book, work, len(starts) + len(busy), now)
         listing = None
         if active or starts or emergency:
             try:
@@ -282,17 +293,29 @@ class Daemon:
         jobs += [
             functools.partial(self._pass, book, e, report, listing, None)
             for e in found.tidy
-            if e.record.rotation is None
+            if e.record.rotation is None and e.ref not in busy
         ]
-        deadline = now + _poll(keys)  # no new emergency start past it: the rest wait a tick
         jobs += [
-            functools.partial(self._urgent, book, report, listing, o, job, deadline=deadline)
+            functools.partial(self._upgrade, book, report, listing, o, job)
             for o, job in emergency
+            if not job.starts
         ]
-        if jobs and not self.replicas.still_holds(account):  # renewed since the tick began
-            raise self._lease_lost(account)
+        if (jobs or emergency) and not self.replicas.still_holds(account):  # renewed since
+            raise self._lease_lost(account)  # the tick began
+        for found_request, job in emergency:
+            if job.starts:  # on the start pool: creates run on, across ticks
+                entry = book.entries.get(job.policy.ref)
+                trusted = entry is not None and entry.trusted and not entry.stale
+                starting[job.policy.ref] = self.start_pool.submit(
+                    self._urgent_start, listing, found_request, job, trusted
+                )
+                report.add(job.policy.ref, started=True)
         self.map(lambda job: job(), jobs)
-        report.errors += self.emergencies.settle(work, record_of)
+        # The tick waits for the starts until a poll has passed since it began, no longer:
+        # those still running are carried on by the next ticks (the key shows `creating`).
+        futures.wait(starting.values(), timeout=max(0.0, began + _poll(keys) - time.monotonic()))
+        self._reap(account, book)
+        report.errors += self.emergencies.settle(work, record_of, busy=frozenset(starting))
         self.ack_retention.sweep(keys, self.clock())
         self.last_tick[account] = self.clock()
         self.metrics.ticks.labels(str(account), "error" if report.errors else "ok").inc()
@@ -335,60 +358,96 @@ class Daemon:
         )
         for found, job in chosen:
             if (problem := refused.get(job.policy.ref)) is not None:
-                found.results[job.name] = job.entry.moved(Step.FAILED, now, detail=problem)
+                self.emergencies.record(
+                    found, job.name, job.entry.moved(Step.FAILED, now, detail=problem)
+                )
         return [(o, job) for o, job in chosen if job.policy.ref not in refused]
 
-    def _urgent(
-        self,
-        book: Book,
-        report: TickReport,
-        listing: Listing | None,
-        found: Open,
-        job: Job,
-        *,
-        deadline: float,
+    def _upgrade(
+        self, book: Book, report: TickReport, listing: Listing | None, found: Open, job: Job
     ) -> None:
-        """One pass an emergency request asks for (on a worker thread), as a scheduled pass
-        runs: on the book's record, the tick's list pass, no change signal."""
+        """An emergency upgrade of a rotation in flight (on a worker thread of the tick), as a
+        scheduled pass runs: on the book's record, the tick's list pass, no change signal."""
         if self.should_stop():
             raise Cancelled("stopping: no new work")
-        if job.starts and self.clock() > deadline:
-            return  # the poll's time is up: it stays queued for the next tick
         entry = book.entries.get(job.policy.ref)
+        known = None if entry is None or entry.stale else (entry.record, entry.version)
 
         def advance(job: Job, command: Command) -> Progress:
-            tries = iter((True, False))  # a retry after a 401 reads the record afresh
-
-            def call() -> Progress:
-                known = None
-                if next(tries, False):
-                    held = entry is not None and not entry.stale
-                    known = (entry.record, entry.version) if entry and held else None
-                    known = known or (job.record, job.version)
-                return self.engine.advance(
-                    job.policy,
-                    start=True,
-                    command=command,
-                    listing=listing,
-                    known=known,
-                    carried=known is not None and entry is not None and bool(entry.carried_since),
-                    trusted=known is not None and entry is not None and entry.trusted,
-                    scheduled=True,
-                    flush=entry is not None and entry.must_flush(self.clock()),
-                    capabilities_checked=True,
-                )
-
             try:
-                progress = self._fresh_key_on_401(job.policy, call)
+                progress = self._emergency_pass(job, command, listing, known, entry)
             except BaseException:
                 if entry is not None:
                     book.mark_stale(entry)
                 raise
             self._learned(book, entry, progress)
-            report.add(job.policy.ref, started=job.starts)
+            report.add(job.policy.ref, started=False)
             return progress
 
         self.emergencies.act(found, job, advance)
+
+    def _urgent_start(
+        self, listing: Listing | None, found: Open, job: Job, trusted: bool
+    ) -> Progress | None:
+        """An emergency start (on the start pool, maybe past its tick): one pass on the
+        record the plan saw. What it left reaches the book at the next tick (:meth:`_reap`)."""
+        passes: list[Progress] = []
+
+        def advance(job: Job, command: Command) -> Progress:
+            known = (job.record, job.version)
+            passes.append(self._emergency_pass(job, command, listing, known, None, trusted=trusted))
+            return passes[-1]
+
+        if not self.should_stop():
+            self.emergencies.act(found, job, advance)
+        return passes[-1] if passes else None
+
+    def _emergency_pass(
+        self,
+        job: Job,
+        command: Command,
+        listing: Listing | None,
+        known: tuple[StateRecord, int] | None,
+        entry: Entry | None,
+        *,
+        trusted: bool = False,
+    ) -> Progress:
+        """One pass of a request's key as a scheduled pass runs (a 401: the management key
+        read again and the record read afresh)."""
+        tries = iter((known, None))
+
+        def call() -> Progress:
+            base = next(tries, None)
+            return self.engine.advance(
+                job.policy,
+                start=True,
+                command=command,
+                listing=listing,
+                known=base,
+                carried=base is not None and entry is not None and bool(entry.carried_since),
+                trusted=base is not None and (trusted or (entry is not None and entry.trusted)),
+                scheduled=True,
+                flush=entry is not None and entry.must_flush(self.clock()),
+                capabilities_checked=True,
+            )
+
+        return self._fresh_key_on_401(job.policy, call)
+
+    def _reap(self, account: Account, book: Book) -> None:
+        """Emergency starts that ended since the last tick: what each left, in the book."""
+        starting = self.starting.get(account, {})
+        for ref, future in list(starting.items()):
+            if not future.done():
+                continue
+            del starting[ref]
+            entry = book.entries.get(ref)
+            if entry is None:
+                continue
+            progress = None if future.cancelled() or future.exception() else future.result()
+            if progress is None:
+                book.mark_stale(entry)  # read it again
+            else:
+                self._learned(book, entry, progress)
 
     def _lead(self, account: Account, keys: tuple[KeyPolicy, ...], report: TickReport) -> bool:
         """Whether this replica ticks the account now (its account lease; see .replicas)."""
@@ -574,6 +633,7 @@ class Daemon:
         """Stop the worker pool: passes not started are dropped, those running finish on
         their own (a pass checks for a stop before it starts)."""
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.start_pool.shutdown(wait=False, cancel_futures=True)
 
     # -- metrics ------------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ CLI carried to its end gets its webhook from a daemon's next tick, if that comes
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,7 +41,13 @@ from typing import Any
 import structlog
 
 from vault_rotator.daemon.notify import Notifier
-from vault_rotator.engine.emergency import TERMINAL, EmergencyRequest, KeyEntry, new_request
+from vault_rotator.engine.emergency import (
+    TERMINAL,
+    EmergencyRequest,
+    KeyEntry,
+    Step,
+    new_request,
+)
 from vault_rotator.engine.emergency_decide import decide_key, refreshed
 from vault_rotator.engine.emergency_round import Advance, Job, Plan, Round
 from vault_rotator.engine.emergency_store import EmergencyStore
@@ -65,7 +72,6 @@ class Open:
     env: str
     rounds: Round
     plan: Plan
-    results: dict[str, KeyEntry] = field(default_factory=dict)  # key -> entry after its pass
 
 
 @dataclass
@@ -84,9 +90,11 @@ class Emergencies:
     """Rounds of the open requests, and which keys' webhooks are folded into theirs.
 
     A tick asks :meth:`plan` what the open requests of its keys' environments need (no pass
-    yet: decided from the book's records), runs those passes on its pool beside its own
-    (:meth:`act`), then :meth:`settle` saves each request's progress once and sends the one
-    webhook of a request that settled.
+    yet: decided from the book's records), runs those passes (:meth:`act`: upgrades on its
+    pool beside its own passes, starts on the daemon's start pool, which may outlive the
+    tick), then :meth:`settle` saves each request's progress once, with the entries of every
+    pass that ended since (:meth:`record`), and sends the one webhook of a request that
+    settled. A key whose start is still under way shows as ``creating``.
     """
 
     def __init__(
@@ -100,6 +108,9 @@ class Emergencies:
         self.notifier = notifier
         self.should_stop = should_stop
         self.rounds: dict[str, Round] = {}  # per environment (failure counts live there)
+        # env -> key -> (request id, its entry after a pass that ended), until settled
+        self.results: dict[str, dict[str, tuple[str, KeyEntry]]] = {}
+        self._lock = threading.Lock()
         # env -> (the request's tag, {key not ended: its rotation id for the request})
         self.folding: dict[str, tuple[str, dict[str, str | None]]] = {}
 
@@ -115,8 +126,16 @@ class Emergencies:
         for env in {key.env for key in keys}:
             self.folding.pop(env, None)
 
-    def plan(self, policies: PolicySet, keys: tuple[KeyPolicy, ...], record_of: RecordOf) -> Work:
-        """The open request of each of these keys' environments, decided (nothing acted on)."""
+    def plan(
+        self,
+        policies: PolicySet,
+        keys: tuple[KeyPolicy, ...],
+        record_of: RecordOf,
+        *,
+        busy: frozenset[str] = frozenset(),
+    ) -> Work:
+        """The open request of each of these keys' environments, decided (nothing acted on);
+        no job for a key in ``busy`` (``ENV/NAME``: a pass of it is under way)."""
         work = Work()
         for env in sorted({key.env for key in keys}):
             environment = policies.environments.get(env)
@@ -128,20 +147,29 @@ class Emergencies:
                 work.errors.append(self._unread(env, exc))
                 continue
             if found is not None:
+                found.plan.jobs = [j for j in found.plan.jobs if f"{env}/{j.name}" not in busy]
                 work.requests.append(found)
         return work
 
-    def act(self, work: Open, job: Job, advance: Advance) -> None:
-        """Run one job of a request (on a worker thread); its new entry kept for settle."""
-        work.results[job.name] = work.rounds.act(work.plan.request, job, advance)
+    def act(self, found: Open, job: Job, advance: Advance) -> None:
+        """Run one job of a request (on any thread); its entry is kept for a settle."""
+        self.record(found, job.name, found.rounds.act(found.plan.request, job, advance))
 
-    def settle(self, work: Work, record_of: RecordOf) -> list[str]:
+    def record(self, found: Open, name: str, entry: KeyEntry) -> None:
+        """A key's entry after its pass (or a refusal), for the next settle of its request."""
+        with self._lock:
+            self.results.setdefault(found.env, {})[name] = (found.plan.request.id, entry)
+
+    def settle(
+        self, work: Work, record_of: RecordOf, *, busy: frozenset[str] = frozenset()
+    ) -> list[str]:
         """Each request's progress saved once (the keys not acted on judged afresh from
-        their records, as the tick's passes left them); a settled one's webhook sent."""
+        their records, as the tick's passes left them; those in ``busy`` as ``creating``);
+        a settled one's webhook sent."""
         errors = list(work.errors)
         for found in work.requests:
             try:
-                self._settle(found, record_of)
+                self._settle(found, record_of, busy)
             except Exception as exc:  # one environment's trouble, even a bug, is its own
                 errors.append(self._unread(found.env, exc))
         return errors
@@ -164,16 +192,23 @@ class Emergencies:
         rounds = self._rounds_of(environment)
         return Open(env, rounds, rounds.plan(request, lambda name: record_of(env, name)))
 
-    def _settle(self, found: Open, record_of: RecordOf) -> None:
+    def _settle(self, found: Open, record_of: RecordOf, busy: frozenset[str]) -> None:
         request, now = found.plan.request, self.engine.clock()
+        with self._lock:
+            ended = self.results.pop(found.env, {})
+        results = {n: e for n, (rid, e) in ended.items() if rid == request.id and n in request.keys}
         changes = dict(found.plan.changes)
         for name, entry in request.keys.items():
-            if entry.step in TERMINAL or name in found.results:
+            if entry.step in TERMINAL or name in results:
+                continue
+            if f"{found.env}/{name}" in busy:
+                if entry.step == Step.QUEUED:
+                    changes[name] = entry.moved(Step.CREATING, now)
                 continue
             got = record_of(found.env, name)
             if not isinstance(got, VaultRotatorError):
                 changes[name] = decide_key(request, changes.get(name, entry), got[0], now)[1]
-        changes.update(found.results)
+        changes.update(results)
         changes = {n: e for n, e in changes.items() if e != request.keys[n]}
         result = found.rounds.finish(request, changes, notify=True)
         if result.notify:
