@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from vault_rotator import cli
+from vault_rotator.daemon.emergencies import Emergencies, open_request
+from vault_rotator.daemon.notify import Notifier
 from vault_rotator.engine import reasons
 from vault_rotator.engine.emergency import (
     INLINE_SCHEMA,
@@ -32,13 +35,14 @@ from vault_rotator.engine.emergency_view import (
     view,
     webhook_event,
 )
-from vault_rotator.engine.engine import Progress
+from vault_rotator.engine.engine import Engine, Progress
 from vault_rotator.engine.reasons import Phase
 from vault_rotator.engine.state import Outcome, Rotation, Stall, StateRecord
 from vault_rotator.errors import StoreError
-from vault_rotator.policy import vaultacl
-from vault_rotator.ports.provider import NO_PERMISSIONS
+from vault_rotator.policy import KeyPolicy, load_policies, vaultacl
+from vault_rotator.ports.provider import NO_PERMISSIONS, KeyProvider
 from vault_rotator.store.memory import MemoryKv
+from vault_rotator.testing.clock import FakeClock
 
 T0 = 1_800_000_000.0
 WHERE = "secret/vault-rotator/emergency/prod"
@@ -529,3 +533,51 @@ def test_the_eta_follows_the_pipelines_pace_not_the_time_it_took_to_fill() -> No
     rate, eta = rate_and_eta(req.with_keys({**done, **moving}, T0 + 40), T0 + 40)
     assert eta is not None
     assert 0.75 * 90 <= eta <= 1.25 * 90, (rate, eta)
+
+
+def test_a_key_whose_start_is_under_way_shows_creating_round_after_round(tmp_path: Path) -> None:
+    """The daemon's emergency starts may outlive a tick: while a key's start is under way
+    (busy), the ticks' rounds show it `creating`, never back to `queued`, and start it no
+    second time; once its pass has ended, its entry is the pass's."""
+    clock = FakeClock()
+    kv = MemoryKv(clock=clock)
+    (tmp_path / "prod.yaml").write_text(
+        "environment: prod\nprovider: {type: arouter, base_url: 'http://127.0.0.1:9'"
+        ", management_key: {path: m}}\nvault: {kv_mount: secret, state_prefix: rot}\n"
+        "require_spending_limit: false\nkeys:\n"
+        "  - {name: a, secret_path: prod/a, allowed_providers: [openai]}\n"
+        "  - {name: b, secret_path: prod/b, allowed_providers: [openai]}\n"
+    )
+    policies = load_policies(tmp_path)
+    environment = policies.environments["prod"]
+    engine = Engine(kv_for=lambda _m: kv, providers=_no_provider, clock=clock, sleep=clock.sleep)
+    emergencies = Emergencies(engine, Notifier())
+    request, _ = open_request(environment, lambda _m: kv, clock, by="ops", trigger="test",
+                              revoke_old_now=False)  # fmt: skip
+
+    def record_of(env: str, name: str) -> tuple[StateRecord, int]:
+        return StateRecord.new(env, name), 0  # idle: the start has not reached the book yet
+
+    busy = frozenset({"prod/a"})
+    saved: EmergencyRequest | None = None
+    for _ in range(2):
+        work = emergencies.plan(policies, environment.keys, record_of, busy=busy)
+        assert [job.name for _, job in work.jobs()] == ["b"]  # a: not started again
+        assert emergencies.settle(work, record_of, busy=busy) == []
+        saved = EmergencyStore(kv, "rot").read("prod")
+        assert saved is not None
+        assert (saved.keys["a"].step, saved.keys["b"].step) == (Step.CREATING, Step.QUEUED)
+        clock.advance(30)
+    assert saved is not None
+    work = emergencies.plan(policies, environment.keys, record_of, busy=busy)
+    ended = saved.keys["a"].moved(Step.AWAITING_PICKUP, clock(), rotation_id="r1")
+    emergencies.record(work.requests[0], "a", ended)
+    emergencies.settle(work, record_of)
+    saved = EmergencyStore(kv, "rot").read("prod")
+    assert saved is not None
+    assert saved.keys["a"] == ended
+    assert request.id == saved.id
+
+
+def _no_provider(_policy: KeyPolicy, _dialect: str | None) -> KeyProvider:
+    raise AssertionError("no provider call in a round's plan or settle")

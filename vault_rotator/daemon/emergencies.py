@@ -146,8 +146,10 @@ class Emergencies:
             except Exception as exc:  # one environment's trouble, even a bug, is its own
                 work.errors.append(self._unread(env, exc))
                 continue
-            if found is not None:
-                found.plan.jobs = [j for j in found.plan.jobs if f"{env}/{j.name}" not in busy]
+            if found is not None:  # a key being started is judged once its pass has ended
+                plan = found.plan
+                plan.jobs = [j for j in plan.jobs if f"{env}/{j.name}" not in busy]
+                plan.changes = {n: e for n, e in plan.changes.items() if f"{env}/{n}" not in busy}
                 work.requests.append(found)
         return work
 
@@ -201,7 +203,7 @@ class Emergencies:
         for name, entry in request.keys.items():
             if entry.step in TERMINAL or name in results:
                 continue
-            if f"{found.env}/{name}" in busy:
+            if f"{found.env}/{name}" in busy:  # its start is under way
                 if entry.step == Step.QUEUED:
                     changes[name] = entry.moved(Step.CREATING, now)
                 continue
