@@ -33,6 +33,7 @@ from vault_rotator.engine.emergency import EmergencyRequest, Step
 from vault_rotator.engine.emergency_round import Round
 from vault_rotator.engine.emergency_store import EmergencyStore
 from vault_rotator.engine.session import StateStore
+from vault_rotator.errors import VaultRotatorError
 from vault_rotator.policy import load_policies
 from vault_rotator.runtime import Runtime
 from vault_rotator.store.vault import VaultConnection, VaultKv
@@ -460,3 +461,72 @@ def test_an_unreadable_request_leaves_status_with_its_key_rows(
     assert code == 0
     assert f"emergency request of {site.env} unreadable: " in out
     assert all(f"{site.env}/{name}" in out for name in NAMES)
+
+
+# -- hostile request records (issue 20: anyone with write on the state prefix) ---------------
+
+
+def _header(site: Site, **fields: Any) -> str:
+    path = f"{site.env}/vault-rotator/emergency/{site.env}"
+    doc = {
+        "schema": 2, "id": "r1", "env": site.env, "requested_at": site.clock(), "by": "x",
+        "trigger": "cli", "revoke_old_now": False, "shards": 1, "key_count": 1,
+        "settled_at": None, "completed_at": None, "notified_at": None, **fields,
+    }  # fmt: skip
+    site.kv.write(path, doc, cas=0)
+    return path
+
+
+def _status_reads(site: Site) -> tuple[Any, int]:
+    conn = site.daemon.runtime.conn
+    before = conn.reads()
+    answer = site.control.handle("GET", "/v1/status", site.vault.token, {})
+    return answer, conn.reads() - before
+
+
+def test_a_header_naming_100000_shards_is_refused_without_reading_them(site: Site) -> None:
+    """A header claiming 100,000 shards (only shard 0 written): status refuses it in one line
+    naming the bound, after reading the header alone (it read every shard: 85 s)."""
+    path = _header(site, shards=100_000, key_count=20_000_000)
+    site.kv.write(f"{path}/r1/0", {"schema": 2, "request_id": "r1", "shard": 0, "keys": "{}"},
+                  cas=0)  # fmt: skip
+    answer, reads = _status_reads(site)
+    assert answer.status == 200
+    (line,) = answer.body["emergency_errors"]
+    assert "shards must be a count from 1 to 5" in line
+    assert reads < 4 * len(NAMES) + 10, reads  # the key rows' reads, one header: no shard
+
+
+def test_reading_a_request_stops_at_its_first_missing_shard(site: Site) -> None:
+    """A header of 5 shards (1,000 keys) with only shard 0 written: a read of the request
+    reads the header and shards 0 and 1, then refuses it naming shard 1."""
+    path = _header(site, shards=5, key_count=1000)
+    site.kv.write(f"{path}/r1/0", {"schema": 2, "request_id": "r1", "shard": 0, "keys": "{}"},
+                  cas=0)  # fmt: skip
+    store = EmergencyStore(site.daemon.runtime.kv("secret"), f"{site.env}/vault-rotator")
+    conn = site.daemon.runtime.conn
+    before = conn.reads()
+    with pytest.raises(VaultRotatorError, match="shard 1 is missing"):
+        store.read(site.env)
+    assert conn.reads() - before == 3
+
+
+def test_a_key_name_that_is_a_path_makes_the_request_unreadable_not_a_failed_webhook(
+    site: Site,
+) -> None:
+    """A shard whose key is named `../../../arouter/prod/k0`: status and the tick refuse the
+    request in one line naming it (status read a consumer secret as a state record, and the
+    daemon settled the request with a `failed` webhook); no webhook is sent."""
+    path = _header(site)
+    keys = json.dumps({"../../../arouter/prod/k0": ["queued", site.clock(), site.clock()]})
+    site.kv.write(f"{path}/r1/0", {"schema": 2, "request_id": "r1", "shard": 0, "keys": keys},
+                  cas=0)  # fmt: skip
+    answer, _ = _status_reads(site)
+    (line,) = answer.body["emergency_errors"]
+    assert "is not a key name" in line
+    assert "\n" not in line
+    ((account, keys_),) = site.daemon.accounts().items()
+    errors = site.daemon.tick(account, keys_).errors
+    assert any("is not a key name" in error for error in errors), errors
+    site.notifier.close(timeout=5)
+    assert Hooks.received == []

@@ -52,6 +52,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from vault_rotator.errors import StoreError
+from vault_rotator.policy.fields import is_name
+from vault_rotator.policy.problems import shown
 
 SCHEMA_VERSION = 2  # the request's stored schema (see .emergency_codec)
 INLINE_SCHEMA = 1  # every key inline in one document: to_dict / from_dict
@@ -277,6 +279,8 @@ def _keys(value: Any) -> dict[str, KeyEntry]:
         raise TypeError("keys must be a non-empty object")
     out: dict[str, KeyEntry] = {}
     for name, raw in value.items():
+        if not is_name(name):  # joined into Vault paths (the key's state record, its secret)
+            raise TypeError(f"key name {shown(name)} is not a key name (a-z, 0-9, '-')")
         if not isinstance(raw, Mapping):
             raise TypeError(f"keys.{str(name)[:40]} must be an object")
         step = _step(name, raw.get("step"))

@@ -43,9 +43,11 @@ from typing import Any
 
 from vault_rotator.engine.emergency import EmergencyRequest, KeyEntry, Step
 from vault_rotator.errors import StoreError
+from vault_rotator.policy.build import MAX_KEYS
 
 SCHEMA_VERSION = 2
 SHARD_KEYS = 200  # keys per shard record
+MAX_SHARDS = -(-MAX_KEYS // SHARD_KEYS)  # an environment's keys (one policy file) at most
 MAX_DETAIL = 300  # characters of a key's detail kept in the store
 _ENTRY_FIELDS = ("rotation_id", "outcome", "detail", "prior")
 
@@ -121,10 +123,22 @@ def schema_of(data: Mapping[str, Any], where: str) -> int:
 
 
 def shard_count(header: Mapping[str, Any], where: str) -> int:
-    """How many shards a schema-2 header names (a StoreError if that is no count)."""
+    """How many shards a schema-2 header names: a StoreError if that is no count, or more
+    than the keys of one environment need (:data:`MAX_SHARDS`: an environment is one policy
+    file, of at most ``MAX_KEYS`` keys), or not what its ``key_count`` needs. Anyone who may
+    write the header could otherwise make every reader read up to that many records."""
     count = header.get("shards")
-    if isinstance(count, bool) or not isinstance(count, int) or not 0 < count <= 100_000:
-        raise StoreError(f"emergency request at {where} is malformed (shards must be a count)")
+    if isinstance(count, bool) or not isinstance(count, int) or not 0 < count <= MAX_SHARDS:
+        raise StoreError(
+            f"emergency request at {where} is malformed (shards must be a count from 1 to "
+            f"{MAX_SHARDS}: an environment has at most {MAX_KEYS} keys)"
+        )
+    keys = header.get("key_count")
+    if isinstance(keys, bool) or not isinstance(keys, int) or count != -(-keys // SHARD_KEYS):
+        raise StoreError(
+            f"emergency request at {where} is malformed (key_count {keys!r:.20} does not fit "
+            f"{count} shards of {SHARD_KEYS})"
+        )
     return count
 
 

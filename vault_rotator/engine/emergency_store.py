@@ -9,7 +9,8 @@ changed, and read again when another won.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from vault_rotator.engine.emergency import EmergencyRequest, emergency_path, resumed
 from vault_rotator.engine.emergency_codec import (
@@ -50,14 +51,16 @@ class EmergencyStore:
         if schema_of(got.data, where) == 1:
             return EmergencyRequest.from_dict(got.data, where, got.version), got.version
         request_id = str(got.data.get("id"))
-        shards = [
-            self.kv.read(shard_path(path, request_id, index))
-            for index in range(shard_count(got.data, where))
-        ]
-        data = [None if s is None or s.deleted else s.data for s in shards]
+        data: list[Mapping[str, Any] | None] = []
+        versions: list[int] = []
+        for index in range(shard_count(got.data, where)):  # at most MAX_SHARDS reads
+            shard = self.kv.read(shard_path(path, request_id, index))
+            versions.append(0 if shard is None else shard.version)
+            data.append(None if shard is None or shard.deleted else shard.data)
+            if data[-1] is None:
+                break  # the first one missing says the request is unreadable: read no further
         request = from_stored(got.data, data, where, got.version)
-        versions = tuple(0 if s is None else s.version for s in shards)
-        return request.evolve(shard_versions=versions), got.version
+        return request.evolve(shard_versions=tuple(versions)), got.version
 
     def _write(
         self, env: str, current: EmergencyRequest | None, version: int, wanted: EmergencyRequest

@@ -62,6 +62,12 @@ def _positive(seconds: float) -> float:
     return seconds
 
 
+def is_name(value: object) -> bool:
+    """Whether ``value`` fits the environment and key name grammar (a-z, 0-9 and '-'), as a
+    name read from a record must before it is joined into a Vault path."""
+    return isinstance(value, str) and _NAME.fullmatch(value) is not None
+
+
 def _name(value: str) -> str:
     if not _NAME.fullmatch(value):
         raise PolicyValueError(f"{shown(value)} may hold only a-z, 0-9 and '-'")
