@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import hvac
 from structlog.testing import capture_logs
 from test_acks import T0, ack, facts, rotation
+from world import WorldFactory
 
+from vault_rotator.commands import vault_policy_cmd
 from vault_rotator.daemon.ack_retention import AckRetention
+from vault_rotator.engine import reasons
 from vault_rotator.engine.ack_store import AckStore
 from vault_rotator.engine.acks import MAX_ACKS, AckPolicy, hold
+from vault_rotator.engine.driver import drive
 from vault_rotator.policy import KeyPolicy, ManagementKeyRef, ProviderPolicy, VaultPolicy
 from vault_rotator.policy.defaults import MAX_REQUIRE_ACKS
 from vault_rotator.store.vault import VaultConnection
@@ -69,3 +75,48 @@ def test_an_acks_missing_detail_names_at_most_twenty_instances() -> None:
     assert late is not None
     assert "and 280 more" in late.detail
     assert len(late.detail) < 1000
+
+
+FLOOD = 1100  # the issue's count: more names than a default listener takes in one write
+
+
+def test_a_consumer_token_flooding_acks_cannot_block_the_rotation(
+    world_for: WorldFactory,
+) -> None:
+    """With drain_on_acks, a consumer token holding the generated consumer policy writes 1,100
+    well-formed ack records: every state record is still saved (it carried every present
+    instance's name, past OpenBao's default 1000 JSON strings, and every pass after publish
+    failed), the rotation drains for its full drain_period and succeeds."""
+    world = world_for("c", drain_on_acks=True, ack_ttl_s=10 * 365 * 86400.0)
+    old_id, _ = world.seed_old_key()
+    world.add_consumer(refresh_s=30.0)
+    admin = hvac.Client(url=world.vault.addr, token=world.vault.token)
+    name = f"consumer-{world.tag}"
+    admin.sys.create_or_update_policy(name, vault_policy_cmd.consumer_policy(world.policy))
+    token = admin.auth.token.create(policies=[name], ttl="10m")["auth"]["client_token"]
+    consumer = VaultConnection(world.vault.addr, token)
+    folder = AckStore(world.kv, world.policy.vault.state_prefix).folder(
+        world.policy.env, world.policy.name
+    )
+    served = world.served()
+    version = world.kv.current_version(world.policy.secret_path)
+
+    def ack_of(i: int) -> None:
+        data = {"version": version, "key_id": served["key_id"], "at": "2027-01-15T10:00:00Z",
+                "kind": "app", "instance": f"web-{i}"}  # fmt: skip
+        consumer.kv("secret").write(f"{folder}/web-{i}", data, cas=0)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(ack_of, range(FLOOD)))
+    consumer.close()
+    started = world.clock()
+    with capture_logs() as logs:
+        done = drive(world.engine(), world.policy, wait=True)
+    assert done.outcome is not None
+    assert done.outcome.outcome == reasons.SUCCEEDED
+    assert world.record().rotation is None
+    assert old_id not in world.live_ids()
+    assert world.clock() - started >= world.policy.drain_period_s  # the full drain
+    warned = [e for e in logs if "drain_on_acks off" in str(e.get("event"))]
+    assert warned
+    assert warned[0]["instances"] == MAX_ACKS  # read at most

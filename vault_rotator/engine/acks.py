@@ -33,6 +33,8 @@ The rules (pure; :mod:`.decide` calls them):
   expected ones; once every one of them sent an ``app`` ack of the published version, the drain
   may end before ``drain_period``, but only once the old key's reported use has not changed for
   ``usage_lag`` since the last of those acks was seen (and the old key is listed in the pass).
+  More than :data:`MAX_EXPECTED` present instances (a consumer token may write as many records
+  as it likes): none is awaited, the rotation drains for the full ``drain_period``.
 * ``ack_ttl``: an instance whose last ack is older is *gone*: listed, never waited for nor
   counted. ``ack_retention``: records of instances gone that much longer are removed.
 """
@@ -58,6 +60,10 @@ AGENT, APP = KINDS
 FIELDS = frozenset({"version", "key_id", "at", "kind", "instance"})
 MAX_ACK_BYTES = 1024  # an ack is about 120 bytes as JSON
 MAX_ACKS = 1024  # records read per key and pass; names beyond are reported, not read
+# Instances drain_on_acks waits for. More present at publish: it is off for that rotation (the
+# full drain_period applies, with a warning), so the state record never carries more names
+# than a default OpenBao listener accepts in one write (max_request_json_strings 1000).
+MAX_EXPECTED = 256
 _KEY_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 _STAMP = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})"
@@ -254,6 +260,8 @@ def observe_acks(rotation: Rotation, facts: AckFacts | None, now: float) -> Rota
     expected = rotation.ack_expected
     if expected is None:
         expected = tuple(sorted(a.instance for a in present(facts, now)))
+        if len(expected) > MAX_EXPECTED:
+            expected = ()  # none awaited: drain_on_acks off for this rotation (see MAX_EXPECTED)
         rotation = rotation.evolve(ack_expected=expected)
     done = bool(expected) and set(expected) <= of_published(facts.acks, rotation, (APP,))
     if not done:

@@ -14,9 +14,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import assert_never
 
+import structlog
+
 from vault_rotator.engine import reasons
 from vault_rotator.engine.ack_store import AckStore, report
-from vault_rotator.engine.acks import AckFacts, AckPolicy, judge_rotation
+from vault_rotator.engine.acks import MAX_EXPECTED, AckFacts, AckPolicy, judge_rotation, present
 from vault_rotator.engine.context import Carry, Pass, Progress
 from vault_rotator.engine.decide import (
     Decision,
@@ -33,7 +35,10 @@ from vault_rotator.engine.decide_end import (
     unpublished_ending,
 )
 from vault_rotator.engine.effects import delete_all, delete_key, finish, set_disabled, stall
+from vault_rotator.policy import format_duration
 from vault_rotator.ports.kv import Versioned
+
+log = structlog.get_logger("vault_rotator.engine")
 
 
 def listed(p: Pass, carry: Carry) -> Observation:
@@ -88,6 +93,14 @@ def observe_acks(p: Pass) -> AckFacts | None:
     read = AckStore(p.kv, p.store.prefix).read(p.policy.env, p.policy.name, policy)
     facts = judge_rotation(read, p.rotation)
     report(p.policy.ref, facts)
+    if policy.drain_on_acks and p.rotation.ack_expected is None:
+        here = len(present(facts, p.clock()))
+        if here > MAX_EXPECTED:
+            log.warning(
+                "drain_on_acks off for this rotation: more instances than it waits for",
+                key=p.policy.ref, instances=here, most=MAX_EXPECTED,
+                drain=f"the full drain_period ({format_duration(p.policy.drain_period_s)})",
+            )  # fmt: skip
     return facts
 
 
