@@ -138,7 +138,8 @@ class Fleet:
         for name in self.names:
             got = self.kv.read(f"{self.env}/{name}")
             assert got is not None
-            assert self.emulator.call(str(got.data["api_key"])) == 200
+            status = self.emulator.call(str(got.data["api_key"]))  # never a value in a failure
+            assert status == 200, name
 
     def tick(self, daemon: Daemon) -> Tick:
         ((account, keys),) = daemon.accounts().items()
@@ -433,3 +434,35 @@ def test_an_emergency_waits_out_a_long_retry_after_instead_of_stalling(fleet: Fl
     assert _outcomes(fleet) == {reasons.SUCCEEDED_EMERGENCY}
     statuses = [m["status"] for m in fleet.emulator.mutation_log() if m["route"] == "create"]
     assert sorted(statuses) == [201] * 4 + [429]
+
+
+def test_a_record_vault_refuses_as_too_large_is_named_at_once_not_retried_forever(
+    fleet: Fleet,
+) -> None:
+    """An old key whose permissions list 1,000 models (the most the client accepts; the policy
+    leaves allowed_models to the old key, so they are copied to the new key and saved in the
+    state record): OpenBao's default listener refuses the record (over 1000 JSON strings). The first failed pass alerts at once with reason record-too-large (a failed
+    webhook; it was a generic failure, parked after 15 minutes), nothing was created, and the
+    next passes alert no more."""
+    fleet.seed(1)
+    value = fleet.emulator.seed_key(
+        "app-0-wide",
+        allowed_providers=["openai"],
+        allowed_models=[f"m-{i}" for i in range(1000)],
+    )
+    key_id, secret = value
+    path = f"{fleet.env}/app-0"
+    fleet.kv.write(path, {"api_key": secret, "key_id": key_id}, cas=1)
+    daemon = fleet.daemon()
+    sent: list[tuple[str, dict[str, Any]]] = []
+    daemon.notifier.notify = lambda event, **fields: sent.append((event, fields))  # type: ignore[method-assign]
+    ((account, keys),) = daemon.accounts().items()
+    first = daemon.tick(account, keys)  # (its consumer could not call: no such models)
+    assert len(first.errors) == 1
+    assert "as too large" in first.errors[0]
+    assert [(e, f["reason"]) for e, f in sent] == [("failed", reasons.RECORD_TOO_LARGE)]
+    for _ in range(3):
+        fleet.clock.advance(POLL)
+        daemon.tick(account, keys)
+    assert len(sent) == 1
+    assert "create" not in _mutation_routes(fleet)

@@ -21,6 +21,7 @@ hold a key value, a management key or a token.
     ├── StoreError                       Vault / OpenBao
     │   ├── StoreUnavailableError        sealed, unreachable, 5xx: worth retrying
     │   ├── StorePermissionError         403: token revoked or lacks a capability
+    │   ├── RecordTooLargeError          a write past the listener's limits
     │   └── CasConflictError             check-and-set lost against another writer
     ├── EngineError                      the rotation engine refused or could not go on
     │   ├── LeaseHeldError               another process holds the key's lease
@@ -117,6 +118,10 @@ class StoreError(VaultRotatorError):
 
 class StoreUnavailableError(StoreError):
     """Vault is sealed, unreachable or answered 5xx: worth retrying later."""
+
+
+class RecordTooLargeError(StoreError):
+    """Vault refused a write past its listener's limits (too many JSON strings, too large)."""
 
 
 class StorePermissionError(StoreError):

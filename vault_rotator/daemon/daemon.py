@@ -65,6 +65,7 @@ from vault_rotator.errors import (
     LeaseHeldError,
     ProviderAuthError,
     RateLimitedError,
+    RecordTooLargeError,
     VaultRotatorError,
 )
 from vault_rotator.policy import Account, KeyPolicy, PolicySet
@@ -573,6 +574,10 @@ class Daemon:
             return
         except Cancelled:
             raise
+        except RecordTooLargeError as exc:  # no retry can fit it: said at once, by its name
+            book.mark_stale(entry)
+            self._failed(policy, report, str(exc), in_flight=command is None, too_large=True)
+            return
         except VaultRotatorError as exc:
             book.mark_stale(entry)
             self._failed(policy, report, str(exc), in_flight=command is None)
@@ -596,31 +601,44 @@ class Daemon:
             book.note(entry)
 
     def _failed(
-        self, policy: KeyPolicy, report: TickReport, error: str, *, in_flight: bool
+        self,
+        policy: KeyPolicy,
+        report: TickReport,
+        error: str,
+        *,
+        in_flight: bool,
+        too_large: bool = False,
     ) -> None:
-        """Count a failed pass; park a key that keeps failing (a stall if it can) and alert once."""
+        """Count a failed pass; park a key that keeps failing (a stall if it can) and alert once.
+
+        ``too_large``: Vault refused the key's record as past its listener's limits. No retry
+        can fit it, so it is alerted at once (not after 15 minutes), as a stall
+        ``record-too-large`` of the rotation in flight (the stall is written on the record as
+        stored, which fits) or, when no rotation could be recorded, a ``failed`` webhook."""
         report.fail(policy.ref, error)
         episode = self.failures.failed(policy.ref, error, policy.provider.poll_interval_s)
         log.warning("pass failed", key=policy.ref, error=error, failures=episode.count)
-        if not self.failures.first_alert(episode):
-            return
-        minutes = (self.clock() - episode.first_at) / 60
-        detail = f"{episode.count} passes failed over {minutes:.0f} min; last: {error}"
-        if in_flight and self._stall(policy, detail):
+        if too_large:
+            reason, detail = reasons.RECORD_TOO_LARGE, error
+            if not self.failures.alert_now(episode):
+                return
+        else:
+            if not self.failures.first_alert(episode):
+                return
+            minutes = (self.clock() - episode.first_at) / 60
+            reason = reasons.RETRIES_EXHAUSTED
+            detail = f"{episode.count} passes failed over {minutes:.0f} min; last: {error}"
+        if in_flight and self._stall(policy, detail, reason):
             return  # recorded in Vault; the stall's own webhook is the alert
-        log.error("key parked: it keeps failing", key=policy.ref, detail=detail)
+        log.error("key parked: it keeps failing", key=policy.ref, reason=reason, detail=detail)
         self.notifier.notify(
-            events.FAILED,
-            env=policy.env,
-            key=policy.ref,
-            reason=reasons.RETRIES_EXHAUSTED,
-            detail=detail,
+            events.FAILED, env=policy.env, key=policy.ref, reason=reason, detail=detail
         )
 
-    def _stall(self, policy: KeyPolicy, detail: str) -> bool:
-        """Record a retries-exhausted stall on the rotation in flight; False if it cannot."""
+    def _stall(self, policy: KeyPolicy, detail: str, reason: str) -> bool:
+        """Record a stall on the rotation in flight; False if it cannot."""
         try:
-            progress = self.engine.stall(policy, reasons.RETRIES_EXHAUSTED, detail, scheduled=True)
+            progress = self.engine.stall(policy, reason, detail, scheduled=True)
         except VaultRotatorError as exc:
             log.warning("could not record the stall", key=policy.ref, error=str(exc))
             return False

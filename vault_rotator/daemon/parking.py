@@ -72,6 +72,14 @@ class FailureBook:
         episode = self._episodes.get(ref)
         return episode is not None and self._clock() < episode.retry_at
 
+    def alert_now(self, episode: Episode) -> bool:
+        """True once per episode, at once (a failure no retry can mend)."""
+        with self._lock:
+            if episode.alerted:
+                return False
+            episode.alerted = True
+            return True
+
     def first_alert(self, episode: Episode) -> bool:
         """True once per episode, when it is parked: the moment to alert."""
         with self._lock:

@@ -7,7 +7,9 @@ Decisions where the spec is silent:
   so a client speaking the wrong dialect fails loudly instead of silently dropping a spending cap.
 - ``name`` is 1-256 characters; it cannot be cleared (null is a 400). Names need not be unique.
 - ``disabled`` must be a boolean; null is a 400.
-- Lists hold at most 256 non-empty strings; ``[]`` allows nothing, null allows everything.
+- Lists hold at most 1000 non-empty strings (what the client accepts: a key may list that many
+  models, so a state record copying them may be past a Vault listener's limits); ``[]`` allows
+  nothing, null allows everything.
 - ``page_size`` must be a positive integer and is clamped to 100; ``offset`` is a non-negative
   integer; ``include_disabled`` is ``true``/``false``/``1``/``0``. A ``page_token`` the emulator
   did not issue is a 400.
@@ -30,7 +32,7 @@ from vault_rotator.emulator.wire import BadRequestError, Request
 
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
-_MAX_LIST = 256
+_MAX_LIST = 1000
 _MAX_NAME = 256
 
 Check = Callable[[str, object], object]

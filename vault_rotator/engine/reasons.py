@@ -36,6 +36,7 @@ DELETE_UNCONFIRMED = "delete-unconfirmed"  # provider said 404 yet still lists t
 RETRIES_EXHAUSTED = "retries-exhausted"  # the provider or Vault kept failing
 RATE_LIMITED = "rate-limited"  # the provider refused a create with 429 and a wait past a poll
 ACKS_MISSING = "acks-missing"  # require_acks not met by the pickup deadline (engine/acks.py)
+RECORD_TOO_LARGE = "record-too-large"  # Vault refused the key's record past listener limits
 
 
 class Phase(enum.StrEnum):

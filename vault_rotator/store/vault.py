@@ -44,6 +44,7 @@ from vault_rotator.display import shown
 from vault_rotator.errors import (
     CasConflictError,
     ConfigError,
+    RecordTooLargeError,
     StoreError,
     StorePermissionError,
     StoreUnavailableError,
@@ -78,10 +79,16 @@ def _translate(op: str, where: str) -> Iterator[None]:
     except hvac.exceptions.InvalidRequest as exc:
         if "check-and-set" in str(exc):
             raise CasConflictError(f"check-and-set conflict on {where}") from exc
+        if _too_large(exc):
+            raise RecordTooLargeError(f"Vault refused {op} on {where} as too large: "
+                                      f"{_first_line(exc)}") from exc  # fmt: skip
         raise StoreError(f"Vault rejected {op} on {where}: {_first_line(exc)}") from exc
     except hvac.exceptions.Unauthorized as exc:
         raise StorePermissionError(f"Vault refused the token ({op} on {where})") from exc
     except hvac.exceptions.VaultError as exc:
+        if _too_large(exc):
+            raise RecordTooLargeError(f"Vault refused {op} on {where} as too large: "
+                                      f"{_first_line(exc)}") from exc  # fmt: skip
         raise StoreError(f"Vault failed {op} on {where}: {_first_line(exc)}") from exc
     except (requests.exceptions.RequestException, OSError, http.client.HTTPException) as exc:
         raise StoreUnavailableError(
@@ -89,6 +96,13 @@ def _translate(op: str, where: str) -> Iterator[None]:
         ) from exc
     except RecursionError as exc:  # JSON nested past the parser's depth (anyone may write it)
         raise StoreError(f"Vault answered {op} on {where} with JSON nested too deep") from exc
+
+
+def _too_large(exc: Exception) -> bool:
+    """Vault refused a body past its listener's limits: ``max_request_json_strings`` and the
+    like ("refused JSON input due to high complexity"), or ``max_request_size`` (413)."""
+    text = str(exc).lower()
+    return "high complexity" in text or "exceeded maximum" in text or "too large" in text
 
 
 def _deleted_version(exc: hvac.exceptions.InvalidPath) -> bool:
