@@ -441,9 +441,10 @@ def test_a_record_vault_refuses_as_too_large_is_named_at_once_not_retried_foreve
 ) -> None:
     """An old key whose permissions list 1,000 models (the most the client accepts; the policy
     leaves allowed_models to the old key, so they are copied to the new key and saved in the
-    state record): OpenBao's default listener refuses the record (over 1000 JSON strings). The first failed pass alerts at once with reason record-too-large (a failed
-    webhook; it was a generic failure, parked after 15 minutes), nothing was created, and the
-    next passes alert no more."""
+    state record): OpenBao's default listener refuses the record (over 1000 JSON strings). The
+    first failed pass alerts at once with reason record-too-large (a failed webhook; it was a
+    generic failure, parked after 15 minutes), nothing was created, and the next passes alert
+    no more."""
     fleet.seed(1)
     value = fleet.emulator.seed_key(
         "app-0-wide",
@@ -455,7 +456,12 @@ def test_a_record_vault_refuses_as_too_large_is_named_at_once_not_retried_foreve
     fleet.kv.write(path, {"api_key": secret, "key_id": key_id}, cas=1)
     daemon = fleet.daemon()
     sent: list[tuple[str, dict[str, Any]]] = []
-    daemon.notifier.notify = lambda event, **fields: sent.append((event, fields))  # type: ignore[method-assign]
+
+    def notify(event: str, **fields: Any) -> bool:
+        sent.append((event, fields))
+        return True
+
+    daemon.notifier.notify = notify  # type: ignore[method-assign]
     ((account, keys),) = daemon.accounts().items()
     first = daemon.tick(account, keys)  # (its consumer could not call: no such models)
     assert len(first.errors) == 1
