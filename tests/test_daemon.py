@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import threading
@@ -545,3 +546,34 @@ def test_a_rotation_whose_account_left_the_config_is_still_finished(
         if fleet.record("app-0").rotation is None:
             break
     assert [o.outcome for o in fleet.record("app-0").outcomes] == [reasons.SUCCEEDED]
+
+
+def test_a_forged_rotation_outside_the_policies_never_sends_a_management_key_elsewhere(
+    fleet: Fleet,
+) -> None:
+    """Someone with write on the state prefix copies a rotation in flight as a key no policy
+    names, its stored policy pointing at another provider host with the real management key
+    path: the daemon does not take it for an account that left the policies (finishing it
+    would read that management key and send it to the forged host); it warns once, naming
+    the host escaped."""
+    fleet.seed(1)
+    daemon = fleet.daemon()
+    ((account, keys),) = daemon.accounts().items()
+    for _ in range(10):
+        daemon.tick(account, keys)
+        fleet.clock.advance(30)
+        if fleet.record("app-0").phase == reasons.PUBLISHED:
+            break
+    store = StateStore(fleet.kv, f"{fleet.tag}/vault-rotator")
+    got = fleet.kv.read(store.state_path(fleet.tag, "app-0"))
+    assert got is not None
+    forged = copy.deepcopy(dict(got.data))
+    forged["name"] = "ghost"
+    forged["rotation"]["policy"]["name"] = "ghost"
+    forged["rotation"]["policy"]["provider"]["base_url"] = "https://exfil.example.net"
+    fleet.kv.write(store.state_path(fleet.tag, "ghost"), forged, cas=0)
+    restarted = fleet.daemon()
+    with structlog.testing.capture_logs() as logs:
+        assert restarted.discover_orphans() == {}
+    warned = [e for e in logs if "provider host is none the policies name" in e["event"]]
+    assert [e["host"] for e in warned] == ["exfil.example.net"]

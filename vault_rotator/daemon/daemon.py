@@ -31,6 +31,7 @@ from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import structlog
 
@@ -51,6 +52,7 @@ from vault_rotator.daemon.starts import (
     due_now,
     schedule_basis,
 )
+from vault_rotator.display import shown
 from vault_rotator.engine import reasons
 from vault_rotator.engine.decide import Observation
 from vault_rotator.engine.decide_create import Listing
@@ -213,10 +215,15 @@ class Daemon:
 
         Their rotations are finished as they began (on start and after a reload the service
         ticks these accounts too): a provider account removed from the config must not leave
-        a rotation with both keys alive and nobody watching.
+        a rotation with both keys alive and nobody watching. Only against a provider host the
+        policies still name: such a rotation's policy comes from its state record, which
+        anyone with write on the state prefix could forge, and finishing it reads a management
+        key from Vault and sends it to that URL. Any other is left as it is (both keys alive),
+        with a warning.
         """
         configured = self.accounts()
         known = {(p.env, p.name) for p in self.policies}
+        hosts = {_host(account.base_url) for account in configured}
         found: dict[Account, list[KeyPolicy]] = {}
         for mount, prefix in sorted(
             {(p.vault.kv_mount, p.vault.state_prefix) for p in self.policies}
@@ -228,8 +235,17 @@ class Daemon:
                 continue
             for record in records:
                 policy = own_policy(record)
-                if policy is not None and policy.account not in configured:
-                    found.setdefault(policy.account, []).append(policy)
+                if policy is None or policy.account in configured:
+                    continue
+                if _host(policy.provider.base_url) not in hosts:  # a forged record's URL?
+                    log.warning(
+                        "not finishing a rotation of an account that left the policies: its "
+                        "provider host is none the policies name (its management key is sent "
+                        "only to those)",
+                        key=policy.ref, host=shown(_host(policy.provider.base_url)),
+                    )  # fmt: skip
+                    continue
+                found.setdefault(policy.account, []).append(policy)
         self.orphans = {account: tuple(policies) for account, policies in found.items()}
         for account in self.orphans:
             log.warning("ticking an account that left the policies, for its rotations in flight",
@@ -708,6 +724,11 @@ class Daemon:
             new_key_id=rotation.new_key_id,
             **fields,
         )
+
+
+def _host(base_url: str) -> str:
+    """A provider URL's host (and port-less), lower-cased."""
+    return (urlsplit(base_url).hostname or "").lower()
 
 
 def _poll(keys: tuple[KeyPolicy, ...]) -> float:
