@@ -21,6 +21,7 @@ import pytest
 
 from vault_rotator.errors import (
     CasConflictError,
+    RecordTooLargeError,
     StoreError,
     StorePermissionError,
     StoreUnavailableError,
@@ -299,6 +300,22 @@ def test_data_round_trips_as_vault_json(kv: Kv, path: str) -> None:
     assert [type(got.data[k]) for k in ("whole", "big", "past_2_53")] == [int, float, int]
     assert list(got.data) == sorted(got.data)
     assert list(got.data["nested"]) == ["a", "b"]
+
+
+@pytest.mark.parametrize(("strings", "taken"), [(1000, True), (1001, False)])
+def test_a_write_past_the_listeners_json_string_limit_is_refused_and_changes_nothing(
+    kv: Kv, path: str, strings: int, taken: bool
+) -> None:
+    """A default listener takes a body of at most 1000 JSON strings (object keys and string
+    values, the body's own "data", "options" and "cas" included) and refuses more as too
+    large, writing nothing (what a consumer's flood of ack names once did to a state record)."""
+    data = {"l": [f"s{i}" for i in range(strings - 4)]}  # + "data", "l", "options", "cas"
+    if taken:
+        assert kv.write(path, data, cas=0) == 1
+        return
+    with pytest.raises(RecordTooLargeError, match=r"as too large: .*maximum number of strings"):
+        kv.write(path, data, cas=0)
+    assert kv.read(path) is None
 
 
 def test_an_empty_map_is_a_version_too(kv: Kv, path: str) -> None:

@@ -17,7 +17,11 @@ checked on a real server:
 - slashes at either end or doubled do not change a path; ``list`` gives a folder's direct
   children, sorted, folders ending in ``/`` (a secret and a folder may share a name), and
   ``[]`` for a folder with nothing below it;
-- ``destroy`` removes every version and the metadata; the path then starts again at version 1.
+- ``destroy`` removes every version and the metadata; the path then starts again at version 1;
+- a default listener's limits on a write's body (``{"data": ..., "options": {"cas": N}}``):
+  more than :data:`MAX_JSON_STRINGS` strings (keys and string values, counted as OpenBao does)
+  or more than :data:`MAX_REQUEST_BYTES` is refused, as
+  :class:`~vault_rotator.errors.RecordTooLargeError`, and changes nothing.
 
 Failure modes for tests: ``sealed`` (every call raises :class:`StoreUnavailableError`), a Vault
 ``policy`` (full API path, or a prefix ending in ``*``, to capabilities) enforced per operation
@@ -43,6 +47,7 @@ from typing import Any
 
 from vault_rotator.errors import (
     CasConflictError,
+    RecordTooLargeError,
     StoreError,
     StorePermissionError,
     StoreUnavailableError,
@@ -53,6 +58,8 @@ POLICY_CAPABILITIES = frozenset({"create", "read", "update", "patch", "delete", 
 _ROOT = frozenset({"root"})
 _DENY = frozenset({"deny"})
 _MAX_KEYS, _MAX_KEY_BYTES, _MAX_VALUE_BYTES = 64, 128, 512
+MAX_JSON_STRINGS = 1000  # a default listener's max_request_json_strings (checked on OpenBao)
+MAX_REQUEST_BYTES = 32 * 1024 * 1024  # a default listener's max_request_size
 _CREATE_OR_UPDATE = None  # "create" for a path without metadata, else "update" (as Vault)
 
 
@@ -137,6 +144,7 @@ class MemoryKv:
     def write(self, path: str, data: Mapping[str, Any], *, cas: int) -> int:
         stored = _as_vault_json(data)
         with self._call("write", path, "data", _CREATE_OR_UPDATE) as found:
+            _within_listener_limits({"data": stored, "options": {"cas": cas}}, self._where(path))
             current = len(found.versions) if found is not None else 0
             if cas != current:
                 raise CasConflictError(f"check-and-set conflict on {self._where(path)}")
@@ -280,6 +288,29 @@ def _versioned(entry: _Path, number: int) -> Versioned:
         deleted=version.deleted,
         custom_metadata=dict(entry.custom_metadata),
     )
+
+
+def json_strings(value: Any) -> int:
+    """Strings in a JSON value as a listener counts them: object keys and string values."""
+    if isinstance(value, str):
+        return 1
+    if isinstance(value, Mapping):
+        return sum(1 + json_strings(item) for item in value.values())
+    if isinstance(value, list | tuple):
+        return sum(json_strings(item) for item in value)
+    return 0
+
+
+def _within_listener_limits(body: Mapping[str, Any], where: str) -> None:
+    if json_strings(body) > MAX_JSON_STRINGS:
+        raise RecordTooLargeError(
+            f"Vault refused write on {where} as too large: refused JSON input due to high "
+            "complexity: exceeded maximum number of strings"
+        )
+    if len(json.dumps(body).encode()) > MAX_REQUEST_BYTES:
+        raise RecordTooLargeError(
+            f"Vault refused write on {where} as too large: http: request body too large"
+        )
 
 
 def _as_vault_json(data: Mapping[str, Any]) -> dict[str, Any]:
