@@ -37,6 +37,15 @@ FULL_REREAD_S = 1800.0  # every record read again at least this often (safety ne
 OBSERVATION_FLUSH_S = 300.0  # observations a pass did not write are written within this
 
 
+@dataclass(frozen=True, slots=True)
+class SecretSeen:
+    """What the consumer secret said when the refresher last read it (``status`` shows it for
+    a key the state record says nothing of: one vault-rotator never rotated)."""
+
+    key_id: str | None
+    rotated_at: str | None
+
+
 @dataclass
 class Entry:
     """One key as the daemon knows it."""
@@ -52,6 +61,7 @@ class Entry:
     stale: bool = False  # the record changed under a pass: read it again first
     trusted: bool = False  # as our own pass left it (or read, idle, no pending): see Engine
     unreadable: bool = False  # its last read failed (a failure of the key's, until read)
+    secret: SecretSeen | None = None  # the consumer secret as last read (None: not read)
 
     @property
     def ref(self) -> str:

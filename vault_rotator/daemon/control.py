@@ -7,6 +7,10 @@ accessor) and asks Vault for its capabilities on
 ``read`` for a key to appear in ``GET /v1/status``. Every action is logged with the caller's
 token accessor, never the token.
 
+``GET /v1/status`` answers from what the daemon holds: its books' state records, fresh to
+within a poll (:func:`~.status_rows.held_rows`), with no Vault read per key; only the keys of
+accounts this replica does not lead are read from Vault (:mod:`.status_rows`).
+
 Routes (one per CLI verb)::
 
     POST /v1/rotate/{env}/{name}     {"emergency": true, "revoke_old_now": true}   (optional)
@@ -52,10 +56,11 @@ from typing import Any, Protocol
 import structlog
 
 from vault_rotator.daemon import freeze as freezes
+from vault_rotator.daemon.book import Entry
 from vault_rotator.daemon.daemon import Daemon
-from vault_rotator.daemon.emergencies import emergency_views, open_request
+from vault_rotator.daemon.emergencies import open_request
 from vault_rotator.daemon.refs import in_flight_policy
-from vault_rotator.daemon.status_rows import collect
+from vault_rotator.daemon.status_rows import held_emergency_views, held_rows
 from vault_rotator.engine.engine import Command, Progress, Verb
 from vault_rotator.errors import (
     ConfigError,
@@ -282,13 +287,17 @@ class Control:
         return Answer(202, answer)
 
     def _status(self, token: Secret) -> Answer:
+        """Every key and emergency request the caller may read, from what the daemon holds
+        (:func:`~.status_rows.held_rows`; keys of accounts it does not lead: read from Vault)."""
         policies = self.daemon.policies
         paths = {
             p.ref: control_path(p.vault.kv_mount, p.vault.state_prefix, p.env, p.name)
             for p in policies
         }
         now = self.daemon.clock()
-        found, unreadable = emergency_views(policies, self.daemon.runtime.kv, now)
+        held = held_entries(self.daemon)
+        records = {ref: entry.record for ref, entry in held.items()}
+        found, unreadable = held_emergency_views(policies, self.daemon.runtime.kv, records, now)
         env_paths = {
             env.environment: control_path(
                 env.vault.kv_mount, env.vault.state_prefix, env.environment, None
@@ -297,12 +306,26 @@ class Control:
         }
         wanted = sorted(set(paths.values()) | set(env_paths.values()))
         readable = self._allowed(token, wanted, "read")
-        rows = collect(policies, self.daemon.runtime, now)
-        visible = [r for r in rows if paths.get(r["key"]) in readable]
+        keys = [p for p in policies if paths[p.ref] in readable]
+        visible = held_rows(keys, held, self.daemon.runtime, now)
         emergencies = [doc for env, doc in found if env_paths[env.environment] in readable]
         errors = [line for env, line in unreadable if env_paths[env.environment] in readable]
         body = {"keys": visible, "emergencies": emergencies, "emergency_errors": errors}
         return Answer(200, body)
+
+
+def held_entries(daemon: Daemon) -> dict[str, Entry]:
+    """The book entries of the accounts this replica leads, by ref, as of their last poll
+    (a key of the policies from its own account's book first; books of older policies and
+    books still loading are left out)."""
+    books = [
+        b for b in list(daemon.books.values()) if b.loaded and b.generation == daemon.generation
+    ]
+    entries = [e for book in books for e in list(book.entries.values())]
+    held = {e.ref: e for e in entries if e.in_policy}
+    for entry in entries:
+        held.setdefault(entry.ref, entry)
+    return held
 
 
 def _whole_env_body(route: tuple[str, str, str | None], body: Mapping[str, Any]) -> str | None:

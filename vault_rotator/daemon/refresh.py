@@ -14,7 +14,7 @@ from typing import Any
 
 import structlog
 
-from vault_rotator.daemon.book import Book, Entry, stamp_seconds
+from vault_rotator.daemon.book import Book, Entry, SecretSeen, stamp_seconds
 from vault_rotator.engine.changes import read_changes
 from vault_rotator.engine.session import StateStore
 from vault_rotator.engine.state import StateRecord
@@ -107,7 +107,8 @@ class Refresher:
 
     def _secret_facts(self, entry: Entry) -> None:
         """``rotated_at`` and the age basis, read from the consumer secret only when the record
-        has no rotation to count from (a key never rotated by vault-rotator)."""
+        has no rotation to count from (a key never rotated by vault-rotator); its ``key_id``
+        too, kept for ``GET /v1/status`` (:mod:`.status_rows`)."""
         if entry.record.last_success_at is not None or entry.record.rotation is not None:
             entry.rotated_at = entry.written_at = None
             return
@@ -119,6 +120,8 @@ class Refresher:
             return
         stamp = secret.data.get("rotated_at")
         entry.rotated_at = stamp if isinstance(stamp, str) else None
+        key_id = secret.data.get("key_id")
+        entry.secret = SecretSeen(key_id if isinstance(key_id, str) else None, entry.rotated_at)
         if entry.rotated_at is None:
             first = kv.read(entry.policy.secret_path, 1)
             entry.written_at = stamp_seconds(first.created_time if first else None)

@@ -1,22 +1,63 @@
 """Status rows: every key's state, current key, age, due date and outcomes, one dict per key.
 
-Keys come from the policies plus any rotation still in flight for a key no longer in them.
-The control API's ``GET /v1/status`` (:mod:`.control`) and ``vault-rotator status`` without a
-daemon (:mod:`vault_rotator.commands.status_cmd`) both answer with these rows.
+Two sources give the same rows:
+
+* :func:`collect` reads Vault: per key its state record, its consumer secret and its ack
+  folder, plus any rotation still in flight for a key no longer in the policies. ``vault-rotator
+  status`` without ``--daemon`` (:mod:`vault_rotator.commands.status_cmd`) answers with it.
+* :func:`held_rows` answers the daemon's ``GET /v1/status`` (:mod:`.control`) from what the
+  daemon already holds: the :class:`~.book.Book` of each account this replica leads, kept
+  current every poll (so the rows are fresh to within a poll, and cost no Vault read per key).
+  Of the consumer secret, a row needs only ``key_id`` and ``rotated_at``, and only for a key
+  vault-rotator never rotated (the record's ``current_key_id`` and ``last_success_at`` answer
+  for the others): the book keeps both where the refresher reads that secret
+  (:class:`~.book.SecretSeen`); while a rotation is in flight they follow from its record (the
+  new key and ``published_at`` once published, else the secret as last read). Acks are read
+  only for rotations in flight (where they gate a step), at most :data:`STATUS_ACK_KEYS` keys
+  and :data:`STATUS_ACK_BUDGET_S` per answer (those with ``require_acks`` or ``drain_on_acks``
+  first); other rows carry ``"acks": null`` ("not read"). A key no book holds (an account
+  another replica leads, a book not loaded yet, a key whose first read failed) is read from
+  Vault as :func:`collect` reads it.
+
+:func:`held_emergency_views` is :func:`~.emergencies.emergency_views` with the same split:
+each environment's request is read from Vault (one read per environment, not per key), its
+keys' state records taken from the books.
+
+Known differences from :func:`collect`, all for keys vault-rotator never rotated: a first
+rotation aborted after its publish shows no age (the republished secret's stamp is not kept);
+a secret rewritten by something else than vault-rotator shows as the refresher first read it;
+a daemon restarted during a first rotation shows the old key's id from the record and no age
+until the rotation is published.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
+from vault_rotator.daemon.book import Entry
 from vault_rotator.daemon.due import next_due
 from vault_rotator.engine.ack_status import ack_status, judged
 from vault_rotator.engine.ack_store import AckStore, read_quietly
 from vault_rotator.engine.acks import AckPolicy
+from vault_rotator.engine.emergency import TERMINAL
+from vault_rotator.engine.emergency_decide import refreshed
+from vault_rotator.engine.emergency_store import EmergencyStore
+from vault_rotator.engine.emergency_view import view
 from vault_rotator.engine.session import StateStore
+from vault_rotator.engine.state import StateRecord
 from vault_rotator.engine.status import key_status
-from vault_rotator.policy import PolicySet
+from vault_rotator.errors import VaultRotatorError
+from vault_rotator.policy import EnvironmentPolicy, KeyPolicy, PolicySet
+from vault_rotator.ports.kv import KvStore
 from vault_rotator.runtime import Runtime
+
+STATUS_ACK_KEYS = 16  # rotations in flight whose acks one daemon answer reads, at most
+STATUS_ACK_BUDGET_S = 0.5  # ... and no new ack read starts after this long
+
+Views = tuple[list[tuple[EnvironmentPolicy, dict[str, Any]]], list[tuple[EnvironmentPolicy, str]]]
 
 
 def collect(policies: PolicySet, runtime: Runtime, now: float) -> list[dict[str, Any]]:
@@ -25,40 +66,7 @@ def collect(policies: PolicySet, runtime: Runtime, now: float) -> list[dict[str,
     seen: set[tuple[str, str]] = set()
     stores: dict[tuple[str, str], StateStore] = {}
     for policy in policies:
-        kv = runtime.kv(policy.vault.kv_mount)
-        store = stores.setdefault(
-            (policy.vault.kv_mount, policy.vault.state_prefix),
-            StateStore(kv, policy.vault.state_prefix),
-        )
-        record, _ = store.read(policy.env, policy.name)
-        secret = kv.read(policy.secret_path)
-        data = dict(secret.data) if secret and not secret.deleted else None
-        rotated_at = (data or {}).get("rotated_at")
-        due_at = next_due(
-            policy,
-            last_success_at=record.last_success_at,
-            rotated_at=rotated_at if isinstance(rotated_at, str) else None,
-            now=now,
-        )
-        version = secret.version if data is not None and secret is not None else None
-        read = read_quietly(
-            AckStore(kv, policy.vault.state_prefix), policy.env, policy.name, AckPolicy.of(policy)
-        )
-        acks = None
-        if read is not None:
-            facts = judged(read, record.rotation, version, (data or {}).get("key_id"))
-            acks = ack_status(facts, record.rotation, version, now)
-        rows.append(
-            key_status(
-                ref=policy.ref,
-                max_age_s=policy.max_age_s,
-                next_due_at=due_at,
-                record=record,
-                secret=data,
-                now=now,
-                acks=acks,
-            )
-        )
+        rows.append(vault_row(policy, _store(stores, runtime, policy), now))
         seen.add((policy.env, policy.name))
     for store in stores.values():
         for record in store.in_flight(skip=seen):
@@ -66,3 +74,188 @@ def collect(policies: PolicySet, runtime: Runtime, now: float) -> list[dict[str,
                 key_status(ref=record.ref, max_age_s=None, record=record, secret=None, now=now)
             )
     return rows
+
+
+def _store(
+    stores: dict[tuple[str, str], StateStore], runtime: Runtime, policy: KeyPolicy
+) -> StateStore:
+    where = (policy.vault.kv_mount, policy.vault.state_prefix)
+    if where not in stores:
+        stores[where] = StateStore(runtime.kv(where[0]), where[1])
+    return stores[where]
+
+
+def vault_row(policy: KeyPolicy, store: StateStore, now: float) -> dict[str, Any]:
+    """One key's row read from Vault: its state record, consumer secret and acks."""
+    kv = store.kv
+    record, _ = store.read(policy.env, policy.name)
+    secret = kv.read(policy.secret_path)
+    data = dict(secret.data) if secret and not secret.deleted else None
+    rotated_at = (data or {}).get("rotated_at")
+    due_at = next_due(
+        policy,
+        last_success_at=record.last_success_at,
+        rotated_at=rotated_at if isinstance(rotated_at, str) else None,
+        now=now,
+    )
+    version = secret.version if data is not None and secret is not None else None
+    read = read_quietly(
+        AckStore(kv, policy.vault.state_prefix), policy.env, policy.name, AckPolicy.of(policy)
+    )
+    acks = None
+    if read is not None:
+        facts = judged(read, record.rotation, version, (data or {}).get("key_id"))
+        acks = ack_status(facts, record.rotation, version, now)
+    return key_status(
+        ref=policy.ref,
+        max_age_s=policy.max_age_s,
+        next_due_at=due_at,
+        record=record,
+        secret=data,
+        now=now,
+        acks=acks,
+    )
+
+
+# -- from what the daemon holds ------------------------------------------------------------
+
+
+def held_rows(
+    keys: Sequence[KeyPolicy],
+    held: Mapping[str, Entry],
+    runtime: Runtime,
+    now: float,
+    *,
+    timer: Callable[[], float] = time.monotonic,
+) -> list[dict[str, Any]]:
+    """Rows of ``keys`` (in their order) from the book entries in ``held`` (by ref); a key
+    not held is read from Vault (see the module docstring)."""
+    flying = [
+        (p, held[p.ref]) for p in keys if p.ref in held and held[p.ref].record.rotation is not None
+    ]
+    acks = _held_acks(flying, runtime.kv, now, timer)
+    stores: dict[tuple[str, str], StateStore] = {}
+    rows = []
+    for policy in keys:
+        entry = held.get(policy.ref)
+        if entry is None:
+            rows.append(vault_row(policy, _store(stores, runtime, policy), now))
+        else:
+            rows.append(_held_row(policy, entry, now, acks.get(policy.ref)))
+    return rows
+
+
+def _held_row(
+    policy: KeyPolicy, entry: Entry, now: float, acks: dict[str, Any] | None
+) -> dict[str, Any]:
+    record = entry.record
+    secret = secret_facts(entry)
+    due_at = next_due(
+        policy, last_success_at=record.last_success_at, rotated_at=secret["rotated_at"], now=now
+    )
+    return key_status(
+        ref=policy.ref,
+        max_age_s=policy.max_age_s,
+        next_due_at=due_at,
+        record=record,
+        secret=secret,
+        now=now,
+        acks=acks,
+    )
+
+
+def secret_facts(entry: Entry) -> dict[str, Any]:
+    """``key_id`` and ``rotated_at`` of the key's consumer secret, as far as the book knows
+    (None each where it does not): the new key once a rotation in flight published it (and
+    did not put the old one back), else the secret as the refresher last read it."""
+    rot = entry.record.rotation
+    seen = entry.secret
+    key_id = seen.key_id if seen is not None else None
+    stamp = seen.rotated_at if seen is not None else None
+    if rot is None:
+        return {"key_id": key_id, "rotated_at": stamp}
+    if rot.published_version is not None and rot.republished_version is None:
+        published = rot.published_at
+        at = None if published is None else datetime.fromtimestamp(published, UTC).isoformat()
+        return {"key_id": rot.new_key_id, "rotated_at": at}
+    if seen is None:
+        key_id = rot.old_key_id
+    if rot.republished_version is not None:
+        stamp = None  # the old secret, put back at a time the record does not keep
+    return {"key_id": key_id, "rotated_at": stamp}
+
+
+def _secret_version(entry: Entry) -> int | None:
+    """The consumer secret's version acks count against while nothing is published: the one
+    the rotation started from (the publish is a check-and-set on it)."""
+    rot = entry.record.rotation
+    if rot is None or not rot.start_version:
+        return None
+    return rot.start_version
+
+
+def _held_acks(
+    flying: Iterable[tuple[KeyPolicy, Entry]],
+    kv_for: Callable[[str], KvStore],
+    now: float,
+    timer: Callable[[], float],
+) -> dict[str, dict[str, Any]]:
+    """The ``acks`` object of at most STATUS_ACK_KEYS rotations in flight, by ref: those whose
+    acks gate a step first, then by ref; none started past STATUS_ACK_BUDGET_S."""
+    ranked = sorted(flying, key=lambda pair: (not AckPolicy.of(pair[0]).active, pair[0].ref))
+    started = timer()
+    out: dict[str, dict[str, Any]] = {}
+    for policy, entry in ranked[:STATUS_ACK_KEYS]:
+        if timer() - started > STATUS_ACK_BUDGET_S:
+            break
+        store = AckStore(kv_for(policy.vault.kv_mount), policy.vault.state_prefix)
+        read = read_quietly(store, policy.env, policy.name, AckPolicy.of(policy))
+        if read is None:
+            continue
+        rot, version = entry.record.rotation, _secret_version(entry)
+        facts = judged(read, rot, version, secret_facts(entry)["key_id"])
+        out[policy.ref] = ack_status(facts, rot, version, now)
+    return out
+
+
+def held_emergency_views(
+    policies: PolicySet,
+    kv_for: Callable[[str], KvStore],
+    records: Mapping[str, StateRecord],
+    now: float,
+) -> Views:
+    """:func:`~.emergencies.emergency_views`, with each key's state record taken from
+    ``records`` (by ref) when there, else read: each environment's request (open or not) as
+    ``status`` shows it, and a line per environment whose request cannot be read."""
+    found, unreadable = [], []
+    for env, environment in sorted(policies.environments.items()):
+        try:
+            doc = _held_view(environment, kv_for, records, now)
+        except Exception as exc:  # one environment's trouble, even a bug, is its own
+            error = str(exc) if isinstance(exc, VaultRotatorError) else f"unexpected {exc!r:.200}"
+            unreadable.append((environment, f"emergency request of {env} unreadable: {error}"))
+            continue
+        if doc is not None:
+            found.append((environment, doc))
+    return found, unreadable
+
+
+def _held_view(
+    environment: EnvironmentPolicy,
+    kv_for: Callable[[str], KvStore],
+    records: Mapping[str, StateRecord],
+    now: float,
+) -> dict[str, Any] | None:
+    env = environment.environment
+    kv, prefix = kv_for(environment.vault.kv_mount), environment.vault.state_prefix
+    request = EmergencyStore(kv, prefix).read(env)
+    if request is None:
+        return None
+    states = StateStore(kv, prefix)
+    chosen: dict[str, StateRecord] = {}
+    for name, entry in request.keys.items():
+        if entry.step in TERMINAL:
+            continue
+        record = records.get(f"{env}/{name}")
+        chosen[name] = record if record is not None else states.read(env, name)[0]
+    return view(refreshed(request, chosen, now), now)

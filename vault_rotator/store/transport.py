@@ -15,7 +15,9 @@ It is used only where it behaves as requests would: not when a proxy variable ap
 follows it). TLS: the same ``verify`` (a CA bundle, True for the system's, False to skip: warned
 once per connection as urllib3 does). A connection idle longer than :data:`IDLE_S` is opened
 afresh (servers close idle ones), and a GET or LIST whose kept-alive connection turns out
-closed is sent once more on a new one; a write never is (as with requests).
+closed is sent once more on a new one; a write never is (as with requests). An answer 429 (a
+rate-limit quota: nothing was done) is sent again, writes included, after the waits of
+:class:`~.backoff.Backoff`; the 429 it gives up on is answered as any other status.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from typing import Any
 import hvac.utils
 import urllib3.exceptions
 
+from vault_rotator.store.backoff import Backoff
+
 IDLE_S = 20.0  # reopen a connection idle this long (Vault closes idle ones after minutes)
 RETRYABLE_METHODS = frozenset({"GET", "LIST"})
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -46,7 +50,13 @@ class Transport:
     """Vault's HTTP API over kept-alive ``http.client`` connections, one per thread."""
 
     def __init__(
-        self, addr: str, *, verify: bool | str, timeout: float, namespace: str | None
+        self,
+        addr: str,
+        *,
+        verify: bool | str,
+        timeout: float,
+        namespace: str | None,
+        backoff: Backoff | None = None,
     ) -> None:
         url = urllib.parse.urlsplit(addr)
         self.https = url.scheme == "https"
@@ -56,6 +66,7 @@ class Transport:
         self.timeout = timeout
         self.namespace = namespace
         self.verify = verify
+        self.backoff = backoff or Backoff()
         self._context: ssl.SSLContext | None = self._tls(verify) if self.https else None
         self._local = threading.local()
         self._open: set[http.client.HTTPConnection] = set()  # every thread's, for close()
@@ -138,14 +149,20 @@ class Transport:
         data = None if body is None else json.dumps(body).encode()
         if data is not None:
             headers["Content-Type"] = "application/json"
-        status, kind, payload = self._send(method, target, headers, data)
+        status, kind, payload, _ = self.backoff.send(
+            lambda: self._send(method, target, headers, data),
+            lambda answer: answer[0],
+            lambda answer: answer[3],
+            what=f"{method} {path}",
+        )
         if status in REDIRECTS:
             raise Redirected(f"{method} {path} answered {status}")
         return _answer(method, target, status, kind, payload)
 
     def _send(
         self, method: str, target: str, headers: dict[str, str], data: bytes | None
-    ) -> tuple[int, str, bytes]:
+    ) -> tuple[int, str, bytes, str | None]:
+        """(status, content type, body, Retry-After) of one call."""
         for attempt in (1, 2):
             conn = self._connection()
             reused = getattr(conn, "sock", None) is not None
@@ -164,7 +181,8 @@ class Transport:
             self._local.used_at = time.monotonic()
             if response.will_close:
                 self._drop()
-            return response.status, response.getheader("Content-Type", "") or "", payload
+            kind = response.getheader("Content-Type", "") or ""
+            return response.status, kind, payload, response.getheader("Retry-After")
         raise AssertionError("unreachable")  # pragma: no cover
 
 

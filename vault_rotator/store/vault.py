@@ -5,6 +5,10 @@ a sealed or unreachable server is :class:`StoreUnavailableError`, a revoked toke
 capability :class:`StorePermissionError`, a lost check-and-set :class:`CasConflictError`.
 Messages name the operation and the path, never the token or a secret value.
 
+A 429 (a rate-limit quota) is backed off on every call, KV and hvac alike (:mod:`.backoff`:
+jittered, honouring ``Retry-After``, within a deadline); past that it is a
+:class:`StoreUnavailableError` saying "rate limited (429)", which the daemon retries next poll.
+
 A :class:`VaultConnection` logs in lazily with an :class:`~.auth.Authenticator` (token, AppRole
 or Kubernetes) and keeps its token alive through a :class:`~.session.TokenSession`: before each
 operation the token is renewed when less than a third of its TTL is left, or replaced by a new
@@ -31,7 +35,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import hvac
 import hvac.exceptions
@@ -52,6 +56,7 @@ from vault_rotator.errors import (
 from vault_rotator.ports.kv import Versioned
 from vault_rotator.secret import Secret
 from vault_rotator.store.auth import Authenticator, TokenAuth, auth_from_env
+from vault_rotator.store.backoff import Backoff
 from vault_rotator.store.session import Step, TokenSession
 from vault_rotator.store.transport import Redirected, Transport
 
@@ -60,6 +65,7 @@ log = structlog.get_logger(__name__)
 DEFAULT_TIMEOUT_S = 10.0
 POOL_SIZE = 32  # kept-alive connections to Vault: the daemon's workers share them
 WRITE_OPERATIONS = frozenset({"write", "update metadata", "destroy"})
+_HEALTH = "/v1/sys/health"
 
 
 @contextlib.contextmanager
@@ -76,6 +82,10 @@ def _translate(op: str, where: str) -> Iterator[None]:
         raise StoreUnavailableError(f"Vault is sealed or down ({op} on {where})") from exc
     except (hvac.exceptions.InternalServerError, hvac.exceptions.BadGateway) as exc:
         raise StoreUnavailableError(f"Vault failed {op} on {where}: server error") from exc
+    except hvac.exceptions.RateLimitExceeded as exc:  # what .backoff gave up on
+        raise StoreUnavailableError(
+            f"Vault rate limited (429) {op} on {where}: still refused after backing off"
+        ) from exc
     except hvac.exceptions.InvalidRequest as exc:
         if "check-and-set" in str(exc):
             raise CasConflictError(f"check-and-set conflict on {where}") from exc
@@ -383,7 +393,8 @@ class VaultConnection:
     """One Vault client whose token is obtained, renewed and replaced as needed.
 
     ``token`` (kept for compatibility) is shorthand for ``auth=TokenAuth(token)``; give one of
-    the two. ``clock`` decides when to renew (epoch seconds); Vault decides expiry.
+    the two. ``clock`` decides when to renew (epoch seconds); Vault decides expiry. ``backoff``
+    waits out a 429 (:mod:`.backoff`; tests give one whose ``sleep`` does not wait).
     """
 
     def __init__(
@@ -396,6 +407,7 @@ class VaultConnection:
         verify: bool | str = True,
         timeout: float = DEFAULT_TIMEOUT_S,
         clock: Callable[[], float] = time.time,
+        backoff: Backoff | None = None,
     ) -> None:
         if not addr:
             raise ConfigError("VAULT_ADDR is not set: say where Vault is")
@@ -413,7 +425,8 @@ class VaultConnection:
             "verify": verify,
             "timeout": timeout,
         }
-        session = _lean_session(addr)
+        self.backoff = backoff or Backoff()
+        session = _lean_session(addr, self.backoff)
         # hvac takes a given session's verify over its own argument: set it on the session
         session.verify = self._settings["verify"] = _verify_once(verify)
         self._client = hvac.Client(token="", session=session, **self._settings)
@@ -421,7 +434,11 @@ class VaultConnection:
         self.transport: Transport | None = None
         if not session.proxies:
             self.transport = Transport(
-                addr, verify=session.verify, timeout=timeout, namespace=namespace
+                addr,
+                verify=session.verify,
+                timeout=timeout,
+                namespace=namespace,
+                backoff=self.backoff,
             )
         self._mounts: dict[str, VaultKv] = {}
         # (operation, "ok" or the error's class name), for the daemon's metrics
@@ -575,8 +592,12 @@ class _LeanSession(requests.Session):
     ``Session.request`` merges session-level params, headers, cookies, hooks and environment
     settings into every request; hvac sets none of them on the session, so that work (a fifth
     of a small call's CPU) is skipped: the request is prepared from what hvac passes and sent
-    through the session (redirects, the pool and TLS as usual).
+    through the session (redirects, the pool and TLS as usual). A 429 is sent again after the
+    waits of :class:`~.backoff.Backoff` (every hvac call: logins, lookups, renewals,
+    capabilities), except on ``sys/health``, where a standby's 429 is an answer, not a refusal.
     """
+
+    backoff = Backoff()
 
     def request(  # type: ignore[override]  # hvac passes keywords only
         self,
@@ -597,17 +618,29 @@ class _LeanSession(requests.Session):
         prepared.prepare(
             method=method.upper(), url=url, headers=headers, params=params, data=data, json=json
         )
-        return self.send(
-            prepared,
-            timeout=timeout,
-            verify=verify,
-            cert=cert,
-            proxies=self.proxies,
-            allow_redirects=allow_redirects,
+
+        def send() -> requests.Response:
+            return self.send(
+                prepared.copy(),
+                timeout=timeout,
+                verify=verify,
+                cert=cert,
+                proxies=self.proxies,
+                allow_redirects=allow_redirects,
+            )
+
+        path = urlsplit(prepared.url or "").path
+        if path.endswith(_HEALTH):
+            return send()
+        return self.backoff.send(
+            send,
+            lambda response: response.status_code,
+            lambda response: response.headers.get("Retry-After"),
+            what=f"{prepared.method} {path}",
         )
 
 
-def _lean_session(addr: str) -> requests.Session:
+def _lean_session(addr: str, backoff: Backoff) -> requests.Session:
     """A requests session that reads the environment once, not on every call.
 
     requests looks up the proxy variables (and ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``, see
@@ -617,6 +650,7 @@ def _lean_session(addr: str) -> requests.Session:
     :data:`POOL_SIZE` connections alive, one per worker that talks to Vault at once.
     """
     session = _LeanSession()
+    session.backoff = backoff
     session.proxies.update(requests.utils.get_environ_proxies(addr))
     session.trust_env = False
     pool = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE)
