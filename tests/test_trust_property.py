@@ -163,7 +163,11 @@ def _site(emulator: Emulator, tmp: Path) -> tuple[Daemon, MemoryKv, FakeClock]:
 
 SIZES = st.sampled_from([0, 10, 2000, 2 * 1024 * 1024])
 JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
     lambda inner: (
         st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
     ),
@@ -237,7 +241,10 @@ def hostile(draw: st.DrawFn) -> dict[str, Any]:
             | st.fixed_dictionaries(
                 {
                     "schema": st.just(1),
-                    "recent": st.lists(st.tuples(NAME, st.floats(allow_nan=False, allow_infinity=False)), max_size=70),
+                    "recent": st.lists(
+                        st.tuples(NAME, st.floats(allow_nan=False, allow_infinity=False)),
+                        max_size=70,
+                    ),
                 }
             )
         ),
