@@ -4,7 +4,9 @@ Files are ``*.yaml`` and ``*.yml`` directly in the directory (hidden files skipp
 name order. Across files: ``environment`` is unique; a ``secret_path`` belongs to one key and is
 never a management key's path; files that share a provider account (base URL, KV mount and
 management-key path) configure it identically; an ``adopt_key_id`` is adopted once per account.
-The later occurrence is the one reported.
+The later occurrence is the one reported. And one namespace per deployment
+(:mod:`~vault_rotator.policy.namespace`): in one KV mount, no path lies inside another file's
+``state_prefix``, reported where the path is written, whichever file comes first.
 
 A directory holds at most 100 policy files (``MAX_FILES``); with more, none is read. Each file
 has its own limits (:mod:`~vault_rotator.policy.yamlsource`, :mod:`~vault_rotator.policy.build`).
@@ -20,7 +22,9 @@ from pathlib import Path
 from vault_rotator.policy.build import build_environment
 from vault_rotator.policy.fields import normalize_vault_path
 from vault_rotator.policy.model import Account, EnvironmentPolicy, PolicySet
+from vault_rotator.policy.namespace import inside
 from vault_rotator.policy.problems import PolicyError, PolicyValueError, Problem, clipped, shown
+from vault_rotator.policy.schema import dotted
 from vault_rotator.policy.yamlsource import Document, NodePath, read_document
 
 CONFIG_ENV = "VAULT_ROTATOR_CONFIG"
@@ -96,7 +100,7 @@ def _load_all(config_dir: Path) -> tuple[list[Problem], list[tuple[EnvironmentPo
         if environment is not None and not read_problems:
             loaded.append((environment, doc))
     problems += _unique_environments(docs) + _secret_path_checks(docs)
-    problems += _account_checks(loaded) + _adoption_checks(loaded)
+    problems += _account_checks(loaded) + _adoption_checks(loaded) + _namespace_checks(loaded)
     return problems, loaded
 
 
@@ -202,6 +206,45 @@ def _adoption_checks(loaded: list[tuple[EnvironmentPolicy, Document]]) -> list[P
                 )
                 problems.append(doc.problem(("keys", index, "adopt_key_id"), message))
     return problems
+
+
+def _namespace_checks(loaded: list[tuple[EnvironmentPolicy, Document]]) -> list[Problem]:
+    """One namespace per deployment (:mod:`~vault_rotator.policy.namespace`), across files:
+    a path inside another file's state prefix is reported where it is written, whichever file
+    comes first; the file's own prefix is its own rules' business."""
+    prefix_node: NodePath = ("vault", "state_prefix")
+    namespaces: dict[tuple[str, str], _Site] = {}
+    for env, doc in loaded:
+        namespaces.setdefault((env.vault.kv_mount, env.vault.state_prefix), _Site(doc, prefix_node))
+    problems: list[Problem] = []
+    for env, doc in loaded:
+        mount, own = env.vault.kv_mount, env.vault.state_prefix
+        paths = [
+            (prefix_node, own),
+            (("provider", "management_key", "path"), env.account.management_key_path),
+        ]
+        paths += [
+            (("keys", index, "secret_path"), key.secret_path) for index, key in enumerate(env.keys)
+        ]
+        for (other_mount, prefix), site in namespaces.items():
+            if other_mount != mount or prefix == own:
+                continue
+            for node, path in paths:
+                if inside(path, prefix):
+                    message = _inside_message(node, path, (mount, prefix), site)
+                    problems.append(doc.problem(node, message))
+    return problems
+
+
+def _inside_message(node: NodePath, path: str, namespace: tuple[str, str], site: _Site) -> str:
+    mount, prefix = namespace
+    message = (
+        f"{dotted(node)} {shown(path)} is inside the state_prefix {shown(prefix)} of "
+        f"{site.where} (kv_mount {shown(mount)}), where vault-rotator keeps that file's state"
+    )
+    if node == ("vault", "state_prefix"):
+        message += "; give each deployment its own prefix, or share one prefix exactly"
+    return message
 
 
 def _get(data: object, path: NodePath) -> object:
