@@ -69,6 +69,13 @@ def file_rules(
         problems.append(doc.problem(("provider", "base_url"), message, "warning"))
     if not raw.keys:
         problems.append(doc.problem(("keys",), "keys is empty: nothing to rotate", "warning"))
+    if raw.provider.usage_lag == 0 and ("provider", "usage_lag") not in broken:
+        message = (
+            "provider.usage_lag is 0s: use the provider records late would be missed, and an "
+            "old key still in use could look quiet; set at least how late and how coarsely the "
+            "provider records use (default 60s)"
+        )
+        problems.append(doc.problem(("provider", "usage_lag"), message, "warning"))
     if raw.environment in RESERVED_ENVIRONMENTS:
         message = (
             f"environment name {raw.environment!r} is reserved: "
