@@ -59,6 +59,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from vault_rotator.daemon.control import Answer, Control
 from vault_rotator.display import redact_text
 from vault_rotator.errors import ConfigError
+from vault_rotator.files import why_not_regular
 
 log = structlog.get_logger(__name__)
 
@@ -123,8 +124,16 @@ class TlsFiles:
                 times.append(0)
         return times[0], times[1]
 
+    def check(self) -> None:
+        """ConfigError unless both are regular files: never open a FIFO (it would block the
+        start, or a reload in the accept loop) or a device."""
+        for what, path in (("certificate", self.cert_file), ("key", self.key_file)):
+            if (why := why_not_regular(path)) is not None:
+                raise ConfigError(f"TLS {what} {path}: {why}")
+
     def context(self) -> ssl.SSLContext:
         """A server context (TLS 1.2 at least) with the files' current contents."""
+        self.check()
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         try:

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from vault_rotator.files import why_not_regular
 from vault_rotator.policy.build import build_environment
 from vault_rotator.policy.fields import normalize_vault_path
 from vault_rotator.policy.model import Account, EnvironmentPolicy, PolicySet
@@ -87,8 +88,8 @@ def _load_all(config_dir: Path) -> tuple[list[Problem], list[tuple[EnvironmentPo
     docs: list[Document] = []
     loaded: list[tuple[EnvironmentPolicy, Document]] = []
     for file in files:
-        if not file.is_file():  # never opened: a FIFO would block, /dev/zero never end
-            problems.append(Problem(file, None, _not_a_file(file)))
+        if (why := why_not_regular(file)) is not None:  # never opened: a FIFO would block
+            problems.append(Problem(file, None, why))
             continue
         doc, read_problems = read_document(file)
         problems += read_problems
@@ -102,12 +103,6 @@ def _load_all(config_dir: Path) -> tuple[list[Problem], list[tuple[EnvironmentPo
     problems += _unique_environments(docs) + _secret_path_checks(docs)
     problems += _account_checks(loaded) + _adoption_checks(loaded) + _namespace_checks(loaded)
     return problems, loaded
-
-
-def _not_a_file(path: Path) -> str:
-    if path.is_symlink() and not path.exists():
-        return "a link to nothing (dangling symlink): not read"
-    return "not a regular file (a directory, FIFO or device): not read"
 
 
 def _unique_environments(docs: list[Document]) -> list[Problem]:
