@@ -307,6 +307,20 @@ def test_third_party_log_lines_are_json_and_redacted_under_scheduler_overload() 
     assert not any("an info line" in line["event"] for line in lines)
 
 
+def test_library_records_below_warning_are_not_written_even_at_debug(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """At ``--log-level debug`` the rotator's debug lines are written, libraries' info and debug
+    lines are not (APScheduler writes two per tick: a daemon's stderr pipe would fill)."""
+    configure("debug", json=True)
+    structlog.get_logger().debug("ours")
+    logging.getLogger("apscheduler.executors.default").info("Running job")
+    logging.getLogger("httpx").debug("HTTP Request")
+    logging.getLogger("urllib3").warning("theirs")
+    events = [json.loads(line)["event"] for line in capsys.readouterr().err.splitlines()]
+    assert events == ["ours", "theirs"]
+
+
 def test_configure_twice_installs_one_stdlib_handler() -> None:
     """Reconfiguring (a test, a second main()) replaces the stdlib handler, never adds one."""
     configure("info", json=True)

@@ -13,7 +13,7 @@ old and new key ids.
 
 :func:`configure` sets structlog up for the process, and routes every standard-library record
 (APScheduler's, urllib3's, httpx's, hvac's) through the same redaction and renderer (from
-``warning`` up, ``debug`` at level debug). :func:`log_settings` picks the level and format: the
+``warning`` up, at every level). :func:`log_settings` picks the level and format: the
 ``--log-level`` flag, else ``$VAULT_ROTATOR_LOG_LEVEL``, else ``info``;
 ``$VAULT_ROTATOR_LOG_FORMAT`` (``json`` or ``console``), else JSON off a terminal and console on
 one.
@@ -166,8 +166,9 @@ def configure(level: str = "info", *, json: bool | None = None) -> None:
 
     structlog's own events and every standard-library record (APScheduler, urllib3, httpx,
     hvac...) go through the same timestamp, secret redaction and renderer, one line each, to
-    stderr. Library records are written from ``warning`` up (from ``debug`` at level debug):
-    APScheduler's per-run ``info`` lines would otherwise fill the log.
+    stderr. Library records are written from ``warning`` up whatever the level: at ``info``
+    and ``debug``, APScheduler (two lines per tick) and httpx (one per request) would drown the
+    rotator's own lines.
     """
     if level.lower() not in LOG_LEVELS:
         raise ConfigError(f"unknown log level {level!r}: expected one of {', '.join(LOG_LEVELS)}")
@@ -188,7 +189,7 @@ def configure(level: str = "info", *, json: bool | None = None) -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
-    _route_stdlib(renderer, number if number <= logging.DEBUG else max(number, logging.WARNING))
+    _route_stdlib(renderer, max(number, logging.WARNING))
 
 
 _TIMESTAMP = structlog.processors.TimeStamper(fmt="iso", utc=True)
