@@ -23,7 +23,7 @@ from vault_rotator.files import why_not_regular
 from vault_rotator.policy.build import build_environment
 from vault_rotator.policy.fields import normalize_vault_path
 from vault_rotator.policy.model import Account, EnvironmentPolicy, PolicySet
-from vault_rotator.policy.namespace import inside
+from vault_rotator.policy.namespace import enclosing
 from vault_rotator.policy.problems import PolicyError, PolicyValueError, Problem, clipped, shown
 from vault_rotator.policy.schema import dotted
 from vault_rotator.policy.yamlsource import Document, NodePath, read_document
@@ -221,11 +221,10 @@ def _namespace_checks(loaded: list[tuple[EnvironmentPolicy, Document]]) -> list[
         paths += [
             (("keys", index, "secret_path"), key.secret_path) for index, key in enumerate(env.keys)
         ]
-        for (other_mount, prefix), site in namespaces.items():
-            if other_mount != mount or prefix == own:
-                continue
-            for node, path in paths:
-                if inside(path, prefix):
+        for node, path in paths:
+            for prefix in enclosing(path):
+                site = namespaces.get((mount, prefix))
+                if site is not None and prefix != own:
                     message = _inside_message(node, path, (mount, prefix), site)
                     problems.append(doc.problem(node, message))
     return problems

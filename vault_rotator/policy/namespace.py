@@ -29,6 +29,13 @@ def inside(path: str, prefix: str) -> bool:
     return path == prefix or path.startswith(prefix + "/")
 
 
+def enclosing(path: str) -> list[str]:
+    """Every prefix ``path`` is :func:`inside`: itself and each ancestor (``a/b`` -> ``a``,
+    ``a/b``), so a lookup costs the path's segments, not the number of prefixes."""
+    parts = path.split("/")
+    return ["/".join(parts[:end]) for end in range(1, len(parts) + 1)]
+
+
 def repeats_the_mount(path: str, mount: str) -> bool:
     """True when a secret path starts with the API's ``data/`` (or ``<mount>/data/``), which
     the KV v2 client adds again: ``secret/data/x`` in mount ``secret`` is read at
