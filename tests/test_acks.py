@@ -104,6 +104,16 @@ def decide(rot: Rotation, acks: AckFacts | None, now: float) -> tuple[str, str, 
 # -- the record as hostile input ------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    "at", ["2027-01-15T10:00:00.123456789Z", "2027-01-15T10:00:00+05:30", "2028-02-29T23:59:59Z"]
+)
+def test_an_at_on_the_calendar_is_accepted(at: str) -> None:
+    """Nanoseconds, an offset and a leap day are real times: the ack is read."""
+    got = parse_ack("web-1", stored({**body("web-1"), "at": at}, at=T0 + 5))
+    assert isinstance(got, Ack)
+    assert got.claimed_at == at
+
+
 def test_a_well_formed_ack_is_read_with_vaults_time_not_the_writers() -> None:
     """A valid record gives its fields; its time is Vault's created_time, not the claimed at."""
     got = parse_ack("web-1", stored(body("web-1"), at=T0 + 5))
@@ -122,6 +132,9 @@ def test_a_well_formed_ack_is_read_with_vaults_time_not_the_writers() -> None:
         (body("web-1", kind="sidecar"), "kind is neither agent nor app"),
         ({**body("web-1"), "key_id": "has space"}, "key_id is not a key id"),
         ({**body("web-1"), "at": "yesterday"}, "at is not an RFC 3339 time"),
+        ({**body("web-1"), "at": "2026-13-45T99:99:99+99:99"}, "at is not an RFC 3339 time"),
+        ({**body("web-1"), "at": "2026-02-30T10:00:00Z"}, "at is not an RFC 3339 time"),
+        ({**body("web-1"), "at": "2026-11-27T10:00:00+24:00"}, "at is not an RFC 3339 time"),
         (body("web-2"), "instance names another instance than its path"),
     ],
     ids=[
@@ -134,6 +147,9 @@ def test_a_well_formed_ack_is_read_with_vaults_time_not_the_writers() -> None:
         "kind",
         "key-id",
         "at",
+        "at-off-the-calendar",
+        "at-february-30",
+        "at-offset-24h",
         "other-instance",
     ],
 )

@@ -43,7 +43,7 @@ def consumer_process(key_file: Path, base_url: str, env: dict[str, str]) -> Iter
     try:
         yield lines
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)  # as a supervisor stops it (SIGINT may be ignored)
         out, _ = proc.communicate(timeout=15)
         lines.extend(out.splitlines())
 

@@ -93,7 +93,7 @@ def _consumer(key_file: Path, base_url: str) -> Iterator[list[str]]:
     try:
         yield lines
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)  # as a supervisor stops it (SIGINT may be ignored)
         out, _ = proc.communicate(timeout=15)
         lines.extend(out.splitlines())
 

@@ -4,16 +4,21 @@ waits for Vault instead of exiting."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import ssl
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
+import structlog
 import trustme
 from cryptography.hazmat.primitives import serialization
 from test_daemon_process import wait_for
@@ -235,3 +240,104 @@ def test_a_pass_phrase_protected_key_fails_in_one_line_without_prompting(tmp_pat
     )
     with pytest.raises(ConfigError, match="pass phrase"):
         files.context()
+
+
+# -- issue 20 item 8: a FIFO (or device, or directory) given as a TLS file --------------------
+
+REPO_CONFIG = str(Path(__file__).resolve().parent.parent / "config")
+T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def _unblocked(fifo: Path) -> Iterator[None]:
+    """If the code under test opens ``fifo`` for reading (and so blocks), let it go afterwards:
+    a writer that opens and closes gives it end of file."""
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+
+def _in_thread(call: Callable[[], T], limit: float) -> tuple[T | None, float]:
+    """``call()`` in a thread: its result (None if still running after ``limit``), and how long
+    it took (a call blocked on a FIFO must not block the test)."""
+    result: list[T] = []
+    began = time.monotonic()
+    thread = threading.Thread(target=lambda: result.append(call()), daemon=True)
+    thread.start()
+    thread.join(limit)
+    return (result[0] if result else None), time.monotonic() - began
+
+
+def _run_in_thread(argv: list[str], limit: float) -> tuple[int | None, float]:
+    """cli.main(argv) in a thread: its exit code (None if still running after ``limit``)."""
+    return _in_thread(lambda: cli.main(argv), limit)
+
+
+@pytest.mark.parametrize("which", ["cert", "key"])
+def test_a_fifo_as_a_tls_file_makes_run_exit_2_at_once(
+    which: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``run --tls-cert-file FIFO`` (or the key) used to hang at start with no output: it is
+    refused within a second, one line naming the file, exit 2."""
+    fifo = tmp_path / "tls.fifo"
+    os.mkfifo(fifo)
+    real = _write_pair(trustme.CA(), tmp_path, "real")
+    cert, key = (str(fifo), real.key_file) if which == "cert" else (real.cert_file, str(fifo))
+    monkeypatch.setenv("VAULT_ADDR", "http://127.0.0.1:9")
+    monkeypatch.setenv("VAULT_TOKEN", "not-a-real-token")
+    argv = ["run", "--config", REPO_CONFIG, "--listen", "127.0.0.1:0"]
+    argv += ["--tls-cert-file", cert, "--tls-key-file", key]
+    with _unblocked(fifo):
+        code, took = _run_in_thread(argv, limit=5.0)
+    structlog.reset_defaults()
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert took < 1.0
+    assert err.splitlines() == [
+        f"vault-rotator: --tls-{which}-file {fifo}: not a regular file (a directory, FIFO or "
+        "device): not read"
+    ]
+
+
+def test_a_fifo_swapped_in_for_the_certificate_is_refused_on_reload(tmp_path: Path) -> None:
+    """A reload (SIGHUP, or the files' times changing) meets a FIFO: refused without opening
+    it, the old certificate kept."""
+    ca = trustme.CA()
+    files = _write_pair(ca, tmp_path, "c")
+    listener = Listener("127.0.0.1", 0, tls=files)
+    listener.start()
+    try:
+        Path(files.cert_file).unlink()
+        os.mkfifo(files.cert_file)
+        with _unblocked(Path(files.cert_file)):
+            reloaded, took = _in_thread(listener.reload_tls, limit=5.0)
+        assert reloaded is False
+        assert took < 1.0
+        assert _status(listener.address, ca) == 404  # still our certificate
+    finally:
+        listener.stop()
+
+
+def test_a_fifo_as_the_daemons_ca_bundle_is_refused_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``VAULT_ROTATOR_DAEMON_CACERT`` naming a FIFO: exit 2, one line, without opening it."""
+    fifo = tmp_path / "ca.fifo"
+    os.mkfifo(fifo)
+    monkeypatch.setenv("VAULT_ROTATOR_DAEMON_CACERT", str(fifo))
+    monkeypatch.setenv("VAULT_TOKEN", "not-a-real-token")
+    with _unblocked(fifo):
+        code, took = _run_in_thread(["status", "--daemon", "https://127.0.0.1:9"], limit=5.0)
+    structlog.reset_defaults()
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert took < 1.0
+    assert err.splitlines() == [
+        f"vault-rotator: VAULT_ROTATOR_DAEMON_CACERT {fifo}: not a regular file (a directory, "
+        "FIFO or device): not read"
+    ]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TypedDict, Unpack
@@ -256,3 +258,72 @@ def test_shown_escapes_what_does_not_print_and_caps_the_length() -> None:
     assert len(capped) == 40
     assert capped.endswith("…")
     assert capped.isprintable()
+
+
+# -- issue 20 item 7: third-party stdlib logging through the same renderer and redaction ------
+
+OVERLOAD = f"""
+import logging, sys, time
+from apscheduler.schedulers.background import BackgroundScheduler
+from vault_rotator.logs import configure
+
+configure("info", json=True)
+scheduler = BackgroundScheduler(job_defaults={{"coalesce": True, "max_instances": 1}})
+scheduler.add_job(lambda: time.sleep(1.5), "interval", seconds=0.2, id="tick")
+scheduler.start()
+logging.getLogger("urllib3.connectionpool").warning("retrying with token %s", "{HVS}")
+try:
+    raise ValueError("hvac said {MGMT}")
+except ValueError:
+    logging.getLogger("hvac").exception("request failed")
+logging.getLogger("httpx").info("an info line of a library: not written at level info")
+time.sleep(1.2)
+scheduler.shutdown(wait=False)
+"""
+
+
+def test_third_party_log_lines_are_json_and_redacted_under_scheduler_overload() -> None:
+    """A job outlasting its interval makes APScheduler log "skipped: maximum number of running
+    instances reached"; with JSON logs every stderr line parses as JSON (those included, with
+    their logger's name), secret-shaped values in a library's message are masked, and library
+    lines below warning are not written at level info."""
+    done = subprocess.run(
+        [sys.executable, "-c", OVERLOAD], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [json.loads(line) for line in done.stderr.splitlines()]  # each line is JSON
+    skipped = [line for line in lines if "maximum number of running instances" in line["event"]]
+    assert skipped, lines
+    assert {line["level"] for line in skipped} == {"warning"}
+    assert {line["logger"] for line in skipped} == {"apscheduler.scheduler"}
+    assert all("timestamp" in line for line in lines)
+    assert HVS not in done.stderr
+    assert MGMT not in done.stderr
+    retry = next(line for line in lines if line["event"].startswith("retrying with token"))
+    assert retry["event"] == f"retrying with token <redacted {fingerprint(HVS)}>"
+    failed = next(line for line in lines if line["event"] == "request failed")
+    assert failed["level"] == "error"
+    assert "ValueError: hvac said <redacted fp:" in failed["exception"]
+    assert not any("an info line" in line["event"] for line in lines)
+
+
+def test_library_records_below_warning_are_not_written_even_at_debug(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """At ``--log-level debug`` the rotator's debug lines are written, libraries' info and debug
+    lines are not (APScheduler writes two per tick: a daemon's stderr pipe would fill)."""
+    configure("debug", json=True)
+    structlog.get_logger().debug("ours")
+    logging.getLogger("apscheduler.executors.default").info("Running job")
+    logging.getLogger("httpx").debug("HTTP Request")
+    logging.getLogger("urllib3").warning("theirs")
+    events = [json.loads(line)["event"] for line in capsys.readouterr().err.splitlines()]
+    assert events == ["ours", "theirs"]
+
+
+def test_configure_twice_installs_one_stdlib_handler() -> None:
+    """Reconfiguring (a test, a second main()) replaces the stdlib handler, never adds one."""
+    configure("info", json=True)
+    configure("debug", json=False)
+    ours = [h for h in logging.getLogger().handlers if getattr(h, "vault_rotator", False)]
+    assert len(ours) == 1

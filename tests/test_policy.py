@@ -785,3 +785,70 @@ def test_drain_on_acks_without_require_acks_is_a_warning(tmp_path: Path) -> None
         ),
     )
     assert load_policies(tmp_path).warnings == []
+
+
+# ---------------------------------------------------------------- issue 20 item 9: validate bounds
+
+
+@pytest.mark.parametrize(
+    ("cron", "fragment"),
+    [
+        ("0-59/1000000000000 * * * *", "the minute's step 1000000000000 is over 60"),
+        ("0 */25 * * *", "the hour's step 25 is over 24"),
+        ("0 0 */32 * *", "the day of month's step 32 is over 31"),
+        ("0 0 1 */13 *", "the month's step 13 is over 12"),
+        ("0 0 * * 0-7/9", "the day of week's step 9 is over 8"),
+        ("0 0 1 1-12/99999999999999999999999 *", "the month's step 9999999999"),
+    ],
+)
+def test_a_cron_step_beyond_the_fields_range_is_refused_at_its_line(
+    tmp_path: Path, cron: str, fragment: str
+) -> None:
+    """A step longer than the field has values (``0-59/1000000000000``) is a typo: refused
+    with FILE:LINE, naming the field and its number of values."""
+    file = write(tmp_path, "p.yaml", variant('  schedule: "@monthly"', f'  schedule: "{cron}"'))
+    found = problems(tmp_path)
+    assert len(found) == 1, found
+    assert found[0].startswith(f"{file}:13: defaults.schedule: invalid cron ")
+    assert fragment in found[0]
+
+
+def test_a_cron_step_as_long_as_the_field_is_allowed(tmp_path: Path) -> None:
+    """``*/60`` minutes (once an hour) and ``*/24`` hours stay valid, and a stored policy with a
+    longer step stays readable (only policy files are checked)."""
+    write(tmp_path, "p.yaml", variant('  schedule: "@monthly"', '  schedule: "*/60 */24 * * *"'))
+    assert load_policies(tmp_path).key("production", "backend").schedule == "*/60 */24 * * *"
+    assert parse_schedule("0-59/1000000000000 * * * *").cron is not None
+
+
+def test_an_ack_ttl_beyond_its_maximum_is_refused_at_its_line(tmp_path: Path) -> None:
+    """``ack_ttl: 36500d`` would keep every instance present for a century: refused (90d at
+    most), while 90d itself is allowed."""
+    file = write(tmp_path, "p.yaml", variant("  key_ttl: null", "  ack_ttl: 36500d"))
+    assert problems(tmp_path) == [
+        f"{file}:16: defaults.ack_ttl: 36500d is over the maximum of 90d for ack_ttl (an "
+        "instance silent that long is gone; run the ack command from a timer to keep an "
+        "agent-only consumer present)"
+    ]
+    write(tmp_path, "p.yaml", variant("  key_ttl: null", "  ack_ttl: 90d"))
+    assert load_policies(tmp_path).key("production", "backend").ack_ttl_s == 90 * 86400
+
+
+def test_usage_lag_zero_is_a_warning_at_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``usage_lag: 0s`` trusts the provider's usage as immediate: a warning, validate exits 0."""
+    file = write(
+        tmp_path,
+        "p.yaml",
+        variant("  usage_lag: 60s", "  usage_lag: 0s").replace(
+            "drain_period: 24h", "drain_period: 0s"
+        ),
+    )
+    assert validate(tmp_path) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line for line in out if "warning:" in line] == [
+        f"{file}:8: warning: provider.usage_lag is 0s: use the provider records late would be "
+        "missed, and an old key still in use could look quiet; set at least how late and how "
+        "coarsely the provider records use (default 60s)"
+    ]

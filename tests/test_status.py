@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import cast
 
+from vault_rotator.commands import status_cmd
 from vault_rotator.daemon.status_rows import collect
 from vault_rotator.engine import reasons
 from vault_rotator.engine.state import Outcome, Rotation, Stall, StateRecord
@@ -172,3 +173,45 @@ def test_status_of_a_key_whose_cron_never_fires() -> None:
     (row,) = collect(PolicySet({"prod": env}), runtime, NOW)
     assert row["state"] == "never-rotated"
     assert row["next_due_at"] == NOW - 3600 + 86400.0
+
+
+def _acks_row(instances: int, problems: int = 0) -> dict[str, object]:
+    """A status row whose ``acks`` object lists ``instances`` present instances."""
+    rows = [
+        {"instance": f"web-{n:04d}", "kind": "app", "version": 2, "key_id": "new",
+         "age_s": 30.0, "gone": False, "current": True}
+        for n in range(instances)
+    ]  # fmt: skip
+    refused = [{"instance": "bad-0", "problem": "kind is neither agent nor app"}] * problems
+    acks = {
+        "require_acks": 2,
+        "drain_on_acks": False,
+        "ack_ttl_s": 604800.0,
+        "version": 2,
+        "acknowledged": instances,
+        "ignored": None,
+        "instances": rows,
+        "problems": refused,
+    }
+    return {"key": "prod/app", "acks": acks}
+
+
+def test_status_names_at_most_20_ack_instances_per_key_then_how_many_more() -> None:
+    """Issue 20 item 9: 1,017 present instances are not one 1,017-name line: the first 20 are
+    named (as the stall detail does), then "and 997 more"; --json still lists every one."""
+    lines = status_cmd.ack_lines([_acks_row(1017, problems=7)])
+    assert len(lines) == 1
+    line = lines[0]
+    assert line.startswith("prod/app: acks 1017 of 2 required for version 2: web-0000 (app, v2, ")
+    assert "web-0019 (app, v2, 30s) and 997 more instances (status --json lists every one)" in line
+    assert "web-0020" not in line
+    assert line.endswith("; ignored: " + "; ".join(["bad-0: kind is neither agent nor app"] * 5)
+                         + " and 2 more")  # fmt: skip
+    assert len(line) < 2000
+
+
+def test_status_names_every_instance_up_to_20() -> None:
+    """Twenty instances or fewer are all named, with no "more"."""
+    (line,) = status_cmd.ack_lines([_acks_row(20)])
+    assert "web-0019 (app, v2, 30s)" in line
+    assert "more" not in line

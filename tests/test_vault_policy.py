@@ -246,7 +246,7 @@ def deployment(
 
     policies = load_policies(tmp_path)
     rotator_hcl = vault_policy_cmd.rotator_policy(policies)
-    consumer_hcl = vault_policy_cmd.consumer_policy(policies.key(p, "backend"))
+    consumer_hcl = vault_policy_cmd.consumer_policy(policies.key(p, "backend"), policies)
     root.sys.create_or_update_policy(f"rotator-{tag}", rotator_hcl)
     root.sys.create_or_update_policy(f"consumer-{tag}", consumer_hcl)
     rotator_token = _token(root, f"rotator-{tag}")

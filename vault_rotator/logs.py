@@ -11,8 +11,10 @@ ids and fingerprints in the first place, and escape text someone else chose with
 (event ``rotation finished``): env, key, rotation id, trigger, who, outcome, step durations,
 old and new key ids.
 
-:func:`configure` sets structlog up for the process; :func:`log_settings` picks its level and
-format: the ``--log-level`` flag, else ``$VAULT_ROTATOR_LOG_LEVEL``, else ``info``;
+:func:`configure` sets structlog up for the process, and routes every standard-library record
+(APScheduler's, urllib3's, httpx's, hvac's) through the same redaction and renderer (from
+``warning`` up, at every level). :func:`log_settings` picks the level and format: the
+``--log-level`` flag, else ``$VAULT_ROTATOR_LOG_LEVEL``, else ``info``;
 ``$VAULT_ROTATOR_LOG_FORMAT`` (``json`` or ``console``), else JSON off a terminal and console on
 one.
 """
@@ -160,24 +162,74 @@ def _env_choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> 
 
 
 def configure(level: str = "info", *, json: bool | None = None) -> None:
-    """Configure structlog for the process: JSON off a terminal, console on one."""
+    """Configure logging for the process: JSON off a terminal, console on one.
+
+    structlog's own events and every standard-library record (APScheduler, urllib3, httpx,
+    hvac...) go through the same timestamp, secret redaction and renderer, one line each, to
+    stderr. Library records are written from ``warning`` up whatever the level: at ``info``
+    and ``debug``, APScheduler (two lines per tick) and httpx (one per request) would drown the
+    rotator's own lines.
+    """
     if level.lower() not in LOG_LEVELS:
         raise ConfigError(f"unknown log level {level!r}: expected one of {', '.join(LOG_LEVELS)}")
     if json is None:
         json = not sys.stderr.isatty()
     renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+    number = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _TIMESTAMP,
             structlog.processors.format_exc_info,
             redact_secrets,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
+        wrapper_class=structlog.make_filtering_bound_logger(number),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
+    _route_stdlib(renderer, max(number, logging.WARNING))
+
+
+_TIMESTAMP = structlog.processors.TimeStamper(fmt="iso", utc=True)
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to ``sys.stderr`` as it is when a record comes (as structlog's own lines do when
+    configured again); marked so that :func:`configure` replaces it instead of adding one."""
+
+    vault_rotator = True
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def _route_stdlib(renderer: Any, level: int) -> None:
+    """Send every standard-library record through structlog's formatter and the redaction."""
+    handler = _StderrHandler()
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.contextvars.merge_contextvars,
+                structlog.processors.add_log_level,
+                structlog.stdlib.add_logger_name,
+                _TIMESTAMP,
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                redact_secrets,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "vault_rotator", False)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)

@@ -6,6 +6,12 @@ restart. It calls ``POST /v1/chat/completions`` every ``--interval`` seconds and
 status and the key's fingerprint (never the key). Standard library only: it runs in the plain
 python:3.11-slim image. ``--count N`` stops after N calls, exit 1 if any failed (for tests).
 
+It stops as a supervised process should: on SIGTERM (Kubernetes, systemd, ``docker stop``; as
+a container's PID 1 it would otherwise ignore it) and on SIGINT, unless SIGINT was ignored when
+it started (a background job, ``nohup``, a runner), which it then leaves ignored. The call in
+progress ends, a last line says ``stopped by SIG... after N calls (F failed)``, and the exit
+code is 1 if a call failed, else 0.
+
 With ``VAULT_ROTATOR_ACK_PATH`` set, every successful call also acknowledges the key it used
 (an ``app`` ack, through ``deploy/agent/vault_rotator_ack.py``: found next to this file or in
 ``../agent``; it writes only when the version changed, or hourly); see docs/consumers.md.
@@ -17,8 +23,9 @@ import argparse
 import hashlib
 import json
 import os
+import signal
 import sys
-import time
+import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -62,6 +69,21 @@ def app_acker():  # type: ignore[no-untyped-def]
     return vault_rotator_ack.app_ack
 
 
+class Stop:
+    """Set by SIGTERM, and by SIGINT unless SIGINT was inherited as ignored."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.by = ""  # the signal's name, once set
+        signal.signal(signal.SIGTERM, self._set)
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            signal.signal(signal.SIGINT, self._set)
+
+    def _set(self, signum: int, _frame: object) -> None:
+        self.by = signal.Signals(signum).name
+        self.event.set()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--key-file", type=Path, required=True)
@@ -71,10 +93,11 @@ def main() -> int:
     args = parser.parse_args()
     if not args.base_url.startswith(("http://", "https://")):
         parser.error("--base-url must be an http:// or https:// URL")
+    stop = Stop()
     calls = failed = 0
     seen = None
     ack = app_acker()
-    while not args.count or calls < args.count:
+    while (not args.count or calls < args.count) and not stop.event.is_set():
         key = read_key(args.key_file)
         if key is None:
             print(f"waiting for {args.key_file}", flush=True)
@@ -90,7 +113,9 @@ def main() -> int:
                 print(f"acknowledged {fp} (app)", flush=True)
             print(f"call {calls}: HTTP {status} with {fp} ({failed} failed so far)", flush=True)
         if not args.count or calls < args.count:
-            time.sleep(args.interval)
+            stop.event.wait(args.interval)
+    if stop.event.is_set():
+        print(f"stopped by {stop.by} after {calls} calls ({failed} failed)", flush=True)
     return 1 if failed else 0
 
 

@@ -36,6 +36,7 @@ from vault_rotator.commands.follow import Follower, gave_up, remote_view
 from vault_rotator.display import redact_text, shown
 from vault_rotator.engine.outcomes import classify
 from vault_rotator.errors import ConfigError, DaemonResponseError, DaemonUnreachableError
+from vault_rotator.files import why_not_regular
 from vault_rotator.provider.deadline import Watchdog
 
 DAEMON_ENV = "VAULT_ROTATOR_DAEMON"
@@ -92,6 +93,8 @@ def _verify() -> ssl.SSLContext | bool:
     cacert = os.environ.get(CACERT_ENV)
     if not cacert:
         return True
+    if (why := why_not_regular(cacert)) is not None:  # a FIFO would block the command
+        raise ConfigError(f"{CACERT_ENV} {cacert[:120]}: {why}")
     try:
         return ssl.create_default_context(cafile=cacert)
     except (OSError, ssl.SSLError) as exc:

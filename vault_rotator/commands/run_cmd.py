@@ -28,6 +28,7 @@ from vault_rotator.daemon.metrics import Metrics
 from vault_rotator.daemon.notify import Notifier
 from vault_rotator.daemon.service import Service
 from vault_rotator.errors import ConfigError, StoreUnavailableError
+from vault_rotator.files import why_not_regular
 from vault_rotator.policy import load_policies, resolve_config_dir
 from vault_rotator.runtime import Runtime, lease_ttl_from_env
 from vault_rotator.secret import Secret
@@ -79,12 +80,20 @@ def parse_listen(text: str, flag: str = "--listen") -> tuple[str, int]:
 
 
 def tls_files(args: argparse.Namespace) -> TlsFiles | None:
-    """The control listener's certificate and key, both or neither."""
-    cert = args.tls_cert_file or os.environ.get(TLS_CERT_ENV) or None
-    key = args.tls_key_file or os.environ.get(TLS_KEY_ENV) or None
+    """The control listener's certificate and key, both or neither, each a regular file
+    (checked before anything else starts: a FIFO would hang the start)."""
+    cert = _tls_file(args.tls_cert_file, "--tls-cert-file", TLS_CERT_ENV)
+    key = _tls_file(args.tls_key_file, "--tls-key-file", TLS_KEY_ENV)
     if (cert is None) != (key is None):
         raise ConfigError("--tls-cert-file and --tls-key-file go together")
     return None if cert is None or key is None else TlsFiles(cert, key)
+
+
+def _tls_file(flag_value: str | None, flag: str, env: str) -> str | None:
+    path = flag_value or os.environ.get(env) or None
+    if path is not None and (why := why_not_regular(path)) is not None:
+        raise ConfigError(f"{flag if flag_value else env} {path[:200]}: {why}")
+    return path
 
 
 def wait_for_vault(conn: VaultConnection, stop: StopFlag) -> bool:

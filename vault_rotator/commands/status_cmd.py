@@ -30,6 +30,7 @@ from vault_rotator.commands.remote import (
 from vault_rotator.daemon.emergencies import emergency_views
 from vault_rotator.daemon.status_rows import collect
 from vault_rotator.engine.ack_status import ack_line
+from vault_rotator.engine.acks import NAMED_AT_MOST
 from vault_rotator.engine.emergency_view import line_of, summary_lines
 from vault_rotator.policy import format_duration
 from vault_rotator.runtime import Runtime
@@ -100,11 +101,25 @@ def run(args: argparse.Namespace) -> int:
     return 1 if any(row["state"].startswith("stalled") for row in rows) else 0
 
 
-def _ack_lines(rows: list[dict[str, Any]]) -> None:
+def ack_lines(rows: list[dict[str, Any]]) -> list[str]:
     """Below the table, a line per key that has acks or requires them."""
-    for row in rows:
-        if (line := ack_line(row["key"], row.get("acks"))) is not None:
-            print(line)
+    return [line for row in rows if (line := _ack_line(row["key"], row.get("acks"))) is not None]
+
+
+def _ack_line(ref: str, acks: Any) -> str | None:
+    """The key's ack line naming at most NAMED_AT_MOST instances, then how many more (as the
+    stall detail does); ``status --json`` lists every one."""
+    listing = acks.get("instances") if isinstance(acks, dict) else None
+    instances = [r for r in listing if isinstance(r, dict)] if isinstance(listing, list) else []
+    if len(instances) <= NAMED_AT_MOST:
+        return ack_line(ref, acks)
+    named = {**acks, "instances": instances[:NAMED_AT_MOST]}
+    listed = ack_line(ref, {**named, "ignored": None, "problems": []})
+    full = ack_line(ref, named)
+    assert listed is not None  # instances were given: ack_line answers a line
+    assert full is not None
+    more = f" and {len(instances) - NAMED_AT_MOST} more instances (status --json lists every one)"
+    return listed + more + full.removeprefix(listed)  # ack_line appends what follows the names
 
 
 def _show(
@@ -120,7 +135,8 @@ def _show(
         print(json.dumps(out, indent=2, sort_keys=True))
         return
     print(table(rows))
-    _ack_lines(rows)
+    for line in ack_lines(rows):
+        print(line)
     for error in errors:
         print(error)
     for doc in docs:

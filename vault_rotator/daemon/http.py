@@ -21,9 +21,12 @@ hold the daemon or make it print a traceback:
 
 * listen backlog :data:`LISTEN_BACKLOG` (the kernel caps it at ``net.core.somaxconn``), and at
   most :data:`MAX_CONNECTIONS` connections served at once: beyond, an immediate 503;
-* the request line, headers and body must all arrive within ``read_timeout`` (default
-  :data:`READ_TIMEOUT_S`) **in total**, however slowly they trickle in: else 408 and the
-  connection is closed; writing an answer is bounded by the same time;
+* one deadline per connection, ``read_timeout`` (default :data:`READ_TIMEOUT_S`) after it was
+  accepted: the TLS handshake, request line, headers and body must all arrive by then, however
+  slowly they trickle in; else 408 (written within :data:`LATE_WRITE_S`) and the connection is
+  closed at once, so its slot is free at the deadline. Lingering after an answer (draining
+  unread input so that the close does not reset the answer away) also ends by the deadline;
+  writing an answer to a request that did arrive is bounded by ``read_timeout``;
 * request line and headers together at most :data:`MAX_HEAD` bytes (414 for the line alone,
   else 431), and at most 100 header lines (the standard library's limit, 431);
 * a body is framed by one plain decimal ``Content-Length`` (``Transfer-Encoding`` 411,
@@ -56,6 +59,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from vault_rotator.daemon.control import Answer, Control
 from vault_rotator.display import redact_text
 from vault_rotator.errors import ConfigError
+from vault_rotator.files import why_not_regular
 
 log = structlog.get_logger(__name__)
 
@@ -63,7 +67,8 @@ MAX_BODY = 64 * 1024
 MAX_HEAD = 64 * 1024
 DRAIN_LIMIT = 1024 * 1024
 READ_TIMEOUT_S = 10.0
-LINGER_S = 2.0  # after answering, how long unread input is drained before closing
+LINGER_S = 2.0  # after answering, how long unread input is drained (never past the deadline)
+LATE_WRITE_S = 0.25  # writing the 408 once the deadline has passed
 LISTEN_BACKLOG = 1024
 MAX_CONNECTIONS = 256
 HEALTH_PATHS = ("/healthz", "/readyz", "/metrics")
@@ -119,8 +124,16 @@ class TlsFiles:
                 times.append(0)
         return times[0], times[1]
 
+    def check(self) -> None:
+        """ConfigError unless both are regular files: never open a FIFO (it would block the
+        start, or a reload in the accept loop) or a device."""
+        for what, path in (("certificate", self.cert_file), ("key", self.key_file)):
+            if (why := why_not_regular(path)) is not None:
+                raise ConfigError(f"TLS {what} {path}: {why}")
+
     def context(self) -> ssl.SSLContext:
         """A server context (TLS 1.2 at least) with the files' current contents."""
+        self.check()
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         try:
@@ -267,6 +280,7 @@ class _Server(ThreadingHTTPServer):
     ) -> None:
         self.read_timeout = read_timeout
         self._slots = threading.BoundedSemaphore(max_connections)
+        self._deadlines: dict[Any, float] = {}  # connection -> accepted + read_timeout
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, handler)
@@ -281,29 +295,39 @@ class _Server(ThreadingHTTPServer):
         return sock, address
 
     def process_request(self, request: Any, client_address: Any) -> None:
+        """Runs in the accept loop right after the accept: the connection's deadline starts."""
         if not self._slots.acquire(blocking=False):
             if not isinstance(request, ssl.SSLSocket):  # a TLS answer needs a handshake, which
                 _refuse_busy(request)  # would hold the accept loop: TLS clients are just closed
             socketserver.TCPServer.shutdown_request(self, request)
             return
+        self._deadlines[request] = time.monotonic() + self.read_timeout
         try:
             super().process_request(request, client_address)
         except BaseException:
+            self._deadlines.pop(request, None)
             self._slots.release()
             raise
+
+    def deadline(self, request: Any) -> float:
+        """When ``request``'s connection must have been read (its accept + read_timeout)."""
+        return self._deadlines.get(request, time.monotonic() + self.read_timeout)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
+            self._deadlines.pop(request, None)
             self._slots.release()
 
     def shutdown_request(self, request: Any) -> None:
         """Close after a lingering drain: unread input would turn our close into a reset
-        that can destroy the answer before the client reads it."""
+        that can destroy the answer before the client reads it. The linger ends at the
+        connection's deadline; past it, only input already here is drained."""
+        until = min(time.monotonic() + LINGER_S, self.deadline(request))
         with contextlib.suppress(OSError):
             request.shutdown(socket.SHUT_WR)
-            _drain(request, time.monotonic() + min(LINGER_S, self.read_timeout), DRAIN_LIMIT)
+            _drain(request, until, DRAIN_LIMIT)
         self.close_request(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -314,11 +338,10 @@ class _Server(ThreadingHTTPServer):
 
 
 def _drain(sock: socket.socket, deadline: float, limit: int) -> None:
+    """Discard input until the client closes, ``limit`` bytes, or ``deadline``; past the
+    deadline, what has already arrived (non-blocking: an OSError once there is none)."""
     while limit > 0:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return
-        sock.settimeout(left)
+        sock.settimeout(max(deadline - time.monotonic(), 0.0))
         chunk = sock.recv(min(limit, 64 * 1024))
         if not chunk:
             return
@@ -381,10 +404,10 @@ def _handler(
         def setup(self) -> None:
             super().setup()
             self.rfile.close()  # replaced by a reader with a deadline
-            self._timeout = cast(_Server, self.server).read_timeout
-            self._reader = _DeadlineReader(
-                self.connection, time.monotonic() + self._timeout, MAX_HEAD
-            )
+            server = cast(_Server, self.server)
+            self._timeout = server.read_timeout
+            self._write_timeout = self._timeout
+            self._reader = _DeadlineReader(self.connection, server.deadline(self.request), MAX_HEAD)
             self.rfile = io.BufferedReader(self._reader)
             self.requestline, self.request_version, self.command = "", "HTTP/1.0", ""
             self._answered = False
@@ -401,6 +424,7 @@ def _handler(
                 in_line = False
                 self._serve()
             except _ReadTimeout:
+                self._write_timeout = LATE_WRITE_S  # the slot is due back now
                 self._fail(408, f"the request did not arrive within {self._timeout:g} s")
             except _HeadTooLarge:
                 self._fail(414 if in_line else 431, f"request line and headers over {MAX_HEAD}")
@@ -512,7 +536,7 @@ def _handler(
             headers: dict[str, str] | None = None,
         ) -> None:
             self._answered = True
-            self.connection.settimeout(self._timeout)
+            self.connection.settimeout(self._write_timeout)
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))

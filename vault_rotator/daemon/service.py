@@ -5,7 +5,8 @@ APScheduler 3.x only ticks: one interval job per provider account every ``poll_i
 Vault token before it expires.
 
 * SIGTERM / SIGINT: take no new work, let the provider or Vault call in progress finish, cancel
-  backoffs, release leases, exit 0 (well within 10 s).
+  backoffs, release leases, exit 0 (well within 10 s). A SIGINT ignored when the process started
+  (a script's background job, ``nohup``) stays ignored; SIGTERM always stops.
 * SIGHUP: reload the policies; an invalid new config is logged with its ``FILE:LINE`` problems
   and the old one kept. So is a new config the loader fails on in any other way: a reload never
   stops the daemon.
@@ -166,7 +167,8 @@ class Service:
             self.reload_requested.set()
 
         signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # inherited ignored (a
+            signal.signal(signal.SIGINT, stop)  # background job's): left so, as a shell meant
         signal.signal(signal.SIGHUP, hup)
 
     def run_until_stopped(self) -> None:

@@ -1,7 +1,8 @@
 """``vault-rotator emulator``: serve the ARouter emulator until SIGTERM or SIGINT.
 
 Prints ``emulator listening on http://HOST:PORT (dialect X)`` once it accepts connections,
-then serves; a signal stops it cleanly with exit status 0. Management keys come from
+then serves; a signal stops it cleanly with exit status 0 (SIGINT only unless it was ignored
+when the process started, as in a script's background job). Management keys come from
 ``--management-key`` (repeatable) or ``AROUTER_EMULATOR_MANAGEMENT_KEY`` (comma-separated);
 they are never printed.
 """
@@ -97,7 +98,9 @@ def run(args: argparse.Namespace) -> int:
     def on_signal(_signum: int, _frame: FrameType | None) -> None:
         stop.set()
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    wanted = [signal.SIGTERM]  # and SIGINT, unless inherited ignored (a background job's)
+    wanted += [signal.SIGINT] if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN else []
+    previous = {sig: signal.signal(sig, on_signal) for sig in wanted}
     try:
         try:
             emulator.start()

@@ -186,7 +186,8 @@ def _schema_problem(name: str, data: Mapping[str, Any]) -> str | None:
         (isinstance(version, bool) or not isinstance(version, int) or version < 1,
          "version is not a positive integer"),
         (not _matches(_KEY_ID, data["key_id"]), "key_id is not a key id"),
-        (not _matches(_STAMP, data["at"]), "at is not an RFC 3339 time"),
+        (not _matches(_STAMP, data["at"]) or vault_time(data["at"]) is None,
+         "at is not an RFC 3339 time"),  # the regex, then the calendar: no 2026-13-45
         (data["kind"] not in KINDS, "kind is neither agent nor app"),
         (data["instance"] != name, "instance names another instance than its path"),
     )  # fmt: skip

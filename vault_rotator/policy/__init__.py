@@ -9,6 +9,7 @@ Modules, from the bottom up::
     window       "Mon-Fri 09:00-17:00" maintenance windows
     defaults     built-in defaults, documented in one table
     fields       validated value types shared by the file schema and the model
+    namespace    one namespace per deployment: which Vault paths a policy may name
     yamlsource   YAML -> plain data + the line of every node
     schema       the raw file models and pydantic errors as problems
     model        KeyPolicy, EnvironmentPolicy, PolicySet: what the engine and daemon use

@@ -24,7 +24,8 @@ allowed_providers/_models   inherit from the old key
 spending_limit/limit_reset  inherit from the old key
 require_acks                0 (no consumer acknowledgement needed; at most 1000)
 drain_on_acks               false
-ack_ttl                     7d (an instance counts as present this long after its last ack)
+ack_ttl                     7d (an instance counts as present this long after its last ack;
+                            at most 90d in a policy file)
 ack_retention               30d (ack records of instances gone this long are removed)
 ==========================  ==========================================================
 """
@@ -53,6 +54,7 @@ DIALECT_A_DISABLE_BEFORE_DELETE_S = 10 * MINUTE
 KEY_NAME = DEFAULT_KEY_NAME
 MAX_REQUIRE_ACKS = 1024  # = engine.acks.MAX_ACKS: never more than are read (test_acks)
 ACK_TTL_S = 7 * DAY
+MAX_ACK_TTL_S = 90 * DAY  # policy files: an instance silent longer is gone (README, acks table)
 ACK_RETENTION_S = 3 * DAY
 
 

@@ -12,7 +12,10 @@ a policy stored in a rotation's state record by an older version stays readable:
   ``cubbyhole`` (in any case); none of them is a KV v2 mount.
 * ``spending_limit``: at most 1,000,000 USD (a typo of a few digits would let a leaked key
   spend it).
-* ``schedule``: a cron must fire (see :func:`~vault_rotator.policy.schedule.check_fires`).
+* ``schedule``: a cron must fire (see :func:`~vault_rotator.policy.schedule.check_fires`), and
+  no step may be longer than its field has values (:func:`~vault_rotator.policy.schedule.
+  check_steps`: ``0-59/1000000000000`` is refused).
+* ``ack_ttl``: at most 90 days (``defaults.MAX_ACK_TTL_S``).
 * ``key_name``: literal text from ``A-Z a-z 0-9 . _ -`` only (see
   :mod:`~vault_rotator.policy.naming`).
 """
@@ -26,10 +29,16 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BeforeValidator
 
-from vault_rotator.policy.durations import MAX_SECONDS, missing_unit_message, parse_duration
+import vault_rotator.policy.defaults as builtin
+from vault_rotator.policy.durations import (
+    MAX_SECONDS,
+    format_duration,
+    missing_unit_message,
+    parse_duration,
+)
 from vault_rotator.policy.naming import check_key_name_charset, check_key_name_template
 from vault_rotator.policy.problems import PolicyValueError, shown
-from vault_rotator.policy.schedule import check_fires, parse_schedule
+from vault_rotator.policy.schedule import check_fires, check_steps, parse_schedule
 from vault_rotator.policy.window import parse_window
 
 DialectName = Literal["auto", "a", "b", "c"]
@@ -164,7 +173,17 @@ def _usd(value: float) -> str:
 
 
 def _firing_schedule(value: str) -> str:
-    return check_fires(parse_schedule(value)).text
+    return check_fires(check_steps(parse_schedule(value))).text
+
+
+def _ack_ttl_cap(seconds: float) -> float:
+    if seconds > builtin.MAX_ACK_TTL_S:
+        raise PolicyValueError(
+            f"{format_duration(seconds)} is over the maximum of "
+            f"{format_duration(builtin.MAX_ACK_TTL_S)} for ack_ttl (an instance silent that long "
+            "is gone; run the ack command from a timer to keep an agent-only consumer present)"
+        )
+    return seconds
 
 
 def _token(value: str) -> str:
@@ -235,6 +254,9 @@ FileBaseUrl = Annotated[str, AfterValidator(_root_url), AfterValidator(_base_url
 FileMountName = Annotated[str, AfterValidator(_mount), AfterValidator(_not_system_mount)]
 FileSpendingLimit = Annotated[float, AfterValidator(_spending_limit), AfterValidator(_spending_cap)]
 FileScheduleText = Annotated[str, AfterValidator(_firing_schedule)]
+FileAckTtl = Annotated[
+    float, BeforeValidator(duration_value), AfterValidator(_positive), AfterValidator(_ack_ttl_cap)
+]
 FileKeyNameTemplate = Annotated[
     str, AfterValidator(check_key_name_template), AfterValidator(check_key_name_charset)
 ]

@@ -4,7 +4,9 @@ Files are ``*.yaml`` and ``*.yml`` directly in the directory (hidden files skipp
 name order. Across files: ``environment`` is unique; a ``secret_path`` belongs to one key and is
 never a management key's path; files that share a provider account (base URL, KV mount and
 management-key path) configure it identically; an ``adopt_key_id`` is adopted once per account.
-The later occurrence is the one reported.
+The later occurrence is the one reported. And one namespace per deployment
+(:mod:`~vault_rotator.policy.namespace`): in one KV mount, no path lies inside another file's
+``state_prefix``, reported where the path is written, whichever file comes first.
 
 A directory holds at most 100 policy files (``MAX_FILES``); with more, none is read. Each file
 has its own limits (:mod:`~vault_rotator.policy.yamlsource`, :mod:`~vault_rotator.policy.build`).
@@ -17,10 +19,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from vault_rotator.files import why_not_regular
 from vault_rotator.policy.build import build_environment
 from vault_rotator.policy.fields import normalize_vault_path
 from vault_rotator.policy.model import Account, EnvironmentPolicy, PolicySet
+from vault_rotator.policy.namespace import enclosing
 from vault_rotator.policy.problems import PolicyError, PolicyValueError, Problem, clipped, shown
+from vault_rotator.policy.schema import dotted
 from vault_rotator.policy.yamlsource import Document, NodePath, read_document
 
 CONFIG_ENV = "VAULT_ROTATOR_CONFIG"
@@ -83,8 +88,8 @@ def _load_all(config_dir: Path) -> tuple[list[Problem], list[tuple[EnvironmentPo
     docs: list[Document] = []
     loaded: list[tuple[EnvironmentPolicy, Document]] = []
     for file in files:
-        if not file.is_file():  # never opened: a FIFO would block, /dev/zero never end
-            problems.append(Problem(file, None, _not_a_file(file)))
+        if (why := why_not_regular(file)) is not None:  # never opened: a FIFO would block
+            problems.append(Problem(file, None, why))
             continue
         doc, read_problems = read_document(file)
         problems += read_problems
@@ -96,14 +101,8 @@ def _load_all(config_dir: Path) -> tuple[list[Problem], list[tuple[EnvironmentPo
         if environment is not None and not read_problems:
             loaded.append((environment, doc))
     problems += _unique_environments(docs) + _secret_path_checks(docs)
-    problems += _account_checks(loaded) + _adoption_checks(loaded)
+    problems += _account_checks(loaded) + _adoption_checks(loaded) + _namespace_checks(loaded)
     return problems, loaded
-
-
-def _not_a_file(path: Path) -> str:
-    if path.is_symlink() and not path.exists():
-        return "a link to nothing (dangling symlink): not read"
-    return "not a regular file (a directory, FIFO or device): not read"
 
 
 def _unique_environments(docs: list[Document]) -> list[Problem]:
@@ -202,6 +201,44 @@ def _adoption_checks(loaded: list[tuple[EnvironmentPolicy, Document]]) -> list[P
                 )
                 problems.append(doc.problem(("keys", index, "adopt_key_id"), message))
     return problems
+
+
+def _namespace_checks(loaded: list[tuple[EnvironmentPolicy, Document]]) -> list[Problem]:
+    """One namespace per deployment (:mod:`~vault_rotator.policy.namespace`), across files:
+    a path inside another file's state prefix is reported where it is written, whichever file
+    comes first; the file's own prefix is its own rules' business."""
+    prefix_node: NodePath = ("vault", "state_prefix")
+    namespaces: dict[tuple[str, str], _Site] = {}
+    for env, doc in loaded:
+        namespaces.setdefault((env.vault.kv_mount, env.vault.state_prefix), _Site(doc, prefix_node))
+    problems: list[Problem] = []
+    for env, doc in loaded:
+        mount, own = env.vault.kv_mount, env.vault.state_prefix
+        paths = [
+            (prefix_node, own),
+            (("provider", "management_key", "path"), env.account.management_key_path),
+        ]
+        paths += [
+            (("keys", index, "secret_path"), key.secret_path) for index, key in enumerate(env.keys)
+        ]
+        for node, path in paths:
+            for prefix in enclosing(path):
+                site = namespaces.get((mount, prefix))
+                if site is not None and prefix != own:
+                    message = _inside_message(node, path, (mount, prefix), site)
+                    problems.append(doc.problem(node, message))
+    return problems
+
+
+def _inside_message(node: NodePath, path: str, namespace: tuple[str, str], site: _Site) -> str:
+    mount, prefix = namespace
+    message = (
+        f"{dotted(node)} {shown(path)} is inside the state_prefix {shown(prefix)} of "
+        f"{site.where} (kv_mount {shown(mount)}), where vault-rotator keeps that file's state"
+    )
+    if node == ("vault", "state_prefix"):
+        message += "; give each deployment its own prefix, or share one prefix exactly"
+    return message
 
 
 def _get(data: object, path: NodePath) -> object:

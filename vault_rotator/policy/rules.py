@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import vault_rotator.policy.defaults as builtin
 from vault_rotator.policy.durations import format_duration
+from vault_rotator.policy.namespace import inside, meant_path, repeats_the_mount
 from vault_rotator.policy.naming import MAX_KEY_NAME_CHARS, longest_key_name
 from vault_rotator.policy.problems import Problem, shown
 from vault_rotator.policy.schema import RawFile, RawKey, dotted
@@ -68,6 +69,13 @@ def file_rules(
         problems.append(doc.problem(("provider", "base_url"), message, "warning"))
     if not raw.keys:
         problems.append(doc.problem(("keys",), "keys is empty: nothing to rotate", "warning"))
+    if raw.provider.usage_lag == 0 and ("provider", "usage_lag") not in broken:
+        message = (
+            "provider.usage_lag is 0s: use the provider records late would be missed, and an "
+            "old key still in use could look quiet; set at least how late and how coarsely the "
+            "provider records use (default 60s)"
+        )
+        problems.append(doc.problem(("provider", "usage_lag"), message, "warning"))
     if raw.environment in RESERVED_ENVIRONMENTS:
         message = (
             f"environment name {raw.environment!r} is reserved: "
@@ -77,6 +85,8 @@ def file_rules(
         problems.append(doc.problem(("environment",), message))
     if ("vault", "state_prefix") not in broken:
         problems += _state_prefix_overlaps(raw, doc, contexts)
+    if ("vault", "kv_mount") not in broken:
+        problems += _mount_in_secret_paths(raw, doc, contexts)
     return problems
 
 
@@ -122,8 +132,26 @@ def _state_prefix_overlaps(
             "where vault-rotator keeps its state",
         )
         for path, value in paths
-        if value == prefix or value.startswith(prefix + "/")
+        if inside(value, prefix)
     ]
+
+
+def _mount_in_secret_paths(
+    raw: RawFile, doc: Document, contexts: list[KeyContext]
+) -> list[Problem]:
+    mount = raw.vault.kv_mount
+    problems = []
+    for c in contexts:
+        path = c.key.secret_path
+        if repeats_the_mount(path, mount):
+            message = (
+                f"keys[{c.index}].secret_path {shown(path)} is relative to kv_mount "
+                f"{shown(mount)}, and the API adds {mount}/data/ itself: it would be read at "
+                f"{mount}/data/{path}; write {shown(meant_path(path, mount))} (to move a secret "
+                "stored at the doubled path, see docs/upgrading.md)"
+            )
+            problems.append(doc.problem(("keys", c.index, "secret_path"), message))
+    return problems
 
 
 def key_rules(context: KeyContext, doc: Document) -> list[Problem]:

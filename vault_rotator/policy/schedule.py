@@ -43,6 +43,7 @@ ALIASES: dict[str, str] = {
 FIRES_WITHIN_YEARS = 5
 _FIRES_FROM = datetime(2000, 1, 1, tzinfo=UTC)
 _FIELD_NAMES = ("minute", "hour", "day of month", "month", "day of week")
+_FIELD_VALUES = (60, 24, 31, 12, 8)  # 0-59, 0-23, 1-31, 1-12, 0-7: the longest sensible step
 # crontab(5): "*" or a value or a range (numbers or 3-letter names), an optional step; a list.
 _ITEM = r"(?:\*|(?:[0-9]+|[A-Za-z]{3})(?:-(?:[0-9]+|[A-Za-z]{3}))?)(?:/[0-9]+)?"
 _FIELD = re.compile(rf"{_ITEM}(?:,{_ITEM})*")
@@ -106,6 +107,26 @@ def check_fires(schedule: Schedule) -> Schedule:
             "that the months it names have that day (February has no 30th or 31st; April, "
             "June, September and November no 31st)"
         )
+    return schedule
+
+
+def check_steps(schedule: Schedule) -> Schedule:
+    """The schedule, if each step of its cron is at most the number of values its field has
+    (minute 60, hour 24, day of month 31, month 12, day of week 8); else PolicyValueError.
+
+    A longer step (``0-59/1000000000000``) is a typo that fires once per range; policy files
+    refuse it, while a stored policy holding one stays readable.
+    """
+    if schedule.cron is None:
+        return schedule
+    for name, count, field in zip(_FIELD_NAMES, _FIELD_VALUES, schedule.cron.split(), strict=True):
+        for item in field.split(","):
+            _, slash, step = item.partition("/")
+            if slash and int(step) > count:
+                raise PolicyValueError(
+                    f"invalid cron {shown(schedule.text)}: the {name}'s step {clipped(step)} is "
+                    f"over {count}, the number of values the {name} has"
+                )
     return schedule
 
 

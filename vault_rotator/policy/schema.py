@@ -20,6 +20,7 @@ import vault_rotator.policy.defaults as builtin
 from vault_rotator.policy.fields import (
     DialectName,
     Duration,
+    FileAckTtl,
     FileBaseUrl,
     FileKeyNameTemplate,
     FileMountName,
@@ -95,7 +96,7 @@ class RawSettings(_Raw):
     limit_reset: LimitReset | None = None
     require_acks: int = Field(default=0, ge=0, le=builtin.MAX_REQUIRE_ACKS)
     drain_on_acks: bool = False
-    ack_ttl: PositiveDuration = builtin.ACK_TTL_S
+    ack_ttl: FileAckTtl = builtin.ACK_TTL_S
     ack_retention: PositiveDuration = builtin.ACK_RETENTION_S
 
 

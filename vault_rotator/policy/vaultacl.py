@@ -6,6 +6,8 @@ configured keys; :func:`consumer_rules` what one key's consumer reads and acknow
 or ``+``), so no rule reaches a management key beyond ``read``, another consumer's secret, or
 another key's state; the one exception is a key's own ack folder, whose instances are unknown
 in advance: ``<prefix>/acks/<env>/<name>/+`` (``+`` is one path segment, never a deeper one).
+A consumer policy grants nothing inside any configured state prefix but that folder, inside its
+own prefix only; one that would is refused (:mod:`~vault_rotator.policy.namespace`).
 
 What each rule is for, as the engine uses the KV v2 API (:class:`~vault_rotator.store.vault.
 VaultKv`: ``read`` and ``write`` on ``data/``; ``current_version``, ``set_custom_metadata``,
@@ -47,6 +49,7 @@ from dataclasses import dataclass
 
 from vault_rotator.errors import ConfigError
 from vault_rotator.policy.model import EnvironmentPolicy, KeyPolicy, PolicySet
+from vault_rotator.policy.namespace import inside
 
 # Vault's own order for capabilities, so rendered lists read the same everywhere.
 CAPABILITY_ORDER = ("create", "read", "update", "patch", "delete", "list")
@@ -257,11 +260,17 @@ def rotator_rules(policies: PolicySet) -> list[Rule]:
     return _merge(grants)
 
 
-def consumer_rules(key: KeyPolicy) -> list[Rule]:
+def consumer_rules(key: KeyPolicy, policies: PolicySet) -> list[Rule]:
     """What the consumer of ``key`` needs: read on its own secret's data, and writing (never
-    reading or listing) its instances' acks of that key; nothing else."""
+    reading or listing) its instances' acks of that key; nothing else.
+
+    Nothing is granted inside any state prefix of ``policies`` (or the key's own) in the key's
+    mount but the key's own ack folder, and that only inside its own prefix: a policy that
+    would is refused with ConfigError (the validator refuses such files first;
+    :mod:`~vault_rotator.policy.namespace`)."""
     mount = key.vault.kv_mount
     acks = acks_folder(key.vault.state_prefix, key.env, key.name)
+    _check_outside_state(key, acks, policies)
     rules = [
         Rule(
             _data(mount, key.secret_path), ("read",), (f"{key.ref}: consumer secret (read only)",)
@@ -274,6 +283,27 @@ def consumer_rules(key: KeyPolicy) -> list[Rule]:
     ]
     _check_exact(rules)
     return rules
+
+
+def _check_outside_state(key: KeyPolicy, acks: str, policies: PolicySet) -> None:
+    """ConfigError if the key's secret lies in a state prefix of its mount, or its ack folder
+    in one but its own."""
+    mount, own = key.vault.kv_mount, key.vault.state_prefix
+    prefixes = {own} | {
+        e.vault.state_prefix for e in policies.environments.values() if e.vault.kv_mount == mount
+    }
+    for prefix in sorted(prefixes):
+        if inside(key.secret_path, prefix):
+            what = f"its secret_path {key.secret_path}"
+        elif prefix != own and inside(acks, prefix):
+            what = f"its ack folder {acks}"
+        else:
+            continue
+        raise ConfigError(
+            f"refusing the consumer policy of {key.ref}: {what} is inside the state_prefix "
+            f"{prefix} (kv_mount {mount}), where vault-rotator keeps its state; fix the policy "
+            "files (vault-rotator validate names the line)"
+        )
 
 
 def _merge(grants: Iterable[_Grant]) -> list[Rule]:

@@ -81,7 +81,7 @@ def consumer(key_file: Path, base_url: str, out: Path) -> Iterator[None]:
     try:
         yield
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)  # as a supervisor stops it (SIGINT may be ignored)
         try:
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
