@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import hvac
@@ -17,7 +18,14 @@ from vault_rotator.engine import reasons
 from vault_rotator.engine.ack_store import AckStore
 from vault_rotator.engine.acks import MAX_ACKS, AckPolicy, hold
 from vault_rotator.engine.driver import drive
-from vault_rotator.policy import KeyPolicy, ManagementKeyRef, ProviderPolicy, VaultPolicy
+from vault_rotator.policy import (
+    EnvironmentPolicy,
+    KeyPolicy,
+    ManagementKeyRef,
+    PolicySet,
+    ProviderPolicy,
+    VaultPolicy,
+)
 from vault_rotator.policy.defaults import MAX_REQUIRE_ACKS
 from vault_rotator.store.vault import VaultConnection
 from vault_rotator.testing.vault_server import VaultServer
@@ -92,7 +100,13 @@ def test_a_consumer_token_flooding_acks_cannot_block_the_rotation(
     world.add_consumer(refresh_s=30.0)
     admin = hvac.Client(url=world.vault.addr, token=world.vault.token)
     name = f"consumer-{world.tag}"
-    admin.sys.create_or_update_policy(name, vault_policy_cmd.consumer_policy(world.policy))
+    key = world.policy
+    environment = EnvironmentPolicy(
+        environment=key.env, source=Path("test.yaml"), provider=key.provider, vault=key.vault,
+        require_spending_limit=False, keys=(key,),
+    )  # fmt: skip
+    policies = PolicySet({key.env: environment})
+    admin.sys.create_or_update_policy(name, vault_policy_cmd.consumer_policy(key, policies))
     token = admin.auth.token.create(policies=[name], ttl="10m")["auth"]["client_token"]
     consumer = VaultConnection(world.vault.addr, token)
     folder = AckStore(world.kv, world.policy.vault.state_prefix).folder(
