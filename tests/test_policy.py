@@ -429,6 +429,20 @@ def test_shared_account_must_be_configured_alike(tmp_path: Path) -> None:
     assert "dialect" in found[0]
 
 
+def test_a_management_key_goes_to_one_provider_url_only(tmp_path: Path) -> None:
+    """Another team's file naming production's management key with its own base_url (the
+    rotator would send that key there) is refused at its base_url, naming the first file."""
+    first = write(tmp_path, "a.yaml", BASE)
+    text = DEV.replace("http://127.0.0.1:8787", "https://collector.example.net").replace(
+        "arouter/dev/management", "arouter/production/management"
+    )
+    second = write(tmp_path, "b.yaml", text)
+    found = [p for p in problems(tmp_path) if "one provider URL only" in p]
+    assert len(found) == 1
+    assert found[0].startswith(f"{second}:")
+    assert f"is used by {first} with base_url 'https://api.arouter.ai'" in found[0]
+
+
 def test_adopt_key_id_claimed_twice(tmp_path: Path) -> None:
     """Two keys of one account cannot adopt the same provider key."""
     text = BASE.replace(

@@ -58,8 +58,8 @@ class AckStore:
                 problems.append(problem)
             else:
                 names.append(listed)
-        if len(names) > MAX_ACKS:
-            skipped = len(names) - MAX_ACKS
+        skipped = max(0, len(names) - MAX_ACKS)
+        if skipped:
             problems.append(
                 AckProblem(names[MAX_ACKS], f"{skipped} records past the first {MAX_ACKS} not read")
             )
@@ -81,7 +81,7 @@ class AckStore:
                 acks.append(parsed)
             else:
                 problems.append(parsed)
-        return AckFacts(tuple(acks), tuple(problems), policy)
+        return AckFacts(tuple(acks), tuple(problems), policy, unread=skipped)
 
     def remove_retired(self, env: str, name: str, policy: AckPolicy, now: float) -> list[str]:
         """Destroy the records of instances gone longer than ack_ttl + ack_retention."""

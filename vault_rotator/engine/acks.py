@@ -59,11 +59,13 @@ KINDS = ("agent", "app")
 AGENT, APP = KINDS
 FIELDS = frozenset({"version", "key_id", "at", "kind", "instance"})
 MAX_ACK_BYTES = 1024  # an ack is about 120 bytes as JSON
-MAX_ACKS = 1024  # records read per key and pass; names beyond are reported, not read
+# Records read per key and pass; names beyond are reported, not read. A consumer token may
+# write as many records as it likes: a pass costs one list and at most this many reads.
+MAX_ACKS = 256
 # Instances drain_on_acks waits for. More present at publish: it is off for that rotation (the
 # full drain_period applies, with a warning), so the state record never carries more names
 # than a default OpenBao listener accepts in one write (max_request_json_strings 1000).
-MAX_EXPECTED = 256
+MAX_EXPECTED = MAX_ACKS
 _KEY_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 _STAMP = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})"
@@ -119,6 +121,7 @@ class AckFacts:
     acks: tuple[Ack, ...] = ()
     problems: tuple[AckProblem, ...] = ()
     policy: AckPolicy = field(default_factory=AckPolicy)
+    unread: int = 0  # records past MAX_ACKS, listed and not read
 
 
 # -- reading one record ----------------------------------------------------------------------
@@ -214,7 +217,7 @@ def judge(facts: AckFacts, newest: int | None, keys: Mapping[int, str | None]) -
             refused.append(AckProblem(ack.instance, f"key_id is not version {ack.version}'s key"))
         else:
             kept.append(ack)
-    return AckFacts(tuple(kept), tuple(refused), facts.policy)
+    return AckFacts(tuple(kept), tuple(refused), facts.policy, facts.unread)
 
 
 def judge_rotation(facts: AckFacts, rotation: Rotation) -> AckFacts:
@@ -261,7 +264,7 @@ def observe_acks(rotation: Rotation, facts: AckFacts | None, now: float) -> Rota
     expected = rotation.ack_expected
     if expected is None:
         expected = tuple(sorted(a.instance for a in present(facts, now)))
-        if len(expected) > MAX_EXPECTED:
+        if len(expected) + facts.unread > MAX_EXPECTED:
             expected = ()  # none awaited: drain_on_acks off for this rotation (see MAX_EXPECTED)
         rotation = rotation.evolve(ack_expected=expected)
     done = bool(expected) and set(expected) <= of_published(facts.acks, rotation, (APP,))

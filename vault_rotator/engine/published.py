@@ -94,7 +94,7 @@ def observe_acks(p: Pass) -> AckFacts | None:
     facts = judge_rotation(read, p.rotation)
     report(p.policy.ref, facts)
     if policy.drain_on_acks and p.rotation.ack_expected is None:
-        here = len(present(facts, p.clock()))
+        here = len(present(facts, p.clock())) + facts.unread
         if here > MAX_EXPECTED:
             log.warning(
                 "drain_on_acks off for this rotation: more instances than it waits for",

@@ -22,7 +22,7 @@ key_ttl                     none (new keys do not expire)
 key_name                    {env}-{name}-{date}-{rotation_id}
 allowed_providers/_models   inherit from the old key
 spending_limit/limit_reset  inherit from the old key
-require_acks                0 (no consumer acknowledgement needed; at most 1000)
+require_acks                0 (no consumer acknowledgement needed; at most 256)
 drain_on_acks               false
 ack_ttl                     7d (an instance counts as present this long after its last ack;
                             at most 90d in a policy file)
@@ -52,7 +52,7 @@ DRAIN_PERIOD_S = 24 * HOUR
 DRAIN_TIMEOUT_S = 7 * DAY
 DIALECT_A_DISABLE_BEFORE_DELETE_S = 10 * MINUTE
 KEY_NAME = DEFAULT_KEY_NAME
-MAX_REQUIRE_ACKS = 1024  # = engine.acks.MAX_ACKS: never more than are read (test_acks)
+MAX_REQUIRE_ACKS = 256  # = engine.acks.MAX_ACKS: never more than are read (test_acks)
 ACK_TTL_S = 7 * DAY
 MAX_ACK_TTL_S = 90 * DAY  # policy files: an instance silent longer is gone (README, acks table)
 ACK_RETENTION_S = 3 * DAY

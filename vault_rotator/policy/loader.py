@@ -3,8 +3,8 @@
 Files are ``*.yaml`` and ``*.yml`` directly in the directory (hidden files skipped), read in
 name order. Across files: ``environment`` is unique; a ``secret_path`` belongs to one key and is
 never a management key's path; files that share a provider account (base URL, KV mount and
-management-key path) configure it identically; an ``adopt_key_id`` is adopted once per account.
-The later occurrence is the one reported. And one namespace per deployment
+management-key path) configure it identically; a management key is used with one base URL;
+an ``adopt_key_id`` is adopted once per account. The later occurrence is the one reported. And one namespace per deployment
 (:mod:`~vault_rotator.policy.namespace`): in one KV mount, no path lies inside another file's
 ``state_prefix``, reported where the path is written, whichever file comes first.
 
@@ -101,7 +101,8 @@ def _load_all(config_dir: Path) -> tuple[list[Problem], list[tuple[EnvironmentPo
         if environment is not None and not read_problems:
             loaded.append((environment, doc))
     problems += _unique_environments(docs) + _secret_path_checks(docs)
-    problems += _account_checks(loaded) + _adoption_checks(loaded) + _namespace_checks(loaded)
+    problems += _account_checks(loaded) + _key_url_checks(loaded) + _adoption_checks(loaded)
+    problems += _namespace_checks(loaded)
     return problems, loaded
 
 
@@ -184,6 +185,23 @@ def _account_checks(loaded: list[tuple[EnvironmentPolicy, Document]]) -> list[Pr
                 f"different {', '.join(differ)}; files sharing an account must configure it alike"
             )
             problems.append(doc.problem(("provider",), message))
+    return problems
+
+
+def _key_url_checks(loaded: list[tuple[EnvironmentPolicy, Document]]) -> list[Problem]:
+    """A management key is used against one provider URL only: another file naming the same
+    key with another ``base_url`` would have the rotator send that key to it."""
+    first: dict[tuple[str, str], tuple[str, Document]] = {}
+    problems: list[Problem] = []
+    for env, doc in loaded:
+        where = (env.account.kv_mount, env.account.management_key_path)
+        url, other = first.setdefault(where, (env.account.base_url, doc))
+        if url != env.account.base_url:
+            message = (
+                f"management key {where[0]}/{shown(where[1])} is used by {other.file} with "
+                f"base_url {shown(url)}: a management key goes to one provider URL only"
+            )
+            problems.append(doc.problem(("provider", "base_url"), message))
     return problems
 
 
