@@ -1,8 +1,9 @@
-"""What a process used, read from ``/proc`` (Linux): CPU seconds and peak resident memory.
+"""What a process used, read from ``/proc`` (Linux): CPU seconds and resident memory.
 
 ``/proc/<pid>/stat`` gives a process's user and system time (all its threads) in clock ticks;
-``/proc/<pid>/status`` its ``VmHWM``, the peak resident set. Writing ``5`` to
-``/proc/self/clear_refs`` resets our own peak, so that a phase's peak can be read alone.
+``/proc/<pid>/status`` its ``VmRSS`` and ``VmHWM``, the resident set now and at its peak.
+Writing ``5`` to ``/proc/self/clear_refs`` resets our own peak, so that a phase's peak can be
+read alone.
 """
 
 from __future__ import annotations
@@ -22,10 +23,19 @@ def cpu_seconds(pid: int | str = "self") -> float:
 
 def peak_rss_mb(pid: int | str = "self") -> float:
     """The process's peak resident set (VmHWM) in MB."""
+    return _status_mb(pid, "VmHWM")
+
+
+def rss_mb(pid: int | str = "self") -> float:
+    """The process's resident set now (VmRSS) in MB."""
+    return _status_mb(pid, "VmRSS")
+
+
+def _status_mb(pid: int | str, field: str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
-    raise OSError(f"no VmHWM in /proc/{pid}/status")
+    raise OSError(f"no {field} in /proc/{pid}/status")
 
 
 def reset_peak_rss() -> None:

@@ -239,6 +239,7 @@ class EmergencyPhase:
     def _measure(self, address: tuple[str, int]) -> None:
         """Open every request, wait for every key, then for the records to settle."""
         e, before, cpu = self.e, self._snapshot(), self._cpu()
+        e["peak_before_mb"], e["rss_at_open_mb"] = procs.peak_rss_mb(), procs.rss_mb()
         procs.reset_peak_rss()
         self.ledger.opened, opened_epoch = time.monotonic(), time.time()
         e["opened"], e["opened_epoch"] = self.ledger.opened, opened_epoch

@@ -4,8 +4,9 @@
 on the command line) asks ``URL/v1/status`` every :data:`POLL_S` seconds (start to start; at
 once again when an answer took longer) until its stdin closes, then prints one JSON line: each
 poll's send and answer times (``time.monotonic()``, the system-wide clock, so the benchmark's
-process can compare them with its own), HTTP status, and of each emergency view only what the
-benchmark needs (env, keys, counts per step, rate, ETA, settled). Key rows are dropped on
+process can compare them with its own), HTTP status (0: no answer), the start of the error a
+failed poll got, and of each emergency view only what the benchmark needs (env, keys, counts
+per step, rate, ETA, settled). Key rows are dropped on
 arrival; nothing secret is printed. It runs in its own process so that the daemon being
 measured pays only for answering.
 """
@@ -24,6 +25,7 @@ from urllib.parse import urlsplit
 POLL_S = 1.0
 TIMEOUT_S = 120.0
 VIEW_FIELDS = ("env", "id", "keys", "counts", "rate_per_s", "eta_s", "settled", "complete")
+ERROR_CHARS = 200  # of a failed poll's answer (the daemon's one-line error: no secret in it)
 
 
 def poll_once(host: str, port: int, token: str) -> dict[str, Any]:
@@ -31,6 +33,7 @@ def poll_once(host: str, port: int, token: str) -> dict[str, Any]:
     sent = time.monotonic()
     connection = http.client.HTTPConnection(host, port, timeout=TIMEOUT_S)
     views: list[dict[str, Any]] = []
+    error = None
     try:
         connection.request("GET", "/v1/status", headers={"Authorization": f"Bearer {token}"})
         answer = connection.getresponse()
@@ -38,12 +41,14 @@ def poll_once(host: str, port: int, token: str) -> dict[str, Any]:
         if status == 200:
             doc = json.loads(body)
             views = [{k: v.get(k) for k in VIEW_FIELDS} for v in doc.get("emergencies", [])]
-    except (OSError, ValueError) as exc:
-        status, body = 0, type(exc).__name__.encode()
+        else:
+            error = body[:ERROR_CHARS].decode(errors="replace")
+    except (OSError, ValueError, http.client.HTTPException) as exc:
+        status, error = 0, f"{type(exc).__name__}: {str(exc)[:ERROR_CHARS]}"
     finally:
         connection.close()
     got = time.monotonic()
-    return {"sent": sent, "got": got, "status": status, "views": views}
+    return {"sent": sent, "got": got, "status": status, "error": error, "views": views}
 
 
 def main() -> int:
