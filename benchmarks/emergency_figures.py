@@ -171,9 +171,10 @@ def _status_misses(n: int, e: dict[str, Any]) -> list[str]:
     if status["count"] == 0:
         missed.append(f"{n}: no GET /v1/status answered during the emergency")
     elif status["max_s"] > TARGETS["status_max_s"] or status["failed"]:
+        first = f"; first: {status['first_error']}" if status["failed"] else ""
         missed.append(
             f"{n}: GET /v1/status took up to {status['max_s']:.1f} s during the emergency "
-            f"({status['failed']} failed of {status['count']}; first: {status['first_error']})"
+            f"({status['failed']} failed of {status['count']}{first})"
         )
     worst = worst_eta(e["eta"])
     if worst is None:
