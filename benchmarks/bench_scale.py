@@ -1,19 +1,26 @@
-"""Scale: a scheduled mass rotation of 1,000 and 10,000 keys, what it costs, and the daemon idle.
+"""Scale: a scheduled mass rotation of 1,000 and 10,000 keys, the daemon idle, and the
+environment-wide emergency of the same keys.
 
 For each size (``BENCH_KEYS``, default ``1000,10000``; e.g. ``BENCH_KEYS=1000 make bench``), in a
-process of its own: a real OpenBao dev server, the emulator in its own process, N keys across
-several environment files of one account, each with a consumer that switches to the new key as
-soon as it is published (:mod:`benchmarks.scale_world`). Every key is due at once (never
-rotated); the daemon (``vault-rotator run``'s Daemon and scheduler, in this process) rotates
-them all with 1 s polls, usage_lag and drain_period 0 s, max_concurrent N.
+process of its own: a real OpenBao dev server, the emulator in its own process, N keys in
+environment files of 1,000 keys (the loader's limit: 10,000 keys are 10 environments) of one
+account, each with a consumer that switches to the new key as soon as it is published
+(:mod:`benchmarks.scale_world`). Every key is due at once (never rotated); the daemon
+(``vault-rotator run``'s Daemon and scheduler, in this process) rotates them all with 1 s polls,
+usage_lag and drain_period 0 s, max_concurrent N + 1.
 
 Figures: wall time and rotations/s of the mass rotation; Vault reads and writes per rotation
 (the start-up read of every record reported apart); provider requests per rotation by route;
 list passes per poll; peak RSS; the daemon's CPU while idle for a minute at 1 s polls and at
 the default 30 s. In the same run: the manual loop (the same clients, one key at a time:
 create, write to Vault, verify, delete) and OpenBao's KV write rate (16 threads), each printed
-as a ratio. The environment-wide emergency is a marked hook (issue 14 item 2, branch
-``emergency``). Exits 1 when a target is missed (see TARGETS).
+as a ratio. Then the environment-wide emergency of every key, one request per environment,
+all opened at once through the daemon's control API (``POST /v1/rotate/{env}``), while another
+environment of the account falls due and ``GET /v1/status`` is polled every second: see
+:mod:`benchmarks.scale_emergency` for what is measured and how, and
+:mod:`benchmarks.emergency_figures` for its targets and which ETA samples count. Exits 1 when a
+target is missed (see TARGETS and ``emergency_figures.TARGETS``), or when a figure could not be
+measured.
 """
 
 from __future__ import annotations
@@ -33,7 +40,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from benchmarks import emergency_figures
 from benchmarks import scale_world as w
+from benchmarks.scale_emergency import EmergencyPhase
 from vault_rotator.daemon.daemon import Daemon, StopFlag
 from vault_rotator.daemon.metrics import Metrics, route_template
 from vault_rotator.daemon.service import Service
@@ -120,16 +129,6 @@ def write_rate(vault: VaultServer, writes: int, threads: int = 16) -> float:
     return rate
 
 
-def emergency_hook(_daemon: Daemon, _fleet: w.Fleet) -> dict[str, Any] | None:
-    """EMERGENCY_HOOK: the environment-wide emergency of every key of one environment
-    (``rotate --env ENV --emergency --yes`` / ``POST /v1/rotate/{env}``, issue 14 item 2) is
-    built on branch ``emergency``. Once it lands, run it here on the fleet (rotated once, all
-    idle), time it to its summary, and return its figures (``wall_s``, ``rotations``,
-    ``writes``) for the 1.5 x write-floor + 2 x usage_lag + one poll target. Until then: None
-    (reported as skipped)."""
-    return None
-
-
 class Bench:
     """One size's run: the world, the daemon, and the figures."""
 
@@ -162,8 +161,15 @@ class Bench:
             try:
                 self._mass_rotation(daemon, conn)
                 self._idle(daemon, conn, fleet)
-                emergency = emergency_hook(daemon, fleet)
-                f["emergency"] = emergency if emergency is not None else "skipped"
+                f["emergency"] = EmergencyPhase(
+                    vault=self.vault,
+                    emu=self.emu,
+                    fleet=fleet,
+                    daemon=daemon,
+                    runtime=runtime,
+                    routes=self.routes,
+                    figures=f,
+                ).run()
             finally:
                 daemon.close()
                 runtime.close()
@@ -306,6 +312,7 @@ def check(results: list[dict[str, Any]]) -> list[str]:
             missed.append(f"{n}: idle CPU {r['idle_1s_cpu']:.2%} at 1 s polls")
         if n >= 10_000 and r["peak_rss_mb"] > TARGETS["peak_rss_mb_10k"]:
             missed.append(f"{n}: peak RSS {r['peak_rss_mb']:.0f} MB")
+        missed += emergency_figures.check(r)
     return missed
 
 
@@ -339,9 +346,7 @@ def show(r: dict[str, Any]) -> None:
             f"{r[f'{label}_writes']}, reads {r[f'{label}_reads_per_s']:.1f}/s, provider calls "
             f"{r[f'{label}_provider_calls']} (list {r[f'{label}_list_calls']})"
         )
-    lines.append(
-        f"environment-wide emergency: {r['emergency']} (EMERGENCY_HOOK: branch `emergency`)"
-    )
+    lines += emergency_figures.lines(r)
     lines.append(f"consumers: {r['consumers']}")
     lines.append(
         f"account lease (HA, per account, not per key): {r['account_lease_writes']} Vault writes"

@@ -1,26 +1,36 @@
 """The scale benchmark's world: a real OpenBao dev server, the emulator in its own process,
-N managed keys across several environment files of one account, and simulated consumers.
+N managed keys in environment files of 1,000 keys (the loader's limit per file) of one account,
+and simulated consumers.
 
 Only the daemon runs in the benchmark's process (so its CPU and peak RSS are the daemon's):
 the emulator (``vault-rotator emulator``) and the consumers (:mod:`benchmarks.consumer`) are
 subprocesses, OpenBao is ``bao server -dev``. A consumer switches to a key the moment the
 daemon publishes it: the daemon's KV store is wrapped so that a consumer-secret write also
-writes the new value to the consumers' pipe (one line, no other work in the daemon).
+writes the new value to the consumers' pipe (one line, no other work in the daemon). The same
+wrapper tallies the daemon's Vault writes by a classifier of their paths (the benchmark counts an
+emergency request's own writes apart from its keys').
+
+For the emergency, a **side environment** of the same account (:func:`seed_side`): one key on
+``every 1h`` whose consumer secret says it was last rotated so that it falls due at a chosen
+moment, written into the policies only when asked (``side=``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -30,7 +40,8 @@ from vault_rotator.store.vault import VaultConnection
 from vault_rotator.testing.vault_server import VaultServer
 
 MANAGEMENT_KEY = "lr_mgmt_bench_0123456789abcdef"
-KEYS_PER_FILE = 250  # several environment files (the loader allows 1,000 keys per file)
+KEYS_PER_FILE = 1000  # the loader's limit per file: 10,000 keys are 10 environments
+SIDE_SCHEDULE, SIDE_INTERVAL_S = "every 1h", 3600.0  # the side environment's key (seed_side)
 ENV_FILE = """\
 environment: {env}
 provider:
@@ -123,12 +134,62 @@ def consumers(url: str) -> Iterator[Consumers]:
             process.wait(10)
 
 
-class SwitchingKv:
-    """A KV mount that tells the consumers of each consumer-secret write (a publish)."""
+class WriteTally:
+    """Vault writes (data, metadata, destroy) sent through :class:`SwitchingKv`, counted by
+    ``classify(path)`` (settable; every path is ``"keys"`` until then)."""
 
-    def __init__(self, kv: KvStore, on_publish: Any) -> None:
+    def __init__(self) -> None:
+        self.classify: Callable[[str], str] = lambda _path: "keys"
+        self.counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def add(self, path: str) -> None:
+        kind = self.classify(path)
+        with self._lock:
+            self.counts[kind] += 1
+
+    def snapshot(self) -> Counter[str]:
+        with self._lock:
+            return Counter(self.counts)
+
+
+@dataclass
+class StatusPoller:
+    """The status poller's process (:mod:`benchmarks.status_poller`)."""
+
+    process: subprocess.Popen[str]
+
+    def finish(self, timeout: float = 300.0) -> list[dict[str, Any]]:
+        """Stop polling (after the poll under way) and return every poll."""
+        out, _ = self.process.communicate(input="", timeout=timeout)
+        polls: list[dict[str, Any]] = json.loads(out.strip().splitlines()[-1])["polls"]
+        return polls
+
+
+@contextlib.contextmanager
+def status_poller(url: str, token: str) -> Iterator[StatusPoller]:
+    """``GET URL/v1/status`` every second from a process of its own, ``token`` as bearer."""
+    command = [sys.executable, "-m", "benchmarks.status_poller", url]
+    env = {**os.environ, "VAULT_TOKEN": token}
+    process = subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        yield StatusPoller(process)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+class SwitchingKv:
+    """A KV mount that tells the consumers of each consumer-secret write (a publish), and
+    tallies every write by path."""
+
+    def __init__(self, kv: KvStore, on_publish: Any, tally: WriteTally) -> None:
         self._kv = kv
         self._on_publish = on_publish
+        self._tally = tally
 
     @property
     def mount(self) -> str:
@@ -141,6 +202,7 @@ class SwitchingKv:
         return self._kv.current_version(path)
 
     def write(self, path: str, data: Mapping[str, Any], *, cas: int) -> int:
+        self._tally.add(path)
         version = self._kv.write(path, data, cas=cas)
         value = data.get("api_key")
         if isinstance(value, str) and "rotation_id" in data:
@@ -148,9 +210,11 @@ class SwitchingKv:
         return version
 
     def set_custom_metadata(self, path: str, metadata: Mapping[str, str]) -> None:
+        self._tally.add(path)
         self._kv.set_custom_metadata(path, metadata)
 
     def destroy(self, path: str) -> None:
+        self._tally.add(path)
         self._kv.destroy(path)
 
     def list(self, prefix: str) -> Sequence[str]:
@@ -166,21 +230,39 @@ class SwitchingRuntime(Runtime):
     def __init__(self, conn: VaultConnection, on_publish: Any) -> None:
         super().__init__(conn)
         self._on_publish = on_publish
+        self.tally = WriteTally()
         self._switching: dict[str, SwitchingKv] = {}
 
     def kv(self, mount: str) -> KvStore:
         if mount not in self._switching:
-            self._switching[mount] = SwitchingKv(self.conn.kv(mount), self._on_publish)
+            kv = self.conn.kv(mount)
+            self._switching[mount] = SwitchingKv(kv, self._on_publish, self.tally)
         return self._switching[mount]
 
 
 @dataclass
 class Fleet:
-    """N keys of one account across several environment files."""
+    """N keys of one account in environment files of ``KEYS_PER_FILE`` keys."""
 
     prefix: str
     config: Path
     refs: list[str] = field(default_factory=list)
+
+    @property
+    def envs(self) -> list[str]:
+        return sorted({ref.split("/")[0] for ref in self.refs})
+
+    @property
+    def state_prefix(self) -> str:
+        return f"{self.prefix}/vault-rotator"
+
+    @property
+    def side_env(self) -> str:
+        return f"{self.prefix}-side"
+
+    @property
+    def side_ref(self) -> str:
+        return f"{self.side_env}/s0"
 
 
 def seed_fleet(
@@ -208,15 +290,33 @@ def seed_fleet(
     return fleet
 
 
-def write_config(fleet: Fleet, url: str, *, poll: str, keys: int) -> None:
-    """(Re)write the policy files with ``poll`` as every environment's poll_interval."""
+def seed_side(vault: VaultServer, emu: Emulator, fleet: Fleet, *, due_at: float) -> None:
+    """The side environment's one key: an old key at the emulator and its consumer secret,
+    last rotated (``rotated_at``) one ``SIDE_SCHEDULE`` interval before ``due_at`` (epoch
+    seconds), so that the daemon's schedule makes it due then and not before."""
+    env, name = fleet.side_ref.split("/")
+    key_id, value = emu.seed(f"{env}-{name}-original")
+    rotated_at = datetime.fromtimestamp(due_at - SIDE_INTERVAL_S, UTC).isoformat()
+    conn = VaultConnection(vault.addr, vault.token)
+    data = {"api_key": value, "key_id": key_id, "rotated_at": rotated_at}
+    conn.kv("secret").write(f"{fleet.prefix}/{env}/{name}", data, cas=0)
+    conn.close()
+
+
+def write_config(fleet: Fleet, url: str, *, poll: str, keys: int, side: bool = False) -> None:
+    """(Re)write the policy files with ``poll`` as every environment's poll_interval; with
+    ``side``, the side environment's file too (else none). ``max_concurrent`` leaves room for
+    every key of the account in flight at once, the side key included."""
     by_env: dict[str, list[str]] = {}
-    for ref in fleet.refs:
+    for ref in fleet.refs + ([fleet.side_ref] if side else []):
         env, name = ref.split("/")
         by_env.setdefault(env, []).append(name)
+    (fleet.config / f"{fleet.side_env}.yaml").unlink(missing_ok=True)
     for env, names in by_env.items():
+        extra = f", schedule: {SIDE_SCHEDULE}" if env == fleet.side_env else ""
         lines = "\n".join(
-            f"  - {{name: {n}, secret_path: {fleet.prefix}/{env}/{n}, allowed_providers: [openai]}}"
+            f"  - {{name: {n}, secret_path: {fleet.prefix}/{env}/{n}, "
+            f"allowed_providers: [openai]{extra}}}"
             for n in names
         )
         body = ENV_FILE.format(
@@ -226,7 +326,7 @@ def write_config(fleet: Fleet, url: str, *, poll: str, keys: int) -> None:
             usage_lag="0s",
             drain="0s",
             poll=poll,
-            max_concurrent=keys,
+            max_concurrent=keys + 1,
             keys=lines,
         )
         (fleet.config / f"{env}.yaml").write_text(body)
