@@ -4,9 +4,10 @@ Files are ``*.yaml`` and ``*.yml`` directly in the directory (hidden files skipp
 name order. Across files: ``environment`` is unique; a ``secret_path`` belongs to one key and is
 never a management key's path; files that share a provider account (base URL, KV mount and
 management-key path) configure it identically; a management key is used with one base URL;
-an ``adopt_key_id`` is adopted once per account. The later occurrence is the one reported. And one namespace per deployment
-(:mod:`~vault_rotator.policy.namespace`): in one KV mount, no path lies inside another file's
-``state_prefix``, reported where the path is written, whichever file comes first.
+an ``adopt_key_id`` is adopted once per account. The later occurrence is the one reported. And
+one namespace per deployment (:mod:`~vault_rotator.policy.namespace`): in one KV mount, no path
+lies inside another file's ``state_prefix``, reported where the path is written, whichever file
+comes first.
 
 A directory holds at most 100 policy files (``MAX_FILES``); with more, none is read. Each file
 has its own limits (:mod:`~vault_rotator.policy.yamlsource`, :mod:`~vault_rotator.policy.build`).
