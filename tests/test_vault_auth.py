@@ -367,6 +367,23 @@ def test_lookup_token_refuses_an_invalid_token_without_disturbing_the_session(
     conn.close()
 
 
+def test_capabilities_of_thousands_of_paths_fits_a_default_listener(
+    vault: VaultServer, admin: hvac.Client, path: str
+) -> None:
+    """The control API asks a caller's capabilities on every key's control path at once:
+    1,200 paths (a status of 1,000 keys and more) are answered, not refused as too many JSON
+    strings (GET /v1/status answered 502 from 1,000 keys on); the same for the rotator's own."""
+    caller = admin.auth.token.create(policies=["auth-test-kv"], ttl="5m")["auth"]["client_token"]
+    conn = VaultConnection(vault.addr, vault.token)
+    paths = [f"secret/data/{path}", *(f"secret/data/many/{i}" for i in range(1200))]
+    caps = conn.capabilities_of(caller, paths)
+    assert len(caps) == len(paths)
+    assert caps[paths[0]] == frozenset({"create", "read", "update"})
+    assert caps[paths[-1]] == frozenset({"deny"})
+    assert len(conn.kv("secret").capabilities(paths)) == len(paths)
+    conn.close()
+
+
 def test_capabilities_of_asks_as_the_caller_token(
     vault: VaultServer, admin: hvac.Client, path: str
 ) -> None:

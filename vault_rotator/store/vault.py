@@ -339,10 +339,29 @@ class VaultKv:
         return keys
 
     def capabilities(self, paths: Sequence[str]) -> dict[str, frozenset[str]]:
-        resp = self._conn.call(
-            lambda c: c.sys.get_capabilities(list(paths)), "check capabilities", ", ".join(paths)
-        )
-        return _parse_capabilities(resp, paths)
+        result: dict[str, frozenset[str]] = {}
+        for chunk in _chunks(paths):
+
+            def ask(c: hvac.Client, chunk: list[str] = chunk) -> Any:
+                return c.sys.get_capabilities(chunk)
+
+            resp = self._conn.call(ask, "check capabilities", _named(chunk))
+            result.update(_parse_capabilities(resp, chunk))
+        return result
+
+
+CAPABILITY_CHUNK = 500  # paths per sys/capabilities(-self) request: a listener takes 1000 strings
+
+
+def _chunks(paths: Sequence[str]) -> list[list[str]]:
+    """The paths in requests a default listener takes (an empty list is still asked once)."""
+    items = list(paths)
+    return [items[i : i + CAPABILITY_CHUNK] for i in range(0, max(len(items), 1), CAPABILITY_CHUNK)]
+
+
+def _named(paths: Sequence[str]) -> str:
+    shown = ", ".join(paths[:3])
+    return shown + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
 
 
 def _parse_capabilities(resp: Any, paths: Sequence[str]) -> dict[str, frozenset[str]]:
@@ -560,15 +579,18 @@ class VaultConnection:
         if not value:
             raise StorePermissionError("no caller token given (sys/capabilities-self)")
         where = "sys/capabilities-self"
-        try:
-            with _translate("check caller capabilities", where):
-                resp = self._client_for(value).sys.get_capabilities(list(paths))
-        except StorePermissionError as exc:
-            raise StorePermissionError(
-                f"Vault refused the caller's token ({where}): "
-                "unknown, expired, revoked or without the default policy"
-            ) from exc.__cause__
-        return _parse_capabilities(resp, paths)
+        result: dict[str, frozenset[str]] = {}
+        for chunk in _chunks(paths):
+            try:
+                with _translate("check caller capabilities", where):
+                    resp = self._client_for(value).sys.get_capabilities(chunk)
+            except StorePermissionError as exc:
+                raise StorePermissionError(
+                    f"Vault refused the caller's token ({where}): "
+                    "unknown, expired, revoked or without the default policy"
+                ) from exc.__cause__
+            result.update(_parse_capabilities(resp, chunk))
+        return result
 
     def close(self) -> None:
         """Close the connection; a token this connection logged in for is revoked first.
