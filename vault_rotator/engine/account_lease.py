@@ -357,17 +357,16 @@ class AccountLeases:
         lease = AccountLease(self.label, self.holder, verdict.fence, now + self.ttl, now)
         if not self._write(path, lease, version, quiet=verdict.why is not None):
             return False
-        if verdict.why is not None:
-            seen = self.seen.get(path)
+        seen = self.seen.pop(path, None)
+        if verdict.why is not None and data is not None:  # once: the lease is ours from now
             log.warning(
                 verdict.why,
                 account=self.label,
                 path=path,
                 fence=lease.fence,
                 unchanged_s=None if seen is None else round(now - seen.since),
-                was_held_by=shown(str(data.get("holder")) if data is not None else ""),
+                was_held_by=shown(str(data.get("holder"))),
             )
-        self.seen.pop(path, None)
         return True
 
     def _is(self, data: Mapping[str, Any], fence: int) -> bool:
