@@ -23,6 +23,10 @@ words from small fixed sets: never a key value, token, fingerprint or free text 
 ``vault_rotator_last_tick_timestamp_seconds``    gauge: account (URL and key path); by the replica
                                                  that ticked it (max over replicas: last tick)
 ``vault_rotator_account_lease_held``             gauge 0/1: account; 1 on the replica ticking it
+``vault_rotator_account_lease_stuck``            gauge 0/1: account; 1 while this replica has
+                                                 found, at 3 polls in a row, no holder that
+                                                 ticks it (a lease nobody renews); by every
+                                                 replica (max over replicas)
 ``vault_rotator_webhook_deliveries_total``       counter: result (sent, failed, dropped)
 ``vault_rotator_build_info``                     gauge 1: version, python
 ``process_*``, ``python_info``                   prometheus-client's process and platform
@@ -85,6 +89,25 @@ class _WebhookDeliveries(Collector):
         )
         for result, count in zip(("sent", "failed", "dropped"), self.source(), strict=True):
             family.add_metric([result], count)
+        yield family
+
+
+class _AccountLeaseStuck(Collector):
+    """Reads, at scrape time, which accounts this replica sees with no holder that ticks them
+    (:meth:`Replicas.stuck <vault_rotator.daemon.replicas.Replicas.stuck>`)."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], Iterable[tuple[str, bool]]] = lambda: ()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "vault_rotator_account_lease_stuck",
+            "1 while this replica has found, at 3 polls in a row, no replica renewing the "
+            "account's lease (forged, corrupt or abandoned), so none ticks it",
+            labels=["account"],
+        )
+        for account, stuck in self.source():
+            family.add_metric([account], 1 if stuck else 0)
         yield family
 
 
@@ -187,6 +210,8 @@ class Metrics:
             ["account"],
             registry=r,
         )
+        self.lease_stuck = _AccountLeaseStuck()  # source: the daemon's Replicas.stuck
+        r.register(self.lease_stuck)
         self.provider_requests = Counter(
             "vault_rotator_provider_requests", "ARouter requests", ["route", "status"], registry=r
         )

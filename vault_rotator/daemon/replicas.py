@@ -16,6 +16,14 @@ healthy replica takes over.
 The lease TTL is ``VAULT_ROTATOR_LEASE_TTL`` (the keys' lease TTL, default 30 s): after a
 replica dies, another ticks its accounts within one TTL plus one poll. On shutdown the leases
 are given back, so a rolling restart hands over at once.
+
+A lease nobody renews (forged, corrupt, or left by a replica that no longer runs) is taken
+over once it has stayed unchanged past its capped term (:mod:`..engine.account_lease`). Before
+that, each replica counts the polls in a row at which it found no holder that ticks: not
+itself, and a lease nobody has renewed within its term. After :data:`STUCK_POLLS` of them the
+account is *stuck* (:meth:`stuck`: the ``vault_rotator_account_lease_stuck`` gauge and its
+alert; not ``/readyz``, which every replica would fail at once). An unusable lease is logged
+when its problem first shows or changes, not at every poll.
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ from vault_rotator.policy import Account, KeyPolicy
 from vault_rotator.ports.kv import KvStore
 
 log = structlog.get_logger(__name__)
+
+STUCK_POLLS = 3  # polls in a row with no holder that ticks before an account counts as stuck
 
 
 class Replicas:
@@ -50,6 +60,8 @@ class Replicas:
         self.leases: dict[Account, AccountLeases] = {}
         self.unleased: set[Account] = set()  # ticked without a lease: Vault denies its path
         self.resting: dict[Account, float] = {}  # stepped back until (our clock)
+        self.unheld: dict[Account, int] = {}  # polls in a row that found no holder that ticks
+        self.problems: dict[Account, str] = {}  # the unusable lease's problem, as last logged
         self._lock = threading.Lock()
 
     def _leases(self, account: Account, keys: tuple[KeyPolicy, ...]) -> AccountLeases:
@@ -84,6 +96,7 @@ class Replicas:
             return False
         was = leases.holds
         held = leases.hold()
+        self._count_unheld(account, leases, held)
         if leases.denied:  # an older generated Vault policy: tick as a single daemon would
             if account not in self.unleased:
                 self.unleased.add(account)
@@ -96,11 +109,31 @@ class Replicas:
                 )
             return True
         self.unleased.discard(account)
-        if leases.problem is not None:
+        if leases.problem is None:
+            self.problems.pop(account, None)
+        elif self.problems.get(account) != leases.problem:  # once, not at every poll
+            self.problems[account] = leases.problem
             log.warning("account lease unusable", account=str(account), problem=leases.problem)
-        elif was and not held:
+        if was and not held and leases.problem is None:
             log.warning("account lease lost; another replica ticks it", account=str(account))
         return held
+
+    def _count_unheld(self, account: Account, leases: AccountLeases, held: bool) -> None:
+        """One more poll with no holder that ticks the account, or none at all."""
+        with self._lock:
+            if held or leases.denied or not leases.unrenewed:
+                self.unheld.pop(account, None)
+            else:
+                self.unheld[account] = self.unheld.get(account, 0) + 1
+
+    def stuck(self) -> list[tuple[str, bool]]:
+        """Per account this replica looks after, whether it has found no holder that ticks it
+        at :data:`STUCK_POLLS` polls in a row (the metric's source; no I/O)."""
+        with self._lock:
+            return [
+                (str(account), self.unheld.get(account, 0) >= STUCK_POLLS)
+                for account in self.leases
+            ]
 
     def still_holds(self, account: Account) -> bool:
         """During a tick: keep the leases (renewing past half the TTL); False once lost, or
@@ -139,6 +172,10 @@ class Replicas:
         """Give back the leases of accounts no longer configured (after a reload)."""
         with self._lock:
             gone = [self.leases.pop(a) for a in set(self.leases) - accounts]
+            for account in set(self.unheld) - accounts:
+                self.unheld.pop(account)
+            for account in set(self.problems) - accounts:
+                self.problems.pop(account)
         for leases in gone:
             leases.release()
 

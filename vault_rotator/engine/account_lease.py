@@ -34,10 +34,35 @@ believes it holds the account gets no write accepted on a key another replica ac
 
 A newer schema is refused (:func:`refuse_newer` semantics): an older replica meeting a newer
 replica's lease does not tick that account and says so; the newer replica ticks it.
+
+**No lease is held forever** (:func:`judge`). Anyone with write on the state prefix can leave a
+record that claims to be held for ever (``expires_at: 1e308``), one of a schema no replica
+writes, or garbage. A replica therefore judges a record held by another by what *it* has seen
+of it, not by the times it claims: it notes, on its own clock, when it first saw the record's
+KV version and content (:class:`Seen`). A record that has stayed unchanged for longer than
+:func:`takeover_after` (the larger of the local TTL and the term the record states,
+``expires_at - renewed_at``, capped at :data:`TERM_CAP` local TTLs; the cap when it states no
+readable term) has no holder renewing it: it is taken over, and the takeover is logged once. A
+holder that ticks renews once less than half its TTL is left, and its renewal job runs every
+third of it, so its record changes within five sixths of a TTL: only a record nobody renews
+gets there. A lease of a newer schema that keeps renewing (its version keeps changing) is left
+to the newer replica, as ``docs/upgrading.md`` promises. A record unchanged for longer than
+:func:`renewed_within` (its stated term, or the local TTL when it states none or one beyond the
+cap) is reported before that (:attr:`AccountLeases.unrenewed`), so the daemon can say the
+account has no holder that ticks.
+
+The fence is an integer from 0 to :data:`MAX_FENCE` (2**53 - 1, the largest every JSON reader
+holds exactly); a record with any other fence is malformed. A taker writes the old fence plus
+one, or 1 when the old one is unreadable or already :data:`MAX_FENCE`: the account lease's fence
+only tells a holder that its lease changed hands (holder and fence are compared together, never
+ordered), so starting again is safe, and a forged fence can neither crash nor overflow it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -45,12 +70,15 @@ from typing import Any
 
 import structlog
 
+from vault_rotator.display import shown
 from vault_rotator.errors import CasConflictError, StoreError, StorePermissionError
 from vault_rotator.ports.kv import KvStore
 
 log = structlog.get_logger(__name__)
 
 ACCOUNT_LEASE_SCHEMA = 1
+TERM_CAP = 10  # local TTLs: a lease unchanged this long is taken over, whatever it says
+MAX_FENCE = 2**53 - 1  # the largest integer every JSON reader holds exactly
 
 
 def lease_path(prefix: str, account: str) -> str:
@@ -87,7 +115,7 @@ class AccountLease:
             raise StoreError(
                 f"account lease at {where} was written by a newer vault-rotator (schema "
                 f"{schema}; this one reads up to {ACCOUNT_LEASE_SCHEMA}): this replica leaves "
-                "the account to the newer one"
+                "the account to the newer one while it renews the lease"
             )
         try:
             lease = cls(
@@ -105,13 +133,133 @@ class AccountLease:
 def _int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError("fence is not an integer")
+    if not 0 <= value <= MAX_FENCE:
+        raise ValueError(f"fence is not between 0 and {MAX_FENCE}")
     return value
 
 
 def _number(value: Any) -> float:
+    number = _finite(value)
+    if number is None:
+        raise TypeError("a time is not a finite number")
+    return number
+
+
+def _finite(value: Any) -> float | None:
+    """``value`` as a finite float, or None (not a number, a boolean, or too large a one)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError("a time is not a number")
-    return float(value)
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer past 1.8e308
+        return None
+    return number if math.isfinite(number) else None
+
+
+# -- the takeover rule: pure, over what this replica has seen of a record ------------------------
+
+NOT_RENEWED = "account lease not renewed; taken over"
+NEWER_EXPIRED = "expired account lease of a newer vault-rotator taken"
+
+
+def next_fence(value: Any) -> int:
+    """The fence a taker writes over a record whose fence is ``value``: one above it when it is
+    an integer from 0 to below :data:`MAX_FENCE`, else 1 (see the module docstring)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < MAX_FENCE:
+        return 1
+    return value + 1
+
+
+def stated_term(data: Mapping[str, Any]) -> float | None:
+    """The term a record states, ``expires_at - renewed_at``; None when it states none readable."""
+    expires, renewed = _finite(data.get("expires_at")), _finite(data.get("renewed_at"))
+    if expires is None or renewed is None:
+        return None
+    term = expires - renewed
+    return term if math.isfinite(term) else None
+
+
+def takeover_after(data: Mapping[str, Any], ttl: float) -> float:
+    """How long a record held by another may stay unchanged before it is taken over: the larger
+    of the local TTL and its stated term, capped at :data:`TERM_CAP` TTLs (the cap when it
+    states no term)."""
+    term = stated_term(data)
+    cap = TERM_CAP * ttl
+    return cap if term is None else min(max(ttl, term), cap)
+
+
+def renewed_within(data: Mapping[str, Any], ttl: float) -> float:
+    """How long a holder that ticks may leave its record unchanged: its stated term, at least the
+    local TTL; the local TTL when it states none, or one past the cap (no replica writes that)."""
+    term = stated_term(data)
+    return ttl if term is None or term > TERM_CAP * ttl else max(ttl, term)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a replica does with a lease record it does not hold (:func:`judge`)."""
+
+    take: bool
+    fence: int = 0  # the fence written when taking it
+    why: str | None = None  # a takeover worth a warning, logged once it is written
+    problem: str | None = None  # why a record left alone cannot be read
+    unrenewed: bool = False  # left alone, but nobody has renewed it within its term
+
+
+def judge(
+    data: Mapping[str, Any],
+    where: str,
+    *,
+    holder: str,
+    unchanged_for: float,
+    now: float,
+    ttl: float,
+) -> Verdict:
+    """Take over or leave a lease record this replica does not hold, from the record and how
+    long this replica has seen it unchanged (by its own clock, never the record's)."""
+    abandoned = unchanged_for > takeover_after(data, ttl)
+    unrenewed = unchanged_for > renewed_within(data, ttl)
+    try:
+        lease = AccountLease.from_dict(data, where)
+    except StoreError as exc:
+        fence = next_fence(data.get("fence"))
+        expires = _finite(data.get("expires_at"))
+        if _newer(data) and expires is not None and expires <= now:
+            return Verdict(take=True, fence=fence, why=NEWER_EXPIRED)
+        if abandoned:
+            return Verdict(take=True, fence=fence, why=NOT_RENEWED)
+        return Verdict(take=False, problem=str(exc), unrenewed=unrenewed)
+    fence = next_fence(lease.fence)
+    if lease.holder == holder or lease.expires_at <= now:
+        return Verdict(take=True, fence=fence)
+    if abandoned:
+        return Verdict(take=True, fence=fence, why=NOT_RENEWED)
+    return Verdict(take=False, unrenewed=unrenewed)
+
+
+@dataclass(frozen=True)
+class Seen:
+    """A lease record as this replica first saw it: its KV version, a digest of its content,
+    and when (this replica's clock). Either changing means it was written again."""
+
+    version: int
+    digest: str
+    since: float
+
+    def again(self, version: int, data: Mapping[str, Any], now: float) -> Seen:
+        """This observation if the record is unchanged, else a new one starting ``now``."""
+        digest = _digest(data)
+        if (version, digest) == (self.version, self.digest):
+            return self
+        return Seen(version, digest, now)
+
+
+def _digest(data: Mapping[str, Any]) -> str:
+    text = json.dumps(data, sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# -- this replica's hold on an account ----------------------------------------------------------
 
 
 @dataclass
@@ -144,8 +292,10 @@ class AccountLeases:
         self.clock = clock
         self.ttl = ttl
         self.held: dict[str, _Held] = {}
+        self.seen: dict[str, Seen] = {}  # records held by others, as first seen unchanged
         self.problem: str | None = None  # why we could not take it, when not merely held
         self.denied = False  # Vault denied the lease path: a Vault policy from before HA
+        self.unrenewed = False  # the last hold() found a lease nobody renews (no holder ticks)
         self._lock = threading.RLock()
 
     @property
@@ -167,6 +317,7 @@ class AccountLeases:
         with self._lock:
             self.problem = None
             self.denied = False
+            self.unrenewed = False
             for path in self.paths:
                 if not self._hold_one(path):
                     self.release()
@@ -185,63 +336,90 @@ class AccountLeases:
         if mine is not None and mine.lease.expires_at - now > self.ttl / 2:
             return True
         try:
-            current, version = self._read(path, now)
+            data, version = self._read(path)
         except StoreError as exc:
+            return self._failed(path, exc)
+        ours = mine is not None and data is not None and self._is(data, mine.lease.fence)
+        if mine is not None and ours:
+            verdict = Verdict(take=True, fence=mine.lease.fence)  # a renewal
+        elif data is None:
+            verdict = Verdict(take=True, fence=1)  # free: never written, or deleted
+        else:
+            verdict = self._judge(path, data, version, now)
+        if not verdict.take:
             self.held.pop(path, None)
-            self.problem = str(exc)
-            self.denied = isinstance(exc, StorePermissionError)
+            self.problem = verdict.problem
+            self.unrenewed = self.unrenewed or verdict.unrenewed
             return False
-        if current is not None and current.holder != self.holder and current.expires_at > now:
-            self.held.pop(path, None)
-            return False
-        ours = (
-            mine is not None
-            and current is not None
-            and (current.holder, current.fence) == (self.holder, mine.lease.fence)
-        )
         if mine is not None and not ours:
             log.warning("account lease lost", account=self.label, path=path)
             self.held.pop(path, None)
-        fence = (current.fence if current is not None else 0) + (0 if ours else 1)
-        lease = AccountLease(self.label, self.holder, fence, now + self.ttl, now)
-        return self._write(path, lease, version)
+        lease = AccountLease(self.label, self.holder, verdict.fence, now + self.ttl, now)
+        if not self._write(path, lease, version, quiet=verdict.why is not None):
+            return False
+        seen = self.seen.pop(path, None)
+        if verdict.why is not None and data is not None:  # once: the lease is ours from now
+            log.warning(
+                verdict.why,
+                account=self.label,
+                path=path,
+                fence=lease.fence,
+                unchanged_s=None if seen is None else round(now - seen.since),
+                was_held_by=shown(str(data.get("holder"))),
+            )
+        return True
 
-    def _read(self, path: str, now: float) -> tuple[AccountLease | None, int]:
-        """The lease at ``path`` (None: free) and the version to CAS against. A lease of a
-        newer schema is respected while its ``expires_at`` lies ahead, then taken over."""
+    def _is(self, data: Mapping[str, Any], fence: int) -> bool:
+        """Whether ``data`` is the lease this replica wrote under ``fence``."""
+        try:
+            lease = AccountLease.from_dict(data, "")
+        except StoreError:
+            return False
+        return (lease.holder, lease.fence) == (self.holder, fence)
+
+    def _judge(self, path: str, data: Mapping[str, Any], version: int, now: float) -> Verdict:
+        """:func:`judge` on a record held by another, as this replica has seen it over time."""
+        seen = self.seen.get(path)
+        seen = Seen(version, _digest(data), now) if seen is None else seen.again(version, data, now)
+        self.seen[path] = seen
+        return judge(
+            data,
+            f"{self.kv.mount}/{path}",
+            holder=self.holder,
+            unchanged_for=now - seen.since,
+            now=now,
+            ttl=self.ttl,
+        )
+
+    def _read(self, path: str) -> tuple[Mapping[str, Any] | None, int]:
+        """The record at ``path`` (None: free) and the version to CAS against."""
         got = self.kv.read(path)
         version = 0 if got is None else got.version
         if got is not None and got.deleted:
             version = self.kv.current_version(path)
         if got is None or got.deleted or not got.data:
             return None, version
-        try:
-            return AccountLease.from_dict(got.data, f"{self.kv.mount}/{path}"), version
-        except StoreError:
-            expires = got.data.get("expires_at")
-            newer = _newer(got.data)
-            if newer and isinstance(expires, int | float) and not isinstance(expires, bool):
-                if expires > now:
-                    raise
-                log.warning("expired account lease of a newer vault-rotator taken", path=path)
-                return None, version
-            raise
+        return got.data, version
 
-    def _write(self, path: str, lease: AccountLease, version: int) -> bool:
+    def _write(self, path: str, lease: AccountLease, version: int, *, quiet: bool = False) -> bool:
         try:
             written = self.kv.write(path, lease.to_dict(), cas=version)
         except CasConflictError:
             self.held.pop(path, None)
             return False  # another replica wrote first
         except StoreError as exc:
-            self.held.pop(path, None)
-            self.problem = str(exc)
-            self.denied = isinstance(exc, StorePermissionError)
-            return False
-        if path not in self.held:
+            return self._failed(path, exc)
+        if path not in self.held and not quiet:
             log.info("account lease taken", account=self.label, path=path, fence=lease.fence)
         self.held[path] = _Held(lease, written)
         return True
+
+    def _failed(self, path: str, exc: StoreError) -> bool:
+        """Vault refused a read or write: the lease is not ours, and says why."""
+        self.held.pop(path, None)
+        self.problem = str(exc)
+        self.denied = isinstance(exc, StorePermissionError)
+        return False
 
     def release(self) -> None:
         """Give back every lease we hold (best effort: an expired lease frees itself)."""
