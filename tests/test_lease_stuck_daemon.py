@@ -3,7 +3,6 @@ lease is young, says the account is stuck on /metrics, then takes the lease over
 
 from __future__ import annotations
 
-import pytest
 from test_daemon import Fleet, fleet  # noqa: F401 (the fixture)
 
 from vault_rotator.daemon.daemon import Daemon
@@ -47,10 +46,6 @@ def test_a_daemon_takes_a_forged_lease_over_after_the_capped_term_and_ticks(
     assert _gauge(daemon, "vault_rotator_account_lease_held", account) == 1.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs daemon.py to wire the gauge: metrics.lease_stuck.source = replicas.stuck",
-)
 def test_a_daemon_serves_the_stuck_gauge_before_it_takes_the_lease_over(
     fleet: Fleet,  # noqa: F811
 ) -> None:

@@ -178,6 +178,7 @@ class Daemon:
         self.replicas = Replicas(
             runtime.kv, holder=self.engine.holder, clock=self.clock, ttl=runtime.lease_ttl
         )
+        self.metrics.lease_stuck.source = self.replicas.stuck  # no holder ticks an account
         self.emergencies = Emergencies(  # environment-wide emergency requests (one round a tick)
             self.engine,
             self.notifier,
