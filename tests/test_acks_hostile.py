@@ -27,6 +27,7 @@ from vault_rotator.policy import (
     VaultPolicy,
 )
 from vault_rotator.policy.defaults import MAX_REQUIRE_ACKS
+from vault_rotator.store.memory import MemoryKv
 from vault_rotator.store.vault import VaultConnection
 from vault_rotator.testing.vault_server import VaultServer
 
@@ -134,3 +135,18 @@ def test_a_consumer_token_flooding_acks_cannot_block_the_rotation(
     warned = [e for e in logs if "drain_on_acks off" in str(e.get("event"))]
     assert warned
     assert warned[0]["instances"] == FLOOD  # MAX_ACKS read, the rest counted
+
+
+def test_an_ack_folder_too_large_to_list_is_one_problem_and_turns_drain_on_acks_off() -> None:
+    """A consumer fills its ack folder past what one answer is read of (2 MiB of names): the
+    read is one problem, no record read, and counts as more than drain_on_acks waits for."""
+    kv = MemoryKv()
+    store = AckStore(kv, "rot")
+    folder = store.folder("prod", "k0")
+    for i in range(80_000):
+        kv.write(f"{folder}/instance-{i:06d}-padding-padding", {"v": 1}, cas=0)
+    facts = store.read("prod", "k0", AckPolicy(drain_on_acks=True))
+    assert facts.acks == ()
+    assert [p.instance for p in facts.problems] == ["*"]
+    assert "ack folder not listed" in facts.problems[0].problem
+    assert facts.unread > MAX_ACKS

@@ -20,6 +20,7 @@ import hvac
 import pytest
 
 from vault_rotator.errors import (
+    AnswerTooLargeError,
     CasConflictError,
     RecordTooLargeError,
     StoreError,
@@ -316,6 +317,22 @@ def test_a_write_past_the_listeners_json_string_limit_is_refused_and_changes_not
     with pytest.raises(RecordTooLargeError, match=r"as too large: .*maximum number of strings"):
         kv.write(path, data, cas=0)
     assert kv.read(path) is None
+
+
+def test_a_record_larger_than_an_answer_is_read_whole_is_refused_in_one_line(
+    kv: Kv, path: str
+) -> None:
+    """Anyone with write may store a 3 MiB record (a listener takes 32 MiB): reading it is an
+    AnswerTooLargeError naming the path, so a pass's bytes stay bounded by its reads; a small
+    record beside it still reads."""
+    kv.write(path, {"pad": "x" * (3 * 1024 * 1024)}, cas=0)
+    with pytest.raises(AnswerTooLargeError, match="with more than 2 MiB: not read") as caught:
+        kv.read(path)
+    assert path in str(caught.value)
+    kv.write(f"{path}/small", {"v": 1}, cas=0)
+    got = kv.read(f"{path}/small")
+    assert got is not None
+    assert got.data == {"v": 1}
 
 
 def test_an_empty_map_is_a_version_too(kv: Kv, path: str) -> None:

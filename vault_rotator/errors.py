@@ -22,6 +22,7 @@ hold a key value, a management key or a token.
     │   ├── StoreUnavailableError        sealed, unreachable, 5xx: worth retrying
     │   ├── StorePermissionError         403: token revoked or lacks a capability
     │   ├── RecordTooLargeError          a write past the listener's limits
+    │   ├── AnswerTooLargeError          an answer past what is read of one record
     │   └── CasConflictError             check-and-set lost against another writer
     ├── EngineError                      the rotation engine refused or could not go on
     │   ├── LeaseHeldError               another process holds the key's lease
@@ -122,6 +123,10 @@ class StoreUnavailableError(StoreError):
 
 class RecordTooLargeError(StoreError):
     """Vault refused a write past its listener's limits (too many JSON strings, too large)."""
+
+
+class AnswerTooLargeError(StoreError):
+    """Vault answered more than the rotator reads of one record (a hostile writer's record)."""
 
 
 class StorePermissionError(StoreError):

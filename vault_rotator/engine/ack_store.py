@@ -24,7 +24,7 @@ from vault_rotator.engine.acks import (
     parse_ack,
     retired,
 )
-from vault_rotator.errors import StoreError
+from vault_rotator.errors import AnswerTooLargeError, StoreError
 from vault_rotator.ports.kv import KvStore
 
 log = structlog.get_logger("vault_rotator.engine.acks")
@@ -53,7 +53,12 @@ class AckStore:
         folder = self.folder(env, name)
         problems: list[AckProblem] = []
         names: list[str] = []
-        for listed in sorted(self.kv.list(folder)):
+        try:
+            listing = self.kv.list(folder)
+        except AnswerTooLargeError as exc:  # a flood past what one answer is read of
+            unlisted = AckProblem("*", f"ack folder not listed ({exc})")
+            return AckFacts((), (unlisted,), policy, unread=MAX_ACKS + 1)
+        for listed in sorted(listing):
             if (problem := name_problem(listed)) is not None:
                 problems.append(problem)
             else:

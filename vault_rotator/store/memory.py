@@ -21,7 +21,9 @@ checked on a real server:
 - a default listener's limits on a write's body (``{"data": ..., "options": {"cas": N}}``):
   more than :data:`MAX_JSON_STRINGS` strings (keys and string values, counted as OpenBao does)
   or more than :data:`MAX_REQUEST_BYTES` is refused, as
-  :class:`~vault_rotator.errors.RecordTooLargeError`, and changes nothing.
+  :class:`~vault_rotator.errors.RecordTooLargeError`, and changes nothing;
+- what the lean transport reads of one answer: a record (or a listing) larger than
+  :data:`MAX_ANSWER_BYTES` is :class:`~vault_rotator.errors.AnswerTooLargeError`.
 
 Failure modes for tests: ``sealed`` (every call raises :class:`StoreUnavailableError`), a Vault
 ``policy`` (full API path, or a prefix ending in ``*``, to capabilities) enforced per operation
@@ -46,6 +48,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from vault_rotator.errors import (
+    AnswerTooLargeError,
     CasConflictError,
     RecordTooLargeError,
     StoreError,
@@ -60,6 +63,7 @@ _DENY = frozenset({"deny"})
 _MAX_KEYS, _MAX_KEY_BYTES, _MAX_VALUE_BYTES = 64, 128, 512
 MAX_JSON_STRINGS = 1000  # a default listener's max_request_json_strings (checked on OpenBao)
 MAX_REQUEST_BYTES = 32 * 1024 * 1024  # a default listener's max_request_size
+MAX_ANSWER_BYTES = 2 * 1024 * 1024  # = store.transport.MAX_ANSWER_BYTES (the contract suite)
 _CREATE_OR_UPDATE = None  # "create" for a path without metadata, else "update" (as Vault)
 
 
@@ -135,7 +139,9 @@ class MemoryKv:
             number = len(entry.versions) if version is None or version <= 0 else version
             if number > len(entry.versions):
                 return None
-            return _versioned(entry, number)
+            got = _versioned(entry, number)
+            _answer_within_bounds(got.data, "GET", self._where(path))
+            return got
 
     def current_version(self, path: str) -> int:
         with self._call("read metadata", path, "metadata", frozenset({"read"})) as entry:
@@ -177,6 +183,7 @@ class MemoryKv:
                 parts = key.split("/")
                 if len(parts) > len(base) and parts[: len(base)] == base:
                     children.add(parts[len(base)] + ("/" if len(parts) > len(base) + 1 else ""))
+            _answer_within_bounds(sorted(children), "LIST", self._where(prefix))
             return sorted(children)
 
     def capabilities(self, paths: Sequence[str]) -> dict[str, frozenset[str]]:
@@ -299,6 +306,16 @@ def json_strings(value: Any) -> int:
     if isinstance(value, list | tuple):
         return sum(json_strings(item) for item in value)
     return 0
+
+
+def _answer_within_bounds(answer: Any, method: str, where: str) -> None:
+    """What the lean transport reads of one answer at most (``MAX_ANSWER_BYTES``)."""
+    if len(json.dumps(answer).encode()) > MAX_ANSWER_BYTES:
+        raise AnswerTooLargeError(
+            f"Vault answered {method} {where} with more than "
+            f"{MAX_ANSWER_BYTES // (1024 * 1024)} MiB: not read (no record the rotator writes "
+            "is that large)"
+        )
 
 
 def _within_listener_limits(body: Mapping[str, Any], where: str) -> None:

@@ -35,11 +35,16 @@ from typing import Any
 import hvac.utils
 import urllib3.exceptions
 
+from vault_rotator.errors import AnswerTooLargeError
 from vault_rotator.store.backoff import Backoff
 
 IDLE_S = 20.0  # reopen a connection idle this long (Vault closes idle ones after minutes)
 RETRYABLE_METHODS = frozenset({"GET", "LIST"})
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
+# An answer larger than this is not read: the largest record the rotator writes is an emergency
+# shard (about 86 KB) and raft's entries stop at 1 MiB, so only a hostile writer's record (on a
+# backend without that limit) gets here; a pass's bytes read stay bounded by its reads.
+MAX_ANSWER_BYTES = 2 * 1024 * 1024
 
 
 class Redirected(Exception):
@@ -169,7 +174,7 @@ class Transport:
             try:
                 conn.request(method, target, body=data, headers=headers)
                 response = conn.getresponse()
-                payload = response.read()
+                payload = response.read(MAX_ANSWER_BYTES + 1)
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
                 self._drop()
                 if attempt == 1 and reused and method in RETRYABLE_METHODS:
@@ -178,6 +183,13 @@ class Transport:
             except Exception:
                 self._drop()
                 raise
+            if len(payload) > MAX_ANSWER_BYTES:
+                self._drop()  # the rest is unread: this connection is done
+                raise AnswerTooLargeError(
+                    f"Vault answered {method} {target.split('?', 1)[0]} with more than "
+                    f"{MAX_ANSWER_BYTES // (1024 * 1024)} MiB: not read (no record the rotator "
+                    "writes is that large)"
+                )
             self._local.used_at = time.monotonic()
             if response.will_close:
                 self._drop()
