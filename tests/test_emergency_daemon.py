@@ -532,3 +532,20 @@ def test_a_key_name_that_is_a_path_makes_the_request_unreadable_not_a_failed_web
     assert any("is not a key name" in error for error in errors), errors
     site.notifier.close(timeout=5)
     assert Hooks.received == []
+
+
+def test_a_malformed_state_record_is_one_unreadable_row_not_a_failed_status(
+    site: Site, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Someone with write on the state prefix stores garbage as one key's state record: `status`
+    (reading Vault) shows every other key's row, that one as unreadable with the reason, and
+    exits 1 (it failed whole, one line, every row lost)."""
+    store = StateStore(site.kv, f"{site.env}/vault-rotator")
+    site.kv.write(store.state_path(site.env, "web"), {"schema": "x", "junk": [1, 2]}, cas=0)
+    monkeypatch.setenv("VAULT_ADDR", site.vault.addr)
+    monkeypatch.setenv("VAULT_TOKEN", site.vault.token)
+    code = cli.main(["status", "--config", str(site.config)])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert all(f"{site.env}/{name}" in out for name in NAMES)
+    assert f"{site.env}/web: unreadable: state record at " in out

@@ -324,6 +324,7 @@ def test_whatever_narrow_writers_store_a_tick_and_status_stay_bounded(
             emulator.call(str(got.data["api_key"]))  # its status is not the point here
         if StateStore(kv, PREFIX).read(ENV, "k0")[0].phase == reasons.PUBLISHED:
             break
+    assert StateStore(kv, PREFIX).read(ENV, "k0")[0].phase == reasons.PUBLISHED
     _write_hostile(kv, records, daemon)
     counted = daemon.runtime.kv("secret")
     assert isinstance(counted, Counted)

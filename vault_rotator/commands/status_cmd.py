@@ -32,6 +32,7 @@ from vault_rotator.daemon.status_rows import collect
 from vault_rotator.engine.ack_status import ack_line
 from vault_rotator.engine.acks import NAMED_AT_MOST
 from vault_rotator.engine.emergency_view import line_of, summary_lines
+from vault_rotator.engine.status import UNREADABLE
 from vault_rotator.policy import format_duration
 from vault_rotator.runtime import Runtime
 
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         rows, docs = status_rows(answer, url), checked_views(answer, url)
         errors = checked_errors(answer, url)
         _show(rows, docs, as_json=args.json, now=time.time(), errors=errors)
-        return 1 if any(row["state"].startswith("stalled") for row in rows) else 0
+        return _exit_code(rows)
     policies = load(args)
     runtime = Runtime.from_env()
     try:
@@ -98,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         for row in rows:
             if row["stall_detail"] or row["deadlines_passed"]:
                 print(f"{row['key']}: {row['state']}: {row['stall_detail'] or 'deadline passed'}")
-    return 1 if any(row["state"].startswith("stalled") for row in rows) else 0
+    return _exit_code(rows)
 
 
 def ack_lines(rows: list[dict[str, Any]]) -> list[str]:
@@ -141,3 +142,8 @@ def _show(
         print(error)
     for doc in docs:
         print("\n".join(summary_lines(doc, now)) if doc["settled"] else line_of(doc))
+
+
+def _exit_code(rows: list[dict[str, Any]]) -> int:
+    """1 while a key is stalled or its record unreadable, else 0."""
+    return 1 if any(row["state"].startswith(("stalled", UNREADABLE)) for row in rows) else 0

@@ -48,8 +48,13 @@ from vault_rotator.engine.emergency_store import EmergencyStore
 from vault_rotator.engine.emergency_view import view
 from vault_rotator.engine.session import StateStore
 from vault_rotator.engine.state import StateRecord
-from vault_rotator.engine.status import key_status
-from vault_rotator.errors import VaultRotatorError
+from vault_rotator.engine.status import key_status, unreadable_row
+from vault_rotator.errors import (
+    StoreError,
+    StorePermissionError,
+    StoreUnavailableError,
+    VaultRotatorError,
+)
 from vault_rotator.policy import EnvironmentPolicy, KeyPolicy, PolicySet
 from vault_rotator.ports.kv import KvStore
 from vault_rotator.runtime import Runtime
@@ -88,7 +93,12 @@ def _store(
 def vault_row(policy: KeyPolicy, store: StateStore, now: float) -> dict[str, Any]:
     """One key's row read from Vault: its state record, consumer secret and acks."""
     kv = store.kv
-    record, _ = store.read(policy.env, policy.name)
+    try:
+        record, _ = store.read(policy.env, policy.name)
+    except StoreError as exc:  # this key's trouble; every other row still shows
+        if isinstance(exc, StorePermissionError | StoreUnavailableError):
+            raise  # the token's or Vault's: the whole status says so in one line
+        return unreadable_row(policy.ref, str(exc))
     secret = kv.read(policy.secret_path)
     data = dict(secret.data) if secret and not secret.deleted else None
     rotated_at = (data or {}).get("rotated_at")

@@ -36,8 +36,10 @@ from vault_rotator.errors import (
     EngineError,
     LeaseHeldError,
     LeaseLostError,
+    StoreError,
     StorePermissionError,
 )
+from vault_rotator.policy.fields import is_name
 from vault_rotator.ports.kv import KvStore
 
 log = structlog.get_logger(__name__)
@@ -105,14 +107,15 @@ class StateStore:
                     if skipped is not None:
                         skipped.append(folder)
                     continue
-                found.extend((env[:-1], n) for n in names if "/" not in n)
+                # names that are no key names are nobody's record (joined into paths: never)
+                found.extend((env[:-1], n) for n in names if is_name(n) and is_name(env[:-1]))
         return found
 
     def in_flight(self, skip: Collection[tuple[str, str]] = ()) -> list[StateRecord]:
         """Records with a rotation in flight, except those named in ``skip`` (env, name).
 
         A record the token may not read (a key no longer in any policy, under a Vault policy
-        generated for the current ones) is skipped with a warning.
+        generated for the current ones), or may read but not parse, is skipped with a warning.
         """
         records: list[StateRecord] = []
         for env, name in self.list_records():
@@ -122,6 +125,10 @@ class StateStore:
                 record = self.read(env, name)[0]
             except StorePermissionError:
                 log.warning("state record not readable; skipped", key=f"{env}/{name}")
+                continue
+            except StoreError as exc:  # malformed (anyone with write may have made it)
+                log.warning("state record unreadable; skipped", key=f"{env}/{name}",
+                            error=str(exc))  # fmt: skip
                 continue
             if record.in_flight:
                 records.append(record)

@@ -122,3 +122,28 @@ def key_status(
         ],
         "acks": acks,  # engine/ack_status.py; None: not read
     }
+
+
+UNREADABLE = "unreadable"
+
+
+def unreadable_row(ref: str, error: str) -> dict[str, Any]:
+    """The row of a key whose state record cannot be read (malformed, a newer schema): the
+    error in its detail, every other field empty, so every other key still shows."""
+    return {
+        "key": ref,
+        "state": UNREADABLE,
+        "current_key_id": None,
+        "age_s": None,
+        "next_due_at": None,
+        "in_policy": True,
+        "rotation_id": None,
+        "new_key_id": None,
+        "old_key_id": None,
+        "stall_detail": error,
+        "mode": None,
+        "deadlines_passed": [],
+        "lease_holder": None,
+        "last_outcomes": [],
+        "acks": None,
+    }
