@@ -271,6 +271,8 @@ class Daemon:
         report, began = TickReport(account), time.monotonic()
         if not self._lead(account, keys, report):
             self.emergencies.forget(keys)  # its leader folds their webhooks now, not us
+            for queued in self.starting.get(account, {}).values():
+                queued.cancel()  # starts not begun are the leader's now (those under way end)
             return report  # another replica ticks it, and carries on its emergency requests
         book = self.book(account, keys)
         self._reap(account, book)
@@ -462,8 +464,9 @@ class Daemon:
             if entry is None:
                 continue
             progress = None if future.cancelled() or future.exception() else future.result()
-            if progress is None:
-                book.mark_stale(entry)  # read it again
+            known = None if progress is None else progress.known
+            if progress is None or known is None or known[1] < entry.version:
+                book.mark_stale(entry)  # read it again (another process wrote it since)
             else:
                 self._learned(book, entry, progress)
 
