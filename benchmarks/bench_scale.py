@@ -59,8 +59,10 @@ SIZES = (1000, 10_000)
 IDLE_S = 60.0
 MANUAL_KEYS = 500
 WRITE_RATE_WRITES = 4000
+# Printed, not targets (issue 19): the scheduled mass rotation's rotations/s as a ratio to the
+# manual loop's and to the write floor. Two cores shared by OpenBao, the daemon and the emulator
+# are the limit (docs/scale.md); the manual loop makes a third of the requests per key.
 TARGETS = {
-    "vs_manual": 0.5,  # scheduled mass rotation rotations/s >= this x the manual loop's
     "writes_per_rotation": 9.0,  # per rotation that needed one create
     "mutations_per_rotation": 2.0,  # create and delete, per rotation that needed one create
     "writes_per_extra_attempt": 6.0,  # a create whose answer was lost: a new attempt, a sweep
@@ -290,11 +292,6 @@ def check(results: list[dict[str, Any]]) -> list[str]:
         n = r["keys"]
         if not r.get("finished"):
             missed.append(f"{n}: not every rotation finished ({r.get('rotated')})")
-        ratio = r["rotations_per_s"] / r["manual_per_s"]
-        if ratio < TARGETS["vs_manual"]:
-            missed.append(
-                f"{n}: {ratio:.2f}x the manual loop's rotations/s < {TARGETS['vs_manual']}"
-            )
         extra, rotations = r["extra_attempts"], sum(r["rotated"].values())
         allowed = TARGETS["writes_per_rotation"] * rotations
         allowed += TARGETS["writes_per_extra_attempt"] * extra
