@@ -470,5 +470,8 @@ def test_a_record_vault_refuses_as_too_large_is_named_at_once_not_retried_foreve
     for _ in range(3):
         fleet.clock.advance(POLL)
         daemon.tick(account, keys)
+    metrics = daemon.metrics.render().decode()
+    line = f'vault_rotator_stalls_total{{env="{fleet.env}",reason="record-too-large"}} 1.0'
+    assert line in metrics
     assert len(sent) == 1
     assert "create" not in _mutation_routes(fleet)

@@ -651,6 +651,8 @@ class Daemon:
         if in_flight and self._stall(policy, detail, reason):
             return  # recorded in Vault; the stall's own webhook is the alert
         log.error("key parked: it keeps failing", key=policy.ref, reason=reason, detail=detail)
+        if too_large:
+            self.metrics.stalled(policy.env, reason)  # named as a stall would be
         self.notifier.notify(
             events.FAILED, env=policy.env, key=policy.ref, reason=reason, detail=detail
         )
@@ -712,6 +714,7 @@ class Daemon:
         self._notify(event, policy, rotation, outcome=outcome.outcome, detail=outcome.detail)
 
     def stalled(self, policy: KeyPolicy, rotation: Rotation, stall: Stall) -> None:
+        self.metrics.stalled(policy.env, stall.reason)
         if self.emergencies.folds(policy.env, policy.name, rotation):
             return  # into its emergency request's one webhook
         self._notify(events.STALLED, policy, rotation, reason=stall.reason, detail=stall.detail)

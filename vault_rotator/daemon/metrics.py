@@ -6,6 +6,9 @@ words from small fixed sets: never a key value, token, fingerprint or free text 
 
 ================================================ ==========================================
 ``vault_rotator_rotations_total``                counter: env, key, outcome
+``vault_rotator_stalls_total``                   counter: env, reason (a stall reason of
+                                                 engine.reasons; also a key parked with
+                                                 ``record-too-large`` before it had a rotation)
 ``vault_rotator_step_duration_seconds``          histogram: step (publish, pickup, drain, total)
 ``vault_rotator_key_age_seconds``                gauge: env, key, never_rotated ("true" when
                                                  counted from the secret's ``rotated_at`` or
@@ -54,9 +57,22 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from vault_rotator import __version__
+from vault_rotator.engine import reasons
 from vault_rotator.engine.state import Outcome, Rotation
 from vault_rotator.logs import rotation_steps
 
+STALL_REASONS = frozenset(
+    {
+        reasons.PICKUP_TIMEOUT,
+        reasons.DRAIN_TIMEOUT,
+        reasons.SECRET_CHANGED,
+        reasons.DELETE_UNCONFIRMED,
+        reasons.RETRIES_EXHAUSTED,
+        reasons.RATE_LIMITED,
+        reasons.ACKS_MISSING,
+        reasons.RECORD_TOO_LARGE,
+    }
+)
 STEP_BUCKETS = (1, 10, 60, 300, 900, 3600, 4 * 3600, 12 * 3600, 86400, 3 * 86400, 7 * 86400)
 _KEY_SEGMENT = re.compile(r"(/keys/)[^/?]+")
 VAULT_STATUS = {
@@ -189,6 +205,9 @@ class Metrics:
         self.rotations = Counter(
             "vault_rotator_rotations", "Finished rotations", ["env", "key", "outcome"], registry=r
         )
+        self.stalls = Counter(
+            "vault_rotator_stalls", "Stalls recorded by this replica", ["env", "reason"], registry=r
+        )
         self.steps = Histogram(
             "vault_rotator_step_duration_seconds",
             "Time spent in each stretch of a finished rotation",
@@ -233,6 +252,10 @@ class Metrics:
         self.rotations.labels(env, name, outcome.outcome).inc()
         for step, seconds in rotation_steps(outcome, rotation).items():
             self.steps.labels(step).observe(max(0.0, seconds))
+
+    def stalled(self, env: str, reason: str) -> None:
+        """A stall (or a key parked for a reason no retry mends), by its reason word."""
+        self.stalls.labels(env, reason if reason in STALL_REASONS else "other").inc()
 
     def provider_request(self, method: str, route: str, status: int | str) -> None:
         word = str(status) if isinstance(status, int) else PROVIDER_STATUS.get(status, "error")
