@@ -29,7 +29,7 @@ from vault_rotator.daemon.metrics import Metrics
 from vault_rotator.daemon.notify import Notifier
 from vault_rotator.emulator import Emulator
 from vault_rotator.engine import reasons
-from vault_rotator.engine.emergency import EmergencyRequest, Step
+from vault_rotator.engine.emergency import EmergencyRequest, Step, new_request
 from vault_rotator.engine.emergency_round import Round
 from vault_rotator.engine.emergency_store import EmergencyStore
 from vault_rotator.engine.session import StateStore
@@ -549,3 +549,31 @@ def test_a_malformed_state_record_is_one_unreadable_row_not_a_failed_status(
     assert code == 1
     assert all(f"{site.env}/{name}" in out for name in NAMES)
     assert f"{site.env}/web: unreadable: state record at " in out
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("env", "other-env", "env 'other-env' is not the environment of its path"),
+        ("id", "../../x", "id '../../x' is not a request id"),
+    ],
+)
+def test_a_request_naming_another_place_is_refused_before_it_becomes_a_path(
+    site: Site, field: str, value: str, says: str
+) -> None:
+    """A request whose env is not its path's (the rounds saved elsewhere and its webhook was
+    never sent, every per-key one folded into it) or whose id is a path is malformed, named
+    in one line by status and the tick, and no key is rotated for it."""
+    request = new_request("r1", site.env, list(NAMES), by="x", trigger="cli",
+                          revoke_old_now=False, now=site.clock())  # fmt: skip
+    doc = {**request.to_dict(), field: value}
+    site.kv.write(f"{site.env}/vault-rotator/emergency/{site.env}", doc, cas=0)
+    answer, _ = _status_reads(site)
+    (line,) = answer.body["emergency_errors"]
+    assert says in line
+    ((account, keys),) = site.daemon.accounts().items()
+    errors = site.daemon.tick(account, keys).errors
+    assert any(says in error for error in errors), errors
+    store = StateStore(site.kv, f"{site.env}/vault-rotator")
+    rotations = [store.read(site.env, name)[0].rotation for name in NAMES]
+    assert all(r is None or r.trigger != "emergency:r1" for r in rotations)  # (due: schedule)

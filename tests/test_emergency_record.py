@@ -113,7 +113,7 @@ def test_the_store_keeps_a_small_header_and_key_shards_and_reads_schema_1() -> N
     again = store.update("prod", lambda current: current and current.with_keys(moved, T0 + 2))
     assert again is not None
     assert again.shard_versions == (1, 2, 1)  # only the shard that changed was written
-    old = request()
+    old = request(env="old")  # a request names the environment of its path
     kv.write(emergency_path("vault-rotator", "old"), old.to_dict(), cas=0)
     assert store.read("old") == old.evolve(version=1)
     short = {"a": dataclasses.replace(prior, detail="cut")}

@@ -9,6 +9,7 @@ changed, and read again when another won.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -21,7 +22,8 @@ from vault_rotator.engine.emergency_codec import (
     shard_docs,
     shard_path,
 )
-from vault_rotator.errors import CasConflictError
+from vault_rotator.errors import CasConflictError, StoreError
+from vault_rotator.policy.problems import shown
 from vault_rotator.ports.kv import KvStore
 
 MAX_CAS_ATTEMPTS = 5
@@ -48,7 +50,9 @@ class EmergencyStore:
             return None, 0
         if got.deleted:
             return None, got.version
-        if schema_of(got.data, where) == 1:
+        schema = schema_of(got.data, where)  # a newer one is refused first, as such
+        _check_place(got.data, env, where)  # before its id or env become a path
+        if schema == 1:
             return EmergencyRequest.from_dict(got.data, where, got.version), got.version
         request_id = str(got.data.get("id"))
         data: list[Mapping[str, Any] | None] = []
@@ -131,3 +135,23 @@ class EmergencyStore:
         saved = self.update(env, change)
         assert saved is not None
         return saved, was_open[0]
+
+
+REQUEST_ID = re.compile(r"[a-z0-9]{1,64}")  # new_rotation_id's alphabet
+
+
+def _check_place(data: Mapping[str, Any], env: str, where: str) -> None:
+    """A request names the environment of its path, and an id that is no path: anyone who
+    may write the record could otherwise steer the rounds' saves (and its shards' reads)
+    elsewhere, and the request's one webhook would never be sent."""
+    if data.get("env") != env:
+        raise StoreError(
+            f"emergency request at {where} is malformed (env {shown(data.get('env'))} is not "
+            "the environment of its path)"
+        )
+    request_id = data.get("id")
+    if not isinstance(request_id, str) or not REQUEST_ID.fullmatch(request_id):
+        raise StoreError(
+            f"emergency request at {where} is malformed (id {shown(request_id)} is not a "
+            "request id: a-z and 0-9)"
+        )
