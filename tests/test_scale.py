@@ -20,7 +20,10 @@ from typing import Any, cast
 import pytest
 from world import MANAGEMENT_KEY, EmulatorFactory, no_fault
 
+from vault_rotator.commands.run_cmd import VaultCallerAuth
+from vault_rotator.daemon import daemon as daemon_module
 from vault_rotator.daemon.book import OBSERVATION_FLUSH_S
+from vault_rotator.daemon.control import Control
 from vault_rotator.daemon.daemon import Daemon, TickReport
 from vault_rotator.daemon.emergencies import open_request
 from vault_rotator.daemon.metrics import Metrics
@@ -28,12 +31,12 @@ from vault_rotator.emulator import Emulator
 from vault_rotator.engine import reasons
 from vault_rotator.engine.changes import read_changes
 from vault_rotator.engine.driver import drive
-from vault_rotator.engine.emergency import Step
+from vault_rotator.engine.emergency import Step, new_request
 from vault_rotator.engine.emergency_store import EmergencyStore
 from vault_rotator.engine.engine import Command, Verb
 from vault_rotator.engine.session import StateStore
 from vault_rotator.engine.state import StateRecord
-from vault_rotator.policy import load_policies
+from vault_rotator.policy import KeyPolicy, load_policies
 from vault_rotator.ports.provider import CreatedKey, KeyProvider, KeySpec
 from vault_rotator.provider.arouter import ARouterClient
 from vault_rotator.runtime import Runtime
@@ -475,3 +478,96 @@ def test_a_record_vault_refuses_as_too_large_is_named_at_once_not_retried_foreve
     assert line in metrics
     assert len(sent) == 1
     assert "create" not in _mutation_routes(fleet)
+
+
+class _Gate:
+    """Creates of some keys held until released (a slow provider), so emergency starts are
+    still under way on the start pool when the next tick comes."""
+
+    def __init__(self, daemon: Daemon, held: tuple[str, ...]) -> None:
+        self.event = threading.Event()
+        real = daemon.engine.providers
+        gate = self
+
+        def providers(policy: KeyPolicy, dialect: str | None) -> KeyProvider:
+            provider = real(policy, dialect)
+
+            class Gated:
+                def __getattr__(self, name: str) -> Any:
+                    return getattr(provider, name)
+
+                def create_key(self, spec: KeySpec) -> CreatedKey:
+                    if spec.name.startswith(held):
+                        gate.event.wait(20)
+                    return provider.create_key(spec)
+
+            return cast(KeyProvider, Gated())
+
+        daemon.engine.providers = providers
+
+    def release(self, daemon: Daemon) -> None:
+        self.event.set()
+        for starts in daemon.starting.values():
+            for future in list(starts.values()):
+                future.result(30)
+
+
+def _quick_ticks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tick waits for its emergency starts half a poll (real time): 0.25 s here."""
+    monkeypatch.setattr(daemon_module, "_poll", lambda _keys: 0.5)
+
+
+def test_scheduled_starts_count_emergency_starts_still_under_way(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """max_concurrent 2: two emergency starts still creating on the start pool, two other
+    keys falling due: no scheduled start joins them (four rotations in flight, eight live
+    keys, was the account's quota exceeded)."""
+    fleet.seed(4)
+    body = (
+        (fleet.config / "fleet.yaml")
+        .read_text()
+        .replace("max_concurrent: 100", "max_concurrent: 2")
+    )
+    (fleet.config / "fleet.yaml").write_text(body)
+    _quick_ticks(monkeypatch)
+    daemon = fleet.daemon()
+    gate = _Gate(daemon, (f"{fleet.env}-app-0-", f"{fleet.env}-app-1-"))
+    environment = daemon.policies.environments[fleet.env]
+    request = new_request("r1", fleet.env, ["app-0", "app-1"], by="ops", trigger="test",
+                          revoke_old_now=False, now=fleet.clock())  # fmt: skip
+    EmergencyStore(fleet.kv, f"{fleet.env}/vault-rotator").update(fleet.env, lambda _c: request)
+    assert environment.keys
+    ((account, keys),) = daemon.accounts().items()
+    first = daemon.tick(account, keys)  # the two starts, held; app-2 and app-3 are due too
+    assert sorted(first.started) == [f"{fleet.env}/app-0", f"{fleet.env}/app-1"]
+    fleet.clock.advance(POLL)
+    second = daemon.tick(account, keys)
+    assert second.started == []
+    gate.release(daemon)
+    flying = [n for n in fleet.names if fleet.record(n).rotation is not None]
+    assert sorted(flying) == ["app-0", "app-1"]
+
+
+def test_status_shows_keys_whose_start_is_under_way_as_creating(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GET /v1/status's emergency view while both starts are held: `creating 2`, as the
+    request was saved (it judged them from the book's idle records: `queued 2`)."""
+    fleet.seed(2)
+    _quick_ticks(monkeypatch)
+    daemon = fleet.daemon()
+    gate = _Gate(daemon, (f"{fleet.env}-",))
+    request = new_request("r1", fleet.env, fleet.names, by="ops", trigger="test",
+                          revoke_old_now=False, now=fleet.clock())  # fmt: skip
+    EmergencyStore(fleet.kv, f"{fleet.env}/vault-rotator").update(fleet.env, lambda _c: request)
+    ((account, keys),) = daemon.accounts().items()
+    daemon.tick(account, keys)
+    control = Control(daemon, VaultCallerAuth(daemon.runtime.conn))
+    try:
+        answer = control.handle("GET", "/v1/status", fleet.vault.token, {})
+        assert answer.status == 200
+        (view,) = answer.body["emergencies"]
+        assert view["counts"] == {"creating": 2}
+    finally:
+        gate.release(daemon)

@@ -297,7 +297,11 @@ class Control:
         now = self.daemon.clock()
         held = held_entries(self.daemon)
         records = {ref: entry.record for ref, entry in held.items()}
-        found, unreadable = held_emergency_views(policies, self.daemon.runtime.kv, records, now)
+        starting = list(self.daemon.starting.values())  # (the ticks change it meanwhile)
+        busy = frozenset(ref for starts in starting for ref in list(starts))
+        found, unreadable = held_emergency_views(
+            policies, self.daemon.runtime.kv, records, now, busy
+        )
         env_paths = {
             env.environment: control_path(
                 env.vault.kv_mount, env.vault.state_prefix, env.environment, None

@@ -293,8 +293,13 @@ class Daemon:
             for e in book.active()
             if not self.failures.waiting(e.ref) and e.ref not in urgent and e.ref not in busy
         ]
-        starts = [s for s in self._starts(book, report, now) if s.entry.ref not in urgent | busy]
-        emergency = self._emergency_jobs(book, work, len(starts) + len(busy), now)
+        flying = {e.ref for e in book.active()} | busy  # rotations in flight, starts included
+        starts = [
+            s
+            for s in self._starts(book, report, now, flying=len(flying))
+            if s.entry.ref not in urgent | busy
+        ]
+        emergency = self._emergency_jobs(work, len(flying) + len(starts), now)
         listing = None
         if active or starts or emergency:
             try:
@@ -331,9 +336,11 @@ class Daemon:
                 )
                 report.add(job.policy.ref, started=True)
         self.map(lambda job: job(), jobs)
-        # The tick waits for the starts until a poll has passed since it began, no longer:
-        # those still running are carried on by the next ticks (the key shows `creating`).
-        futures.wait(starting.values(), timeout=max(0.0, began + _poll(keys) - time.monotonic()))
+        # The tick waits for the starts until half a poll has passed since it began, no longer
+        # (so it ends before the next is due): those still running are carried on by the next
+        # ticks (the key shows `creating`).
+        left = began + _poll(keys) / 2 - time.monotonic()
+        futures.wait(starting.values(), timeout=max(0.0, left))
         self._reap(account, book)
         report.errors += self.emergencies.settle(work, record_of, busy=frozenset(starting))
         self.ack_retention.sweep(keys, self.clock())
@@ -359,13 +366,10 @@ class Daemon:
 
         return record_of
 
-    def _emergency_jobs(
-        self, book: Book, work: Work, scheduled: int, now: float
-    ) -> list[tuple[Open, Job]]:
+    def _emergency_jobs(self, work: Work, flying: int, now: float) -> list[tuple[Open, Job]]:
         """The requests' passes this tick: upgrades, and starts while the account has room
-        (``max_concurrent`` counts rotations in flight, stalled ones not; the scheduled
-        starts of this tick come first); a start the token cannot serve fails its key."""
-        flying = sum(1 for _ in book.active()) + scheduled
+        (``flying``: rotations in flight, stalled ones not, starts under way and the scheduled
+        starts of this tick, which come first); a start the token cannot serve fails its key."""
         chosen: list[tuple[Open, Job]] = []
         for found, job in work.jobs():
             if job.starts:
@@ -491,8 +495,9 @@ class Daemon:
         log.warning("account lease lost mid-tick; stopping the tick", account=str(account))
         return Cancelled(f"account lease of {account.base_url} lost mid-tick")
 
-    def _starts(self, book: Book, report: TickReport, now: float) -> list[Start]:
-        """The idle keys that start now, within ``max_concurrent`` (stalled ones do not count)."""
+    def _starts(self, book: Book, report: TickReport, now: float, *, flying: int) -> list[Start]:
+        """The idle keys that start now, within ``max_concurrent`` (``flying``: rotations in
+        flight, emergency starts under way included; stalled ones do not count)."""
         if now < book.next_check:
             return []
         freezes: dict[tuple[str, str], FrozenSet | None] = {}
@@ -511,7 +516,6 @@ class Daemon:
         due = [s for s in due if not self.failures.waiting(s.entry.ref)]
         if not due:
             return []
-        flying = sum(1 for e in book.active())
         chosen: list[Start] = []
         for start in due:  # earliest due first, while the account has room
             if flying + len(chosen) >= start.entry.policy.provider.max_concurrent:

@@ -125,6 +125,8 @@ class Emergencies:
         """This replica no longer ticks these keys' account: fold nothing of theirs."""
         for env in {key.env for key in keys}:
             self.folding.pop(env, None)
+            with self._lock:  # a pass that ended under our lead is no news once another led
+                self.results.pop(env, None)
 
     def plan(
         self,

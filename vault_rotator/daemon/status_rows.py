@@ -233,14 +233,17 @@ def held_emergency_views(
     kv_for: Callable[[str], KvStore],
     records: Mapping[str, StateRecord],
     now: float,
+    busy: frozenset[str] = frozenset(),
 ) -> Views:
     """:func:`~.emergencies.emergency_views`, with each key's state record taken from
     ``records`` (by ref) when there, else read: each environment's request (open or not) as
-    ``status`` shows it, and a line per environment whose request cannot be read."""
+    ``status`` shows it, and a line per environment whose request cannot be read. A key in
+    ``busy`` (its emergency start under way) shows as the request saved it (``creating``):
+    its record in the book is still the idle one it starts from."""
     found, unreadable = [], []
     for env, environment in sorted(policies.environments.items()):
         try:
-            doc = _held_view(environment, kv_for, records, now)
+            doc = _held_view(environment, kv_for, records, now, busy)
         except Exception as exc:  # one environment's trouble, even a bug, is its own
             error = str(exc) if isinstance(exc, VaultRotatorError) else f"unexpected {exc!r:.200}"
             unreadable.append((environment, f"emergency request of {env} unreadable: {error}"))
@@ -255,6 +258,7 @@ def _held_view(
     kv_for: Callable[[str], KvStore],
     records: Mapping[str, StateRecord],
     now: float,
+    busy: frozenset[str],
 ) -> dict[str, Any] | None:
     env = environment.environment
     kv, prefix = kv_for(environment.vault.kv_mount), environment.vault.state_prefix
@@ -264,7 +268,7 @@ def _held_view(
     states = StateStore(kv, prefix)
     chosen: dict[str, StateRecord] = {}
     for name, entry in request.keys.items():
-        if entry.step in TERMINAL:
+        if entry.step in TERMINAL or f"{env}/{name}" in busy:
             continue
         record = records.get(f"{env}/{name}")
         chosen[name] = record if record is not None else states.read(env, name)[0]
