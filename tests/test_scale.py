@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -520,16 +521,23 @@ def _quick_ticks(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_scheduled_starts_count_emergency_starts_still_under_way(
     fleet: Fleet, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """max_concurrent 2: two emergency starts still creating on the start pool, two other
-    keys falling due: no scheduled start joins them (four rotations in flight, eight live
-    keys, was the account's quota exceeded)."""
+    """max_concurrent 2: two emergency starts still creating on the start pool when two other
+    keys fall due: no scheduled start joins them (it did: four rotations in flight, eight live
+    keys against the account's quota)."""
     fleet.seed(4)
-    body = (
-        (fleet.config / "fleet.yaml")
-        .read_text()
-        .replace("max_concurrent: 100", "max_concurrent: 2")
-    )
-    (fleet.config / "fleet.yaml").write_text(body)
+    config = fleet.config / "fleet.yaml"
+    body = config.read_text().replace("max_concurrent: 100", "max_concurrent: 2")
+    for name in ("app-2", "app-3"):
+        line = f"secret_path: {fleet.env}/{name}\n"
+        body = body.replace(line, line + "    max_age: 1d\n")
+    config.write_text(body)
+    now = fleet.clock()
+    rotated = {"app-0": now, "app-1": now, "app-2": now - 86400 + 10, "app-3": now - 86400 + 10}
+    for name, at in rotated.items():  # app-0, app-1 not due; app-2, app-3 due in 10 s
+        got = fleet.kv.read(f"{fleet.env}/{name}")
+        assert got is not None
+        stamp = datetime.fromtimestamp(at, UTC).isoformat()
+        fleet.kv.write(f"{fleet.env}/{name}", {**got.data, "rotated_at": stamp}, cas=got.version)
     _quick_ticks(monkeypatch)
     daemon = fleet.daemon()
     gate = _Gate(daemon, (f"{fleet.env}-app-0-", f"{fleet.env}-app-1-"))
