@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import http.server
 import json
 import logging
 import threading
@@ -577,3 +578,48 @@ def test_a_forged_rotation_outside_the_policies_never_sends_a_management_key_els
         assert restarted.discover_orphans() == {}
     warned = [e for e in logs if "provider host is none the policies name" in e["event"]]
     assert [e["host"] for e in warned] == ["exfil.example.net"]
+
+
+def test_a_forged_provider_in_a_rotation_in_flight_of_a_policy_key_is_refused(
+    fleet: Fleet,
+) -> None:
+    """Someone with write on the state prefix rewrites the provider URL stored in a rotation
+    in flight of a key the policies name: no pass sends anything there (the configured
+    management key went to the forged URL six times); each pass is refused in one line."""
+    fleet.seed(1)
+    daemon = fleet.daemon()
+    ((account, keys),) = daemon.accounts().items()
+    daemon.tick(account, keys)  # the first run's rotation, in flight
+    seen: list[str] = []
+
+    class Collector(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.path)
+            self.send_response(500)
+            self.end_headers()
+
+        do_POST = do_DELETE = do_PATCH = do_GET
+
+        def log_message(self, *_args: object) -> None:
+            return None
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.2", 0), Collector)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    store = StateStore(fleet.kv, f"{fleet.tag}/vault-rotator")
+    got = fleet.kv.read(store.state_path(fleet.tag, "app-0"))
+    assert got is not None
+    forged = copy.deepcopy(dict(got.data))
+    forged["rotation"]["policy"]["provider"]["base_url"] = (
+        f"http://127.0.0.2:{server.server_address[1]}"
+    )
+    fleet.kv.write(store.state_path(fleet.tag, "app-0"), forged, cas=got.version)
+    restarted = fleet.daemon()  # reads the record from Vault
+    try:
+        for _ in range(3):
+            fleet.clock.advance(30)
+            errors = restarted.tick(account, keys).errors
+            assert any("provider host '127.0.0.2'" in e and "refused" in e for e in errors)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert seen == []

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import replace
+from urllib.parse import urlsplit
 
 import structlog
 
@@ -32,8 +33,9 @@ from vault_rotator.engine.machine import run_pass
 from vault_rotator.engine.preflight import Plan, check_capabilities, preflight
 from vault_rotator.engine.session import Known, Session, StateStore, default_holder
 from vault_rotator.engine.state import StateRecord
-from vault_rotator.errors import VaultRotatorError
+from vault_rotator.errors import EngineError, VaultRotatorError
 from vault_rotator.policy import KeyPolicy
+from vault_rotator.policy.problems import shown
 from vault_rotator.ports.kv import KvStore
 from vault_rotator.ports.provider import KeyProvider
 
@@ -221,9 +223,17 @@ class Engine:
     def _pass(
         self, session: Session, store: StateStore, policy: KeyPolicy, command: Command, start: bool
     ) -> Pass:
-        """The parts of one pass; a rotation in flight follows the policy it started with."""
+        """The parts of one pass; a rotation in flight follows the policy it started with,
+        if it names the same provider host and management key as the key's policy (anyone
+        with write on the state prefix could otherwise have a management key sent elsewhere)."""
         rotation = session.record.rotation
         own = KeyPolicy.from_dict(dict(rotation.policy)) if rotation else policy
+        if (why := _other_provider(own, policy)) is not None:
+            raise EngineError(
+                f"{policy.ref}: the rotation in flight names {why}, not its policy's: refused "
+                "(a forged state record?). If the policy changed mid-rotation, put its provider "
+                "back until the rotation ends"
+            )
         return Pass(
             policy=own,
             session=session,
@@ -238,6 +248,17 @@ class Engine:
             command=command,
             start=start,
         )
+
+
+def _other_provider(own: KeyPolicy, policy: KeyPolicy) -> str | None:
+    """What of the provider a rotation's stored policy names differently from the key's."""
+    host = (urlsplit(own.provider.base_url).hostname or "").lower()
+    if host != (urlsplit(policy.provider.base_url).hostname or "").lower():
+        return f"provider host {shown(host)}"
+    mine, theirs = own.account, policy.account
+    if (mine.kv_mount, mine.management_key_path) != (theirs.kv_mount, theirs.management_key_path):
+        return f"management key {shown(mine.kv_mount + '/' + mine.management_key_path)}"
+    return None
 
 
 def _release_quietly(session: Session, *, persist: bool) -> None:
