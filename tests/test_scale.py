@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,7 +33,8 @@ from vault_rotator.emulator import Emulator
 from vault_rotator.engine import reasons
 from vault_rotator.engine.changes import read_changes
 from vault_rotator.engine.driver import drive
-from vault_rotator.engine.emergency import Step, new_request
+from vault_rotator.engine.emergency import EmergencyRequest, Step, new_request
+from vault_rotator.engine.emergency_round import Round
 from vault_rotator.engine.emergency_store import EmergencyStore
 from vault_rotator.engine.engine import Command, Verb
 from vault_rotator.engine.session import StateStore
@@ -579,3 +581,64 @@ def test_status_shows_keys_whose_start_is_under_way_as_creating(
         assert view["counts"] == {"creating": 2}
     finally:
         gate.release(daemon)
+
+
+def _cli_round(fleet: Fleet, *, max_concurrent: int = 100) -> tuple[VaultConnection, Round]:
+    """A CLI's rounds of a request of every key (what `rotate --env ... --emergency` runs)."""
+    config = fleet.config / "fleet.yaml"
+    config.write_text(
+        config.read_text().replace("max_concurrent: 100", f"max_concurrent: {max_concurrent}")
+    )
+    environment = load_policies(fleet.config).environments[fleet.env]
+    conn = VaultConnection(fleet.vault.addr, fleet.vault.token)
+    fleet.conns.append(conn)
+    runtime = Runtime(conn, clock=fleet.clock, sleep=fleet.clock.sleep)
+    runtime.monotonic = fleet.clock  # the provider's holds on the fake clock
+    return conn, Round(runtime.engine(fault=no_fault), environment, drive=True)
+
+
+def _run(rounds: Round, request: EmergencyRequest) -> EmergencyRequest:
+    with ThreadPoolExecutor(4) as pool:
+        return rounds.run(request, map=lambda f, xs: list(pool.map(f, xs))).request
+
+
+def test_a_cli_round_starts_keys_within_max_concurrent(fleet: Fleet) -> None:
+    """max_concurrent 2, six keys: one CLI round starts two of them (it started all six),
+    the rest stay queued."""
+    fleet.seed(6)
+    conn, rounds = _cli_round(fleet, max_concurrent=2)
+    request, _ = open_request(rounds.environment, conn.kv, fleet.clock, by="ops",
+                              trigger="test", revoke_old_now=False)  # fmt: skip
+    request = _run(rounds, request)
+    flying = [n for n in fleet.names if fleet.record(n).rotation is not None]
+    assert len(flying) == 2, flying
+    assert sum(1 for e in request.keys.values() if e.step == Step.QUEUED) == 4
+
+
+def test_a_cli_round_sends_and_writes_nothing_while_the_provider_holds_the_account(
+    fleet: Fleet,
+) -> None:
+    """A create answered 429 with a Retry-After of ten polls: the rounds during the wait send
+    the provider nothing and write no key's record (each wrote 'about to create' and its
+    undoing for every key, 11 writes a round for no progress); afterwards every key completes."""
+    fleet.seed(6)
+    fleet.emulator.set_fault("create", status=429, retry_after=10 * POLL, count=1)
+    conn, rounds = _cli_round(fleet)
+    request, _ = open_request(rounds.environment, conn.kv, fleet.clock, by="ops",
+                              trigger="test", revoke_old_now=False)  # fmt: skip
+    request = _run(rounds, request)  # the 429
+    paths = [fleet.store.state_path(fleet.env, n) for n in fleet.names]
+    lists = fleet.emulator.request_counts()["list"]
+    for _ in range(8):
+        fleet.clock.advance(POLL)
+        versions = [fleet.kv.current_version(p) for p in paths]
+        request = _run(rounds, request)
+        assert [fleet.kv.current_version(p) for p in paths] == versions
+    assert fleet.emulator.request_counts()["list"] == lists
+    for _ in range(30):
+        fleet.clock.advance(POLL)
+        fleet.consume()
+        request = _run(rounds, request)
+        if request.complete:
+            break
+    assert request.complete

@@ -153,21 +153,51 @@ class Round:
     def run(
         self, request: EmergencyRequest, *, notify: bool = False, map: Mapper = serial_map
     ) -> RoundResult:
-        """Plan, run every pass on ``map``'s workers (one list pass shared), save once."""
+        """Plan, run the passes on ``map``'s workers (one list pass shared; starts within
+        ``max_concurrent``, counted on this environment's records), save once."""
         names = [n for n, e in request.keys.items() if e.step not in TERMINAL]
         records = dict(zip(names, map(self._read, names), strict=True))
         plan = self.plan(request, lambda name: records[name])
-        listing = self._listing(plan.jobs)
+        jobs = self._within_room(self.runnable(plan.jobs), records.values())
+        try:
+            listing = self._listing(jobs)
+        except RateLimitedError as exc:  # the provider holds the account: no pass this round
+            self._hold(exc)
+            jobs, listing = [], None
         wrote: list[str] = []
 
         def one(job: Job) -> tuple[str, KeyEntry]:
             entry = self.act(plan.request, job, lambda j, c: self._advance(j, c, listing, wrote))
             return job.name, entry
 
-        plan.changes.update(map(one, self.runnable(plan.jobs)))
-        refs = sorted({f"{request.env}/{name}" for name in wrote})
-        note_changes(self.kv, self.environment.vault.state_prefix, refs, at=self.engine.clock())
+        try:
+            plan.changes.update(map(one, jobs))
+        finally:  # once for every key written, even when a pass raised
+            refs = sorted({f"{request.env}/{name}" for name in wrote})
+            note_changes(self.kv, self.environment.vault.state_prefix, refs, at=self.engine.clock())
         return self.finish(plan.request, plan.changes, notify=notify)
+
+    def _within_room(
+        self, jobs: Sequence[Job], records: Iterable[tuple[StateRecord, int] | VaultRotatorError]
+    ) -> list[Job]:
+        """Every job but the starts past ``max_concurrent`` (rotations in flight not stalled;
+        a CLI counts its environment's, the daemon its account's)."""
+        flying = sum(
+            1
+            for got in records
+            if not isinstance(got, VaultRotatorError)
+            and got[0].rotation is not None
+            and got[0].rotation.stalled is None
+        )
+        room = self.environment.provider.max_concurrent - flying
+        kept: list[Job] = []
+        for job in jobs:
+            if job.starts:
+                if room <= 0:
+                    continue  # queued: a later round
+                room -= 1
+            kept.append(job)
+        return kept
 
     def _read(self, name: str) -> tuple[StateRecord, int] | VaultRotatorError:
         try:
@@ -183,6 +213,8 @@ class Round:
         try:
             asked_at = self.engine.clock()
             keys = self.engine.providers(job.policy, job.record.dialect).list_keys()
+        except RateLimitedError:
+            raise
         except VaultRotatorError:
             return None  # each pass then lists for itself
         return Listing(Observation.of(tuple(keys), self.engine.clock()), asked_at)
@@ -296,13 +328,20 @@ class Round:
         return after_pass(entry, progress, self.engine.clock())
 
     def _held(self, entry: KeyEntry, exc: RateLimitedError) -> KeyEntry:
+        wait = self._hold(exc)
+        return entry.moved(
+            entry.step, self.engine.clock(), detail=f"rate-limited: waiting {wait:g}s"
+        )
+
+    def _hold(self, exc: RateLimitedError) -> float:
+        """No new start until the provider's wait (at least a poll) has passed; the wait."""
         now = self.engine.clock()
         wait = exc.retry_after if exc.retry_after is not None else 0.0
         poll = self.environment.provider.poll_interval_s
         with self._lock:
             self.held_until = max(self.held_until, now + max(wait, poll))
         log.info("emergency: provider asks to wait", env=self.environment.environment, wait=wait)
-        return entry.moved(entry.step, now, detail=f"rate-limited: waiting {wait:g}s")
+        return wait
 
     def finish(
         self, request: EmergencyRequest, changes: Mapping[str, KeyEntry], *, notify: bool
