@@ -642,3 +642,24 @@ def test_a_cli_round_sends_and_writes_nothing_while_the_provider_holds_the_accou
         if request.complete:
             break
     assert request.complete
+
+
+def test_shutdown_waits_for_emergency_starts_before_the_leases_go(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At shutdown the daemon says a start under way still runs (so the account lease is not
+    given back under it: another replica would take the account mid-create) until it ends."""
+    fleet.seed(2)
+    _quick_ticks(monkeypatch)
+    daemon = fleet.daemon()
+    gate = _Gate(daemon, (f"{fleet.env}-",))
+    request = new_request("r1", fleet.env, fleet.names, by="ops", trigger="test",
+                          revoke_old_now=False, now=fleet.clock())  # fmt: skip
+    EmergencyStore(fleet.kv, f"{fleet.env}/vault-rotator").update(fleet.env, lambda _c: request)
+    ((account, keys),) = daemon.accounts().items()
+    daemon.tick(account, keys)
+    try:
+        assert daemon.drain_starts(0.2) is False
+    finally:
+        gate.event.set()
+    assert daemon.drain_starts(30) is True

@@ -673,6 +673,17 @@ class Daemon:
                 book.mark_stale(entry)
         return progress.stalled is not None
 
+    def drain_starts(self, timeout: float) -> bool:
+        """At shutdown: cancel the emergency starts not begun, wait for those under way (at
+        most ``timeout``); whether none runs any more (the account leases may then go)."""
+        running = []
+        for starts in self.starting.values():
+            for future in list(starts.values()):
+                if not future.cancel():
+                    running.append(future)
+        done, _left = futures.wait(running, timeout=timeout)
+        return len(done) == len(running)
+
     def close(self) -> None:
         """Stop the worker pool: passes not started are dropped, those running finish on
         their own (a pass checks for a stop before it starts)."""

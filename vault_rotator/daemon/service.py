@@ -199,7 +199,10 @@ class Service:
             finished.set()
 
         threading.Thread(target=wait, daemon=True).start()
+        deadline = time.monotonic() + SHUTDOWN_WAIT_S
         if not finished.wait(SHUTDOWN_WAIT_S):
             log.warning("a tick is still running at shutdown; its lease will expire")
-        else:  # no tick runs: give the account leases back so another replica takes over now
+        elif not self.daemon.drain_starts(max(0.0, deadline - time.monotonic())):
+            log.warning("an emergency start is still running at shutdown; its lease will expire")
+        else:  # nothing runs: give the account leases back so another replica takes over now
             self.daemon.replicas.release_all()
