@@ -12,7 +12,9 @@ key finished (the engine's listener in the daemon's process; the clocks are the 
 monotonic clock) minus the sample's moment, and its error is (ETA - actual) / actual. An ETA the
 view leaves unknown, or an actual remaining time of zero or less (a view that still shows keys
 moving after they all finished), is an infinite error. The target: at least one sample counts,
-and every counted sample is within :data:`ETA_TOLERANCE` (±25 %). Below 10 % the issue sets no
+and every counted sample is within :data:`ETA_TOLERANCE` (±25 %), or within
+:data:`ETA_RESOLUTION_S` of the actual time (the view moves once per poll and shows whole
+seconds: near the end ±25 % is less than that). Below 10 % the issue sets no
 target (the rate is not known yet); above 90 % the time left is a few polls, of the order of the
 poll's own granularity, where a percentage says nothing about the estimate.
 
@@ -37,6 +39,9 @@ TARGETS = {
 FLOOR_WRITES = 9  # the write floor: 9 writes per rotation at the measured write rate
 ETA_DONE_MIN, ETA_DONE_MAX = 0.10, 0.90
 ETA_TOLERANCE = 0.25
+# The view moves once per poll at best (1 s here) and shows the ETA in whole seconds: a sample
+# within one second of the actual remaining time passes whatever its share.
+ETA_RESOLUTION_S = 1.0
 
 
 def target_s(mass_wall_s: float, usage_lag_s: float, poll_s: float) -> float:
@@ -179,9 +184,21 @@ def _status_misses(n: int, e: dict[str, Any]) -> list[str]:
     worst = worst_eta(e["eta"])
     if worst is None:
         missed.append(f"{n}: no ETA sample between 10% and 90% done")
-    elif worst["error"] is None or abs(worst["error"]) > ETA_TOLERANCE:
-        missed.append(f"{n}: ETA off by {_eta_error(worst)} ({len(e['eta'])} samples)")
+    elif worst["error"] is None or not all(_eta_ok(sample) for sample in e["eta"]):
+        bad = [s for s in e["eta"] if not _eta_ok(s)]
+        missed.append(
+            f"{n}: ETA off by {_eta_error(worst)} ({len(bad)} of {len(e['eta'])} samples past "
+            f"±{ETA_TOLERANCE:.0%} and {ETA_RESOLUTION_S:g} s)"
+        )
     return missed
+
+
+def _eta_ok(sample: dict[str, Any]) -> bool:
+    """Within ETA_TOLERANCE of the actual remaining time, or within ETA_RESOLUTION_S of it."""
+    if sample["error"] is None or sample["eta_s"] is None:
+        return False
+    off = abs(sample["eta_s"] - sample["actual_s"])
+    return abs(sample["error"]) <= ETA_TOLERANCE or off <= ETA_RESOLUTION_S
 
 
 def _eta_error(sample: dict[str, Any]) -> str:
