@@ -215,3 +215,17 @@ def test_status_names_every_instance_up_to_20() -> None:
     (line,) = status_cmd.ack_lines([_acks_row(20)])
     assert "web-0019 (app, v2, 30s)" in line
     assert "more" not in line
+
+
+def test_text_from_records_is_escaped_in_the_table() -> None:
+    """A forged outcome's `by` holding a terminal escape and a newline is shown escaped in its
+    cell, never sent to the operator's terminal as is."""
+    row = {
+        "key": "prod/a", "state": "idle", "current_key_id": "key_\x1b]0;pwned\x07",
+        "age_s": None, "next_due_at": None, "in_policy": True,
+        "last_outcomes": [{"outcome": "succeeded", "by": "x\x1b[2J\ny", "trigger": "cli"}],
+    }  # fmt: skip
+    text = status_cmd.table([row])
+    assert "\x1b" not in text
+    assert "\\x1b[2J\\ny" in text
+    assert text.count("\n") == 1  # the header and one row

@@ -29,6 +29,7 @@ from vault_rotator.commands.remote import (
 )
 from vault_rotator.daemon.emergencies import emergency_views
 from vault_rotator.daemon.status_rows import collect
+from vault_rotator.display import shown
 from vault_rotator.engine.ack_status import ack_line
 from vault_rotator.engine.acks import NAMED_AT_MOST
 from vault_rotator.engine.emergency_view import line_of, summary_lines
@@ -41,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
     add_config_argument(parser)
     add_daemon_argument(parser)
+
+
+CELL, DETAIL = 120, 1000  # characters of a record's text shown in a cell, in a detail line
 
 
 def _when(epoch: float | None) -> str:
@@ -67,10 +71,11 @@ def table(rows: list[dict[str, Any]]) -> str:
                 outcome,
             )
         )
-    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+    cells = [[shown(str(cell), CELL) for cell in line] for line in lines]  # records' text
+    widths = [max(len(line[i]) for line in cells) for i in range(len(header))]
     return "\n".join(
-        "  ".join(str(cell).ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
-        for line in lines
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+        for line in cells
     )
 
 
@@ -98,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.json:
         for row in rows:
             if row["stall_detail"] or row["deadlines_passed"]:
-                print(f"{row['key']}: {row['state']}: {row['stall_detail'] or 'deadline passed'}")
+                detail = shown(row["stall_detail"] or "deadline passed", DETAIL)
+                print(f"{row['key']}: {row['state']}: {detail}")
     return _exit_code(rows)
 
 
