@@ -49,6 +49,8 @@ exist: 404 naming only the requested ref.
 from __future__ import annotations
 
 import re
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -150,6 +152,8 @@ class Control:
     def __init__(self, daemon: Daemon, auth: CallerAuth) -> None:
         self.daemon = daemon
         self.auth = auth
+        self._status_lock = threading.Lock()
+        self._status_shot: _Snapshot | None = None
 
     def handle(self, method: str, path: str, token: str | None, body: Mapping[str, Any]) -> Answer:
         caller = self._caller(token)
@@ -288,34 +292,73 @@ class Control:
 
     def _status(self, token: Secret) -> Answer:
         """Every key and emergency request the caller may read, from what the daemon holds
-        (:func:`~.status_rows.held_rows`; keys of accounts it does not lead: read from Vault)."""
-        policies = self.daemon.policies
-        paths = {
-            p.ref: control_path(p.vault.kv_mount, p.vault.state_prefix, p.env, p.name)
-            for p in policies
-        }
-        now = self.daemon.clock()
-        held = held_entries(self.daemon)
-        records = {ref: entry.record for ref, entry in held.items()}
-        starting = list(self.daemon.starting.values())  # (the ticks change it meanwhile)
-        busy = frozenset(ref for starts in starting for ref in list(starts))
-        found, unreadable = held_emergency_views(
-            policies, self.daemon.runtime.kv, records, now, busy
-        )
-        env_paths = {
-            env.environment: control_path(
-                env.vault.kv_mount, env.vault.state_prefix, env.environment, None
-            )
-            for env in [e for e, _doc in found] + [e for e, _line in unreadable]
-        }
-        wanted = sorted(set(paths.values()) | set(env_paths.values()))
+        (:func:`~.status_rows.held_rows`; keys of accounts it does not lead: read from Vault).
+        What the daemon holds is drawn once per :data:`STATUS_FRESH_S` and shared by every
+        caller meanwhile (a burst of callers costs one drawing); each caller's capabilities
+        are asked every time."""
+        shot = self._held_status()
+        wanted = sorted(set(shot.paths.values()) | set(shot.env_paths.values()))
         readable = self._allowed(token, wanted, "read")
-        keys = [p for p in policies if paths[p.ref] in readable]
-        visible = held_rows(keys, held, self.daemon.runtime, now)
-        emergencies = [doc for env, doc in found if env_paths[env.environment] in readable]
-        errors = [line for env, line in unreadable if env_paths[env.environment] in readable]
+        visible = [row for ref, row in shot.rows if shot.paths[ref] in readable]
+        emergencies = [doc for env, doc in shot.views if shot.env_paths[env] in readable]
+        errors = [line for env, line in shot.unreadable if shot.env_paths[env] in readable]
         body = {"keys": visible, "emergencies": emergencies, "emergency_errors": errors}
         return Answer(200, body)
+
+    def _held_status(self) -> _Snapshot:
+        with self._status_lock:  # one drawing at a time; those waiting take it
+            shot = self._status_shot
+            fresh = time.monotonic() - STATUS_FRESH_S
+            if shot is not None and shot.at > fresh and shot.generation == self.daemon.generation:
+                return shot
+            self._status_shot = _draw(self.daemon)
+            return self._status_shot
+
+
+STATUS_FRESH_S = 1.0  # GET /v1/status draws what the daemon holds at most this often
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """What the daemon holds, drawn for GET /v1/status: every key's row, every request's view
+    (filtered per caller afterwards by the control paths)."""
+
+    at: float
+    generation: int
+    paths: dict[str, str]  # ref -> its control path
+    env_paths: dict[str, str]  # env -> its control path
+    rows: list[tuple[str, dict[str, Any]]]  # (ref, row), in the policies' order
+    views: list[tuple[str, dict[str, Any]]]  # (env, view)
+    unreadable: list[tuple[str, str]]  # (env, line)
+
+
+def _draw(daemon: Daemon) -> _Snapshot:
+    policies, now = daemon.policies, daemon.clock()
+    paths = {
+        p.ref: control_path(p.vault.kv_mount, p.vault.state_prefix, p.env, p.name) for p in policies
+    }
+    held = held_entries(daemon)
+    records = {ref: entry.record for ref, entry in held.items()}
+    starting = list(daemon.starting.values())  # (the ticks change it meanwhile)
+    busy = frozenset(ref for starts in starting for ref in list(starts))
+    found, unreadable = held_emergency_views(policies, daemon.runtime.kv, records, now, busy)
+    env_paths = {
+        env.environment: control_path(
+            env.vault.kv_mount, env.vault.state_prefix, env.environment, None
+        )
+        for env in [e for e, _doc in found] + [e for e, _line in unreadable]
+    }
+    keys = list(policies)
+    rows = held_rows(keys, held, daemon.runtime, now)
+    return _Snapshot(
+        at=time.monotonic(),
+        generation=daemon.generation,
+        paths=paths,
+        env_paths=env_paths,
+        rows=[(p.ref, row) for p, row in zip(keys, rows, strict=True)],
+        views=[(env.environment, doc) for env, doc in found],
+        unreadable=[(env.environment, line) for env, line in unreadable],
+    )
 
 
 def held_entries(daemon: Daemon) -> dict[str, Entry]:
