@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -72,3 +73,25 @@ def test_hold_renews_a_running_low_lease_and_keeps_the_hand_off_it_names(
     assert lease is not None
     assert lease.pending_attempt == 1
     session.handed_off()  # the value is saved: the turn ends (asserted the hand-off is named)
+
+
+def test_a_slow_write_before_a_create_keeps_the_hand_off_it_names(store: StateStore) -> None:
+    """'About to create' takes long to write (a slow or rate-limiting Vault: 9 s of a 30 s TTL):
+    the renewal right after it keeps the lease's pending_attempt, so the pass hands the lease
+    off once the value is saved (it renewed without it, and the hand-off failed an assertion:
+    a traceback from `rotate`, a failed key in the daemon)."""
+    clock = FakeClock()
+    session = Session.acquire(store, "e", "k", holder="h", clock=clock, ttl=30)
+    real = store.kv.write
+
+    def slow(path: str, data: Any, *, cas: int) -> int:
+        version = real(path, data, cas=cas)
+        clock.advance(9)  # the answer came back late
+        return version
+
+    store.kv.write = slow  # type: ignore[method-assign]
+    session.before_provider_write("create", "name.1", 20.0, hand_off_at=1)  # a call's worst
+    lease = store.read("e", "k")[0].lease
+    assert lease is not None
+    assert lease.pending_attempt == 1
+    session.handed_off()

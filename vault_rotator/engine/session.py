@@ -315,8 +315,11 @@ class Session:
                 f"lease TTL {self.ttl:.0f}s is shorter than a provider call's worst case "
                 f"{budget:.0f}s: raise VAULT_ROTATOR_LEASE_TTL"
             )
-        if not self.held or self.expires_at - self.clock() < budget + LEASE_MARGIN_S:
+        if not self.held:
             self.flush()
+        elif self.expires_at - self.clock() < budget + LEASE_MARGIN_S:
+            lease = self.record.lease  # renewed as it is (a hand-off it names stays named: a
+            self.flush(pending_attempt=lease.pending_attempt if lease else None)  # slow write)
 
     def before_provider_write(
         self, action: str, target: str, budget: float, *, hand_off_at: int | None = None
