@@ -56,7 +56,6 @@ from vault_rotator.display import shown
 from vault_rotator.engine import reasons
 from vault_rotator.engine.decide import Observation
 from vault_rotator.engine.decide_create import Listing
-from vault_rotator.engine.emergency import Step
 from vault_rotator.engine.emergency_round import Job
 from vault_rotator.engine.engine import Command, Engine, FaultHook, Progress
 from vault_rotator.engine.outcomes import classify
@@ -299,7 +298,7 @@ class Daemon:
             for s in self._starts(book, report, now, flying=len(flying))
             if s.entry.ref not in urgent | busy
         ]
-        emergency = self._emergency_jobs(work, len(flying) + len(starts), now)
+        emergency = self._emergency_jobs(work, len(flying) + len(starts))
         listing = None
         if active or starts or emergency:
             try:
@@ -366,10 +365,12 @@ class Daemon:
 
         return record_of
 
-    def _emergency_jobs(self, work: Work, flying: int, now: float) -> list[tuple[Open, Job]]:
+    def _emergency_jobs(self, work: Work, flying: int) -> list[tuple[Open, Job]]:
         """The requests' passes this tick: upgrades, and starts while the account has room
         (``flying``: rotations in flight, stalled ones not, starts under way and the scheduled
-        starts of this tick, which come first); a start the token cannot serve fails its key."""
+        starts of this tick, which come first). Each start checks the token's capabilities on
+        its own key, on the start pool (a start the token cannot serve fails its key): asked
+        for thousands of keys at once, in the tick, they held it for seconds."""
         chosen: list[tuple[Open, Job]] = []
         for found, job in work.jobs():
             if job.starts:
@@ -377,15 +378,7 @@ class Daemon:
                     continue  # queued: a later tick, once rotations in flight end
                 flying += 1
             chosen.append((found, job))
-        refused = missing_capabilities(
-            [job.policy for _, job in chosen if job.starts], self.runtime.kv, self.engine.store
-        )
-        for found, job in chosen:
-            if (problem := refused.get(job.policy.ref)) is not None:
-                self.emergencies.record(
-                    found, job.name, job.entry.moved(Step.FAILED, now, detail=problem)
-                )
-        return [(o, job) for o, job in chosen if job.policy.ref not in refused]
+        return chosen
 
     def _upgrade(
         self, book: Book, report: TickReport, listing: Listing | None, found: Open, job: Job
@@ -419,7 +412,11 @@ class Daemon:
 
         def advance(job: Job, command: Command) -> Progress:
             known = (job.record, job.version)
-            passes.append(self._emergency_pass(job, command, listing, known, None, trusted=trusted))
+            passes.append(
+                self._emergency_pass(
+                    job, command, listing, known, None, trusted=trusted, checked=False
+                )
+            )
             return passes[-1]
 
         if not self.should_stop():
@@ -435,6 +432,7 @@ class Daemon:
         entry: Entry | None,
         *,
         trusted: bool = False,
+        checked: bool = True,
     ) -> Progress:
         """One pass of a request's key as a scheduled pass runs (a 401: the management key
         read again and the record read afresh)."""
@@ -452,7 +450,7 @@ class Daemon:
                 trusted=base is not None and (trusted or (entry is not None and entry.trusted)),
                 scheduled=True,
                 flush=entry is not None and entry.must_flush(self.clock()),
-                capabilities_checked=True,
+                capabilities_checked=checked,
             )
 
         return self._fresh_key_on_401(job.policy, call)
