@@ -589,3 +589,11 @@ def test_a_key_whose_start_is_under_way_shows_creating_round_after_round(tmp_pat
 
 def _no_provider(_policy: KeyPolicy, _dialect: str | None) -> KeyProvider:
     raise AssertionError("no provider call in a round's plan or settle")
+
+
+def test_a_settled_requests_pace_does_not_decay_with_time() -> None:
+    """Once no key moves, the rate shown is the request's own (it kept falling as the minutes
+    went by, in status and GET /v1/status)."""
+    done = {n: KeyEntry(Step.DONE, T0 + 10, T0, "r", "succeeded") for n in ("a", "b", "c")}
+    req = request().with_keys(done, T0 + 10)
+    assert rate_and_eta(req, T0 + 10) == rate_and_eta(req, T0 + 3600)

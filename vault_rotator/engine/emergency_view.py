@@ -53,7 +53,8 @@ def rate_and_eta(request: EmergencyRequest, now: float) -> tuple[float, float | 
     is (:data:`PROGRESS`; a key no longer moving counts whole), and the work left is done at
     the pace the work so far was: a pipeline bound by the CPU of Vault, the daemon and the
     provider keeps a steady pace."""
-    elapsed = max(now - request.requested_at, 1e-9)
+    end = request.settled_at if request.settled and request.settled_at is not None else now
+    elapsed = max(end - request.requested_at, 1e-9)  # a settled request's pace stays its own
     moving = [e.step for e in request.keys.values() if e.step in MOVING]
     worked = len(request.keys) - len(moving) + sum(PROGRESS[step] for step in moving)
     rate = worked / elapsed
