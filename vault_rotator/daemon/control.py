@@ -60,9 +60,9 @@ import structlog
 from vault_rotator.daemon import freeze as freezes
 from vault_rotator.daemon.book import Entry
 from vault_rotator.daemon.daemon import Daemon
-from vault_rotator.daemon.emergencies import open_request
+from vault_rotator.daemon.emergencies import emergency_views, open_request
 from vault_rotator.daemon.refs import in_flight_policy
-from vault_rotator.daemon.status_rows import held_emergency_views, held_rows
+from vault_rotator.daemon.status_rows import held_rows
 from vault_rotator.engine.engine import Command, Progress, Verb
 from vault_rotator.errors import (
     ConfigError,
@@ -341,7 +341,9 @@ def _draw(daemon: Daemon) -> _Snapshot:
     records = {ref: entry.record for ref, entry in held.items()}
     starting = list(daemon.starting.values())  # (the ticks change it meanwhile)
     busy = frozenset(ref for starts in starting for ref in list(starts))
-    found, unreadable = held_emergency_views(policies, daemon.runtime.kv, records, now, busy)
+    found, unreadable = emergency_views(
+        policies, daemon.runtime.kv, now, records=records, busy=busy
+    )
     env_paths = {
         env.environment: control_path(
             env.vault.kv_mount, env.vault.state_prefix, env.environment, None

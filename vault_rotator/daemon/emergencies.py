@@ -34,7 +34,7 @@ CLI carried to its end gets its webhook from a daemon's next tick, if that comes
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -255,16 +255,25 @@ class Emergencies:
 
 
 def emergency_views(
-    policies: PolicySet, kv_for: Callable[[str], KvStore], now: float
+    policies: PolicySet,
+    kv_for: Callable[[str], KvStore],
+    now: float,
+    *,
+    records: Mapping[str, StateRecord] | None = None,
+    busy: frozenset[str] = frozenset(),
 ) -> tuple[list[tuple[EnvironmentPolicy, dict[str, Any]]], list[tuple[EnvironmentPolicy, str]]]:
     """Each environment's current request (open or not), as ``status`` shows it: the saved
     request with each key not ended yet judged afresh from its state record (nothing is
     written: with no process acting, an operator's resume or abort shows all the same); and
-    a line per environment whose request cannot be read (the other environments still show)."""
+    a line per environment whose request cannot be read (the other environments still show).
+
+    ``records`` (by ``ENV/NAME``): the records the caller holds (the daemon's book), else each
+    is read. A key in ``busy`` (its emergency start under way) shows as the request saved it
+    (``creating``): its record in the book is still the idle one it starts from."""
     found, unreadable = [], []
     for env, environment in sorted(policies.environments.items()):
         try:
-            doc = _view_of(environment, kv_for, now)
+            doc = _view_of(environment, kv_for, now, records or {}, busy)
         except Exception as exc:  # one environment's trouble, even a bug, is its own
             error = str(exc) if isinstance(exc, VaultRotatorError) else f"unexpected {exc!r:.200}"
             unreadable.append((environment, f"emergency request of {env} unreadable: {error}"))
@@ -275,7 +284,11 @@ def emergency_views(
 
 
 def _view_of(
-    environment: EnvironmentPolicy, kv_for: Callable[[str], KvStore], now: float
+    environment: EnvironmentPolicy,
+    kv_for: Callable[[str], KvStore],
+    now: float,
+    records: Mapping[str, StateRecord],
+    busy: frozenset[str],
 ) -> dict[str, Any] | None:
     env = environment.environment
     kv, prefix = kv_for(environment.vault.kv_mount), environment.vault.state_prefix
@@ -283,12 +296,13 @@ def _view_of(
     if request is None:
         return None
     states = StateStore(kv, prefix)
-    records = {
-        name: states.read(env, name)[0]
-        for name, entry in request.keys.items()
-        if entry.step not in TERMINAL
-    }
-    return view(refreshed(request, records, now), now)
+    chosen: dict[str, StateRecord] = {}
+    for name, entry in request.keys.items():
+        if entry.step in TERMINAL or f"{env}/{name}" in busy:
+            continue
+        record = records.get(f"{env}/{name}")
+        chosen[name] = record if record is not None else states.read(env, name)[0]
+    return view(refreshed(request, chosen, now), now)
 
 
 def open_request(

@@ -19,9 +19,9 @@ Two sources give the same rows:
   another replica leads, a book not loaded yet, a key whose first read failed) is read from
   Vault as :func:`collect` reads it.
 
-:func:`held_emergency_views` is :func:`~.emergencies.emergency_views` with the same split:
-each environment's request is read from Vault (one read per environment, not per key), its
-keys' state records taken from the books.
+:func:`~.emergencies.emergency_views` given the books' records makes the same split: each
+environment's request is read from Vault (one read per environment, not per key), its keys'
+state records taken from the books.
 
 Known differences from :func:`collect`, all for keys vault-rotator never rotated: a first
 rotation aborted after its publish shows no age (the republished secret's stamp is not kept);
@@ -42,18 +42,12 @@ from vault_rotator.daemon.due import next_due
 from vault_rotator.engine.ack_status import ack_status, judged
 from vault_rotator.engine.ack_store import AckStore, read_quietly
 from vault_rotator.engine.acks import AckPolicy
-from vault_rotator.engine.emergency import TERMINAL
-from vault_rotator.engine.emergency_decide import refreshed
-from vault_rotator.engine.emergency_store import EmergencyStore
-from vault_rotator.engine.emergency_view import view
 from vault_rotator.engine.session import StateStore
-from vault_rotator.engine.state import StateRecord
 from vault_rotator.engine.status import key_status, unreadable_row
 from vault_rotator.errors import (
     StoreError,
     StorePermissionError,
     StoreUnavailableError,
-    VaultRotatorError,
 )
 from vault_rotator.policy import EnvironmentPolicy, KeyPolicy, PolicySet
 from vault_rotator.ports.kv import KvStore
@@ -226,50 +220,3 @@ def _held_acks(
         facts = judged(read, rot, version, secret_facts(entry)["key_id"])
         out[policy.ref] = ack_status(facts, rot, version, now)
     return out
-
-
-def held_emergency_views(
-    policies: PolicySet,
-    kv_for: Callable[[str], KvStore],
-    records: Mapping[str, StateRecord],
-    now: float,
-    busy: frozenset[str] = frozenset(),
-) -> Views:
-    """:func:`~.emergencies.emergency_views`, with each key's state record taken from
-    ``records`` (by ref) when there, else read: each environment's request (open or not) as
-    ``status`` shows it, and a line per environment whose request cannot be read. A key in
-    ``busy`` (its emergency start under way) shows as the request saved it (``creating``):
-    its record in the book is still the idle one it starts from."""
-    found, unreadable = [], []
-    for env, environment in sorted(policies.environments.items()):
-        try:
-            doc = _held_view(environment, kv_for, records, now, busy)
-        except Exception as exc:  # one environment's trouble, even a bug, is its own
-            error = str(exc) if isinstance(exc, VaultRotatorError) else f"unexpected {exc!r:.200}"
-            unreadable.append((environment, f"emergency request of {env} unreadable: {error}"))
-            continue
-        if doc is not None:
-            found.append((environment, doc))
-    return found, unreadable
-
-
-def _held_view(
-    environment: EnvironmentPolicy,
-    kv_for: Callable[[str], KvStore],
-    records: Mapping[str, StateRecord],
-    now: float,
-    busy: frozenset[str],
-) -> dict[str, Any] | None:
-    env = environment.environment
-    kv, prefix = kv_for(environment.vault.kv_mount), environment.vault.state_prefix
-    request = EmergencyStore(kv, prefix).read(env)
-    if request is None:
-        return None
-    states = StateStore(kv, prefix)
-    chosen: dict[str, StateRecord] = {}
-    for name, entry in request.keys.items():
-        if entry.step in TERMINAL or f"{env}/{name}" in busy:
-            continue
-        record = records.get(f"{env}/{name}")
-        chosen[name] = record if record is not None else states.read(env, name)[0]
-    return view(refreshed(request, chosen, now), now)
