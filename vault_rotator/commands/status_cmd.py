@@ -53,7 +53,9 @@ def _when(epoch: float | None) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M")
 
 
-def table(rows: list[dict[str, Any]]) -> str:
+def table(rows: list[dict[str, Any]], *, escape: bool = True) -> str:
+    """The rows as a table; ``escape``: text from records escaped (rows a daemon answered
+    are escaped already, when checked)."""
     header = ("KEY", "STATE", "CURRENT KEY", "AGE", "NEXT DUE", "LAST OUTCOME")
     lines = [header]
     for row in rows:
@@ -71,7 +73,7 @@ def table(rows: list[dict[str, Any]]) -> str:
                 outcome,
             )
         )
-    cells = [[shown(str(cell), CELL) for cell in line] for line in lines]  # records' text
+    cells = [[shown(str(cell), CELL) if escape else str(cell) for cell in line] for line in lines]
     widths = [max(len(line[i]) for line in cells) for i in range(len(header))]
     return "\n".join(
         "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
@@ -87,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
             return exit_code(code)
         rows, docs = status_rows(answer, url), checked_views(answer, url)
         errors = checked_errors(answer, url)
-        _show(rows, docs, as_json=args.json, now=time.time(), errors=errors)
+        _show(rows, docs, as_json=args.json, now=time.time(), errors=errors, escape=False)
         return _exit_code(rows)
     policies = load(args)
     runtime = Runtime.from_env()
@@ -136,12 +138,13 @@ def _show(
     as_json: bool,
     now: float,
     errors: list[str],
+    escape: bool = True,
 ) -> None:
     if as_json:
         out = {"keys": rows, "emergencies": docs, "emergency_errors": errors}
         print(json.dumps(out, indent=2, sort_keys=True))
         return
-    print(table(rows))
+    print(table(rows, escape=escape))
     for line in ack_lines(rows):
         print(line)
     for error in errors:
