@@ -515,6 +515,13 @@ class _Gate:
                 future.result(30)
 
 
+def _open(fleet: Fleet, names: list[str]) -> None:
+    """An emergency request of ``names`` saved in Vault, as `POST /v1/rotate/{env}` saves it."""
+    request = new_request("r1", fleet.env, names, by="ops", trigger="test",
+                          revoke_old_now=False, now=fleet.clock())  # fmt: skip
+    EmergencyStore(fleet.kv, f"{fleet.env}/vault-rotator").update(fleet.env, lambda _c: request)
+
+
 def _quick_ticks(monkeypatch: pytest.MonkeyPatch) -> None:
     """A tick waits for its emergency starts half a poll (real time): 0.25 s here."""
     monkeypatch.setattr(daemon_module, "_poll", lambda _keys: 0.5)
@@ -544,9 +551,7 @@ def test_scheduled_starts_count_emergency_starts_still_under_way(
     daemon = fleet.daemon()
     gate = _Gate(daemon, (f"{fleet.env}-app-0-", f"{fleet.env}-app-1-"))
     environment = daemon.policies.environments[fleet.env]
-    request = new_request("r1", fleet.env, ["app-0", "app-1"], by="ops", trigger="test",
-                          revoke_old_now=False, now=fleet.clock())  # fmt: skip
-    EmergencyStore(fleet.kv, f"{fleet.env}/vault-rotator").update(fleet.env, lambda _c: request)
+    _open(fleet, ["app-0", "app-1"])
     assert environment.keys
     ((account, keys),) = daemon.accounts().items()
     first = daemon.tick(account, keys)  # the two starts, held; app-2 and app-3 are due too
@@ -568,9 +573,7 @@ def test_status_shows_keys_whose_start_is_under_way_as_creating(
     _quick_ticks(monkeypatch)
     daemon = fleet.daemon()
     gate = _Gate(daemon, (f"{fleet.env}-",))
-    request = new_request("r1", fleet.env, fleet.names, by="ops", trigger="test",
-                          revoke_old_now=False, now=fleet.clock())  # fmt: skip
-    EmergencyStore(fleet.kv, f"{fleet.env}/vault-rotator").update(fleet.env, lambda _c: request)
+    _open(fleet, fleet.names)
     ((account, keys),) = daemon.accounts().items()
     daemon.tick(account, keys)
     control = Control(daemon, VaultCallerAuth(daemon.runtime.conn))
@@ -653,9 +656,7 @@ def test_shutdown_waits_for_emergency_starts_before_the_leases_go(
     _quick_ticks(monkeypatch)
     daemon = fleet.daemon()
     gate = _Gate(daemon, (f"{fleet.env}-",))
-    request = new_request("r1", fleet.env, fleet.names, by="ops", trigger="test",
-                          revoke_old_now=False, now=fleet.clock())  # fmt: skip
-    EmergencyStore(fleet.kv, f"{fleet.env}/vault-rotator").update(fleet.env, lambda _c: request)
+    _open(fleet, fleet.names)
     ((account, keys),) = daemon.accounts().items()
     daemon.tick(account, keys)
     try:
