@@ -4,6 +4,7 @@ drain_on_acks, ack_ttl and usage_lag counted from the last ack, on an injected c
 from __future__ import annotations
 
 import copy
+import itertools
 from datetime import UTC, datetime
 from typing import Any
 
@@ -477,3 +478,34 @@ def test_first_sweeps_are_spread_over_the_hour_not_all_on_the_first_tick() -> No
         AckStore.remove_retired = original  # type: ignore[method-assign]
     assert first < 20
     assert sorted(set(swept)) == sorted(k.name for k in keys)
+
+
+def test_a_tuple_of_keys_is_swept_each_key_once_an_hour_at_its_turn() -> None:
+    """The daemon passes the same tuple every tick: the sweep keeps it ordered by turn. Over
+    three hours of one-minute ticks each key is swept within its first hour, then every hour
+    (the first tick at or past its turn)."""
+    kv = MemoryKv()
+    provider = ProviderPolicy(base_url="https://x.test", management_key=ManagementKeyRef(path="m"))
+    keys = tuple(
+        KeyPolicy(env="prod", name=f"app-{i}", secret_path=f"apps/{i}", provider=provider)
+        for i in range(50)
+    )
+    retention = AckRetention(lambda _mount: kv)
+    swept: dict[str, list[float]] = {}
+    original = AckStore.remove_retired
+
+    def counting(self: AckStore, env: str, name: str, policy: Any, now: float) -> list[str]:
+        swept.setdefault(name, []).append(now)
+        return original(self, env, name, policy, now)
+
+    AckStore.remove_retired = counting  # type: ignore[method-assign]
+    try:
+        for minute in range(0, 180):
+            retention.sweep(keys, T0 + 60 * minute + 0.5)
+    finally:
+        AckStore.remove_retired = original  # type: ignore[method-assign]
+    assert sorted(swept) == sorted(k.name for k in keys)
+    for times in swept.values():
+        assert times[0] < T0 + 3660
+        assert len(times) in (2, 3)
+        assert all(3600 <= b - a < 3660 for a, b in itertools.pairwise(times))

@@ -10,6 +10,7 @@ it never fails the tick.
 from __future__ import annotations
 
 import hashlib
+import heapq
 from collections.abc import Callable, Iterable
 
 import structlog
@@ -35,6 +36,8 @@ class AckRetention:
         self.every = every
         self.spread = spread  # first sweeps spread over the hour, not all on the first tick
         self.last: dict[str, float] = {}
+        # per tuple of keys swept (by id, the tuple held): its keys by their next sweep
+        self._queues: dict[int, tuple[tuple[KeyPolicy, ...], list[tuple[float, int]]]] = {}
 
     def _first(self, ref: str, now: float) -> float:
         """A key first seen now is swept after a stable offset within the period (its name's
@@ -46,22 +49,44 @@ class AckRetention:
 
     def sweep(self, keys: Iterable[KeyPolicy], now: float) -> list[str]:
         """Sweep the keys whose turn it is; the ``ENV/NAME/instance`` of each record removed."""
+        keys = keys if isinstance(keys, tuple) else tuple(keys)
+        queue = self._queue(keys, now)
         removed: list[str] = []
-        for policy in keys:
-            if policy.ref not in self.last:
-                self.last[policy.ref] = self._first(policy.ref, now)
-            if now - self.last[policy.ref] < self.every:
-                continue
+        while queue and queue[0][0] <= now:
+            _due, index = heapq.heappop(queue)
+            policy = keys[index]
             self.last[policy.ref] = now
-            store = AckStore(self.kv(policy.vault.kv_mount), policy.vault.state_prefix)
-            try:
-                gone = store.remove_retired(policy.env, policy.name, AckPolicy.of(policy), now)
-            except VaultRotatorError as exc:
-                log.warning("ack records not swept", key=policy.ref, error=str(exc))
-                continue
-            except Exception as exc:  # a hostile record must not stop the tick: one line
-                error = f"unexpected {type(exc).__name__}"
-                log.warning("ack records not swept", key=policy.ref, error=error)
-                continue
-            removed += [f"{policy.ref}/{instance}" for instance in gone]
+            heapq.heappush(queue, (now + self.every, index))
+            removed += self._sweep_one(policy, now)
         return removed
+
+    def _queue(self, keys: tuple[KeyPolicy, ...], now: float) -> list[tuple[float, int]]:
+        """The tuple's keys by their next sweep (built on first use: a tick before the next
+        turn costs nothing, not a loop over thousands of keys every poll)."""
+        found = self._queues.get(id(keys))
+        if found is not None and found[0] is keys:
+            return found[1]
+        queue = []
+        for index, policy in enumerate(keys):
+            last = self.last.get(policy.ref)
+            if last is None:
+                last = self.last[policy.ref] = self._first(policy.ref, now)
+            queue.append((last + self.every, index))
+        heapq.heapify(queue)
+        if len(self._queues) >= 256:  # accounts x reloads: start afresh
+            self._queues.clear()
+        self._queues[id(keys)] = (keys, queue)
+        return queue
+
+    def _sweep_one(self, policy: KeyPolicy, now: float) -> list[str]:
+        store = AckStore(self.kv(policy.vault.kv_mount), policy.vault.state_prefix)
+        try:
+            gone = store.remove_retired(policy.env, policy.name, AckPolicy.of(policy), now)
+        except VaultRotatorError as exc:
+            log.warning("ack records not swept", key=policy.ref, error=str(exc))
+            return []
+        except Exception as exc:  # a hostile record must not stop the tick: one line
+            error = f"unexpected {type(exc).__name__}"
+            log.warning("ack records not swept", key=policy.ref, error=error)
+            return []
+        return [f"{policy.ref}/{instance}" for instance in gone]

@@ -45,6 +45,7 @@ from vault_rotator.daemon.notify import Notifier
 from vault_rotator.daemon.parking import FailureBook
 from vault_rotator.daemon.refresh import Refresher, own_policy
 from vault_rotator.daemon.replicas import Replicas
+from vault_rotator.daemon.roster import roster
 from vault_rotator.daemon.starts import (
     FAILURE_BACKOFF_S,
     MAX_FAILURE_BACKOFF_S,
@@ -752,7 +753,7 @@ def _host(base_url: str) -> str:
 
 
 def _poll(keys: tuple[KeyPolicy, ...]) -> float:
-    return min((k.provider.poll_interval_s for k in keys), default=30.0)
+    return roster(keys).poll_s
 
 
 def _command(start: Start) -> Command:

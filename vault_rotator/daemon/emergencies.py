@@ -41,6 +41,7 @@ from typing import Any
 import structlog
 
 from vault_rotator.daemon.notify import Notifier
+from vault_rotator.daemon.roster import roster
 from vault_rotator.engine.emergency import (
     TERMINAL,
     EmergencyRequest,
@@ -123,7 +124,7 @@ class Emergencies:
 
     def forget(self, keys: tuple[KeyPolicy, ...]) -> None:
         """This replica no longer ticks these keys' account: fold nothing of theirs."""
-        for env in {key.env for key in keys}:
+        for env in roster(keys).envs:
             self.folding.pop(env, None)
             with self._lock:  # a pass that ended under our lead is no news once another led
                 self.results.pop(env, None)
@@ -139,7 +140,7 @@ class Emergencies:
         """The open request of each of these keys' environments, decided (nothing acted on);
         no job for a key in ``busy`` (``ENV/NAME``: a pass of it is under way)."""
         work = Work()
-        for env in sorted({key.env for key in keys}):
+        for env in roster(keys).envs:
             environment = policies.environments.get(env)
             if environment is None or self.should_stop():
                 continue

@@ -33,6 +33,7 @@ from collections.abc import Callable
 
 import structlog
 
+from vault_rotator.daemon.roster import roster
 from vault_rotator.engine.account_lease import AccountLeases, lease_path
 from vault_rotator.policy import Account, KeyPolicy
 from vault_rotator.ports.kv import KvStore
@@ -65,7 +66,7 @@ class Replicas:
         self._lock = threading.Lock()
 
     def _leases(self, account: Account, keys: tuple[KeyPolicy, ...]) -> AccountLeases:
-        prefixes = sorted({k.vault.state_prefix for k in keys})
+        prefixes = list(roster(keys).prefixes)
         ident = account.lease_id
         with self._lock:
             current = self.leases.get(account)
