@@ -9,6 +9,7 @@ with the rows `vault-rotator status` reads from Vault, and its Vault reads are c
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,16 +17,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import hvac
 import pytest
 from world import MANAGEMENT_KEY, EmulatorFactory, no_fault
 
 from vault_rotator.commands.run_cmd import VaultCallerAuth
 from vault_rotator.daemon.book import Entry, SecretSeen
-from vault_rotator.daemon.control import Control
+from vault_rotator.daemon.control import Control, control_path
 from vault_rotator.daemon.daemon import Daemon
 from vault_rotator.daemon.emergencies import emergency_views, open_request
 from vault_rotator.daemon.metrics import Metrics
 from vault_rotator.daemon.status_rows import STATUS_ACK_KEYS, collect, secret_facts
+from vault_rotator.display import redact_text
 from vault_rotator.emulator import Emulator
 from vault_rotator.engine import reasons
 from vault_rotator.engine.engine import Command, Verb
@@ -233,3 +236,34 @@ def test_the_secret_facts_of_a_key_follow_its_rotation() -> None:
     back = out.evolve(aborted_at=NOW, republished_version=3)
     aborting = published.evolve(phase=reasons.ABORTING, rotation=back)
     assert secret_facts(_entry(aborting, seen)) == {"key_id": "key_old", "rotated_at": None}
+
+
+def test_the_answer_sent_is_the_body_encoded_and_redacted_as_every_answer_is(
+    fleet: Fleet,
+) -> None:
+    """Rows are encoded once per drawing and joined per caller: the bytes sent are exactly
+    what encoding the whole body (and redacting it) gives, for a root token and for a token
+    that reads one key only."""
+    _settle(fleet)
+    environment = fleet.daemon.policies.environments[fleet.env]
+    open_request(
+        environment, fleet.daemon.runtime.kv, fleet.clock, by="test", trigger="cli",
+        revoke_old_now=False,
+    )  # fmt: skip
+    answer = fleet.control.handle("GET", "/v1/status", fleet.vault.token, {})
+    assert answer.payload is not None
+    assert answer.payload == redact_text(json.dumps(answer.body, sort_keys=True)).encode()
+    assert len(json.loads(answer.payload)["keys"]) == KEYS
+    path = control_path("secret", f"{fleet.env}/vault-rotator", fleet.env, fleet.names[3])
+    admin = hvac.Client(url=fleet.vault.addr, token=fleet.vault.token)
+    admin.sys.create_or_update_policy(
+        f"one-{fleet.env}", f'path "{path}" {{ capabilities = ["read"] }}'
+    )
+    token = admin.auth.token.create(policies=["default", f"one-{fleet.env}"], ttl="10m")
+    one = fleet.control.handle("GET", "/v1/status", str(token["auth"]["client_token"]), {})
+    assert one.payload is not None
+    assert [row["key"] for row in json.loads(one.payload)["keys"]] == [
+        f"{fleet.env}/{fleet.names[3]}"
+    ]
+    assert json.loads(one.payload)["emergencies"] == []
+    assert one.payload == redact_text(json.dumps(one.body, sort_keys=True)).encode()

@@ -48,6 +48,7 @@ exist: 404 naming only the requested ref.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -63,6 +64,7 @@ from vault_rotator.daemon.daemon import Daemon
 from vault_rotator.daemon.emergencies import emergency_views, open_request
 from vault_rotator.daemon.refs import in_flight_policy
 from vault_rotator.daemon.status_rows import held_rows
+from vault_rotator.display import redact_text
 from vault_rotator.engine.engine import Command, Progress, Verb
 from vault_rotator.errors import (
     ConfigError,
@@ -100,6 +102,9 @@ class Answer:
     status: int
     body: dict[str, Any]
     headers: dict[str, str] = field(default_factory=dict)
+    # The body as sent (JSON, redacted), when the caller encoded it already: GET /v1/status
+    # joins rows encoded once per drawing instead of encoding thousands of rows per call.
+    payload: bytes | None = None
 
 
 class CallerAuth(Protocol):
@@ -154,6 +159,8 @@ class Control:
         self.auth = auth
         self._status_lock = threading.Lock()
         self._status_shot: _Snapshot | None = None
+        self._status_wanted = threading.Event()  # a caller took a snapshot past its freshness
+        self._drawer: threading.Thread | None = None
 
     def handle(self, method: str, path: str, token: str | None, body: Mapping[str, Any]) -> Answer:
         caller = self._caller(token)
@@ -293,46 +300,99 @@ class Control:
     def _status(self, token: Secret) -> Answer:
         """Every key and emergency request the caller may read, from what the daemon holds
         (:func:`~.status_rows.held_rows`; keys of accounts it does not lead: read from Vault).
-        What the daemon holds is drawn once per :data:`STATUS_FRESH_S` and shared by every
-        caller meanwhile (a burst of callers costs one drawing); each caller's capabilities
-        are asked every time."""
+        What the daemon holds is drawn at most once per :data:`STATUS_FRESH_S` and shared by
+        every caller meanwhile (a burst of callers costs one drawing), each row encoded once
+        per drawing; each caller's capabilities are asked every time. A drawing that took
+        longer than :data:`STATUS_SYNC_DRAW_S` (thousands of keys on a busy daemon) is redone
+        in the background, paced by its own cost, and callers get the last one at once: the
+        answer's ``as_of`` says when it was drawn, and an emergency view's ETA counts from
+        the answer's moment."""
         shot = self._held_status()
         wanted = sorted(set(shot.paths.values()) | set(shot.env_paths.values()))
         readable = self._allowed(token, wanted, "read")
-        visible = [row for ref, row in shot.rows if shot.paths[ref] in readable]
-        emergencies = [doc for env, doc in shot.views if shot.env_paths[env] in readable]
+        shown = [i for i, (ref, _row) in enumerate(shot.rows) if shot.paths[ref] in readable]
+        age = max(0.0, time.monotonic() - shot.at)
+        emergencies = [
+            _aged(doc, age) for env, doc in shot.views if shot.env_paths[env] in readable
+        ]
         errors = [line for env, line in shot.unreadable if shot.env_paths[env] in readable]
-        body = {"keys": visible, "emergencies": emergencies, "emergency_errors": errors}
-        return Answer(200, body)
+        body = {
+            "as_of": shot.drawn_at,
+            "emergencies": emergencies,
+            "emergency_errors": errors,
+            "keys": [shot.rows[i][1] for i in shown],
+        }
+        head = redact_text(json.dumps({k: v for k, v in body.items() if k != "keys"},
+                                      sort_keys=True))  # fmt: skip
+        rows = b", ".join(shot.encoded[i] for i in shown)
+        payload = head[:-1].encode() + b', "keys": [' + rows + b"]}"
+        return Answer(200, body, payload=payload)
 
     def _held_status(self) -> _Snapshot:
         with self._status_lock:  # one drawing at a time; those waiting take it
             shot = self._status_shot
-            fresh = time.monotonic() - STATUS_FRESH_S
-            if shot is not None and shot.at > fresh and shot.generation == self.daemon.generation:
-                return shot
+            if shot is not None and shot.generation == self.daemon.generation:
+                if shot.at > time.monotonic() - STATUS_FRESH_S:
+                    return shot
+                if shot.took > STATUS_SYNC_DRAW_S:  # costly: redrawn behind the callers
+                    self._status_wanted.set()
+                    self._start_drawer()
+                    return shot
             self._status_shot = _draw(self.daemon)
             return self._status_shot
 
+    def _start_drawer(self) -> None:
+        if self._drawer is None or not self._drawer.is_alive():
+            self._drawer = threading.Thread(
+                target=self._draw_behind, name="vr-status-drawer", daemon=True
+            )
+            self._drawer.start()
+
+    def _draw_behind(self) -> None:
+        """Redraw while callers ask, each drawing at least STATUS_PACE times its own wall
+        time after the last (a busy daemon spends at most about a third of its time on it);
+        idle once nobody asked for a minute."""
+        while self._status_wanted.wait(STATUS_DRAWER_IDLE_S):
+            self._status_wanted.clear()
+            shot = _draw(self.daemon)
+            with self._status_lock:
+                self._status_shot = shot
+            time.sleep(max(STATUS_FRESH_S, STATUS_PACE * shot.took))
+
 
 STATUS_FRESH_S = 1.0  # GET /v1/status draws what the daemon holds at most this often
+STATUS_SYNC_DRAW_S = 0.25  # a drawing that took longer is redone behind the callers
+STATUS_PACE = 2.0  # ... each at least this many times its own wall time after the last
+STATUS_DRAWER_IDLE_S = 60.0  # the background drawer ends after this long without a caller
+
+
+def _aged(doc: dict[str, Any], age: float) -> dict[str, Any]:
+    """An emergency view drawn ``age`` seconds ago, its ETA counted from now."""
+    eta = doc.get("eta_s")
+    if eta is None or age <= 0 or doc.get("settled"):
+        return doc
+    return {**doc, "eta_s": round(max(0.0, eta - age), 1)}
 
 
 @dataclass(frozen=True)
 class _Snapshot:
-    """What the daemon holds, drawn for GET /v1/status: every key's row, every request's view
-    (filtered per caller afterwards by the control paths)."""
+    """What the daemon holds, drawn for GET /v1/status: every key's row (and its JSON,
+    redacted), every request's view (filtered per caller afterwards by the control paths)."""
 
-    at: float
+    at: float  # monotonic
+    drawn_at: float  # epoch (the daemon's clock)
+    took: float  # seconds the drawing took
     generation: int
     paths: dict[str, str]  # ref -> its control path
     env_paths: dict[str, str]  # env -> its control path
     rows: list[tuple[str, dict[str, Any]]]  # (ref, row), in the policies' order
+    encoded: list[bytes]  # each row's JSON, redacted, in the same order
     views: list[tuple[str, dict[str, Any]]]  # (env, view)
     unreadable: list[tuple[str, str]]  # (env, line)
 
 
 def _draw(daemon: Daemon) -> _Snapshot:
+    began = time.monotonic()
     policies, now = daemon.policies, daemon.clock()
     paths = {
         p.ref: control_path(p.vault.kv_mount, p.vault.state_prefix, p.env, p.name) for p in policies
@@ -352,12 +412,17 @@ def _draw(daemon: Daemon) -> _Snapshot:
     }
     keys = list(policies)
     rows = held_rows(keys, held, daemon.runtime, now)
+    encoded = [redact_text(json.dumps(row, sort_keys=True)).encode() for row in rows]
+    at = time.monotonic()
     return _Snapshot(
-        at=time.monotonic(),
+        at=at,
+        drawn_at=now,
+        took=at - began,
         generation=daemon.generation,
         paths=paths,
         env_paths=env_paths,
         rows=[(p.ref, row) for p, row in zip(keys, rows, strict=True)],
+        encoded=encoded,
         views=[(env.environment, doc) for env, doc in found],
         unreadable=[(env.environment, line) for env, line in unreadable],
     )

@@ -525,7 +525,9 @@ def _handler(
                 self._json(Answer(status, {"error": message}))
 
         def _json(self, answer: Answer) -> None:
-            payload = redact_text(json.dumps(answer.body, sort_keys=True)).encode()
+            payload = answer.payload
+            if payload is None:
+                payload = redact_text(json.dumps(answer.body, sort_keys=True)).encode()
             self._send(answer.status, payload, "application/json", answer.headers)
 
         def _send(

@@ -1,0 +1,106 @@
+"""GET /v1/status on a daemon whose drawing is costly (thousands of keys, a busy emergency):
+callers get the last drawing at once while the next is drawn behind them, paced by its cost;
+an emergency view's ETA counts from the answer's moment. The drawing itself is stubbed here
+(tests/test_status_held.py draws real books against OpenBao)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from vault_rotator.daemon import control as control_module
+from vault_rotator.daemon.control import Control, _Snapshot
+from vault_rotator.secret import Secret
+
+
+class RootAuth:
+    def accessor_of(self, token: Secret) -> str:
+        return "accessor"
+
+    def capabilities_of(self, token: Secret, paths: list[str]) -> dict[str, frozenset[str]]:
+        return {path: frozenset({"root"}) for path in paths}
+
+
+class FakeDaemon:
+    generation = 1
+
+
+def snapshot(n: int, *, took: float, age: float = 0.0, eta: float | None = None) -> _Snapshot:
+    row = {"key": "prod/app", "state": "idle", "drawing": n}
+    view = {"env": "prod", "eta_s": eta, "settled": False}
+    return _Snapshot(
+        at=time.monotonic() - age,
+        drawn_at=1_800_000_000.0 + n,
+        took=took,
+        generation=1,
+        paths={"prod/app": "secret/data/s/control/prod/app"},
+        env_paths={"prod": "secret/data/s/control/prod"},
+        rows=[("prod/app", row)],
+        encoded=[json.dumps(row, sort_keys=True).encode()],
+        views=[("prod", view)],
+        unreadable=[],
+    )
+
+
+def status(control: Control) -> dict[str, Any]:
+    answer = control.handle("GET", "/v1/status", "tok", {})
+    assert answer.status == 200
+    assert answer.payload is not None
+    return dict(json.loads(answer.payload))
+
+
+def test_a_costly_drawing_is_redone_behind_the_callers(monkeypatch: pytest.MonkeyPatch) -> None:
+    drawn: list[int] = []
+    release = threading.Event()
+
+    def draw(_daemon: Any) -> _Snapshot:
+        if drawn:  # the background drawing waits until the test has asked once more
+            assert release.wait(10)
+        drawn.append(len(drawn) + 1)
+        return snapshot(drawn[-1], took=0.5)
+
+    monkeypatch.setattr(control_module, "_draw", draw)
+    monkeypatch.setattr(control_module, "STATUS_FRESH_S", 0.0)
+    monkeypatch.setattr(control_module, "STATUS_PACE", 0.0)
+    control = Control(FakeDaemon(), RootAuth())  # type: ignore[arg-type]
+    assert status(control)["keys"][0]["drawing"] == 1  # the first is drawn in the call
+    started = time.monotonic()
+    assert status(control)["keys"][0]["drawing"] == 1  # stale: answered with the last one
+    assert time.monotonic() - started < 5  # ... at once, not after a drawing
+    release.set()
+    deadline = time.monotonic() + 10
+    while status(control)["keys"][0]["drawing"] == 1:
+        assert time.monotonic() < deadline, "the drawing behind the callers never landed"
+        time.sleep(0.01)
+    assert drawn[:2] == [1, 2]
+
+
+def test_a_cheap_drawing_is_redone_in_the_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A small daemon's drawing is quick: a caller past the freshness gets a new one."""
+    drawn: list[int] = []
+
+    def draw(_daemon: Any) -> _Snapshot:
+        drawn.append(len(drawn) + 1)
+        return snapshot(drawn[-1], took=0.01)
+
+    monkeypatch.setattr(control_module, "_draw", draw)
+    monkeypatch.setattr(control_module, "STATUS_FRESH_S", 0.0)
+    control = Control(FakeDaemon(), RootAuth())  # type: ignore[arg-type]
+    assert [status(control)["keys"][0]["drawing"] for _ in range(3)] == [1, 2, 3]
+
+
+def test_an_emergency_eta_counts_from_the_answer_not_the_drawing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(control_module, "_draw", lambda _d: snapshot(1, took=3, age=30, eta=100))
+    monkeypatch.setattr(control_module, "STATUS_FRESH_S", 3600.0)
+    control = Control(FakeDaemon(), RootAuth())  # type: ignore[arg-type]
+    control._status_shot = snapshot(1, took=3, age=30, eta=100)
+    body = status(control)
+    (view,) = body["emergencies"]
+    assert 69 <= view["eta_s"] <= 70.1
+    assert body["as_of"] == 1_800_000_001.0
