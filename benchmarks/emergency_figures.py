@@ -3,20 +3,22 @@
 Pure functions over what :mod:`benchmarks.scale_emergency` measured (a dict, as each size's
 process prints it in JSON) and over the status poller's polls.
 
-**Which ETA samples count.** A sample is one environment's emergency view in one
-``GET /v1/status`` answer; its moment is the poll's midpoint ((sent + answered) / 2: the daemon
-drew the view somewhere in between). It counts when the view shows at least
+**Which ETA samples count.** A sample is one environment's emergency view in one ``GET
+/v1/status`` answer; its moment is when the daemon drew the view: the answer's ``as_of`` (a busy
+daemon answers with its last drawing while the next is drawn, its ETA counted from the answer:
+the sample takes the ETA back to the drawing), else the poll's midpoint ((sent + answered) / 2:
+the daemon drew the view somewhere in between). It counts when the view shows at least
 :data:`ETA_DONE_MIN` (10 %) and at most :data:`ETA_DONE_MAX` (90 %) of that environment's keys
-``done`` and is not settled. Its actual remaining time is the moment that environment's last
-key finished (the engine's listener in the daemon's process; the clocks are the same system-wide
+``done`` and is not settled. Its actual remaining time is the moment that environment's last key
+finished (the engine's listener in the daemon's process; the clocks are the same system-wide
 monotonic clock) minus the sample's moment, and its error is (ETA - actual) / actual. An ETA the
 view leaves unknown, or an actual remaining time of zero or less (a view that still shows keys
 moving after they all finished), is an infinite error. The target: at least one sample counts,
 and every counted sample is within :data:`ETA_TOLERANCE` (±25 %), or within
 :data:`ETA_RESOLUTION_S` of the actual time (the view moves once per poll and shows whole
-seconds: near the end ±25 % is less than that). Below 10 % the issue sets no
-target (the rate is not known yet); above 90 % the time left is a few polls, of the order of the
-poll's own granularity, where a percentage says nothing about the estimate.
+seconds: near the end ±25 % is less than that). Below 10 % the issue sets no target (the rate is
+not known yet); above 90 % the time left is a few polls, of the order of the poll's own
+granularity, where a percentage says nothing about the estimate.
 
 The daemon's peak RSS over the emergency is printed here; its target (200 MB at 10,000 keys) is
 bench_scale's on the whole run's peak, which includes the emergency.
@@ -72,7 +74,10 @@ def eta_samples(polls: list[dict[str, Any]], ends: dict[str, float]) -> list[dic
     infinite: JSON has no infinity)."""
     samples = []
     for poll in polls:
-        moment = (poll["sent"] + poll["got"]) / 2
+        moment, age = (poll["sent"] + poll["got"]) / 2, 0.0
+        if poll.get("as_of") is not None and poll.get("got_epoch") is not None:
+            age = max(0.0, poll["got_epoch"] - poll["as_of"])
+            moment = poll["got"] - age
         for view in poll["views"]:
             end, keys = ends.get(view["env"]), view.get("keys") or 0
             if end is None or keys <= 0 or view.get("settled"):
@@ -81,6 +86,7 @@ def eta_samples(polls: list[dict[str, Any]], ends: dict[str, float]) -> list[dic
             if not ETA_DONE_MIN <= done <= ETA_DONE_MAX:
                 continue
             actual, eta = end - moment, view.get("eta_s")
+            eta = None if eta is None else eta + age
             error = None if eta is None or actual <= 0 else (eta - actual) / actual
             samples.append(
                 {"env": view["env"], "done": done, "eta_s": eta, "actual_s": actual, "error": error}

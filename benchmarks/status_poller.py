@@ -5,8 +5,9 @@ on the command line) asks ``URL/v1/status`` every :data:`POLL_S` seconds (start 
 once again when an answer took longer) until its stdin closes, then prints one JSON line: each
 poll's send and answer times (``time.monotonic()``, the system-wide clock, so the benchmark's
 process can compare them with its own), HTTP status (0: no answer), the start of the error a
-failed poll got, and of each emergency view only what the benchmark needs (env, keys, counts
-per step, rate, ETA, settled). Key rows are dropped on
+failed poll got, the answer's ``as_of`` (when the daemon drew it, epoch seconds) with the
+poll's own epoch time at the answer, and of each emergency view only what the benchmark needs
+(env, keys, counts per step, rate, ETA, settled). Key rows are dropped on
 arrival; nothing secret is printed. It runs in its own process so that the daemon being
 measured pays only for answering.
 """
@@ -33,7 +34,7 @@ def poll_once(host: str, port: int, token: str) -> dict[str, Any]:
     sent = time.monotonic()
     connection = http.client.HTTPConnection(host, port, timeout=TIMEOUT_S)
     views: list[dict[str, Any]] = []
-    error = None
+    error, as_of = None, None
     try:
         connection.request("GET", "/v1/status", headers={"Authorization": f"Bearer {token}"})
         answer = connection.getresponse()
@@ -41,14 +42,18 @@ def poll_once(host: str, port: int, token: str) -> dict[str, Any]:
         if status == 200:
             doc = json.loads(body)
             views = [{k: v.get(k) for k in VIEW_FIELDS} for v in doc.get("emergencies", [])]
+            as_of = doc.get("as_of")
         else:
             error = body[:ERROR_CHARS].decode(errors="replace")
     except (OSError, ValueError, http.client.HTTPException) as exc:
         status, error = 0, f"{type(exc).__name__}: {str(exc)[:ERROR_CHARS]}"
     finally:
         connection.close()
-    got = time.monotonic()
-    return {"sent": sent, "got": got, "status": status, "error": error, "views": views}
+    got, got_epoch = time.monotonic(), time.time()
+    return {
+        "sent": sent, "got": got, "got_epoch": got_epoch, "as_of": as_of, "status": status,
+        "error": error, "views": views,
+    }  # fmt: skip
 
 
 def main() -> int:
