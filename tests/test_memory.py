@@ -1,0 +1,26 @@
+"""`vault-rotator run` caps glibc's malloc arenas at start, unless the operator set them."""
+
+from __future__ import annotations
+
+import ctypes.util
+
+import pytest
+
+from vault_rotator.daemon import memory
+
+
+def test_the_arenas_are_capped_on_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    glibc = ctypes.util.find_library("c") == "libc.so.6"
+    assert memory.limit_arenas() is glibc
+
+
+def test_an_operators_malloc_arena_max_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert memory.limit_arenas() is False
+
+
+def test_no_c_library_found_is_no_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    monkeypatch.setattr(ctypes.util, "find_library", lambda _name: None)
+    assert memory.limit_arenas() is False
