@@ -13,9 +13,12 @@ from typing import TypedDict, Unpack
 
 import pytest
 import structlog
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from vault_rotator.display import redact_text, shown
+from vault_rotator import display
+from vault_rotator.display import SECRET_PATTERN, redact_text, shown
 from vault_rotator.engine import reasons
 from vault_rotator.engine.state import Outcome, Rotation
 from vault_rotator.logs import (
@@ -327,3 +330,20 @@ def test_configure_twice_installs_one_stdlib_handler() -> None:
     configure("debug", json=False)
     ours = [h for h in logging.getLogger().handlers if getattr(h, "vault_rotator", False)]
     assert len(ours) == 1
+
+
+_PIECES = st.sampled_from(
+    [
+        "lr_live_", "lr_mgmt_abc", "lr_admin_Z-9", "hvs.", "hvb.CAESIabcdefgh", "hvr.0123456789",
+        "s.", "b.", "s.abcdefghijklmnopqrstu", "b.ABCDEFGHIJKLMNOPQRSTUVWX.y", "Bearer ",
+        "bEaReR\t", "BEARER x", "keys.", "(", ")", ".", '"', " ", "\\n", "é", "0.5",
+    ]
+)  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.one_of(_PIECES, st.text(max_size=12)), max_size=12))
+def test_redaction_is_the_patterns_whatever_the_text(pieces: list[str]) -> None:
+    """The quick look for key-shaped text never lets a match of the pattern through."""
+    text = "".join(pieces)
+    assert redact_text(text) == SECRET_PATTERN.sub(display._mask, text)

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
+import hvac
 import pytest
 from world import MANAGEMENT_KEY, EmulatorFactory, no_fault
 
@@ -664,3 +665,63 @@ def test_shutdown_waits_for_emergency_starts_before_the_leases_go(
     finally:
         gate.event.set()
     assert daemon.drain_starts(30) is True
+
+
+def test_emergency_starts_ask_the_tokens_capabilities_once_per_batch_and_fail_a_key_it_cannot_serve(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twelve keys, a daemon token that may not write one key's consumer secret: the starts
+    ask Vault for the token's capabilities in one request (not one per key, on the start
+    pool), that key is failed in the request with what the token lacks (nothing created for
+    it), the eleven others rotate."""
+    fleet.seed(12)
+    stamp = datetime.fromtimestamp(fleet.clock(), UTC).isoformat()
+    for n in fleet.names:  # rotated just now by someone else: not due by schedule
+        got = fleet.kv.read(f"{fleet.env}/{n}")
+        assert got is not None
+        fleet.kv.write(f"{fleet.env}/{n}", {**got.data, "rotated_at": stamp}, cas=got.version)
+    weak = "app-3"
+    admin = hvac.Client(url=fleet.vault.addr, token=fleet.vault.token)
+    name = f"weak-{fleet.env}"
+    admin.sys.create_or_update_policy(
+        name,
+        'path "secret/*" { capabilities = ["create", "read", "update", "delete", "list"] }\n'
+        'path "sys/capabilities-self" { capabilities = ["update"] }\n'
+        f'path "secret/data/{fleet.env}/{weak}" {{ capabilities = ["read"] }}\n',
+    )
+    token = str(
+        admin.auth.token.create(policies=["default", name], ttl="30m")["auth"]["client_token"]
+    )
+    conn = VaultConnection(fleet.vault.addr, token)
+    fleet.conns.append(conn)
+    runtime = Runtime(conn, clock=fleet.clock, sleep=fleet.clock.sleep)
+    daemon = Daemon(load_policies(fleet.config), runtime, metrics=Metrics(), fault=no_fault)
+    leases = VaultConnection(fleet.vault.addr, fleet.vault.token)
+    fleet.conns.append(leases)
+    daemon.replicas.kv, fleet.lease_conn = leases.kv, leases
+    asked: list[int] = []
+    real = VaultKv.capabilities
+
+    def counted(self: VaultKv, paths: Any) -> dict[str, frozenset[str]]:
+        asked.append(len(paths))
+        return real(self, paths)
+
+    monkeypatch.setattr(VaultKv, "capabilities", counted)
+    _open(fleet, fleet.names)
+    for _ in range(20):
+        fleet.tick(daemon)
+        request = EmergencyStore(fleet.kv, f"{fleet.env}/vault-rotator").read(fleet.env)
+        assert request is not None
+        if request.settled:
+            break
+    else:
+        pytest.fail("the request did not settle")
+    steps = {n: e.step for n, e in request.keys.items()}
+    assert steps.pop(weak) == Step.FAILED
+    assert set(steps.values()) == {Step.DONE}
+    assert "lacks" in str(request.keys[weak].detail)
+    assert len(asked) == 1, asked  # the twelve starts' paths in one request
+    assert asked[0] >= 12 * 3
+    assert fleet.record(weak).rotation is None
+    created = [e for e in fleet.emulator.mutation_log() if e["route"] == "create"]
+    assert len(created) == 11

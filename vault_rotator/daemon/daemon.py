@@ -60,11 +60,12 @@ from vault_rotator.engine.decide_create import Listing
 from vault_rotator.engine.emergency_round import Job
 from vault_rotator.engine.engine import Command, Engine, FaultHook, Progress
 from vault_rotator.engine.outcomes import classify
-from vault_rotator.engine.preflight import missing_capabilities
+from vault_rotator.engine.preflight import CAPABILITY_BATCH, missing_capabilities
 from vault_rotator.engine.session import StateStore
 from vault_rotator.engine.state import Outcome, Rotation, Stall, StateRecord
 from vault_rotator.errors import (
     LeaseHeldError,
+    PreflightError,
     ProviderAuthError,
     RateLimitedError,
     RecordTooLargeError,
@@ -130,6 +131,33 @@ class TickReport:
         with self.lock:
             self.errors.append(f"{ref}: {error}")
             self.failed.add(ref)
+
+
+class CapabilityBatch:
+    """The token's capabilities for a batch of emergency starts, asked in one request (per
+    mount, :func:`~vault_rotator.engine.preflight.missing_capabilities`) by the first start
+    of the batch that needs them, on the start pool; the others wait for that answer. A
+    request that fails raises its error in each start that asks (a transient one is retried
+    by the round, as the engine's own check's would be)."""
+
+    def __init__(
+        self,
+        policies: list[KeyPolicy],
+        kv_for: Callable[[str], Any],
+        store_for: Callable[[KeyPolicy], StateStore],
+    ) -> None:
+        self.policies, self.kv_for, self.store_for = policies, kv_for, store_for
+        self._lock = threading.Lock()
+        self._problems: dict[str, str] | None = None
+
+    def problem(self, ref: str) -> str | None:
+        """What the token lacks for this key's start, or None."""
+        with self._lock:
+            if self._problems is None:
+                self._problems = missing_capabilities(
+                    self.policies, self.kv_for, self.store_for, raising=True
+                )
+        return self._problems.get(ref)
 
 
 class Daemon:
@@ -294,11 +322,7 @@ class Daemon:
             if not self.failures.waiting(e.ref) and e.ref not in urgent and e.ref not in busy
         ]
         flying = {e.ref for e in book.active()} | busy  # rotations in flight, starts included
-        starts = [
-            s
-            for s in self._starts(book, report, now, flying=len(flying))
-            if s.entry.ref not in urgent | busy
-        ]
+        starts = self._starts(book, report, now, flying=len(flying), skip=urgent | busy)
         emergency = self._emergency_jobs(work, len(flying) + len(starts))
         listing = None
         if active or starts or emergency:
@@ -327,14 +351,7 @@ class Daemon:
         ]
         if (jobs or emergency) and not self.replicas.still_holds(account):  # renewed since
             raise self._lease_lost(account)  # the tick began
-        for found_request, job in emergency:
-            if job.starts:  # on the start pool: creates run on, across ticks
-                entry = book.entries.get(job.policy.ref)
-                trusted = entry is not None and entry.trusted and not entry.stale
-                starting[job.policy.ref] = self.start_pool.submit(
-                    self._urgent_start, listing, found_request, job, trusted
-                )
-                report.add(job.policy.ref, started=True)
+        self._submit_starts(book, report, listing, [(o, j) for o, j in emergency if j.starts])
         self.map(lambda job: job(), jobs)
         # The tick waits for the starts until half a poll has passed since it began, no longer
         # (so it ends before the next is due): those still running are carried on by the next
@@ -348,6 +365,28 @@ class Daemon:
         self.metrics.ticks.labels(str(account), "error" if report.errors else "ok").inc()
         self.metrics.last_tick.labels(str(account)).set(self.last_tick[account])
         return report
+
+    def _submit_starts(
+        self,
+        book: Book,
+        report: TickReport,
+        listing: Listing | None,
+        starts: list[tuple[Open, Job]],
+    ) -> None:
+        """The requests' starts onto the start pool (their creates run on, across ticks),
+        their capabilities asked per batch of CAPABILITY_BATCH keys."""
+        starting = self.starting.setdefault(book.account, {})
+        for at in range(0, len(starts), CAPABILITY_BATCH):
+            batch = starts[at : at + CAPABILITY_BATCH]
+            policies = [job.policy for _o, job in batch]
+            caps = CapabilityBatch(policies, self.runtime.kv, self.engine.store)
+            for found_request, job in batch:
+                entry = book.entries.get(job.policy.ref)
+                trusted = entry is not None and entry.trusted and not entry.stale
+                starting[job.policy.ref] = self.start_pool.submit(
+                    self._urgent_start, listing, found_request, job, trusted, caps
+                )
+                report.add(job.policy.ref, started=True)
 
     def _record_of(self, book: Book) -> RecordOf:
         """A key's state record as the book holds it (read from Vault if it has none)."""
@@ -405,19 +444,19 @@ class Daemon:
         self.emergencies.act(found, job, advance)
 
     def _urgent_start(
-        self, listing: Listing | None, found: Open, job: Job, trusted: bool
+        self, listing: Listing | None, found: Open, job: Job, trusted: bool, caps: CapabilityBatch
     ) -> Progress | None:
         """An emergency start (on the start pool, maybe past its tick): one pass on the
-        record the plan saw. What it left reaches the book at the next tick (:meth:`_reap`)."""
+        record the plan saw. What it left reaches the book at the next tick (:meth:`_reap`).
+        The token's capabilities are asked once for the start's batch, by its first start
+        (a start the token cannot serve fails its key, as the engine's own check would)."""
         passes: list[Progress] = []
 
         def advance(job: Job, command: Command) -> Progress:
+            if (problem := caps.problem(job.policy.ref)) is not None:
+                raise PreflightError(problem)
             known = (job.record, job.version)
-            passes.append(
-                self._emergency_pass(
-                    job, command, listing, known, None, trusted=trusted, checked=False
-                )
-            )
+            passes.append(self._emergency_pass(job, command, listing, known, None, trusted=trusted))
             return passes[-1]
 
         if not self.should_stop():
@@ -494,9 +533,12 @@ class Daemon:
         log.warning("account lease lost mid-tick; stopping the tick", account=str(account))
         return Cancelled(f"account lease of {account.base_url} lost mid-tick")
 
-    def _starts(self, book: Book, report: TickReport, now: float, *, flying: int) -> list[Start]:
+    def _starts(
+        self, book: Book, report: TickReport, now: float, *, flying: int, skip: set[str]
+    ) -> list[Start]:
         """The idle keys that start now, within ``max_concurrent`` (``flying``: rotations in
-        flight, emergency starts under way included; stalled ones do not count)."""
+        flight, emergency starts under way included; stalled ones do not count), but those in
+        ``skip`` (an emergency request starts them): their capabilities are not asked here."""
         if now < book.next_check:
             return []
         freezes: dict[tuple[str, str], FrozenSet | None] = {}
@@ -512,7 +554,7 @@ class Daemon:
             return found is None or found.covers(entry.policy.env, entry.policy.name)
 
         due, book.next_check = due_now(book, frozen=is_frozen, now=now)
-        due = [s for s in due if not self.failures.waiting(s.entry.ref)]
+        due = [s for s in due if not self.failures.waiting(s.entry.ref) and s.entry.ref not in skip]
         if not due:
             return []
         chosen: list[Start] = []

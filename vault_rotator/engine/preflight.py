@@ -108,10 +108,13 @@ def missing_capabilities(
     policies: Sequence[KeyPolicy],
     kv_for: Callable[[str], KvStore],
     store_for: Callable[[KeyPolicy], StateStore],
+    *,
+    raising: bool = False,
 ) -> dict[str, str]:
     """:func:`check_capabilities` for many keys in few requests: ref -> what is missing.
 
-    A request that fails is every one of its keys' problem.
+    A request that fails is every one of its keys' problem (``raising``: its error is raised,
+    as :func:`check_capabilities` raises it).
     """
     problems: dict[str, str] = {}
     by_mount: dict[str, list[KeyPolicy]] = {}
@@ -125,6 +128,8 @@ def missing_capabilities(
             try:
                 held = kv_for(mount).capabilities(paths)
             except VaultRotatorError as exc:
+                if raising:
+                    raise
                 problems.update((p.ref, str(exc)) for p in batch)
                 continue
             for ref, need in needs.items():
