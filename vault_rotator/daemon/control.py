@@ -279,6 +279,8 @@ class Control:
             trigger="api",
             revoke_old_now=body.get("revoke_old_now") is True,
         )
+        if env in self.daemon.emergencies.latest:  # shown at once, not after the next tick
+            self.daemon.emergencies.latest[env] = request
         log.warning(
             "emergency requested",
             env=env,
@@ -402,7 +404,12 @@ def _draw(daemon: Daemon) -> _Snapshot:
     starting = list(daemon.starting.values())  # (the ticks change it meanwhile)
     busy = frozenset(ref for starts in starting for ref in list(starts))
     found, unreadable = emergency_views(
-        policies, daemon.runtime.kv, now, records=records, busy=busy
+        policies,
+        daemon.runtime.kv,
+        now,
+        records=records,
+        busy=busy,
+        requests=dict(daemon.emergencies.latest),
     )
     env_paths = {
         env.environment: control_path(

@@ -114,6 +114,9 @@ class Emergencies:
         self._lock = threading.Lock()
         # env -> (the request's tag, {key not ended: its rotation id for the request})
         self.folding: dict[str, tuple[str, dict[str, str | None]]] = {}
+        # env -> its request as this replica last read or saved it (None: there is none), for
+        # GET /v1/status (no Vault read per drawing); environments of accounts it leads only
+        self.latest: dict[str, EmergencyRequest | None] = {}
 
     def folds(self, env: str, name: str, rotation: Rotation) -> bool:
         """Whether this rotation's own webhooks are folded into its request's."""
@@ -126,6 +129,7 @@ class Emergencies:
         """This replica no longer ticks these keys' account: fold nothing of theirs."""
         for env in roster(keys).envs:
             self.folding.pop(env, None)
+            self.latest.pop(env, None)
             with self._lock:  # a pass that ended under our lead is no news once another led
                 self.results.pop(env, None)
 
@@ -190,6 +194,7 @@ class Emergencies:
         env, vault = environment.environment, environment.vault
         store = EmergencyStore(self.engine.kv_for(vault.kv_mount), vault.state_prefix)
         request = store.read(env)
+        self.latest[env] = request
         if request is None or not self._open(request):
             self.folding.pop(env, None)
             return None
@@ -216,6 +221,7 @@ class Emergencies:
         changes.update(results)
         changes = {n: e for n, e in changes.items() if e != request.keys[n]}
         result = found.rounds.finish(request, changes, notify=True)
+        self.latest[found.env] = result.request
         if result.notify:
             event = webhook_event(result.request)
             fields = webhook_fields(result.request, now)
@@ -262,6 +268,7 @@ def emergency_views(
     *,
     records: Mapping[str, StateRecord] | None = None,
     busy: frozenset[str] = frozenset(),
+    requests: Mapping[str, EmergencyRequest | None] | None = None,
 ) -> tuple[list[tuple[EnvironmentPolicy, dict[str, Any]]], list[tuple[EnvironmentPolicy, str]]]:
     """Each environment's current request (open or not), as ``status`` shows it: the saved
     request with each key not ended yet judged afresh from its state record (nothing is
@@ -270,11 +277,15 @@ def emergency_views(
 
     ``records`` (by ``ENV/NAME``): the records the caller holds (the daemon's book), else each
     is read. A key in ``busy`` (its emergency start under way) shows as the request saved it
-    (``creating``): its record in the book is still the idle one it starts from."""
+    (``creating``): its record in the book is still the idle one it starts from.
+    ``requests`` (by env): the requests the caller holds (the daemon's, as its last tick read
+    or saved them; None: none), else each is read."""
     found, unreadable = [], []
     for env, environment in sorted(policies.environments.items()):
         try:
-            doc = _view_of(environment, kv_for, now, records or {}, busy)
+            doc = _view_of(
+                environment, kv_for, now, records=records or {}, busy=busy, requests=requests or {}
+            )
         except Exception as exc:  # one environment's trouble, even a bug, is its own
             error = str(exc) if isinstance(exc, VaultRotatorError) else f"unexpected {exc!r:.200}"
             unreadable.append((environment, f"emergency request of {env} unreadable: {error}"))
@@ -288,12 +299,14 @@ def _view_of(
     environment: EnvironmentPolicy,
     kv_for: Callable[[str], KvStore],
     now: float,
+    *,
     records: Mapping[str, StateRecord],
     busy: frozenset[str],
+    requests: Mapping[str, EmergencyRequest | None],
 ) -> dict[str, Any] | None:
     env = environment.environment
     kv, prefix = kv_for(environment.vault.kv_mount), environment.vault.state_prefix
-    request = EmergencyStore(kv, prefix).read(env)
+    request = requests[env] if env in requests else EmergencyStore(kv, prefix).read(env)
     if request is None:
         return None
     states = StateStore(kv, prefix)
