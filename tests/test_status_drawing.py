@@ -18,10 +18,14 @@ from vault_rotator.secret import Secret
 
 
 class RootAuth:
+    def __init__(self) -> None:
+        self.asked = 0
+
     def accessor_of(self, token: Secret) -> str:
         return "accessor"
 
     def capabilities_of(self, token: Secret, paths: list[str]) -> dict[str, frozenset[str]]:
+        self.asked += 1
         return {path: frozenset({"root"}) for path in paths}
 
 
@@ -104,3 +108,27 @@ def test_an_emergency_eta_counts_from_the_answer_not_the_drawing(
     (view,) = body["emergencies"]
     assert 69 <= view["eta_s"] <= 70.1
     assert body["as_of"] == 1_800_000_001.0
+
+
+def test_a_callers_capabilities_are_asked_once_per_drawing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    drawn: list[int] = []
+
+    def draw(_daemon: Any) -> _Snapshot:
+        drawn.append(len(drawn) + 1)
+        return snapshot(drawn[-1], took=0.01)
+
+    monkeypatch.setattr(control_module, "_draw", draw)
+    monkeypatch.setattr(control_module, "STATUS_FRESH_S", 3600.0)
+    auth = RootAuth()
+    control = Control(FakeDaemon(), auth)  # type: ignore[arg-type]
+    status(control)
+    status(control)
+    assert (len(drawn), auth.asked) == (1, 1)
+    other = control.handle("GET", "/v1/status", "another-token", {})
+    assert other.status == 200
+    assert auth.asked == 2  # another caller: asked for itself
+    monkeypatch.setattr(control_module, "STATUS_FRESH_S", 0.0)
+    status(control)
+    assert (len(drawn), auth.asked) == (2, 3)  # a new drawing: asked again

@@ -74,7 +74,7 @@ from vault_rotator.errors import (
     VaultRotatorError,
 )
 from vault_rotator.policy import KeyPolicy, PolicySet
-from vault_rotator.secret import Secret
+from vault_rotator.secret import Secret, fingerprint
 
 log = structlog.get_logger(__name__)
 
@@ -161,6 +161,8 @@ class Control:
         self._status_shot: _Snapshot | None = None
         self._status_wanted = threading.Event()  # a caller took a snapshot past its freshness
         self._drawer: threading.Thread | None = None
+        # caller (its token's fingerprint) -> (a drawing, the control paths it may read there)
+        self._readers: dict[str, tuple[_Snapshot, set[str]]] = {}
 
     def handle(self, method: str, path: str, token: str | None, body: Mapping[str, Any]) -> Answer:
         caller = self._caller(token)
@@ -304,14 +306,13 @@ class Control:
         (:func:`~.status_rows.held_rows`; keys of accounts it does not lead: read from Vault).
         What the daemon holds is drawn at most once per :data:`STATUS_FRESH_S` and shared by
         every caller meanwhile (a burst of callers costs one drawing), each row encoded once
-        per drawing; each caller's capabilities are asked every time. A drawing that took
+        per drawing; each caller's capabilities are asked once per drawing. A drawing that took
         longer than :data:`STATUS_SYNC_DRAW_S` (thousands of keys on a busy daemon) is redone
         in the background, paced by its own cost, and callers get the last one at once: the
         answer's ``as_of`` says when it was drawn, and an emergency view's ETA counts from
         the answer's moment."""
         shot = self._held_status()
-        wanted = sorted(set(shot.paths.values()) | set(shot.env_paths.values()))
-        readable = self._allowed(token, wanted, "read")
+        readable = self._readable(token, shot)
         shown = [i for i, (ref, _row) in enumerate(shot.rows) if shot.paths[ref] in readable]
         age = max(0.0, time.monotonic() - shot.at)
         emergencies = [
@@ -329,6 +330,22 @@ class Control:
         rows = b", ".join(shot.encoded[i] for i in shown)
         payload = head[:-1].encode() + b', "keys": [' + rows + b"]}"
         return Answer(200, body, payload=payload)
+
+    def _readable(self, token: Secret, shot: _Snapshot) -> set[str]:
+        """The snapshot's control paths the caller may read: asked of Vault once per caller
+        and drawing (a caller polling faster than the daemon draws asks once a drawing)."""
+        caller = fingerprint(token.reveal())
+        with self._status_lock:
+            known = self._readers.get(caller)
+        if known is not None and known[0] is shot:
+            return known[1]
+        wanted = sorted(set(shot.paths.values()) | set(shot.env_paths.values()))
+        readable = self._allowed(token, wanted, "read")
+        with self._status_lock:
+            if len(self._readers) >= STATUS_READERS:
+                self._readers.clear()
+            self._readers[caller] = (shot, readable)
+        return readable
 
     def _held_status(self) -> _Snapshot:
         with self._status_lock:  # one drawing at a time; those waiting take it
@@ -366,6 +383,7 @@ STATUS_FRESH_S = 1.0  # GET /v1/status draws what the daemon holds at most this 
 STATUS_SYNC_DRAW_S = 0.25  # a drawing that took longer is redone behind the callers
 STATUS_PACE = 2.0  # ... each at least this many times its own wall time after the last
 STATUS_DRAWER_IDLE_S = 60.0  # the background drawer ends after this long without a caller
+STATUS_READERS = 64  # callers whose capabilities on the current drawing are remembered
 
 
 def _aged(doc: dict[str, Any], age: float) -> dict[str, Any]:
