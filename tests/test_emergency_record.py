@@ -23,7 +23,7 @@ from vault_rotator.engine.emergency import (
     new_request,
     resumed,
 )
-from vault_rotator.engine.emergency_codec import MAX_DETAIL, header_doc, shard_docs
+from vault_rotator.engine.emergency_codec import MAX_DETAIL, header_doc, shard_docs, shard_path
 from vault_rotator.engine.emergency_decide import KeyAction, after_pass, decide_key, merged
 from vault_rotator.engine.emergency_store import EmergencyStore
 from vault_rotator.engine.emergency_view import (
@@ -597,3 +597,40 @@ def test_a_settled_requests_pace_does_not_decay_with_time() -> None:
     done = {n: KeyEntry(Step.DONE, T0 + 10, T0, "r", "succeeded") for n in ("a", "b", "c")}
     req = request().with_keys(done, T0 + 10)
     assert rate_and_eta(req, T0 + 10) == rate_and_eta(req, T0 + 3600)
+
+
+def test_the_store_reads_the_shards_again_only_when_the_header_changed() -> None:
+    """A read while the header keeps its version reads only the header; a shard a crashed
+    writer changed under an unchanged header is read at the next write (its check-and-set
+    conflicts) and nothing is lost."""
+    kv = MemoryKv()
+    store = EmergencyStore(kv, "vault-rotator")
+    names = [f"k{i:04d}" for i in range(450)]
+    req = new_request("req1", "prod", names, by="a", trigger="cli", revoke_old_now=False, now=T0)
+    assert store.update("prod", lambda _current: req) is not None
+    reads: list[str] = []
+    real = kv.read
+
+    def counted(path: str, version: int | None = None) -> Any:
+        reads.append(path)
+        return real(path, version)
+
+    kv.read = counted  # type: ignore[method-assign]
+    first = store.read("prod")
+    assert first is not None
+    assert len(reads) == 4  # the header and its three shards
+    assert store.read("prod") == first
+    assert len(reads) == 5  # the header only
+    # a writer that crashed after its shard write: shard 1 changed, the header not
+    header = real(emergency_path("vault-rotator", "prod"))
+    assert header is not None
+    crashed = first.with_keys({"k0300": KeyEntry(Step.CREATING, T0 + 2, T0, "r3")}, T0 + 2)
+    shard = shard_path(emergency_path("vault-rotator", "prod"), "req1", 1)
+    kv.write(shard, shard_docs(crashed)[1], cas=first.shard_versions[1])
+    moved = {"k0301": KeyEntry(Step.CREATING, T0 + 3, T0, "r4")}
+    saved = store.update("prod", lambda current: current and current.with_keys(moved, T0 + 3))
+    assert saved is not None
+    back = EmergencyStore(kv, "vault-rotator").read("prod")
+    assert back is not None
+    assert back.keys["k0300"].step == Step.CREATING  # the crashed writer's shard, kept
+    assert back.keys["k0301"].step == Step.CREATING

@@ -191,15 +191,14 @@ class Emergencies:
         return f"emergency of {env}: {error}"
 
     def _plan(self, environment: EnvironmentPolicy, record_of: RecordOf) -> Open | None:
-        env, vault = environment.environment, environment.vault
-        store = EmergencyStore(self.engine.kv_for(vault.kv_mount), vault.state_prefix)
-        request = store.read(env)
+        env = environment.environment
+        rounds = self._rounds_of(environment)
+        request = rounds.store.read(env)  # its saves (Round.finish) keep what it read
         self.latest[env] = request
         if request is None or not self._open(request):
             self.folding.pop(env, None)
             return None
         self._fold(env, request if request.notified_at is None else None)
-        rounds = self._rounds_of(environment)
         return Open(env, rounds, rounds.plan(request, lambda name: record_of(env, name)))
 
     def _settle(self, found: Open, record_of: RecordOf, busy: frozenset[str]) -> None:

@@ -35,6 +35,13 @@ class EmergencyStore:
     def __init__(self, kv: KvStore, prefix: str) -> None:
         self.kv = kv
         self.prefix = prefix.strip("/")
+        # env -> the request as this store last read it (sharded requests only). A request's
+        # header is written at every change, after its shards, so while the header keeps the
+        # version read then, the shards need not be read and decoded again (a round's save
+        # right after its plan's read). A write drops it: a writer that crashed between its
+        # shards and its header left a shard changed under the same header, and a write on
+        # the shard versions known conflicts, then reads every shard.
+        self._known: dict[str, EmergencyRequest] = {}
 
     def where(self, env: str) -> str:
         return f"{self.kv.mount}/{emergency_path(self.prefix, env)}"
@@ -46,10 +53,12 @@ class EmergencyStore:
     def _read(self, env: str) -> tuple[EmergencyRequest | None, int]:
         path, where = emergency_path(self.prefix, env), self.where(env)
         got = self.kv.read(path)
-        if got is None:
-            return None, 0
-        if got.deleted:
-            return None, got.version
+        if got is None or got.deleted:
+            self._known.pop(env, None)
+            return None, 0 if got is None else got.version
+        known = self._known.get(env)
+        if known is not None and known.version == got.version:
+            return known, got.version
         schema = schema_of(got.data, where)  # a newer one is refused first, as such
         _check_place(got.data, env, where)  # before its id or env become a path
         if schema == 1:
@@ -64,7 +73,10 @@ class EmergencyStore:
             if data[-1] is None:
                 break  # the first one missing says the request is unreadable: read no further
         request = from_stored(got.data, data, where, got.version)
-        return request.evolve(shard_versions=tuple(versions)), got.version
+        request = request.evolve(shard_versions=tuple(versions))
+        if all(d is not None for d in data):
+            self._known[env] = request
+        return request, got.version
 
     def _write(
         self, env: str, current: EmergencyRequest | None, version: int, wanted: EmergencyRequest
@@ -107,6 +119,7 @@ class EmergencyStore:
             wanted = change(current)
             if wanted is None:
                 return current
+            self._known.pop(env, None)  # read afresh next time: what is stored is normalized
             try:
                 return self._write(env, current, version, wanted)
             except CasConflictError:
