@@ -83,8 +83,8 @@ def test_a_costly_drawing_is_redone_behind_the_callers(monkeypatch: pytest.Monke
     assert drawn[:2] == [1, 2]
 
 
-def test_a_cheap_drawing_is_redone_in_the_call(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A small daemon's drawing is quick: a caller past the freshness gets a new one."""
+def quick_drawings(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Drawings that take no time, numbered from 1: the list of those drawn so far."""
     drawn: list[int] = []
 
     def draw(_daemon: Any) -> _Snapshot:
@@ -92,6 +92,12 @@ def test_a_cheap_drawing_is_redone_in_the_call(monkeypatch: pytest.MonkeyPatch) 
         return snapshot(drawn[-1], took=0.01)
 
     monkeypatch.setattr(control_module, "_draw", draw)
+    return drawn
+
+
+def test_a_cheap_drawing_is_redone_in_the_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A small daemon's drawing is quick: a caller past the freshness gets a new one."""
+    quick_drawings(monkeypatch)
     monkeypatch.setattr(control_module, "STATUS_FRESH_S", 0.0)
     control = Control(FakeDaemon(), RootAuth())  # type: ignore[arg-type]
     assert [status(control)["keys"][0]["drawing"] for _ in range(3)] == [1, 2, 3]
@@ -113,13 +119,7 @@ def test_an_emergency_eta_counts_from_the_answer_not_the_drawing(
 def test_a_callers_capabilities_are_asked_once_per_drawing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    drawn: list[int] = []
-
-    def draw(_daemon: Any) -> _Snapshot:
-        drawn.append(len(drawn) + 1)
-        return snapshot(drawn[-1], took=0.01)
-
-    monkeypatch.setattr(control_module, "_draw", draw)
+    drawn = quick_drawings(monkeypatch)
     monkeypatch.setattr(control_module, "STATUS_FRESH_S", 3600.0)
     auth = RootAuth()
     control = Control(FakeDaemon(), auth)  # type: ignore[arg-type]
