@@ -11,9 +11,11 @@ import time
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from vault_rotator.daemon import control as control_module
 from vault_rotator.daemon.control import Control, _Snapshot
+from vault_rotator.errors import StoreUnavailableError
 from vault_rotator.secret import Secret
 
 
@@ -132,3 +134,30 @@ def test_a_callers_capabilities_are_asked_once_per_drawing(
     monkeypatch.setattr(control_module, "STATUS_FRESH_S", 0.0)
     status(control)
     assert (len(drawn), auth.asked) == (2, 3)  # a new drawing: asked again
+
+
+def test_a_drawing_that_fails_behind_the_callers_leaves_the_last_one_served(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A failed background drawing is one warning: callers keep getting the last drawing,
+    and the drawer goes on (the next drawing lands)."""
+    calls: list[int] = []
+
+    def draw(_daemon: Any) -> _Snapshot:
+        calls.append(1)
+        if len(calls) == 2:
+            raise StoreUnavailableError("Vault at http://127.0.0.1:1: connection refused")
+        return snapshot(len(calls), took=0.5)
+
+    monkeypatch.setattr(control_module, "_draw", draw)
+    monkeypatch.setattr(control_module, "STATUS_FRESH_S", 0.0)
+    monkeypatch.setattr(control_module, "STATUS_PACE", 0.0)
+    control = Control(FakeDaemon(), RootAuth())  # type: ignore[arg-type]
+    with capture_logs() as logs:
+        assert status(control)["keys"][0]["drawing"] == 1
+        deadline = time.monotonic() + 10
+        while status(control)["keys"][0]["drawing"] != 3:
+            assert time.monotonic() < deadline, "the drawer stopped after a failed drawing"
+            time.sleep(0.01)
+    failed = [e for e in logs if e["event"].startswith("status drawing failed")]
+    assert [e["error"] for e in failed] == ["Vault at http://127.0.0.1:1: connection refused"]

@@ -373,7 +373,13 @@ class Control:
         idle once nobody asked for a minute."""
         while self._status_wanted.wait(STATUS_DRAWER_IDLE_S):
             self._status_wanted.clear()
-            shot = _draw(self.daemon)
+            try:
+                shot = _draw(self.daemon)
+            except Exception as exc:  # callers keep the last drawing; one line, no traceback
+                error = str(exc) if isinstance(exc, VaultRotatorError) else f"{exc!r:.200}"
+                log.warning("status drawing failed; the last one is served", error=error)
+                time.sleep(STATUS_FRESH_S)
+                continue
             with self._status_lock:
                 self._status_shot = shot
             time.sleep(max(STATUS_FRESH_S, STATUS_PACE * shot.took))
