@@ -120,10 +120,10 @@ class Fleet:
         )
         (self.config / "fleet.yaml").write_text(body)
 
-    def daemon(self, *, holds_on_fake_clock: bool = False) -> Daemon:
+    def daemon(self, *, holds_on_fake_clock: bool = False, token: str | None = None) -> Daemon:
         """A daemon on the fake clock (with ``holds_on_fake_clock``, a provider's Retry-After
-        hold too, instead of real time)."""
-        conn = VaultConnection(self.vault.addr, self.vault.token)
+        hold too, instead of real time), on ``token`` (default: the root token)."""
+        conn = VaultConnection(self.vault.addr, token or self.vault.token)
         self.conns.append(conn)
         runtime = Runtime(conn, clock=self.clock, sleep=self.clock.sleep)
         if holds_on_fake_clock:
@@ -528,6 +528,19 @@ def _quick_ticks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(daemon_module, "_poll", lambda _keys: 0.5)
 
 
+def _two_starts_held(fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> tuple[Daemon, _Gate]:
+    """Two keys, an emergency request over both, one tick: both starts under way on the
+    start pool, held at their create until the gate opens."""
+    fleet.seed(2)
+    _quick_ticks(monkeypatch)
+    daemon = fleet.daemon()
+    gate = _Gate(daemon, (f"{fleet.env}-",))
+    _open(fleet, fleet.names)
+    ((account, keys),) = daemon.accounts().items()
+    daemon.tick(account, keys)
+    return daemon, gate
+
+
 def test_scheduled_starts_count_emergency_starts_still_under_way(
     fleet: Fleet, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -570,13 +583,7 @@ def test_status_shows_keys_whose_start_is_under_way_as_creating(
 ) -> None:
     """GET /v1/status's emergency view while both starts are held: `creating 2`, as the
     request was saved (it judged them from the book's idle records: `queued 2`)."""
-    fleet.seed(2)
-    _quick_ticks(monkeypatch)
-    daemon = fleet.daemon()
-    gate = _Gate(daemon, (f"{fleet.env}-",))
-    _open(fleet, fleet.names)
-    ((account, keys),) = daemon.accounts().items()
-    daemon.tick(account, keys)
+    daemon, gate = _two_starts_held(fleet, monkeypatch)
     control = Control(daemon, VaultCallerAuth(daemon.runtime.conn))
     try:
         answer = control.handle("GET", "/v1/status", fleet.vault.token, {})
@@ -653,13 +660,7 @@ def test_shutdown_waits_for_emergency_starts_before_the_leases_go(
 ) -> None:
     """At shutdown the daemon says a start under way still runs (so the account lease is not
     given back under it: another replica would take the account mid-create) until it ends."""
-    fleet.seed(2)
-    _quick_ticks(monkeypatch)
-    daemon = fleet.daemon()
-    gate = _Gate(daemon, (f"{fleet.env}-",))
-    _open(fleet, fleet.names)
-    ((account, keys),) = daemon.accounts().items()
-    daemon.tick(account, keys)
+    daemon, gate = _two_starts_held(fleet, monkeypatch)
     try:
         assert daemon.drain_starts(0.2) is False
     finally:
@@ -692,13 +693,7 @@ def test_emergency_starts_ask_the_tokens_capabilities_once_per_batch_and_fail_a_
     token = str(
         admin.auth.token.create(policies=["default", name], ttl="30m")["auth"]["client_token"]
     )
-    conn = VaultConnection(fleet.vault.addr, token)
-    fleet.conns.append(conn)
-    runtime = Runtime(conn, clock=fleet.clock, sleep=fleet.clock.sleep)
-    daemon = Daemon(load_policies(fleet.config), runtime, metrics=Metrics(), fault=no_fault)
-    leases = VaultConnection(fleet.vault.addr, fleet.vault.token)
-    fleet.conns.append(leases)
-    daemon.replicas.kv, fleet.lease_conn = leases.kv, leases
+    daemon = fleet.daemon(token=token)
     asked: list[int] = []
     real = VaultKv.capabilities
 
