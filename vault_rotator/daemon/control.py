@@ -281,8 +281,7 @@ class Control:
             trigger="api",
             revoke_old_now=body.get("revoke_old_now") is True,
         )
-        if env in self.daemon.emergencies.latest:  # shown at once, not after the next tick
-            self.daemon.emergencies.latest[env] = request
+        self.daemon.emergencies.saved(env, request)  # shown at once, not after the next tick
         log.warning(
             "emergency requested",
             env=env,

@@ -125,6 +125,12 @@ class Emergencies:
             return False
         return rotation.trigger == tag or rotation.id == keys[name]
 
+    def saved(self, env: str, request: EmergencyRequest) -> None:
+        """A request this process just saved (the control API): held for GET /v1/status if
+        the environment's requests are held here (an account this replica leads)."""
+        if env in self.latest:
+            self.latest[env] = request
+
     def forget(self, keys: tuple[KeyPolicy, ...]) -> None:
         """This replica no longer ticks these keys' account: fold nothing of theirs."""
         for env in roster(keys).envs:
