@@ -63,7 +63,7 @@ def test_a_costly_drawing_is_redone_behind_the_callers(monkeypatch: pytest.Monke
     drawn: list[int] = []
     release = threading.Event()
 
-    def draw(_daemon: Any) -> _Snapshot:
+    def draw(_daemon: Any, _rows: Any) -> _Snapshot:
         if drawn:  # the background drawing waits until the test has asked once more
             assert release.wait(10)
         drawn.append(len(drawn) + 1)
@@ -89,7 +89,7 @@ def quick_drawings(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Drawings that take no time, numbered from 1: the list of those drawn so far."""
     drawn: list[int] = []
 
-    def draw(_daemon: Any) -> _Snapshot:
+    def draw(_daemon: Any, _rows: Any) -> _Snapshot:
         drawn.append(len(drawn) + 1)
         return snapshot(drawn[-1], took=0.01)
 
@@ -108,7 +108,7 @@ def test_a_cheap_drawing_is_redone_in_the_call(monkeypatch: pytest.MonkeyPatch) 
 def test_an_emergency_eta_counts_from_the_answer_not_the_drawing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(control_module, "_draw", lambda _d: snapshot(1, took=3, age=30, eta=100))
+    monkeypatch.setattr(control_module, "_draw", lambda *_a: snapshot(1, took=3, age=30, eta=100))
     monkeypatch.setattr(control_module, "STATUS_FRESH_S", 3600.0)
     control = Control(FakeDaemon(), RootAuth())  # type: ignore[arg-type]
     control._status_shot = snapshot(1, took=3, age=30, eta=100)
@@ -143,7 +143,7 @@ def test_a_drawing_that_fails_behind_the_callers_leaves_the_last_one_served(
     and the drawer goes on (the next drawing lands)."""
     calls: list[int] = []
 
-    def draw(_daemon: Any) -> _Snapshot:
+    def draw(_daemon: Any, _rows: Any) -> _Snapshot:
         calls.append(1)
         if len(calls) == 2:
             raise StoreUnavailableError("Vault at http://127.0.0.1:1: connection refused")

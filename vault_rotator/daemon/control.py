@@ -8,7 +8,7 @@ accessor) and asks Vault for its capabilities on
 token accessor, never the token.
 
 ``GET /v1/status`` answers from what the daemon holds: its books' state records, fresh to
-within a poll (:func:`~.status_rows.held_rows`), with no Vault read per key; only the keys of
+within a poll (:func:`~.status_rows.HeldRows`), with no Vault read per key; only the keys of
 accounts this replica does not lead are read from Vault (:mod:`.status_rows`).
 
 Routes (one per CLI verb)::
@@ -63,7 +63,7 @@ from vault_rotator.daemon.book import Entry
 from vault_rotator.daemon.daemon import Daemon
 from vault_rotator.daemon.emergencies import emergency_views, open_request
 from vault_rotator.daemon.refs import in_flight_policy
-from vault_rotator.daemon.status_rows import held_rows
+from vault_rotator.daemon.status_rows import HeldRows
 from vault_rotator.display import redact_text
 from vault_rotator.engine.engine import Command, Progress, Verb
 from vault_rotator.errors import (
@@ -163,6 +163,7 @@ class Control:
         self._drawer: threading.Thread | None = None
         # caller (its token's fingerprint) -> (a drawing, the control paths it may read there)
         self._readers: dict[str, tuple[_Snapshot, set[str]]] = {}
+        self._rows = HeldRows()  # each key's row kept between drawings while it stays the same
 
     def handle(self, method: str, path: str, token: str | None, body: Mapping[str, Any]) -> Answer:
         caller = self._caller(token)
@@ -302,7 +303,7 @@ class Control:
 
     def _status(self, token: Secret) -> Answer:
         """Every key and emergency request the caller may read, from what the daemon holds
-        (:func:`~.status_rows.held_rows`; keys of accounts it does not lead: read from Vault).
+        (:func:`~.status_rows.HeldRows`; keys of accounts it does not lead: read from Vault).
         What the daemon holds is drawn at most once per :data:`STATUS_FRESH_S` and shared by
         every caller meanwhile (a burst of callers costs one drawing), each row encoded once
         per drawing; each caller's capabilities are asked once per drawing. A drawing that took
@@ -356,7 +357,7 @@ class Control:
                     self._status_wanted.set()
                     self._start_drawer()
                     return shot
-            self._status_shot = _draw(self.daemon)
+            self._status_shot = _draw(self.daemon, self._rows)
             return self._status_shot
 
     def _start_drawer(self) -> None:
@@ -373,7 +374,7 @@ class Control:
         while self._status_wanted.wait(STATUS_DRAWER_IDLE_S):
             self._status_wanted.clear()
             try:
-                shot = _draw(self.daemon)
+                shot = _draw(self.daemon, self._rows)
             except Exception as exc:  # callers keep the last drawing; one line, no traceback
                 error = str(exc) if isinstance(exc, VaultRotatorError) else f"{exc!r:.200}"
                 log.warning("status drawing failed; the last one is served", error=error)
@@ -416,7 +417,7 @@ class _Snapshot:
     unreadable: list[tuple[str, str]]  # (env, line)
 
 
-def _draw(daemon: Daemon) -> _Snapshot:
+def _draw(daemon: Daemon, drawer: HeldRows) -> _Snapshot:
     began = time.monotonic()
     policies, now = daemon.policies, daemon.clock()
     paths = {
@@ -441,8 +442,7 @@ def _draw(daemon: Daemon) -> _Snapshot:
         for env in [e for e, _doc in found] + [e for e, _line in unreadable]
     }
     keys = list(policies)
-    rows = held_rows(keys, held, daemon.runtime, now)
-    encoded = [redact_text(json.dumps(row, sort_keys=True)).encode() for row in rows]
+    rows, encoded = drawer.draw(keys, held, daemon.runtime, now)
     at = time.monotonic()
     return _Snapshot(
         at=at,

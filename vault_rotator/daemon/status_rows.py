@@ -5,7 +5,7 @@ Two sources give the same rows:
 * :func:`collect` reads Vault: per key its state record, its consumer secret and its ack
   folder, plus any rotation still in flight for a key no longer in the policies. ``vault-rotator
   status`` without ``--daemon`` (:mod:`vault_rotator.commands.status_cmd`) answers with it.
-* :func:`held_rows` answers the daemon's ``GET /v1/status`` (:mod:`.control`) from what the
+* :class:`HeldRows` answers the daemon's ``GET /v1/status`` (:mod:`.control`) from what the
   daemon already holds: the :class:`~.book.Book` of each account this replica leads, kept
   current every poll (so the rows are fresh to within a poll, and cost no Vault read per key).
   Of the consumer secret, a row needs only ``key_id`` and ``rotated_at``, and only for a key
@@ -32,18 +32,29 @@ until the rotation is published.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from math import isfinite
 from typing import Any
 
-from vault_rotator.daemon.book import Entry
+from vault_rotator.daemon.book import Entry, SecretSeen
 from vault_rotator.daemon.due import next_due
+from vault_rotator.display import redact_text
 from vault_rotator.engine.ack_status import ack_status, judged
 from vault_rotator.engine.ack_store import AckStore, read_quietly
 from vault_rotator.engine.acks import AckPolicy
 from vault_rotator.engine.session import StateStore
-from vault_rotator.engine.status import key_status, unreadable_row
+from vault_rotator.engine.state import StateRecord
+from vault_rotator.engine.status import (
+    derive_state,
+    key_status,
+    last_rotated,
+    lease_holder,
+    unreadable_row,
+)
 from vault_rotator.errors import (
     StoreError,
     StorePermissionError,
@@ -124,48 +135,128 @@ def vault_row(policy: KeyPolicy, store: StateStore, now: float) -> dict[str, Any
 # -- from what the daemon holds ------------------------------------------------------------
 
 
-def held_rows(
-    keys: Sequence[KeyPolicy],
-    held: Mapping[str, Entry],
-    runtime: Runtime,
-    now: float,
-    *,
-    timer: Callable[[], float] = time.monotonic,
-) -> list[dict[str, Any]]:
-    """Rows of ``keys`` (in their order) from the book entries in ``held`` (by ref); a key
-    not held is read from Vault (see the module docstring)."""
-    flying = [
-        (p, held[p.ref]) for p in keys if p.ref in held and held[p.ref].record.rotation is not None
-    ]
-    acks = _held_acks(flying, runtime.kv, now, timer)
-    stores: dict[tuple[str, str], StateStore] = {}
-    rows = []
-    for policy in keys:
-        entry = held.get(policy.ref)
-        if entry is None:
-            rows.append(vault_row(policy, _store(stores, runtime, policy), now))
+class HeldRows:
+    """Draws the rows of the keys the books hold, each row's JSON kept from one drawing to
+    the next while what it shows stays the same.
+
+    A row depends on the key's policy, its state record and the consumer secret the book saw
+    (kept while those are the same objects), and on the clock through its state and deadlines
+    passed, its lease holder, its due date and its age. The first four are worked out at each
+    drawing and the row is encoded afresh when one moved; otherwise only ``age_s`` (and the
+    ``acks`` of the few rotations whose acks were read) are encoded and joined to the rest.
+    The bytes are exactly those of encoding the whole row with sorted keys and redacting it:
+    a daemon of 10,000 keys, nearly all of whose rows are the same from one drawing to the
+    next, spends its drawings on the rows that changed.
+    """
+
+    def __init__(self) -> None:
+        self._kept: dict[str, _Kept] = {}
+
+    def draw(
+        self,
+        keys: Sequence[KeyPolicy],
+        held: Mapping[str, Entry],
+        runtime: Runtime,
+        now: float,
+        *,
+        timer: Callable[[], float] = time.monotonic,
+    ) -> tuple[list[dict[str, Any]], list[bytes]]:
+        """The rows of ``keys`` (in their order) from the book entries in ``held`` (by ref),
+        and each row's JSON, redacted; a key not held is read from Vault (see the module
+        docstring)."""
+        flying = [
+            (p, held[p.ref])
+            for p in keys
+            if p.ref in held and held[p.ref].record.rotation is not None
+        ]
+        acks = _held_acks(flying, runtime.kv, now, timer)
+        stores: dict[tuple[str, str], StateStore] = {}
+        kept: dict[str, _Kept] = {}
+        rows: list[dict[str, Any]] = []
+        encoded: list[bytes] = []
+        for policy in keys:
+            entry = held.get(policy.ref)
+            if entry is None:
+                row = vault_row(policy, _store(stores, runtime, policy), now)
+                rows.append(row)
+                encoded.append(encode_row(row))
+                continue
+            keep = self._kept_row(policy, entry, now)
+            kept[policy.ref] = keep
+            row, line = keep.at(now, acks.get(policy.ref))
+            rows.append(row)
+            encoded.append(line)
+        self._kept = kept  # keys no longer drawn are forgotten
+        return rows, encoded
+
+    def _kept_row(self, policy: KeyPolicy, entry: Entry, now: float) -> _Kept:
+        record, seen = entry.record, entry.secret
+        keep = self._kept.get(policy.ref)
+        same = keep is not None and keep.policy is policy and keep.record is record
+        if keep is None or not same or keep.seen != seen:
+            keep = None
+            facts = secret_facts(entry)
         else:
-            rows.append(_held_row(policy, entry, now, acks.get(policy.ref)))
-    return rows
+            facts = keep.facts
+        state, passed = derive_state(record, now)
+        due_at = next_due(
+            policy, last_success_at=record.last_success_at, rotated_at=facts["rotated_at"], now=now
+        )
+        moving = (state, passed, lease_holder(record, now), due_at)
+        if keep is not None and keep.moving == moving:
+            return keep
+        row = key_status(
+            ref=policy.ref,
+            max_age_s=policy.max_age_s,
+            next_due_at=due_at,
+            record=record,
+            secret=facts,
+            now=now,
+            acks=None,
+        )
+        rest = {k: v for k, v in row.items() if k not in _PER_DRAWING}
+        return _Kept(
+            policy=policy,
+            record=record,
+            seen=seen,
+            facts=facts,
+            moving=moving,
+            row=row,
+            last=last_rotated(record, facts),
+            rest=redact_text(json.dumps(rest, sort_keys=True)[1:]).encode(),
+        )
 
 
-def _held_row(
-    policy: KeyPolicy, entry: Entry, now: float, acks: dict[str, Any] | None
-) -> dict[str, Any]:
-    record = entry.record
-    secret = secret_facts(entry)
-    due_at = next_due(
-        policy, last_success_at=record.last_success_at, rotated_at=secret["rotated_at"], now=now
-    )
-    return key_status(
-        ref=policy.ref,
-        max_age_s=policy.max_age_s,
-        next_due_at=due_at,
-        record=record,
-        secret=secret,
-        now=now,
-        acks=acks,
-    )
+_PER_DRAWING = ("acks", "age_s")  # sorted first of a row's fields: encoded at every drawing
+
+
+@dataclass(frozen=True, slots=True)
+class _Kept:
+    """One key's row as last drawn, and what it was drawn from."""
+
+    policy: KeyPolicy
+    record: StateRecord
+    seen: SecretSeen | None
+    facts: dict[str, Any]
+    moving: tuple[str, list[str], str | None, float]  # state, passed, lease holder, due
+    row: dict[str, Any]
+    last: float | None  # the last rotation (the age's basis)
+    rest: bytes  # the row's JSON after its opening brace and per-drawing fields, redacted
+
+    def at(self, now: float, acks: dict[str, Any] | None) -> tuple[dict[str, Any], bytes]:
+        """The row at ``now`` with ``acks``, and its JSON."""
+        age = None if self.last is None else round(now - self.last, 3)
+        row = {**self.row, "acks": acks, "age_s": age}
+        head = b"null" if acks is None else redact_text(json.dumps(acks, sort_keys=True)).encode()
+        shown = (
+            b"null" if age is None else (repr(age) if isfinite(age) else json.dumps(age)).encode()
+        )
+        return row, b'{"acks": ' + head + b', "age_s": ' + shown + b", " + self.rest
+
+
+def encode_row(row: Mapping[str, Any]) -> bytes:
+    """A row's JSON as GET /v1/status sends it: keys sorted, redacted."""
+    return redact_text(json.dumps(row, sort_keys=True)).encode()
 
 
 def secret_facts(entry: Entry) -> dict[str, Any]:

@@ -65,7 +65,8 @@ def derive_state(record: StateRecord, now: float) -> tuple[str, list[str]]:
     return words.get(record.phase, record.phase), passed
 
 
-def _rotated_at(record: StateRecord, secret: Mapping[str, Any] | None) -> float | None:
+def last_rotated(record: StateRecord, secret: Mapping[str, Any] | None) -> float | None:
+    """When the key was last rotated: the record's last success, else the secret's stamp."""
     if record.last_success_at is not None:
         return record.last_success_at
     stamp = (secret or {}).get("rotated_at")
@@ -89,7 +90,7 @@ def key_status(
 ) -> dict[str, Any]:
     """One key's status as a JSON-safe dict (the ``status --json`` row)."""
     state, passed = derive_state(record, now)
-    last = _rotated_at(record, secret)
+    last = last_rotated(record, secret)
     rot = record.rotation
     return {
         "key": ref,
@@ -104,9 +105,7 @@ def key_status(
         "stall_detail": rot.stalled.detail if rot and rot.stalled else None,
         "mode": rot.mode if rot else None,
         "deadlines_passed": passed,
-        "lease_holder": record.lease.holder  # a handed-off lease ended with its pending save
-        if record.lease and record.lease.expires_at > now and record.lease.pending_attempt is None
-        else None,
+        "lease_holder": lease_holder(record, now),
         "last_outcomes": [
             {
                 "rotation_id": o.rotation_id,
@@ -122,6 +121,14 @@ def key_status(
         ],
         "acks": acks,  # engine/ack_status.py; None: not read
     }
+
+
+def lease_holder(record: StateRecord, now: float) -> str | None:
+    """Who holds the key's lease at ``now`` (a handed-off lease ended with its pending save)."""
+    lease = record.lease
+    if lease and lease.expires_at > now and lease.pending_attempt is None:
+        return lease.holder
+    return None
 
 
 UNREADABLE = "unreadable"
