@@ -420,9 +420,7 @@ class _Snapshot:
 def _draw(daemon: Daemon, drawer: HeldRows) -> _Snapshot:
     began = time.monotonic()
     policies, now = daemon.policies, daemon.clock()
-    paths = {
-        p.ref: control_path(p.vault.kv_mount, p.vault.state_prefix, p.env, p.name) for p in policies
-    }
+    paths = drawer.paths(policies, control_path)
     held = held_entries(daemon)
     records = {ref: entry.record for ref, entry in held.items()}
     starting = list(daemon.starting.values())  # (the ticks change it meanwhile)
@@ -465,10 +463,10 @@ def held_entries(daemon: Daemon) -> dict[str, Entry]:
     books = [
         b for b in list(daemon.books.values()) if b.loaded and b.generation == daemon.generation
     ]
-    entries = [e for book in books for e in list(book.entries.values())]
-    held = {e.ref: e for e in entries if e.in_policy}
-    for entry in entries:
-        held.setdefault(entry.ref, entry)
+    entries = [pair for book in books for pair in list(book.entries.items())]  # by ref
+    held = {ref: e for ref, e in entries if e.in_policy}
+    for ref, entry in entries:
+        held.setdefault(ref, entry)
     return held
 
 

@@ -151,6 +151,19 @@ class HeldRows:
 
     def __init__(self) -> None:
         self._kept: dict[str, _Kept] = {}
+        self._paths: tuple[PolicySet, dict[str, str]] | None = None
+
+    def paths(
+        self, policies: PolicySet, path_of: Callable[[str, str, str, str | None], str]
+    ) -> dict[str, str]:
+        """Each key's control path by ref (``path_of(mount, prefix, env, name)``), kept
+        until the policies are reloaded."""
+        if self._paths is None or self._paths[0] is not policies:
+            self._paths = policies, {
+                p.ref: path_of(p.vault.kv_mount, p.vault.state_prefix, p.env, p.name)
+                for p in policies
+            }
+        return self._paths[1]
 
     def draw(
         self,
@@ -164,34 +177,31 @@ class HeldRows:
         """The rows of ``keys`` (in their order) from the book entries in ``held`` (by ref),
         and each row's JSON, redacted; a key not held is read from Vault (see the module
         docstring)."""
-        flying = [
-            (p, held[p.ref])
-            for p in keys
-            if p.ref in held and held[p.ref].record.rotation is not None
-        ]
+        refs = [p.ref for p in keys]  # (built at each call: once here)
+        pairs = [(p, ref, held.get(ref)) for p, ref in zip(keys, refs, strict=True)]
+        flying = [(p, e) for p, _r, e in pairs if e is not None and e.record.rotation is not None]
         acks = _held_acks(flying, runtime.kv, now, timer)
         stores: dict[tuple[str, str], StateStore] = {}
         kept: dict[str, _Kept] = {}
         rows: list[dict[str, Any]] = []
         encoded: list[bytes] = []
-        for policy in keys:
-            entry = held.get(policy.ref)
+        for policy, ref, entry in pairs:
             if entry is None:
                 row = vault_row(policy, _store(stores, runtime, policy), now)
                 rows.append(row)
                 encoded.append(encode_row(row))
                 continue
-            keep = self._kept_row(policy, entry, now)
-            kept[policy.ref] = keep
-            row, line = keep.at(now, acks.get(policy.ref))
+            keep = self._kept_row(ref, policy, entry, now)
+            kept[ref] = keep
+            row, line = keep.at(now, acks.get(ref) if acks else None)
             rows.append(row)
             encoded.append(line)
         self._kept = kept  # keys no longer drawn are forgotten
         return rows, encoded
 
-    def _kept_row(self, policy: KeyPolicy, entry: Entry, now: float) -> _Kept:
+    def _kept_row(self, ref: str, policy: KeyPolicy, entry: Entry, now: float) -> _Kept:
         record, seen = entry.record, entry.secret
-        keep = self._kept.get(policy.ref)
+        keep = self._kept.get(ref)
         same = keep is not None and keep.policy is policy and keep.record is record
         if keep is None or not same or keep.seen != seen:
             keep = None
@@ -206,7 +216,7 @@ class HeldRows:
         if keep is not None and keep.moving == moving:
             return keep
         row = key_status(
-            ref=policy.ref,
+            ref=ref,
             max_age_s=policy.max_age_s,
             next_due_at=due_at,
             record=record,
