@@ -634,3 +634,32 @@ def test_the_store_reads_the_shards_again_only_when_the_header_changed() -> None
     assert back is not None
     assert back.keys["k0300"].step == Step.CREATING  # the crashed writer's shard, kept
     assert back.keys["k0301"].step == Step.CREATING
+
+
+def test_requests_open_at_once_share_the_starts_in_turn(tmp_path: Path) -> None:
+    """Three environments' requests opened at once: their starts are taken one of each in
+    turn, not one request's all first (each request moves at a steady pace; its ETA holds),
+    and the room left in the account goes to each request alike."""
+    clock = FakeClock()
+    kv = MemoryKv(clock=clock)
+    sizes = {"a": 3, "b": 1, "c": 2}
+    for env, size in sizes.items():
+        keys = "".join(
+            f"  - {{name: k{i}, secret_path: {env}/k{i}, allowed_providers: [openai]}}\n"
+            for i in range(size)
+        )
+        (tmp_path / f"{env}.yaml").write_text(
+            f"environment: {env}\nprovider: {{type: arouter, base_url: 'http://127.0.0.1:9'"
+            f", management_key: {{path: m}}}}\nvault: {{kv_mount: secret, state_prefix: rot}}\n"
+            f"require_spending_limit: false\nkeys:\n{keys}"
+        )
+    policies = load_policies(tmp_path)
+    engine = Engine(kv_for=lambda _m: kv, providers=_no_provider, clock=clock, sleep=clock.sleep)
+    emergencies = Emergencies(engine, Notifier())
+    for environment in policies.environments.values():
+        open_request(environment, lambda _m: kv, clock, by="ops", trigger="test",
+                     revoke_old_now=False)  # fmt: skip
+    every = tuple(p for p in policies)
+    work = emergencies.plan(policies, every, lambda env, name: (StateRecord.new(env, name), 0))
+    order = [f"{found.env}/{job.name}" for found, job in work.jobs()]
+    assert order == ["a/k0", "b/k0", "c/k0", "a/k1", "c/k1", "a/k2"]

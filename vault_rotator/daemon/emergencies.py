@@ -33,6 +33,7 @@ CLI carried to its end gets its webhook from a daemon's next tick, if that comes
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -83,8 +84,13 @@ class Work:
     errors: list[str] = field(default_factory=list)
 
     def jobs(self) -> list[tuple[Open, Job]]:
-        """Every pass the requests ask for, each request's runnable ones in its order."""
-        return [(o, job) for o in self.requests for job in o.rounds.runnable(o.plan.jobs)]
+        """Every pass the requests ask for, each request's runnable ones in its order, the
+        requests taken in turn (one job of each, then the next of each): requests opened at
+        once share the start pool and the account's room evenly, so each moves at a steady
+        pace (its ETA holds) and none waits for the others to end."""
+        each = [[(o, job) for job in o.rounds.runnable(o.plan.jobs)] for o in self.requests]
+        turns = itertools.zip_longest(*each)
+        return [pair for turn in turns for pair in turn if pair is not None]
 
 
 class Emergencies:
