@@ -546,7 +546,8 @@ def test_the_eta_counts_the_work_of_keys_still_moving() -> None:
 def test_a_key_whose_start_is_under_way_shows_creating_round_after_round(tmp_path: Path) -> None:
     """The daemon's emergency starts may outlive a tick: while a key's start is under way
     (busy), the ticks' rounds show it `creating`, never back to `queued`, and start it no
-    second time; once its pass has ended, its entry is the pass's."""
+    second time; a start still waiting in the start pool's queue shows `queued` (so the pace
+    and ETA count only work begun); once its pass has ended, its entry is the pass's."""
     clock = FakeClock()
     kv = MemoryKv(clock=clock)
     (tmp_path / "prod.yaml").write_text(
@@ -577,6 +578,12 @@ def test_a_key_whose_start_is_under_way_shows_creating_round_after_round(tmp_pat
         assert (saved.keys["a"].step, saved.keys["b"].step) == (Step.CREATING, Step.QUEUED)
         clock.advance(30)
     assert saved is not None
+    work = emergencies.plan(policies, environment.keys, record_of, busy=busy)
+    both = frozenset({"prod/a", "prod/b"})  # b handed to the start pool too: still in its queue
+    assert emergencies.settle(work, record_of, busy=both, begun=busy) == []
+    saved = EmergencyStore(kv, "rot").read("prod")
+    assert saved is not None
+    assert (saved.keys["a"].step, saved.keys["b"].step) == (Step.CREATING, Step.QUEUED)
     work = emergencies.plan(policies, environment.keys, record_of, busy=busy)
     ended = saved.keys["a"].moved(Step.AWAITING_PICKUP, clock(), rotation_id="r1")
     emergencies.record(work.requests[0], "a", ended)

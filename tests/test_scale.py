@@ -594,6 +594,31 @@ def test_status_shows_keys_whose_start_is_under_way_as_creating(
         gate.release(daemon)
 
 
+def test_a_start_still_waiting_in_the_start_pool_shows_queued(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start pool of one thread: one start under way (held at its create), the other
+    waiting in the pool's queue. The request saves `creating 1, queued 1`: a start not begun
+    is no work done (shown `creating`, a tick's thousand starts handed to the pool made the
+    pace and ETA far too hopeful)."""
+    fleet.seed(2)
+    _quick_ticks(monkeypatch)
+    daemon = fleet.daemon()
+    daemon.start_pool.shutdown()
+    daemon.start_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vr-start")
+    gate = _Gate(daemon, (f"{fleet.env}-",))
+    _open(fleet, fleet.names)
+    ((account, keys),) = daemon.accounts().items()
+    try:
+        daemon.tick(account, keys)
+        saved = EmergencyStore(fleet.kv, f"{fleet.env}/vault-rotator").read(fleet.env)
+        assert saved is not None
+        steps = sorted(entry.step for entry in saved.keys.values())
+        assert steps == sorted([Step.CREATING, Step.QUEUED])
+    finally:
+        gate.release(daemon)
+
+
 def _cli_round(fleet: Fleet, *, max_concurrent: int = 100) -> tuple[VaultConnection, Round]:
     """A CLI's rounds of a request of every key (what `rotate --env ... --emergency` runs)."""
     config = fleet.config / "fleet.yaml"

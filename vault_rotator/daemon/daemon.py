@@ -359,7 +359,14 @@ class Daemon:
         left = began + _poll(keys) / 2 - time.monotonic()
         futures.wait(starting.values(), timeout=max(0.0, left))
         self._reap(account, book)
-        report.errors += self.emergencies.settle(work, record_of, busy=frozenset(starting))
+        begun = frozenset(  # not those still waiting in the start pool's queue
+            ref
+            for ref, start in list(starting.items())
+            if start.running() or (start.done() and not start.cancelled())
+        )
+        report.errors += self.emergencies.settle(
+            work, record_of, busy=frozenset(starting), begun=begun
+        )
         self.ack_retention.sweep(keys, self.clock())
         self.last_tick[account] = self.clock()
         self.metrics.ticks.labels(str(account), "error" if report.errors else "ok").inc()

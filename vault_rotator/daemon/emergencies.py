@@ -182,15 +182,25 @@ class Emergencies:
             self.results.setdefault(found.env, {})[name] = (found.plan.request.id, entry)
 
     def settle(
-        self, work: Work, record_of: RecordOf, *, busy: frozenset[str] = frozenset()
+        self,
+        work: Work,
+        record_of: RecordOf,
+        *,
+        busy: frozenset[str] = frozenset(),
+        begun: frozenset[str] | None = None,
     ) -> list[str]:
         """Each request's progress saved once (the keys not acted on judged afresh from
-        their records, as the tick's passes left them; those in ``busy`` as ``creating``);
-        a settled one's webhook sent."""
+        their records, as the tick's passes left them; those in ``busy`` left as they are,
+        ``creating`` once their start has begun: those of ``begun``, all of ``busy`` when it
+        is None); a settled one's webhook sent.
+
+        A start waiting in the start pool's queue is still ``queued``: shown ``creating``,
+        the thousand starts a tick hands the pool would count as a third done at once, and
+        the pace and ETA drawn from them would be far too hopeful."""
         errors = list(work.errors)
         for found in work.requests:
             try:
-                self._settle(found, record_of, busy)
+                self._settle(found, record_of, busy, busy if begun is None else begun)
             except Exception as exc:  # one environment's trouble, even a bug, is its own
                 errors.append(self._unread(found.env, exc))
         return errors
@@ -213,7 +223,9 @@ class Emergencies:
         self._fold(env, request if request.notified_at is None else None)
         return Open(env, rounds, rounds.plan(request, lambda name: record_of(env, name)))
 
-    def _settle(self, found: Open, record_of: RecordOf, busy: frozenset[str]) -> None:
+    def _settle(
+        self, found: Open, record_of: RecordOf, busy: frozenset[str], begun: frozenset[str]
+    ) -> None:
         request, now = found.plan.request, self.engine.clock()
         with self._lock:
             ended = self.results.pop(found.env, {})
@@ -222,8 +234,9 @@ class Emergencies:
         for name, entry in request.keys.items():
             if entry.step in TERMINAL or name in results:
                 continue
-            if f"{found.env}/{name}" in busy:  # its start is under way
-                if entry.step == Step.QUEUED:
+            ref = f"{found.env}/{name}"
+            if ref in busy:  # its start is queued on the start pool, or under way
+                if entry.step == Step.QUEUED and ref in begun:
                     changes[name] = entry.moved(Step.CREATING, now)
                 continue
             got = record_of(found.env, name)

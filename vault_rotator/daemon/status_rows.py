@@ -159,10 +159,13 @@ class HeldRows:
         """Each key's control path by ref (``path_of(mount, prefix, env, name)``), kept
         until the policies are reloaded."""
         if self._paths is None or self._paths[0] is not policies:
-            self._paths = policies, {
-                p.ref: path_of(p.vault.kv_mount, p.vault.state_prefix, p.env, p.name)
-                for p in policies
-            }
+            self._paths = (
+                policies,
+                {
+                    p.ref: path_of(p.vault.kv_mount, p.vault.state_prefix, p.env, p.name)
+                    for p in policies
+                },
+            )
         return self._paths[1]
 
     def draw(
