@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from dataclasses import astuple
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vault_rotator import cli
 from vault_rotator.daemon.emergencies import Emergencies, open_request
@@ -23,7 +26,14 @@ from vault_rotator.engine.emergency import (
     new_request,
     resumed,
 )
-from vault_rotator.engine.emergency_codec import MAX_DETAIL, header_doc, shard_docs, shard_path
+from vault_rotator.engine.emergency_codec import (
+    MAX_DETAIL,
+    as_stored,
+    from_stored,
+    header_doc,
+    shard_docs,
+    shard_path,
+)
 from vault_rotator.engine.emergency_decide import KeyAction, after_pass, decide_key, merged
 from vault_rotator.engine.emergency_store import EmergencyStore
 from vault_rotator.engine.emergency_view import (
@@ -607,9 +617,9 @@ def test_a_settled_requests_pace_does_not_decay_with_time() -> None:
 
 
 def test_the_store_reads_the_shards_again_only_when_the_header_changed() -> None:
-    """A read while the header keeps its version reads only the header; a shard a crashed
-    writer changed under an unchanged header is read at the next write (its check-and-set
-    conflicts) and nothing is lost."""
+    """A read while the header keeps the version this store read or wrote reads only the
+    header; a shard a crashed writer changed under an unchanged header is read at the next
+    write (its check-and-set conflicts) and nothing is lost."""
     kv = MemoryKv()
     store = EmergencyStore(kv, "vault-rotator")
     names = [f"k{i:04d}" for i in range(450)]
@@ -625,9 +635,11 @@ def test_the_store_reads_the_shards_again_only_when_the_header_changed() -> None
     kv.read = counted  # type: ignore[method-assign]
     first = store.read("prod")
     assert first is not None
-    assert len(reads) == 4  # the header and its three shards
+    assert len(reads) == 1  # the header only: the shards as this store wrote them
+    assert EmergencyStore(kv, "vault-rotator").read("prod") == first
+    assert len(reads) == 5  # another store: the header and its three shards
     assert store.read("prod") == first
-    assert len(reads) == 5  # the header only
+    assert len(reads) == 6  # the header only
     # a writer that crashed after its shard write: shard 1 changed, the header not
     header = real(emergency_path("vault-rotator", "prod"))
     assert header is not None
@@ -670,3 +682,38 @@ def test_requests_open_at_once_share_the_starts_in_turn(tmp_path: Path) -> None:
     work = emergencies.plan(policies, every, lambda env, name: (StateRecord.new(env, name), 0))
     order = [f"{found.env}/{job.name}" for found, job in work.jobs()]
     assert order == ["a/k0", "b/k0", "c/k0", "a/k1", "c/k1", "a/k2"]
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    entries=st.lists(
+        st.tuples(
+            st.sampled_from(list(Step)),
+            st.integers(0, 10**6) | st.floats(0, 1e6),
+            st.sampled_from(["", "r1", "r1.2"]),
+            st.sampled_from(["", "succeeded", "failed"]),
+            st.just("") | st.text(max_size=8) | st.text(min_size=MAX_DETAIL - 2, max_size=400),
+            st.sampled_from(["", "p0"]),
+        ),
+        min_size=1,
+        max_size=450,
+    ),
+    settled=st.none() | st.integers(0, 10),
+)
+def test_what_a_writer_keeps_is_what_reading_it_back_gives(
+    entries: list[tuple[Step, float, str, str, str, str]], settled: int | None
+) -> None:
+    """The store keeps what it wrote instead of reading it back: it must be exactly what a
+    read decodes (numbers as floats, the detail cut, empty texts as None, keys in order)."""
+    keys = {
+        f"k{len(entries) - i:04d}": KeyEntry(  # names not in order
+            step, at, at, rid or None, outcome or None, detail, prior or None
+        )
+        for i, (step, at, rid, outcome, detail, prior) in enumerate(entries)
+    }
+    req = request(keys=keys, requested_at=int(T0), settled_at=settled)
+    back = from_stored(header_doc(req), shard_docs(req), "here", 0)
+    kept = as_stored(req)
+    assert kept == back
+    assert list(kept.keys) == list(back.keys)
+    assert all(type(a) is type(b) for a, b in zip(astuple(kept), astuple(back), strict=True))

@@ -37,6 +37,7 @@ written back as schema 2 at the next change. A newer schema is refused, never ov
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -81,17 +82,50 @@ def header_doc(request: EmergencyRequest) -> dict[str, Any]:
 
 
 def shard_docs(request: EmergencyRequest) -> list[dict[str, Any]]:
-    return [
-        {
-            "schema": SCHEMA_VERSION,
-            "request_id": request.id,
-            "shard": index,
-            "keys": json.dumps(
-                {name: _packed(request.keys[name]) for name in names}, separators=(",", ":")
-            ),
-        }
-        for index, names in enumerate(shard_names(request))
-    ]
+    return [shard_doc(request, index, names) for index, names in enumerate(shard_names(request))]
+
+
+def shard_doc(request: EmergencyRequest, index: int, names: Sequence[str]) -> dict[str, Any]:
+    """Shard ``index`` of ``request`` (``names``: its keys, :func:`shard_names`)."""
+    return {
+        "schema": SCHEMA_VERSION,
+        "request_id": request.id,
+        "shard": index,
+        "keys": json.dumps(
+            {name: _packed(request.keys[name]) for name in names}, separators=(",", ":")
+        ),
+    }
+
+
+def as_stored(request: EmergencyRequest) -> EmergencyRequest:
+    """The request as reading back its header and shards gives it (numbers as floats, a
+    detail cut to MAX_DETAIL, empty texts as None, keys in name order): what a writer
+    keeps of what it saved, instead of reading and decoding it again."""
+    keys = {name: _entry_as_stored(request.keys[name]) for name in sorted(request.keys)}
+
+    def number(value: float | None) -> float | None:
+        return None if value is None else float(value)
+
+    return dataclasses.replace(
+        request,
+        requested_at=float(request.requested_at),
+        keys=keys,
+        settled_at=number(request.settled_at),
+        completed_at=number(request.completed_at),
+        notified_at=number(request.notified_at),
+    )
+
+
+def _entry_as_stored(entry: KeyEntry) -> KeyEntry:
+    return KeyEntry(
+        step=entry.step,
+        at=float(entry.at),
+        since=float(entry.since),
+        rotation_id=entry.rotation_id or None,
+        outcome=entry.outcome or None,
+        detail=(entry.detail or "")[:MAX_DETAIL],
+        prior=entry.prior or None,
+    )
 
 
 def _packed(entry: KeyEntry) -> list[Any]:

@@ -15,11 +15,13 @@ from typing import Any
 
 from vault_rotator.engine.emergency import EmergencyRequest, emergency_path, resumed
 from vault_rotator.engine.emergency_codec import (
+    as_stored,
     from_stored,
     header_doc,
     schema_of,
     shard_count,
-    shard_docs,
+    shard_doc,
+    shard_names,
     shard_path,
 )
 from vault_rotator.errors import CasConflictError, StoreError
@@ -35,12 +37,14 @@ class EmergencyStore:
     def __init__(self, kv: KvStore, prefix: str) -> None:
         self.kv = kv
         self.prefix = prefix.strip("/")
-        # env -> the request as this store last read it (sharded requests only). A request's
-        # header is written at every change, after its shards, so while the header keeps the
-        # version read then, the shards need not be read and decoded again (a round's save
-        # right after its plan's read). A write drops it: a writer that crashed between its
-        # shards and its header left a shard changed under the same header, and a write on
-        # the shard versions known conflicts, then reads every shard.
+        # env -> the request as this store last read or wrote it (sharded requests only). A
+        # request's header is written at every change, after its shards, so while the header
+        # keeps the version read (or written) then, the shards need not be read and decoded
+        # again (a round's save right after its plan's read; the next tick's plan after its
+        # save). A write first drops it: a writer that crashed between its shards and its
+        # header left a shard changed under the same header, and a write on the shard
+        # versions known conflicts, then reads every shard. A write that succeeded keeps what
+        # it saved, as reading it back gives it (:func:`as_stored`).
         self._known: dict[str, EmergencyRequest] = {}
 
     def where(self, env: str) -> str:
@@ -85,12 +89,14 @@ class EmergencyStore:
         another writer got in first)."""
         path = emergency_path(self.prefix, env)
         same = current is not None and current.id == wanted.id and bool(current.shard_versions)
-        before = shard_docs(current) if same and current is not None else []
+        before = shard_names(current) if same and current is not None else []
         versions: list[int] = []
-        for index, doc in enumerate(shard_docs(wanted)):
-            if same and current is not None and before[index] == doc:
+        for index, names in enumerate(shard_names(wanted)):
+            kept = index < len(before) and before[index] == names
+            if kept and current is not None and _same_shard(current, wanted, index, names):
                 versions.append(current.shard_versions[index])
                 continue
+            doc = shard_doc(wanted, index, names)
             where = shard_path(path, wanted.id, index)
             if same and current is not None:
                 cas = current.shard_versions[index]
@@ -103,7 +109,9 @@ class EmergencyStore:
         # The header is written at every change: its version is the request's, so a writer
         # that read before another's change always learns of it (and re-applies its own).
         version = self.kv.write(path, header_doc(wanted), cas=version)
-        return wanted.evolve(version=version, shard_versions=tuple(versions))
+        saved = as_stored(wanted).evolve(version=version, shard_versions=tuple(versions))
+        self._known[env] = saved  # as a read would decode it: no read of the shards next
+        return saved
 
     def update(
         self,
@@ -119,7 +127,7 @@ class EmergencyStore:
             wanted = change(current)
             if wanted is None:
                 return current
-            self._known.pop(env, None)  # read afresh next time: what is stored is normalized
+            self._known.pop(env, None)  # a conflict below reads every shard again
             try:
                 return self._write(env, current, version, wanted)
             except CasConflictError:
@@ -148,6 +156,18 @@ class EmergencyStore:
         saved = self.update(env, change)
         assert saved is not None
         return saved, was_open[0]
+
+
+def _same_shard(
+    current: EmergencyRequest, wanted: EmergencyRequest, index: int, names: list[str]
+) -> bool:
+    """Whether shard ``index`` of ``wanted`` (``names``: its keys, as the shard of
+    ``current`` held them) stores what ``current``'s does: the same entries (a round
+    changes a few keys: nearly all are the very same objects), else the same document."""
+    theirs, ours = current.keys, wanted.keys
+    if all(theirs[n] is ours[n] or theirs[n] == ours[n] for n in names):
+        return True
+    return shard_doc(current, index, names) == shard_doc(wanted, index, names)
 
 
 REQUEST_ID = re.compile(r"[a-z0-9]{1,64}")  # new_rotation_id's alphabet
