@@ -279,3 +279,18 @@ def test_a_request_a_cli_saved_shows_from_the_daemons_next_poll(fleet: Fleet) ->
     (doc,) = body["emergencies"]
     assert doc["id"] == request.id
     assert doc["keys"] == KEYS
+
+
+def test_a_request_the_daemon_settled_shows_as_judging_it_afresh_shows_it(fleet: Fleet) -> None:
+    """Once a poll of the daemon judged and saved the request, GET /v1/status shows it as
+    saved (no key judged again per drawing): the same view as judging every key afresh from
+    the records read from Vault."""
+    _settle(fleet)
+    _open_through_the_api(fleet)
+    ((account, keys),) = fleet.daemon.accounts().items()
+    assert fleet.daemon.tick(account, keys).errors == []
+    assert fleet.daemon.emergencies.judged[fleet.env] is fleet.daemon.emergencies.latest[fleet.env]
+    body, _reads = fleet.status()
+    found, _ = emergency_views(fleet.daemon.policies, fleet.daemon.runtime.kv, fleet.clock())
+    assert body["emergencies"] == [doc for _env, doc in found]
+    assert body["emergencies"][0]["counts"] != {"queued": KEYS}  # judged: keys moved on

@@ -79,6 +79,7 @@ def records(name: str) -> list[StateRecord]:
         idle,
         rotated,
         rotated.evolve(current_key_id="key_b", outcomes=(done, done)),  # the clock shows no change
+        rotated.evolve(last_success_at=NOW - 40 * 86_400),  # due: a window's due date moves
         rotated.evolve(lease=lease),
         rotated.evolve(lease=Lease("daemon-2", NOW + 30, 1, pending_attempt=1)),
         rotated.evolve(phase=reasons.INTENT, rotation=rotation(), lease=lease),
@@ -118,8 +119,9 @@ def assert_same(drawer: HeldRows, entries: list[Entry], now: float) -> None:
 @given(
     steps=st.lists(
         st.tuples(
-            st.floats(min_value=0, max_value=200_000),  # the clock moves this far
-            st.integers(0, 8),  # ... and this key's record changes to this one
+            st.sampled_from([0.0, 1.0, 9.99, 10.0, 20.0, 29.9, 30.0, 60.0, 80.0, -5.0])
+            | st.floats(min_value=-100, max_value=200_000),  # the clock moves this far
+            st.integers(0, 9),  # ... and this key's record changes to this one
             st.integers(0, 2),  # ... and its secret as last read
             st.integers(0, len(POLICIES) - 1),  # ... the key changed
         ),
@@ -133,7 +135,7 @@ def test_every_drawing_sends_what_drawing_afresh_sends(
     picked = POLICIES
     assert any(p.window for p in picked), "the shipped config has a key with a window"
     entries = [
-        Entry(policy, RECORDS[policy.name][i % 9], 3, secret=SEEN[i % 3])
+        Entry(policy, RECORDS[policy.name][i % 10], 3, secret=SEEN[i % 3])
         for i, policy in enumerate(picked)
     ]
     drawer, now = HeldRows(), NOW
@@ -152,8 +154,8 @@ def test_the_clock_alone_moves_state_lease_and_age() -> None:
     key ageing at the next: the clock is read at every drawing."""
     policy = POLICIES[0]
     base = records(policy.name)
-    leased = Entry(policy, base[3], 3)
-    flying = Entry(POLICIES[1], base[6].evolve(name=POLICIES[1].name), 3)
+    leased = Entry(policy, base[4], 3)
+    flying = Entry(POLICIES[1], base[7].evolve(name=POLICIES[1].name), 3)
     drawer, keys, held = HeldRows(), [policy, POLICIES[1]], {e.ref: e for e in (leased, flying)}
     rows, _ = drawer.draw(keys, held, runtime(), NOW)
     assert rows[0]["lease_holder"] == "daemon-1"

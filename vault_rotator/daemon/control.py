@@ -52,7 +52,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -66,6 +66,7 @@ from vault_rotator.daemon.refs import in_flight_policy
 from vault_rotator.daemon.status_rows import HeldRows
 from vault_rotator.display import redact_text
 from vault_rotator.engine.engine import Command, Progress, Verb
+from vault_rotator.engine.state import StateRecord
 from vault_rotator.errors import (
     ConfigError,
     EngineError,
@@ -369,7 +370,7 @@ class Control:
 
     def _draw_behind(self) -> None:
         """Redraw while callers ask, each drawing at least STATUS_PACE times its own wall
-        time after the last (a busy daemon spends at most about a third of its time on it);
+        time after the last (a busy daemon spends at most about a sixth of its time on it);
         idle once nobody asked for a minute."""
         while self._status_wanted.wait(STATUS_DRAWER_IDLE_S):
             self._status_wanted.clear()
@@ -387,7 +388,7 @@ class Control:
 
 STATUS_FRESH_S = 1.0  # GET /v1/status draws what the daemon holds at most this often
 STATUS_SYNC_DRAW_S = 0.25  # a drawing that took longer is redone behind the callers
-STATUS_PACE = 2.0  # ... each at least this many times its own wall time after the last
+STATUS_PACE = 5.0  # ... each at least this many times its own wall time after the last
 STATUS_DRAWER_IDLE_S = 60.0  # the background drawer ends after this long without a caller
 STATUS_READERS = 64  # callers whose capabilities on the current drawing are remembered
 
@@ -422,7 +423,7 @@ def _draw(daemon: Daemon, drawer: HeldRows) -> _Snapshot:
     policies, now = daemon.policies, daemon.clock()
     paths = drawer.paths(policies, control_path)
     held = held_entries(daemon)
-    records = {ref: entry.record for ref, entry in held.items()}
+    records = _Records(held)
     starting = list(daemon.starting.values())  # (the ticks change it meanwhile)
     busy = frozenset(ref for starts in starting for ref in list(starts))
     found, unreadable = emergency_views(
@@ -432,6 +433,7 @@ def _draw(daemon: Daemon, drawer: HeldRows) -> _Snapshot:
         records=records,
         busy=busy,
         requests=dict(daemon.emergencies.latest),
+        judged=dict(daemon.emergencies.judged),
     )
     env_paths = {
         env.environment: control_path(
@@ -454,6 +456,23 @@ def _draw(daemon: Daemon, drawer: HeldRows) -> _Snapshot:
         views=[(env.environment, doc) for env, doc in found],
         unreadable=[(env.environment, line) for env, line in unreadable],
     )
+
+
+class _Records(Mapping[str, StateRecord]):
+    """The state records of held entries, by ref (looked up, not copied: a drawing of
+    10,000 keys needs a few of them)."""
+
+    def __init__(self, held: Mapping[str, Entry]) -> None:
+        self._held = held
+
+    def __getitem__(self, ref: str) -> StateRecord:
+        return self._held[ref].record
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._held)
+
+    def __len__(self) -> int:
+        return len(self._held)
 
 
 def held_entries(daemon: Daemon) -> dict[str, Entry]:

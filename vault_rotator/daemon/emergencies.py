@@ -123,6 +123,9 @@ class Emergencies:
         # env -> its request as this replica last read or saved it (None: there is none), for
         # GET /v1/status (no Vault read per drawing); environments of accounts it leads only
         self.latest: dict[str, EmergencyRequest | None] = {}
+        # env -> the request as this replica's last settle judged and saved it: its keys
+        # were judged from their records then, so a view need not judge them again
+        self.judged: dict[str, EmergencyRequest] = {}
 
     def folds(self, env: str, name: str, rotation: Rotation) -> bool:
         """Whether this rotation's own webhooks are folded into its request's."""
@@ -142,6 +145,7 @@ class Emergencies:
         for env in roster(keys).envs:
             self.folding.pop(env, None)
             self.latest.pop(env, None)
+            self.judged.pop(env, None)
             with self._lock:  # a pass that ended under our lead is no news once another led
                 self.results.pop(env, None)
 
@@ -245,7 +249,7 @@ class Emergencies:
         changes.update(results)
         changes = {n: e for n, e in changes.items() if e != request.keys[n]}
         result = found.rounds.finish(request, changes, notify=True)
-        self.latest[found.env] = result.request
+        self.latest[found.env] = self.judged[found.env] = result.request
         if result.notify:
             event = webhook_event(result.request)
             fields = webhook_fields(result.request, now)
@@ -293,6 +297,7 @@ def emergency_views(
     records: Mapping[str, StateRecord] | None = None,
     busy: frozenset[str] = frozenset(),
     requests: Mapping[str, EmergencyRequest | None] | None = None,
+    judged: Mapping[str, EmergencyRequest] | None = None,
 ) -> tuple[list[tuple[EnvironmentPolicy, dict[str, Any]]], list[tuple[EnvironmentPolicy, str]]]:
     """Each environment's current request (open or not), as ``status`` shows it: the saved
     request with each key not ended yet judged afresh from its state record (nothing is
@@ -303,12 +308,20 @@ def emergency_views(
     is read. A key in ``busy`` (its emergency start under way) shows as the request saved it
     (``creating``): its record in the book is still the idle one it starts from.
     ``requests`` (by env): the requests the caller holds (the daemon's, as its last tick read
-    or saved them; None: none), else each is read."""
+    or saved them; None: none), else each is read. ``judged`` (by env): those of them the
+    caller's last settle judged from the records and saved (the very objects): shown as
+    they are, not judged again (a daemon in a 10,000-key emergency settles every poll)."""
     found, unreadable = [], []
     for env, environment in sorted(policies.environments.items()):
         try:
             doc = _view_of(
-                environment, kv_for, now, records=records or {}, busy=busy, requests=requests or {}
+                environment,
+                kv_for,
+                now,
+                records=records or {},
+                busy=busy,
+                requests=requests or {},
+                judged=judged or {},
             )
         except Exception as exc:  # one environment's trouble, even a bug, is its own
             error = str(exc) if isinstance(exc, VaultRotatorError) else f"unexpected {exc!r:.200}"
@@ -327,12 +340,15 @@ def _view_of(
     records: Mapping[str, StateRecord],
     busy: frozenset[str],
     requests: Mapping[str, EmergencyRequest | None],
+    judged: Mapping[str, EmergencyRequest],
 ) -> dict[str, Any] | None:
     env = environment.environment
     kv, prefix = kv_for(environment.vault.kv_mount), environment.vault.state_prefix
     request = requests[env] if env in requests else EmergencyStore(kv, prefix).read(env)
     if request is None:
         return None
+    if request is judged.get(env):
+        return view(request, now)
     states = StateStore(kv, prefix)
     chosen: dict[str, StateRecord] = {}
     for name, entry in request.keys.items():

@@ -32,6 +32,7 @@ until the rotation is published.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -53,6 +54,7 @@ from vault_rotator.engine.status import (
     key_status,
     last_rotated,
     lease_holder,
+    steady_until,
     unreadable_row,
 )
 from vault_rotator.errors import (
@@ -211,13 +213,18 @@ class HeldRows:
             facts = secret_facts(entry)
         else:
             facts = keep.facts
+        if keep is not None and keep.since <= now < keep.until:
+            return keep  # nothing the clock moves has moved
         state, passed = derive_state(record, now)
         due_at = next_due(
             policy, last_success_at=record.last_success_at, rotated_at=facts["rotated_at"], now=now
         )
         moving = (state, passed, lease_holder(record, now), due_at)
+        until = steady_until(record, now)
+        if policy.window is not None or last_rotated(record, facts) is None:
+            until = now  # the due date moves with the clock: worked out at every drawing
         if keep is not None and keep.moving == moving:
-            return keep
+            return dataclasses.replace(keep, since=now, until=until)
         row = key_status(
             ref=ref,
             max_age_s=policy.max_age_s,
@@ -234,6 +241,8 @@ class HeldRows:
             seen=seen,
             facts=facts,
             moving=moving,
+            since=now,
+            until=until,
             row=row,
             last=last_rotated(record, facts),
             rest=redact_text(json.dumps(rest, sort_keys=True)[1:]).encode(),
@@ -252,6 +261,8 @@ class _Kept:
     seen: SecretSeen | None
     facts: dict[str, Any]
     moving: tuple[str, list[str], str | None, float]  # state, passed, lease holder, due
+    since: float  # ... worked out then (a clock set back works them out again)
+    until: float  # ... the same until then (the next deadline or lease expiry)
     row: dict[str, Any]
     last: float | None  # the last rotation (the age's basis)
     rest: bytes  # the row's JSON after its opening brace and per-drawing fields, redacted

@@ -9,6 +9,7 @@ crash finds pickup evidence and goes on, and must not be reported stalled meanwh
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -121,6 +122,21 @@ def key_status(
         ],
         "acks": acks,  # engine/ack_status.py; None: not read
     }
+
+
+def steady_until(record: StateRecord, now: float) -> float:
+    """Until when :func:`derive_state` and :func:`lease_holder` give what they give at
+    ``now`` (the next deadline, deadline past its judging grace or lease expiry after it)."""
+    moments = []
+    rot = record.rotation
+    if rot is not None:
+        grace = judging_grace(rot.policy)
+        for deadline in (rot.pickup_deadline, rot.drain_deadline, rot.abort_deadline):
+            if deadline is not None:
+                moments += [deadline, deadline + grace]
+    if record.lease is not None:
+        moments.append(record.lease.expires_at)
+    return min((m for m in moments if m > now), default=math.inf)
 
 
 def lease_holder(record: StateRecord, now: float) -> str | None:
