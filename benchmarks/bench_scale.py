@@ -44,7 +44,7 @@ from benchmarks import emergency_figures
 from benchmarks import scale_world as w
 from benchmarks.scale_emergency import EmergencyPhase
 from vault_rotator.daemon.daemon import Daemon, StopFlag
-from vault_rotator.daemon.memory import limit_arenas
+from vault_rotator.daemon.memory import limit_arenas, tune_gc
 from vault_rotator.daemon.metrics import Metrics, route_template
 from vault_rotator.daemon.service import Service
 from vault_rotator.engine.state import Outcome, Rotation, Stall
@@ -281,6 +281,7 @@ class Bench:
 
 def run_size(keys: int) -> dict[str, Any]:
     limit_arenas()  # as `vault-rotator run` does at start
+    tune_gc()
     configure("warning")
     logging.getLogger("apscheduler").setLevel(logging.ERROR)  # "skipped: ... running" per poll
     with bao_dev_server() as vault, w.emulator() as emu, tempfile.TemporaryDirectory() as tmp:

@@ -1,8 +1,10 @@
-"""`vault-rotator run` caps glibc's malloc arenas at start, unless the operator set them."""
+"""`vault-rotator run` caps glibc's malloc arenas at start, unless the operator set them, and
+runs the cyclic garbage collector less often."""
 
 from __future__ import annotations
 
 import ctypes.util
+import gc
 
 import pytest
 
@@ -24,3 +26,13 @@ def test_no_c_library_found_is_no_error(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
     monkeypatch.setattr(ctypes.util, "find_library", lambda _name: None)
     assert memory.limit_arenas() is False
+
+
+def test_the_collector_runs_less_often_than_pythons_default() -> None:
+    before = gc.get_threshold()
+    try:
+        memory.tune_gc()
+        assert gc.get_threshold() == memory.GC_THRESHOLDS
+        assert gc.get_threshold()[0] > 700 * 10
+    finally:
+        gc.set_threshold(*before)

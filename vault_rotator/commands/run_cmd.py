@@ -24,7 +24,7 @@ from vault_rotator.commands.common import add_config_argument
 from vault_rotator.daemon.control import Control
 from vault_rotator.daemon.daemon import Daemon, StopFlag
 from vault_rotator.daemon.http import Listener, Ready, TlsFiles
-from vault_rotator.daemon.memory import limit_arenas
+from vault_rotator.daemon.memory import limit_arenas, tune_gc
 from vault_rotator.daemon.metrics import Metrics
 from vault_rotator.daemon.notify import Notifier
 from vault_rotator.daemon.service import Service
@@ -127,6 +127,7 @@ class VaultCallerAuth:
 
 def run(args: argparse.Namespace) -> int:
     limit_arenas()  # before the threads start (daemon/memory.py)
+    tune_gc()
     config_dir = resolve_config_dir(args.config)
     policies = load_policies(config_dir)
     host, port = parse_listen(args.listen or os.environ.get(LISTEN_ENV, DEFAULT_LISTEN))
