@@ -5,6 +5,7 @@ an emergency view's ETA counts from the answer's moment. The drawing itself is s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -22,8 +23,10 @@ from vault_rotator.secret import Secret
 class RootAuth:
     def __init__(self) -> None:
         self.asked = 0
+        self.looked_up = 0
 
     def accessor_of(self, token: Secret) -> str:
+        self.looked_up += 1
         return "accessor"
 
     def capabilities_of(self, token: Secret, paths: list[str]) -> dict[str, frozenset[str]]:
@@ -161,3 +164,29 @@ def test_a_drawing_that_fails_behind_the_callers_leaves_the_last_one_served(
             time.sleep(0.01)
     failed = [e for e in logs if e["event"].startswith("status drawing failed")]
     assert [e["error"] for e in failed] == ["Vault at http://127.0.0.1:1: connection refused"]
+
+
+def test_a_callers_capabilities_on_the_same_keys_are_reused_for_a_while(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Drawings of the same keys and requests (a daemon's drawings between reloads): the
+    caller's capabilities are asked once per STATUS_CAPS_S, not once per drawing (10,000
+    paths each time); its token is still looked up at every call."""
+    paths = {"prod/app": "secret/data/s/control/prod/app"}
+    drawn: list[int] = []
+
+    def draw(_daemon: Any, _rows: Any) -> _Snapshot:
+        drawn.append(len(drawn) + 1)
+        shot = snapshot(drawn[-1], took=0.01)
+        return dataclasses.replace(shot, paths=paths)
+
+    monkeypatch.setattr(control_module, "_draw", draw)
+    monkeypatch.setattr(control_module, "STATUS_FRESH_S", 0.0)
+    auth = RootAuth()
+    control = Control(FakeDaemon(), auth)  # type: ignore[arg-type]
+    status(control)
+    status(control)
+    assert (len(drawn), auth.asked, auth.looked_up) == (2, 1, 2)
+    monkeypatch.setattr(control_module, "STATUS_CAPS_S", 0.0)
+    status(control)
+    assert (len(drawn), auth.asked) == (3, 2)

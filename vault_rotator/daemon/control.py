@@ -162,8 +162,11 @@ class Control:
         self._status_shot: _Snapshot | None = None
         self._status_wanted = threading.Event()  # a caller took a snapshot past its freshness
         self._drawer: threading.Thread | None = None
-        # caller (its token's fingerprint) -> (a drawing, the control paths it may read there)
-        self._readers: dict[str, tuple[_Snapshot, set[str]]] = {}
+        # caller (its token's fingerprint) -> (the drawing's key paths and request paths,
+        # when asked, the drawing, the control paths it may read there)
+        self._readers: dict[
+            str, tuple[dict[str, str], dict[str, str], float, _Snapshot, set[str]]
+        ] = {}
         self._rows = HeldRows()  # each key's row kept between drawings while it stays the same
 
     def handle(self, method: str, path: str, token: str | None, body: Mapping[str, Any]) -> Answer:
@@ -334,18 +337,24 @@ class Control:
 
     def _readable(self, token: Secret, shot: _Snapshot) -> set[str]:
         """The snapshot's control paths the caller may read: asked of Vault once per caller
-        and drawing (a caller polling faster than the daemon draws asks once a drawing)."""
+        and drawing, and no more than once per STATUS_CAPS_S while the drawings are of the
+        same keys and requests (a caller's token is still looked up at every call: a revoked
+        one is refused at once; a change of its policies shows within STATUS_CAPS_S)."""
         caller = fingerprint(token.reveal())
         with self._status_lock:
             known = self._readers.get(caller)
-        if known is not None and known[0] is shot:
-            return known[1]
+        same = known is not None and known[0] is shot.paths and known[1] == shot.env_paths
+        if same and known is not None:
+            fresh = known[3] is shot or time.monotonic() - known[2] < STATUS_CAPS_S
+            if fresh:
+                return known[4]
         wanted = sorted(set(shot.paths.values()) | set(shot.env_paths.values()))
+        asked = time.monotonic()
         readable = self._allowed(token, wanted, "read")
         with self._status_lock:
             if len(self._readers) >= STATUS_READERS:
                 self._readers.clear()
-            self._readers[caller] = (shot, readable)
+            self._readers[caller] = (shot.paths, shot.env_paths, asked, shot, readable)
         return readable
 
     def _held_status(self) -> _Snapshot:
@@ -391,6 +400,7 @@ STATUS_SYNC_DRAW_S = 0.25  # a drawing that took longer is redone behind the cal
 STATUS_PACE = 5.0  # ... each at least this many times its own wall time after the last
 STATUS_DRAWER_IDLE_S = 60.0  # the background drawer ends after this long without a caller
 STATUS_READERS = 64  # callers whose capabilities on the current drawing are remembered
+STATUS_CAPS_S = 10.0  # ... and reused for later drawings of the same paths this long
 
 
 def _aged(doc: dict[str, Any], age: float) -> dict[str, Any]:
