@@ -168,6 +168,8 @@ class Control:
             str, tuple[dict[str, str], dict[str, str], float, _Snapshot, set[str]]
         ] = {}
         self._rows = HeldRows()  # each key's row kept between drawings while it stays the same
+        # the last answer's (drawing, readable paths, rows, their JSON joined): see _rows_for
+        self._status_rows: tuple[_Snapshot, set[str], list[dict[str, Any]], bytes] | None = None
 
     def handle(self, method: str, path: str, token: str | None, body: Mapping[str, Any]) -> Answer:
         caller = self._caller(token)
@@ -317,7 +319,7 @@ class Control:
         the answer's moment."""
         shot = self._held_status()
         readable = self._readable(token, shot)
-        shown = [i for i, (ref, _row) in enumerate(shot.rows) if shot.paths[ref] in readable]
+        keys, rows = self._rows_for(shot, readable)
         age = max(0.0, time.monotonic() - shot.at)
         emergencies = [
             _aged(doc, age) for env, doc in shot.views if shot.env_paths[env] in readable
@@ -327,13 +329,27 @@ class Control:
             "as_of": shot.drawn_at,
             "emergencies": emergencies,
             "emergency_errors": errors,
-            "keys": [shot.rows[i][1] for i in shown],
+            "keys": keys,
         }
         head = redact_text(json.dumps({k: v for k, v in body.items() if k != "keys"},
                                       sort_keys=True))  # fmt: skip
-        rows = b", ".join(shot.encoded[i] for i in shown)
         payload = head[:-1].encode() + b', "keys": [' + rows + b"]}"
         return Answer(200, body, payload=payload)
+
+    def _rows_for(self, shot: _Snapshot, readable: set[str]) -> tuple[list[dict[str, Any]], bytes]:
+        """The rows of a drawing the caller may read, and their JSON joined: worked out once
+        per drawing and set of readable paths (callers with the same capabilities polling the
+        same drawing share them)."""
+        with self._status_lock:
+            last = self._status_rows
+        if last is not None and last[0] is shot and last[1] is readable:
+            return last[2], last[3]
+        shown = [i for i, (ref, _row) in enumerate(shot.rows) if shot.paths[ref] in readable]
+        keys = [shot.rows[i][1] for i in shown]
+        rows = b", ".join(shot.encoded[i] for i in shown)
+        with self._status_lock:
+            self._status_rows = (shot, readable, keys, rows)
+        return keys, rows
 
     def _readable(self, token: Secret, shot: _Snapshot) -> set[str]:
         """The snapshot's control paths the caller may read: asked of Vault once per caller
