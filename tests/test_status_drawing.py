@@ -108,6 +108,24 @@ def test_a_cheap_drawing_is_redone_in_the_call(monkeypatch: pytest.MonkeyPatch) 
     assert [status(control)["keys"][0]["drawing"] for _ in range(3)] == [1, 2, 3]
 
 
+def test_a_quick_drawing_of_many_keys_is_still_redone_behind_the_callers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A daemon of more than STATUS_SYNC_KEYS keys: its drawing, however quick the last one
+    was, is redone behind the callers (one that happened to be quick was redone in a call
+    while the daemon was busy, and the call took 4 s)."""
+    drawn = quick_drawings(monkeypatch)
+    monkeypatch.setattr(control_module, "STATUS_FRESH_S", 0.0)
+    monkeypatch.setattr(control_module, "STATUS_SYNC_KEYS", 0)  # one key is "many" here
+    control = Control(FakeDaemon(), RootAuth())  # type: ignore[arg-type]
+    assert status(control)["keys"][0]["drawing"] == 1  # the first drawing: in the call
+    assert status(control)["keys"][0]["drawing"] == 1  # the last one, at once
+    deadline = time.monotonic() + 10
+    while len(drawn) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(drawn) >= 2  # ... while the next was drawn behind the caller
+
+
 def test_an_emergency_eta_counts_from_the_answer_not_the_drawing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -379,7 +379,8 @@ class Control:
             if shot is not None and shot.generation == self.daemon.generation:
                 if shot.at > time.monotonic() - STATUS_FRESH_S:
                     return shot
-                if shot.took > STATUS_SYNC_DRAW_S:  # costly: redrawn behind the callers
+                costly = shot.took > STATUS_SYNC_DRAW_S or len(shot.rows) > STATUS_SYNC_KEYS
+                if costly:  # redrawn behind the callers
                     self._status_wanted.set()
                     self._start_drawer()
                     return shot
@@ -413,6 +414,8 @@ class Control:
 
 STATUS_FRESH_S = 1.0  # GET /v1/status draws what the daemon holds at most this often
 STATUS_SYNC_DRAW_S = 0.25  # a drawing that took longer is redone behind the callers
+STATUS_SYNC_KEYS = 2000  # ... and one of more keys, however quick (a drawing of 10,000 keys
+# that happened to be quick, redone in a call while the daemon was busy, took 4 s)
 STATUS_PACE = 5.0  # ... each at least this many times its own wall time after the last
 STATUS_DRAWER_IDLE_S = 60.0  # the background drawer ends after this long without a caller
 STATUS_READERS = 64  # callers whose capabilities on the current drawing are remembered
