@@ -44,7 +44,7 @@ from benchmarks import emergency_figures
 from benchmarks import scale_world as w
 from benchmarks.scale_emergency import EmergencyPhase
 from vault_rotator.daemon.daemon import Daemon, StopFlag
-from vault_rotator.daemon.memory import limit_arenas, tune_gc
+from vault_rotator.daemon.memory import HeapTrimmer, limit_arenas, tune_gc
 from vault_rotator.daemon.metrics import Metrics, route_template
 from vault_rotator.daemon.service import Service
 from vault_rotator.engine.state import Outcome, Rotation, Stall
@@ -155,6 +155,7 @@ class Bench:
             runtime = w.SwitchingRuntime(conn, consumers.switch)
             runtime.on_provider_request = self._provider_request
             daemon = Daemon(load_policies(self.config), runtime, metrics=Metrics())
+            daemon.after_tick = HeapTrimmer()  # as `vault-rotator run` does
             # The account lease (HA: a read and a write per account and half lease TTL,
             # whatever the key count) on a connection of its own: the per-rotation counts
             # are the keys' (tests/test_scale.py counts it the same way).

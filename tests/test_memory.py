@@ -9,6 +9,7 @@ import gc
 import pytest
 
 from vault_rotator.daemon import memory
+from vault_rotator.testing.clock import FakeClock
 
 
 def test_the_arenas_are_capped_on_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -36,3 +37,25 @@ def test_the_collector_runs_less_often_than_pythons_default() -> None:
         assert gc.get_threshold()[0] > 700 * 10
     finally:
         gc.set_threshold(*before)
+
+
+def test_the_heap_is_trimmed_at_most_once_per_interval() -> None:
+    """The daemon calls the trimmer after every tick; it hands free heap memory back at most
+    once per TRIM_EVERY_S (a tick of a thousand accounts would otherwise trim a thousand
+    times a poll)."""
+    clock = FakeClock()
+    trimmer = memory.HeapTrimmer(every=10.0, clock=clock)
+    glibc = ctypes.util.find_library("c") == "libc.so.6"
+    for _ in range(5):
+        trimmer()
+    assert trimmer.trims == (1 if glibc else 0)
+    clock.advance(10)
+    trimmer()
+    assert trimmer.trims == (2 if glibc else 0)
+
+
+def test_no_c_library_means_no_trim(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ctypes.util, "find_library", lambda _name: None)
+    trimmer = memory.HeapTrimmer()
+    trimmer()
+    assert trimmer.trims == 0

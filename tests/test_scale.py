@@ -235,6 +235,20 @@ def test_a_rotation_costs_at_most_nine_vault_writes_and_two_provider_mutations(
     assert max(t.reads for t in idle) <= 3
 
 
+def test_each_tick_ends_with_the_daemons_after_tick_hook(fleet: Fleet) -> None:
+    """`run` trims the heap after ticks (daemon/memory.py HeapTrimmer): the hook runs once at
+    the end of every tick that ran, idle or busy."""
+    fleet.seed(2)
+    daemon = fleet.daemon()
+    calls: list[int] = []
+    daemon.after_tick = lambda: calls.append(len(calls))
+    ((account, keys),) = daemon.accounts().items()
+    for _ in range(3):
+        daemon.tick(account, keys)
+        fleet.clock.advance(POLL)
+    assert calls == [0, 1, 2]
+
+
 def test_disable_before_delete_adds_one_provider_mutation(fleet: Fleet) -> None:
     """With disable_before_delete: create, disable, delete (3 mutations); the disable's own
     pass adds its lease take and release (at most 11 Vault writes per rotation)."""

@@ -24,7 +24,7 @@ from vault_rotator.commands.common import add_config_argument
 from vault_rotator.daemon.control import Control
 from vault_rotator.daemon.daemon import Daemon, StopFlag
 from vault_rotator.daemon.http import Listener, Ready, TlsFiles
-from vault_rotator.daemon.memory import limit_arenas, tune_gc
+from vault_rotator.daemon.memory import HeapTrimmer, limit_arenas, tune_gc
 from vault_rotator.daemon.metrics import Metrics
 from vault_rotator.daemon.notify import Notifier
 from vault_rotator.daemon.service import Service
@@ -142,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
     runtime = Runtime(conn, lease_ttl=lease_ttl_from_env(), sleep=stop.sleep)
     notifier = Notifier.from_env()
     daemon = Daemon(policies, runtime, notifier=notifier, metrics=metrics)
+    daemon.after_tick = HeapTrimmer()  # free heap memory handed back (daemon/memory.py)
     service = Service(daemon, stop, config_dir, renew=conn.renew_or_relogin)
     ready = Ready(conn.check)
     control = Control(daemon, VaultCallerAuth(conn))

@@ -202,6 +202,7 @@ class Daemon:
         self.refresher = Refresher(runtime.kv, self.map)
         self.ack_retention = AckRetention(runtime.kv)  # hourly per key; see ack_retention
         self.should_stop: Callable[[], bool] = lambda: False
+        self.after_tick: Callable[[], None] = lambda: None  # run: a HeapTrimmer (memory.py)
         self.leading: set[Account] = set()  # accounts this replica ticked last time it asked
         self.replicas = Replicas(
             runtime.kv, holder=self.engine.holder, clock=self.clock, ttl=runtime.lease_ttl
@@ -369,6 +370,7 @@ class Daemon:
         )
         self.ack_retention.sweep(keys, self.clock())
         self.last_tick[account] = self.clock()
+        self.after_tick()
         self.metrics.ticks.labels(str(account), "error" if report.errors else "ok").inc()
         self.metrics.last_tick.labels(str(account)).set(self.last_tick[account])
         return report

@@ -24,6 +24,9 @@ import ctypes
 import ctypes.util
 import gc
 import os
+import threading
+import time
+from collections.abc import Callable
 
 import structlog
 
@@ -57,3 +60,50 @@ def tune_gc(thresholds: tuple[int, int, int] = GC_THRESHOLDS) -> None:
     """Run the cyclic garbage collector less often (see the module docstring)."""
     gc.set_threshold(*thresholds)
     log.debug("garbage collector thresholds set", thresholds=list(thresholds))
+
+
+TRIM_EVERY_S = 10.0  # the heap's free memory handed back to the system at most this often
+
+
+class HeapTrimmer:
+    """Hands glibc's free heap memory back to the system (``malloc_trim(0)``), at most once
+    per ``every`` seconds however often it is called (the daemon calls it after each tick).
+
+    The daemon's live Python objects at the peak of a 1,000-key emergency came to 22 MB
+    (tracemalloc) while its resident memory grew by 80 MB: freed buffers of Vault's and the
+    provider's answers and of status answers stay in the heap, resident, unless trimmed.
+    Measured at 10,000 keys (the emergency's profiling harness, the same code with and
+    without): resident memory when the emergency opened 129 MB instead of 156 MB; the peak
+    during the emergency was 290 MB either way (a burst of live buffers, not freed memory).
+    A no-op where the C library is not glibc."""
+
+    def __init__(self, every: float = TRIM_EVERY_S, clock: Callable[[], float] = time.monotonic):
+        self.every = every
+        self.clock = clock
+        self._last = -float("inf")
+        self._lock = threading.Lock()
+        self._trim = _malloc_trim()
+        self.trims = 0
+
+    def __call__(self) -> None:
+        if self._trim is None:
+            return
+        with self._lock:
+            now = self.clock()
+            if now - self._last < self.every:
+                return
+            self._last = now
+        self._trim(0)
+        self.trims += 1
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
