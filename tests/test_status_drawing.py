@@ -208,3 +208,44 @@ def test_a_callers_capabilities_on_the_same_keys_are_reused_for_a_while(
     monkeypatch.setattr(control_module, "STATUS_CAPS_S", 0.0)
     status(control)
     assert (len(drawn), auth.asked) == (3, 2)
+
+
+def test_a_callers_capabilities_are_asked_again_behind_it_before_they_expire(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past half of STATUS_CAPS_S, a call gets the known capabilities at once while they are
+    asked again in the background (Vault weighing 10,000 paths held the call for seconds);
+    the answer asked behind serves the next calls."""
+    paths = {"prod/app": "secret/data/s/control/prod/app"}
+    drawn: list[int] = []
+
+    def draw(_daemon: Any, _rows: Any) -> _Snapshot:
+        drawn.append(len(drawn) + 1)
+        return dataclasses.replace(snapshot(drawn[-1], took=0.01), paths=paths)
+
+    class SlowAuth(RootAuth):
+        def __init__(self) -> None:
+            super().__init__()
+            self.release = threading.Event()
+
+        def capabilities_of(self, token: Secret, paths: list[str]) -> dict[str, frozenset[str]]:
+            if self.asked:  # the first answer at once; the one asked behind waits
+                assert self.release.wait(10)
+            return super().capabilities_of(token, paths)
+
+    monkeypatch.setattr(control_module, "_draw", draw)
+    monkeypatch.setattr(control_module, "STATUS_FRESH_S", 0.0)
+    auth = SlowAuth()
+    control = Control(FakeDaemon(), auth)  # type: ignore[arg-type]
+    status(control)
+    monkeypatch.setattr(control_module, "STATUS_CAPS_S", 4.0)
+    time.sleep(2.1)  # past half of it
+    started = time.monotonic()
+    status(control)  # answered with the known capabilities while they are asked again
+    status(control)  # one question behind at a time
+    assert time.monotonic() - started < 5
+    auth.release.set()
+    deadline = time.monotonic() + 10
+    while auth.asked < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert auth.asked == 2
