@@ -717,3 +717,23 @@ def test_what_a_writer_keeps_is_what_reading_it_back_gives(
     assert kept == back
     assert list(kept.keys) == list(back.keys)
     assert all(type(a) is type(b) for a, b in zip(astuple(kept), astuple(back), strict=True))
+
+
+def test_the_pace_and_eta_are_those_of_the_requests_latest_change() -> None:
+    """A daemon saves a request's progress once per poll, and a poll of 10,000 keys in flight
+    lasts a minute: the view of the request as saved, 30 s after its latest change, shows the
+    pace up to that change and the time left from it (the pace counted up to now fell between
+    two saves and the ETA rose: twice the time actually left in make bench)."""
+    names = [f"k{i:04d}" for i in range(100)]
+    req = new_request("req1", "prod", names, by="", trigger="cli", revoke_old_now=False, now=T0)
+    changes = {n: KeyEntry(Step.DONE, T0 + 60, T0, "r", "succeeded") for n in names[:30]}
+    changes |= {n: KeyEntry(Step.AWAITING_PICKUP, T0 + 50, T0, "r") for n in names[30:50]}
+    saved = req.with_keys(changes, T0 + 60)  # worked: 30 + 0.7 x 20 = 44 keys in 60 s
+    rate, eta = rate_and_eta(saved, T0 + 90)
+    assert rate == pytest.approx(44 / 60)
+    assert eta == pytest.approx(56 / (44 / 60) - 30)
+    assert rate_and_eta(saved, T0 + 60)[1] == pytest.approx(56 / (44 / 60))
+    late = rate_and_eta(saved, T0 + 10_000)[1]
+    assert late == 0.0  # past the time it should have taken: nothing is left to count down
+    ahead = req.with_keys({names[0]: KeyEntry(Step.DONE, T0 + 500, T0, "r", "succeeded")}, T0)
+    assert rate_and_eta(ahead, T0 + 100)[0] == pytest.approx(1 / 100)  # a clock ahead: now

@@ -52,15 +52,26 @@ def rate_and_eta(request: EmergencyRequest, now: float) -> tuple[float, float | 
     the keys done so far say little about the time left. Each key counts for how far its step
     is (:data:`PROGRESS`; a key no longer moving counts whole), and the work left is done at
     the pace the work so far was: a pipeline bound by the CPU of Vault, the daemon and the
-    provider keeps a steady pace."""
-    end = request.settled_at if request.settled and request.settled_at is not None else now
-    elapsed = max(end - request.requested_at, 1e-9)  # a settled request's pace stays its own
+    provider keeps a steady pace.
+
+    The steps are as of the request's latest change (its keys' latest ``at``), not ``now``: a
+    daemon saves a request's progress once per poll, and a poll of 10,000 keys in flight
+    lasts a minute or more. So the pace is the work done by then over the time it took, and
+    the time left counts from then (the pace counted up to ``now`` fell between two saves,
+    and the ETA rose, twice the time actually left)."""
+    settled = request.settled and request.settled_at is not None
     moving = [e.step for e in request.keys.values() if e.step in MOVING]
     worked = len(request.keys) - len(moving) + sum(PROGRESS[step] for step in moving)
-    rate = worked / elapsed
-    if not moving:
+    if settled or not moving:
+        end = request.settled_at if settled and request.settled_at is not None else now
+        rate = worked / max(end - request.requested_at, 1e-9)  # a settled one's stays its own
         return rate, 0.0
-    return rate, ((len(request.keys) - worked) / rate if rate > 0 else None)
+    latest = max((e.at for e in request.keys.values()), default=request.requested_at)
+    seen = max(request.requested_at, min(now, latest))  # (a writer's clock ahead: now)
+    rate = worked / max(seen - request.requested_at, 1e-9)
+    if rate <= 0:
+        return rate, None
+    return rate, max(0.0, (len(request.keys) - worked) / rate - (now - seen))
 
 
 def progress_line(request: EmergencyRequest, now: float) -> str:
