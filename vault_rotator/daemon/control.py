@@ -312,12 +312,13 @@ class Control:
         """Every key and emergency request the caller may read, from what the daemon holds
         (:func:`~.status_rows.HeldRows`; keys of accounts it does not lead: read from Vault).
         What the daemon holds is drawn at most once per :data:`STATUS_FRESH_S` and shared by
-        every caller meanwhile (a burst of callers costs one drawing), each row encoded once
-        per drawing; each caller's capabilities are asked once per drawing. A drawing that took
-        longer than :data:`STATUS_SYNC_DRAW_S` (thousands of keys on a busy daemon) is redone
-        in the background, paced by its own cost, and callers get the last one at once: the
-        answer's ``as_of`` says when it was drawn, and an emergency view's ETA counts from
-        the answer's moment."""
+        every caller meanwhile (a burst of callers costs one drawing), a row encoded again
+        only when it changed; each caller's capabilities are asked at most once per drawing
+        and reused while the keys drawn are the same (:meth:`_readable`). A drawing that took
+        longer than :data:`STATUS_SYNC_DRAW_S`, or of more than :data:`STATUS_SYNC_KEYS`
+        keys, is redone in the background, paced by its own cost, and callers get the last
+        one at once: the answer's ``as_of`` says when it was drawn, and an emergency view's
+        ETA counts from the answer's moment."""
         shot = self._held_status()
         readable = self._readable(token, shot)
         keys, rows = self._rows_for(shot, readable)
@@ -381,9 +382,9 @@ class Control:
 
     def _ask_behind(self, caller: str, token: Secret, shot: _Snapshot) -> None:
         """Ask a caller's capabilities again in the background (one question at a time per
-        caller): a caller polling every second never waits for Vault to weigh 10,000 paths
-        (it took up to 3.8 s in the call during the 10,000-key emergency). A failure leaves
-        the known answer, which then expires and is asked in the call (its error shown)."""
+        caller): a caller polling every second does not wait for Vault to weigh 10,000 paths
+        under load in its call. A failure leaves the known answer, which then expires and is
+        asked in the call (its error shown)."""
         with self._status_lock:
             if caller in self._asking:
                 return
