@@ -305,8 +305,9 @@ def emergency_views(
     a line per environment whose request cannot be read (the other environments still show).
 
     ``records`` (by ``ENV/NAME``): the records the caller holds (the daemon's book), else each
-    is read. A key in ``busy`` (its emergency start under way) shows as the request saved it
-    (``creating``): its record in the book is still the idle one it starts from.
+    is read. A key in ``busy`` (its emergency start handed to the start pool) shows as the
+    request saved it (``queued`` until the start began, then ``creating``): its record in the
+    book is still the idle one it starts from.
     ``requests`` (by env): the requests the caller holds (the daemon's, as its last tick read
     or saved them; None: none), else each is read. ``judged`` (by env): those of them the
     caller's last settle judged from the records and saved (the very objects): shown as

@@ -207,21 +207,20 @@ class HeldRows:
     def _kept_row(self, ref: str, policy: KeyPolicy, entry: Entry, now: float) -> _Kept:
         record, seen = entry.record, entry.secret
         keep = self._kept.get(ref)
-        same = keep is not None and keep.policy is policy and keep.record is record
-        if keep is None or not same or keep.seen != seen:
-            keep = None
-            facts = secret_facts(entry)
-        else:
-            facts = keep.facts
+        if keep is not None and (
+            keep.policy is not policy or keep.record is not record or keep.seen != seen
+        ):
+            keep = None  # drawn from something else: drawn afresh
         if keep is not None and keep.since <= now < keep.until:
             return keep  # nothing the clock moves has moved
+        facts = secret_facts(entry) if keep is None else keep.facts
         state, passed = derive_state(record, now)
         due_at = next_due(
             policy, last_success_at=record.last_success_at, rotated_at=facts["rotated_at"], now=now
         )
         moving = (state, passed, lease_holder(record, now), due_at)
-        until = steady_until(record, now)
-        if policy.window is not None or last_rotated(record, facts) is None:
+        until, last = steady_until(record, now), last_rotated(record, facts)
+        if policy.window is not None or last is None:
             until = now  # the due date moves with the clock: worked out at every drawing
         if keep is not None and keep.moving == moving:
             return dataclasses.replace(keep, since=now, until=until)
@@ -244,7 +243,7 @@ class HeldRows:
             since=now,
             until=until,
             row=row,
-            last=last_rotated(record, facts),
+            last=last,
             rest=redact_text(json.dumps(rest, sort_keys=True)[1:]).encode(),
         )
 
@@ -271,7 +270,7 @@ class _Kept:
         """The row at ``now`` with ``acks``, and its JSON."""
         age = None if self.last is None else round(now - self.last, 3)
         row = {**self.row, "acks": acks, "age_s": age}
-        head = b"null" if acks is None else redact_text(json.dumps(acks, sort_keys=True)).encode()
+        head = b"null" if acks is None else encode_row(acks)
         shown = (
             b"null" if age is None else (repr(age) if isfinite(age) else json.dumps(age)).encode()
         )
